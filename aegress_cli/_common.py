@@ -1,0 +1,118 @@
+"""What every command shares: the data dir, opening the store, output (--json / tables), and the
+one place where library errors become `Error:` / `Hint:` lines and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+
+from gateway.errors import AegressError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (for scripts) instead of a table.")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+TenantOpt = Annotated[str, typer.Option("--tenant", "-t", help="Tenant id.", envvar="AEGRESS_TENANT_ID")]
+ActorOpt = Annotated[str, typer.Option("--actor", "-a", help="Actor id.", envvar="AEGRESS_ACTOR_ID")]
+
+_state: dict[str, Any] = {"home": None}
+
+
+def set_home(path: Path | None) -> None:
+    _state["home"] = path
+
+
+def home() -> Path:
+    from gateway.config import home_dir
+
+    path = home_dir(_state["home"])
+    from gateway import credentials
+
+    credentials.set_home(path)
+    return path
+
+
+def database_url() -> str | None:
+    return os.environ.get("DATABASE_URL") or None
+
+
+def store():  # type: ignore[no-untyped-def]
+    from gateway.store import open_store
+
+    return open_store(home(), database_url())
+
+
+def master_key() -> bytes:
+    from gateway.secrets import load_master_key
+
+    return load_master_key(home())
+
+
+def now() -> str:
+    from gateway.admin import now_iso
+
+    return now_iso()
+
+
+def err(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def fail(exc: AegressError) -> typer.Exit:
+    err(f"Error: {exc.message}")
+    if exc.hint:
+        err(f"Hint: {exc.hint}")
+    return typer.Exit(exc.exit_code)
+
+
+def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Map our errors to the documented exit codes; anything else is a bug and shows its traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except AegressError as exc:
+            raise fail(exc) from None
+
+    return wrapper
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], empty: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not rows:
+        console.print(f"[dim]{empty}[/dim]")
+        return
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    console.print(table)
+
+
+def confirm(question: str, yes: bool) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        err("Error: confirmation needed, and stdin is not a terminal.")
+        err("Hint: pass --yes to confirm.")
+        raise typer.Exit(2)
+    if not typer.confirm(question, default=False):
+        err("Aborted; nothing changed.")
+        raise typer.Exit(1)

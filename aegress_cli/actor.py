@@ -1,0 +1,57 @@
+"""`aegress actor ...`: actors are the people (or agents) a tenant's tokens are issued to."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from aegress_cli._common import JsonOpt, TenantOpt, YesOpt, confirm, handle_errors, now, print_json, print_table, store
+
+app = typer.Typer(help="Add, list and remove actors of a tenant.", no_args_is_help=True)
+
+
+@app.command("add")
+@handle_errors
+def add(name: Annotated[str, typer.Argument(help="Actor id, e.g. alice or alice@example.com.")],
+        tenant: TenantOpt, json_out: JsonOpt = False) -> None:
+    """Add an actor to a tenant."""
+    from gateway import admin
+
+    actor = admin.add_actor(store(), tenant, name, now())
+    if json_out:
+        print_json({"tenant": actor.tenant_id, "id": actor.id, "created_at": actor.created_at})
+    else:
+        print(f"Added actor {actor.id} to tenant {tenant}. Next: aegress token issue --tenant {tenant} --actor {actor.id}")
+
+
+@app.command("list")
+@handle_errors
+def list_(tenant: TenantOpt, json_out: JsonOpt = False) -> None:
+    """List a tenant's actors."""
+    from gateway import admin
+
+    s = store()
+    admin.require_tenant(s, tenant)
+    actors = s.list_actors(tenant)
+    if json_out:
+        print_json([{"tenant": a.tenant_id, "id": a.id, "created_at": a.created_at} for a in actors])
+    else:
+        print_table(f"Actors of {tenant}", ["id", "created"], [(a.id, a.created_at) for a in actors], "No actors yet.")
+
+
+@app.command("remove")
+@handle_errors
+def remove(name: Annotated[str, typer.Argument(help="Actor id.")], tenant: TenantOpt, yes: YesOpt = False,
+           json_out: JsonOpt = False) -> None:
+    """Remove an actor and its tokens (they stop working on the next request)."""
+    from gateway import admin
+
+    s = store()
+    admin.require_actor(s, tenant, name)
+    confirm(f"Remove actor {name!r} of tenant {tenant!r} and revoke its tokens?", yes)
+    s.remove_actor(tenant, name)
+    if json_out:
+        print_json({"removed": name, "tenant": tenant})
+    else:
+        print(f"Removed actor {name} from tenant {tenant}.")

@@ -1,0 +1,91 @@
+"""`aegress serve`: run the gateway (Streamable HTTP at /mcp, health at /health)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from aegress_cli._common import err, handle_errors, home, master_key, now, store
+
+
+@handle_errors
+def serve(
+    host: Annotated[str, typer.Option(envvar="AEGRESS_HOST", help="Address to listen on (loopback only "
+                                      "unless --allow-public-bind).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="AEGRESS_PORT", help="Port; 0 picks a free one.")] = 8765,
+    demo: Annotated[bool, typer.Option("--demo", help="Create the demo tenant, actor, token and upstream "
+                                       "(idempotent) before serving.")] = False,
+    allowed_host: Annotated[list[str] | None, typer.Option("--allowed-host", help="Extra Host header value to "
+                            "accept, e.g. gw.example.com or gw.example.com:* (repeatable).")] = None,
+    allowed_origin: Annotated[list[str] | None, typer.Option("--allowed-origin", help="Extra browser Origin "
+                              "to accept (repeatable).")] = None,
+    allow_public_bind: Annotated[bool, typer.Option("--allow-public-bind", help="Allow a non-loopback "
+                                 "--host.")] = False,
+    log_level: Annotated[str, typer.Option(envvar="AEGRESS_LOG_LEVEL", help="debug, info, warning or "
+                         "error.")] = "warning",
+) -> None:
+    """Run the gateway in the foreground until Ctrl-C."""
+    import logging
+
+    from gateway.config import ServeSettings
+    from gateway.errors import ConfigError
+    from gateway.server import check_bind
+
+    auth_mode = os.environ.get("MCP_AUTH_MODE", "bearer")
+    if auth_mode != "bearer":
+        raise ConfigError(f"MCP_AUTH_MODE={auth_mode!r} is not supported.", hint="Use MCP_AUTH_MODE=bearer.")
+    check_bind(host, allow_public_bind)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    data = home()
+    fresh_token: str | None = None
+    if demo:
+        from gateway import admin, credentials
+
+        have = credentials.get_secret(credentials.token_key(admin.DEMO_TENANT, admin.DEMO_ACTOR)) is not None
+        fresh_token = admin.ensure_demo(store(), master_key(), now(), have_token=have)
+        if fresh_token:
+            from aegress_cli.token import keep_token
+
+            keep_token(admin.DEMO_TENANT, admin.DEMO_ACTOR, fresh_token)
+    settings = ServeSettings(host=host, port=port, allowed_hosts=tuple(allowed_host or ()),
+                             allowed_origins=tuple(allowed_origin or ()), auth_mode=auth_mode)
+
+    def ready(url: str) -> None:
+        print(f"Aegress gateway listening on {url}", flush=True)
+        print(f"Data dir: {data}", flush=True)
+        if demo:
+            _print_demo(url, fresh_token)
+        print("Press Ctrl-C to stop.", flush=True)
+
+    from gateway.server import serve as run
+
+    run(data, settings, database_url=os.environ.get("DATABASE_URL") or None, on_ready=ready, log_level=log_level)
+
+
+def _print_demo(url: str, fresh_token: str | None) -> None:
+    lines = [
+        "",
+        "Demo: tenant 'demo', actor 'demo-user', upstream 'demo' (tools demo__echo, demo__add, ...).",
+    ]
+    if fresh_token:
+        lines.append(f"Demo token (shown once; also kept for client setup): {fresh_token}")
+    else:
+        lines.append("Demo token: kept from an earlier run (keyring or the data dir's secrets file).")
+    lines += [
+        "Try it:",
+        "  export AEGRESS_MCP_GATEWAY_TOKEN=<the demo token>",
+        f"  curl -s {url} -H 'Authorization: Bearer '$AEGRESS_MCP_GATEWAY_TOKEN \\",
+        "       -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \\",
+        "       -d '{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\",\"params\":{\"protocolVersion\":"
+        "\"2025-11-25\",\"capabilities\":{},\"clientInfo\":{\"name\":\"curl\",\"version\":\"0\"}}}'",
+        "Connect a client (Streamable HTTP):",
+        f"  claude mcp add --transport http aegress {url} --header \"Authorization: Bearer $AEGRESS_MCP_GATEWAY_TOKEN\"",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+    if fresh_token is None:
+        err("Hint: `aegress token issue --tenant demo --actor demo-user` prints a new demo token.")
+    sys.stdout.flush()

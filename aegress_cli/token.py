@@ -1,0 +1,94 @@
+"""`aegress token ...`: bearer tokens bind a client to one tenant and one actor.
+
+A token is shown once, kept in the operator's keyring (or a 0600 file where there is none) so
+`aegress client setup` can use it later, and stored in the database only as a keyed hash.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from aegress_cli._common import (
+    ActorOpt,
+    JsonOpt,
+    TenantOpt,
+    err,
+    handle_errors,
+    home,
+    master_key,
+    now,
+    print_json,
+    print_table,
+    store,
+)
+
+app = typer.Typer(help="Issue, list and revoke bearer tokens.", no_args_is_help=True)
+
+
+def keep_token(tenant: str, actor: str, token: str) -> str:
+    """Store the token for later client setup; say once when it went to the fallback file."""
+    from gateway import credentials
+
+    home()
+    where = credentials.store_secret(credentials.token_key(tenant, actor), token)
+    if where != "keyring":
+        err(f"Note: no usable keyring here; the token is kept in {where} (mode 0600).")
+    return where
+
+
+@app.command("issue")
+@handle_errors
+def issue(
+    tenant: TenantOpt,
+    actor: ActorOpt,
+    label: Annotated[str, typer.Option(help="A note to recognise the token by.")] = "",
+    keep: Annotated[bool, typer.Option("--keep/--no-keep", help="Keep it in the keyring for client setup.")] = True,
+    json_out: JsonOpt = False,
+) -> None:
+    """Issue a token for an actor. It is printed once; the database keeps only a keyed hash."""
+    from gateway import admin
+
+    info, token = admin.issue_token(store(), master_key(), tenant, actor, now(), label)
+    where = keep_token(tenant, actor, token) if keep else None
+    if json_out:
+        print_json({"id": info.id, "tenant": tenant, "actor": actor, "token": token, "stored": where})
+        return
+    print(token)
+    err(f"Issued {info.id} for {actor} in {tenant}. This is the only time the token is shown.")
+
+
+@app.command("list")
+@handle_errors
+def list_(
+    tenant: Annotated[str | None, typer.Option("--tenant", "-t", help="Only this tenant.")] = None,
+    actor: Annotated[str | None, typer.Option("--actor", "-a", help="Only this actor.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List tokens (ids and state only; the tokens themselves are never stored)."""
+    tokens = store().list_tokens(tenant, actor)
+    if json_out:
+        print_json([
+            {"id": t.id, "tenant": t.tenant_id, "actor": t.actor_id, "created_at": t.created_at,
+             "revoked_at": t.revoked_at, "label": t.label, "active": t.active}
+            for t in tokens
+        ])
+        return
+    rows = [(t.id, t.tenant_id, t.actor_id, t.created_at, "active" if t.active else f"revoked {t.revoked_at}", t.label)
+            for t in tokens]
+    print_table("Tokens", ["id", "tenant", "actor", "created", "state", "label"], rows, "No tokens.")
+
+
+@app.command("revoke")
+@handle_errors
+def revoke(token_id: Annotated[str, typer.Argument(help="Token id (tok_...), from `aegress token list`.")],
+           json_out: JsonOpt = False) -> None:
+    """Revoke a token; the gateway refuses it from the next request on."""
+    from gateway import admin
+
+    info = admin.revoke_token(store(), token_id, now())
+    if json_out:
+        print_json({"id": info.id, "revoked_at": info.revoked_at})
+    else:
+        print(f"Revoked {info.id} ({info.actor_id} in {info.tenant_id}).")

@@ -1,0 +1,153 @@
+"""`aegress upstream ...`: the MCP servers a tenant's tools come from (stdio commands or HTTP URLs)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from aegress_cli._common import (
+    JsonOpt,
+    TenantOpt,
+    YesOpt,
+    confirm,
+    err,
+    handle_errors,
+    now,
+    print_json,
+    print_table,
+    store,
+)
+
+app = typer.Typer(help="Register, list, test and remove a tenant's upstream MCP servers.", no_args_is_help=True)
+
+
+def _spec_json(spec) -> dict:  # type: ignore[no-untyped-def]
+    return {
+        "tenant": spec.tenant_id,
+        "name": spec.name,
+        "transport": spec.transport,
+        "command": list(spec.command) if spec.command else None,
+        "url": spec.url,
+        "headers": {k: ("<from keyring>" if v.startswith("keyring:") else "<from env>" if v.startswith("env:")
+                        else "<set>") for k, v in spec.headers.items()},
+        "env": sorted(spec.env),
+        "prefix": spec.prefix,
+        "allow_private": spec.allow_private,
+        "created_at": spec.created_at,
+    }
+
+
+@app.command("add", context_settings={"allow_extra_args": False})
+@handle_errors
+def add(
+    name: Annotated[str, typer.Argument(help="Upstream name: lowercase letters, digits, hyphens. Prefixes its tools.")],
+    tenant: TenantOpt,
+    command: Annotated[
+        list[str] | None,
+        typer.Option("--command", "-c", help="Stdio server: the program and each argument (repeat the option, "
+                     "or give one quoted command line; it is split, never run by a shell)."),
+    ] = None,
+    url: Annotated[str | None, typer.Option("--url", help="Streamable HTTP server URL (https://...).")] = None,
+    header: Annotated[
+        list[str] | None,
+        typer.Option("--header", "-H", help="NAME=VALUE sent to an HTTP upstream; VALUE may be keyring:KEY or "
+                     "env:VAR so the secret is looked up at connect time."),
+    ] = None,
+    env: Annotated[list[str] | None, typer.Option("--env", "-e", help="NAME=VALUE for a stdio upstream.")] = None,
+    cwd: Annotated[str | None, typer.Option("--cwd", help="Working directory for a stdio upstream.")] = None,
+    no_prefix: Annotated[bool, typer.Option("--no-prefix", help="Expose its tools unprefixed (refused on a "
+                                            "name collision).")] = False,
+    allow_private: Annotated[bool, typer.Option("--allow-private", help="Allow loopback/private-range URLs.")] = False,
+    probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Connect and list tools before saving "
+                                        "(needed for --no-prefix).")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the probe.")] = 30.0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Register an upstream MCP server for a tenant."""
+    import asyncio
+
+    from gateway import admin
+    from gateway.errors import InvalidInput
+
+    spec = admin.make_upstream_spec(
+        tenant, name, command=command, url=url, headers=admin.parse_headers(header or []),
+        env=admin.parse_env(env or []), cwd=cwd, prefix=not no_prefix, allow_private=allow_private, now=now(),
+    )
+    s = store()
+    admin.require_tenant(s, tenant)
+    if no_prefix and not probe:
+        raise InvalidInput("--no-prefix needs the probe to check for name collisions.", hint="Drop --no-probe.")
+    probed = asyncio.run(admin.probe(spec, timeout)) if probe else None
+    tools = admin.add_upstream(s, spec, probed)
+    if json_out:
+        print_json({**_spec_json(spec), "tools": tools})
+    else:
+        shown = ", ".join(tools[:8]) + (" ..." if len(tools) > 8 else "") if tools else "(not probed)"
+        print(f"Added upstream {name} to tenant {tenant}: {len(tools)} tools: {shown}")
+        if not probe:
+            err("Note: not probed; run `aegress upstream test` to check it.")
+
+
+@app.command("list")
+@handle_errors
+def list_(tenant: TenantOpt, json_out: JsonOpt = False) -> None:
+    """List a tenant's upstreams."""
+    from gateway import admin
+
+    s = store()
+    admin.require_tenant(s, tenant)
+    specs = s.list_upstreams(tenant)
+    if json_out:
+        print_json([_spec_json(u) for u in specs])
+        return
+    rows = [(u.name, u.transport, " ".join(u.command) if u.command else u.url, "yes" if u.prefix else "no")
+            for u in specs]
+    print_table(f"Upstreams of {tenant}", ["name", "transport", "target", "prefixed"], rows, "No upstreams yet.")
+
+
+@app.command("remove")
+@handle_errors
+def remove(name: Annotated[str, typer.Argument(help="Upstream name.")], tenant: TenantOpt, yes: YesOpt = False,
+           json_out: JsonOpt = False) -> None:
+    """Remove an upstream; a running gateway drops its tools within a second."""
+    from gateway import admin
+
+    s = store()
+    admin.require_tenant(s, tenant)
+    if s.get_upstream(tenant, name) is None:
+        from gateway.errors import NotFound
+
+        raise NotFound(f"No upstream {name!r} in tenant {tenant!r}.", hint="See `aegress upstream list`.")
+    confirm(f"Remove upstream {name!r} from tenant {tenant!r}?", yes)
+    s.remove_upstream(tenant, name)
+    if json_out:
+        print_json({"removed": name, "tenant": tenant})
+    else:
+        print(f"Removed upstream {name} from tenant {tenant}.")
+
+
+@app.command("test")
+@handle_errors
+def test(name: Annotated[str, typer.Argument(help="Upstream name.")], tenant: TenantOpt,
+         timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 30.0, json_out: JsonOpt = False) -> None:
+    """Connect to an upstream as the gateway would and list its tools."""
+    import asyncio
+
+    from gateway import admin
+    from gateway.errors import NotFound
+
+    s = store()
+    spec = s.get_upstream(tenant, name)
+    if spec is None:
+        raise NotFound(f"No upstream {name!r} in tenant {tenant!r}.", hint="See `aegress upstream list`.")
+    result = asyncio.run(admin.probe(spec, timeout))
+    s.set_upstream_tools(tenant, name, [str(t.get("name")) for t in result.tools])
+    if json_out:
+        print_json({"name": name, "server": result.server_name, "protocol_version": result.protocol_version,
+                    "tools": [{"name": t.get("name"), "description": t.get("description", "")} for t in result.tools]})
+        return
+    print(f"Connected to {name} ({result.server_name or 'unnamed server'}, protocol {result.protocol_version}).")
+    print_table("Tools", ["name", "description"],
+                [(t.get("name"), (t.get("description") or "").split("\n")[0][:80]) for t in result.tools],
+                "It offers no tools.")

@@ -1,0 +1,229 @@
+"""Operator actions on tenants, actors, tokens and upstreams: the library the CLI is a shell over.
+
+Each function takes the store (and what else it needs) explicitly and returns plain records; time
+comes in as `now` so callers and tests control it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway import naming, netguard
+from gateway.errors import InvalidInput, NotFound, UpstreamError
+from gateway.secrets import derive_key, mint_id, mint_token, token_hash
+from gateway.store.base import Store
+from gateway.types import Actor, Tenant, TokenInfo, UpstreamSpec
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# -- tenants ---------------------------------------------------------------------------------------
+def create_tenant(store: Store, tenant_id: str, now: str) -> Tenant:
+    return store.create_tenant(naming.check_id("tenant", tenant_id), now)
+
+
+def require_tenant(store: Store, tenant_id: str) -> Tenant:
+    tenant = store.get_tenant(tenant_id)
+    if tenant is None:
+        raise NotFound(f"No tenant {tenant_id!r}.", hint="List tenants with `aegress tenant list`.")
+    return tenant
+
+
+def describe_tenant(store: Store, tenant_id: str) -> dict[str, Any]:
+    tenant = require_tenant(store, tenant_id)
+    tokens = store.list_tokens(tenant_id)
+    return {
+        "id": tenant.id,
+        "created_at": tenant.created_at,
+        "actors": [a.id for a in store.list_actors(tenant_id)],
+        "upstreams": [u.name for u in store.list_upstreams(tenant_id)],
+        "tokens_active": sum(1 for t in tokens if t.active),
+        "tokens_revoked": sum(1 for t in tokens if not t.active),
+    }
+
+
+# -- actors ----------------------------------------------------------------------------------------
+def add_actor(store: Store, tenant_id: str, actor_id: str, now: str) -> Actor:
+    require_tenant(store, tenant_id)
+    return store.add_actor(tenant_id, naming.check_id("actor", actor_id), now)
+
+
+def require_actor(store: Store, tenant_id: str, actor_id: str) -> Actor:
+    require_tenant(store, tenant_id)
+    actor = store.get_actor(tenant_id, actor_id)
+    if actor is None:
+        raise NotFound(
+            f"No actor {actor_id!r} in tenant {tenant_id!r}.",
+            hint=f"Add it with `aegress actor add --tenant {tenant_id} {actor_id}`.",
+        )
+    return actor
+
+
+# -- tokens ----------------------------------------------------------------------------------------
+def issue_token(store: Store, master_key: bytes, tenant_id: str, actor_id: str, now: str,
+                label: str = "") -> tuple[TokenInfo, str]:
+    """Mint a token; the store keeps only its keyed hash. The caller shows the token once."""
+    require_actor(store, tenant_id, actor_id)
+    token = mint_token()
+    info = TokenInfo(id=mint_id("tok_"), tenant_id=tenant_id, actor_id=actor_id, created_at=now, label=label)
+    store.add_token(info, token_hash(derive_key(master_key, "token-hash"), token))
+    return info, token
+
+
+def revoke_token(store: Store, token_id: str, now: str) -> TokenInfo:
+    return store.revoke_token(token_id, now)
+
+
+# -- upstreams -------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    server_name: str
+    protocol_version: str
+    tools: list[dict[str, Any]]
+
+
+def parse_headers(pairs: list[str]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        name = name.strip()
+        if not sep or not name or any(c in name for c in " \t\r\n:"):
+            raise InvalidInput(f"Bad header {name or pair!r}.", hint="Use --header NAME=VALUE (or NAME=keyring:KEY).")
+        if name.lower() in ("host", "content-length", "transfer-encoding", "connection"):
+            raise InvalidInput(f"Header {name!r} is set by the gateway itself.")
+        if "\n" in value or "\r" in value:
+            raise InvalidInput(f"Header {name!r} has a line break in its value.")
+        headers[name] = value
+    return headers
+
+
+def parse_env(pairs: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name or not name.replace("_", "a").isalnum():
+            raise InvalidInput(f"Bad environment entry {pair!r}.", hint="Use --env NAME=VALUE.")
+        env[name] = value
+    return env
+
+
+def make_upstream_spec(
+    tenant_id: str,
+    name: str,
+    *,
+    command: list[str] | None,
+    url: str | None,
+    headers: dict[str, str],
+    env: dict[str, str],
+    cwd: str | None,
+    prefix: bool,
+    allow_private: bool,
+    now: str,
+) -> UpstreamSpec:
+    naming.check_upstream_name(name)
+    if bool(command) == bool(url):
+        raise InvalidInput("Give exactly one of --command or --url.", hint="See `aegress upstream add --help`.")
+    if command:
+        if len(command) == 1 and " " in command[0]:
+            command = shlex.split(command[0])  # a quoted command line, split like a shell would (no shell runs)
+        if headers:
+            raise InvalidInput("--header applies to --url upstreams only.", hint="Use --env for stdio upstreams.")
+        return UpstreamSpec(tenant_id, name, "stdio", command=tuple(command), env=env, cwd=cwd, prefix=prefix,
+                            allow_private=allow_private, created_at=now)
+    assert url is not None
+    if env:
+        raise InvalidInput("--env applies to --command upstreams only.")
+    netguard.check_url(url, netguard.resolve(url), allow_private=allow_private)
+    return UpstreamSpec(tenant_id, name, "http", url=url, headers=headers, prefix=prefix,
+                        allow_private=allow_private, created_at=now)
+
+
+async def probe(spec: UpstreamSpec, timeout: float = 30.0) -> ProbeResult:
+    """Connect as the gateway would, initialize, list every tool, disconnect."""
+    from gateway.jsonrpc import LATEST_LEGACY
+    from gateway.proxy import Upstream, list_all
+    from gateway.upstreams import connect
+
+    conn = connect(spec, protocol_version=LATEST_LEGACY, capabilities={}, timeout=timeout)
+    try:
+        await asyncio.wait_for(conn.start(), timeout)
+        tools: list[dict[str, Any]] = []
+        if "tools" in conn.capabilities:
+            tools = await list_all(Upstream(spec, conn), "tools/list", "tools")
+        info = conn.init_result.get("serverInfo") or {}
+        return ProbeResult(str(info.get("name", "")), str(conn.init_result.get("protocolVersion", "")), tools)
+    except TimeoutError as exc:
+        raise UpstreamError(f"Upstream {spec.name!r} did not initialize within {timeout:g} s.") from exc
+    finally:
+        await conn.close()
+
+
+def add_upstream(store: Store, spec: UpstreamSpec, probed: ProbeResult | None) -> list[str]:
+    """Register an upstream, refusing any exposed name that would collide with another upstream's."""
+    require_tenant(store, spec.tenant_id)
+    if store.get_upstream(spec.tenant_id, spec.name) is not None:
+        from gateway.errors import AlreadyExists
+
+        raise AlreadyExists(
+            f"Upstream {spec.name!r} already exists in tenant {spec.tenant_id!r}.",
+            hint="Remove it first with `aegress upstream remove`, or pick another name.",
+        )
+    existing = store.list_upstreams(spec.tenant_id)
+    names = store.get_upstream_tools(spec.tenant_id)
+    tool_names = [str(t.get("name")) for t in probed.tools] if probed else []
+    names[spec.name] = tool_names
+    prefixes = {u.name: u.prefix for u in existing} | {spec.name: spec.prefix}
+    clashes = naming.find_collisions(names, prefixes)
+    if clashes:
+        raise InvalidInput(
+            f"Tool names would collide: {', '.join(clashes[:10])}.",
+            hint="Keep the upstream prefixed (drop --no-prefix) or rename the other upstream.",
+            code="tool-collision",
+        )
+    store.add_upstream(spec)
+    store.set_upstream_tools(spec.tenant_id, spec.name, tool_names)
+    return tool_names
+
+
+# -- the demo ----------------------------------------------------------------------------------------
+DEMO_TENANT = "demo"
+DEMO_ACTOR = "demo-user"
+DEMO_UPSTREAM = "demo"
+
+
+def demo_upstream_spec(now: str) -> UpstreamSpec:
+    return UpstreamSpec(DEMO_TENANT, DEMO_UPSTREAM, "stdio", command=(sys.executable, "-m", "gateway.demo"),
+                        prefix=True, created_at=now)
+
+
+def ensure_demo(store: Store, master_key: bytes, now: str, have_token: bool) -> str | None:
+    """Create tenant demo, actor demo-user and the demo upstream if missing (idempotent).
+
+    Returns a newly issued token when the operator has none stored for demo-user, else None.
+    """
+    if store.get_tenant(DEMO_TENANT) is None:
+        store.create_tenant(DEMO_TENANT, now)
+    if store.get_actor(DEMO_TENANT, DEMO_ACTOR) is None:
+        store.add_actor(DEMO_TENANT, DEMO_ACTOR, now)
+    current = store.get_upstream(DEMO_TENANT, DEMO_UPSTREAM)
+    wanted = demo_upstream_spec(now)
+    if current is None or current.command != wanted.command:
+        if current is not None:
+            store.remove_upstream(DEMO_TENANT, DEMO_UPSTREAM)
+        store.add_upstream(wanted)
+        store.set_upstream_tools(
+            DEMO_TENANT, DEMO_UPSTREAM,
+            ["echo", "add", "get_time", "write_note", "delete_note", "shell_preview", "count_slowly"],
+        )
+    active = [t for t in store.list_tokens(DEMO_TENANT, DEMO_ACTOR) if t.active]
+    if have_token and active:
+        return None
+    _, token = issue_token(store, master_key, DEMO_TENANT, DEMO_ACTOR, now, label="demo")
+    return token

@@ -1,0 +1,84 @@
+"""RFC 8785 (JCS) canonical JSON: the exact bytes that are hashed, stored and verified.
+
+Writing uses the `rfc8785` package (a complete JCS implementation). Checking stored bytes uses a fast
+path: for JSON without floats and with ASCII-only text, Python's `json.dumps(sort_keys=True,
+separators=(",", ":"), ensure_ascii=False)` produces exactly the JCS bytes (same escapes, same key order),
+so only other inputs pay for the slower full implementation.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import rfc8785
+
+from gateway.audit.errors import InvalidRecord
+
+JsonValue = Any
+"""A JSON value: dict with str keys, list, str, int, bool or None (floats are refused in records)."""
+
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+def canonicalize(value: JsonValue) -> bytes:
+    """Return the RFC 8785 bytes of `value`; refuse what JCS cannot represent exactly."""
+    try:
+        return rfc8785.dumps(value)
+    except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
+        raise InvalidRecord(
+            f"value cannot be canonicalised as RFC 8785 JSON: {type(exc).__name__}",
+            hint="use only JSON types; integers must be within ±(2**53-1); no NaN or Infinity",
+        ) from exc
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"non-JSON constant {name}")
+
+
+def _fast_dumps(value: JsonValue) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def parse_canonical(data: bytes) -> JsonValue:
+    """Parse `data` and return its value only if `data` is exactly its own canonical form.
+
+    Raises InvalidRecord for invalid UTF-8 or JSON, NaN/Infinity, duplicate keys, or any byte that a
+    canonicaliser would have written differently (whitespace, key order, escapes, number form).
+    """
+    has_float = False
+
+    def _float(text: str) -> float:
+        nonlocal has_float
+        has_float = True
+        return float(text)
+
+    def _int(text: str) -> int:
+        number = int(text)
+        if -MAX_SAFE_INTEGER <= number <= MAX_SAFE_INTEGER:
+            return number
+        raise ValueError("integer outside the I-JSON safe range")
+
+    try:
+        value = json.loads(data, parse_float=_float, parse_int=_int, parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise InvalidRecord("record bytes are not valid UTF-8 JSON") from exc
+    if not has_float and data.isascii():
+        ok = _fast_dumps(value) == data
+    else:
+        try:
+            ok = rfc8785.dumps(value) == data
+        except (rfc8785.CanonicalizationError, TypeError, ValueError):
+            ok = False
+    if not ok:
+        raise InvalidRecord("record bytes are not in RFC 8785 canonical form")
+    return value
+
+
+def is_canonical(data: bytes) -> bool:
+    """True when `data` is valid JSON written exactly as RFC 8785 would write it."""
+    try:
+        parse_canonical(data)
+    except InvalidRecord:
+        return False
+    return True

@@ -1,0 +1,40 @@
+"""Audit error classes, specialising the project tree in gateway.errors.
+
+    InvalidInput
+    ├── InvalidRecord        invalid-record     a record or body that does not fit the evidence format
+    ├── MalformedNote        malformed-note     a checkpoint, signed note, key string or proof that cannot be parsed
+    CheckFailed (exit 3)
+    ├── ProofInvalid         proof-invalid      an inclusion or consistency proof that does not verify
+    ├── BadSignature         bad-signature      a note signature that does not verify, or no trusted signature
+    └── InconsistentCheckpoint inconsistent-checkpoint  refusing to sign a checkpoint that contradicts an earlier one
+    ConfigError
+    └── KeyFileError         key-file           a signing key file that is unreadable, malformed or readable by others
+"""
+
+from __future__ import annotations
+
+from gateway.errors import CheckFailed, ConfigError, InvalidInput
+
+
+class InvalidRecord(InvalidInput):
+    code = "invalid-record"
+
+
+class MalformedNote(InvalidInput):
+    code = "malformed-note"
+
+
+class ProofInvalid(CheckFailed):
+    code = "proof-invalid"
+
+
+class BadSignature(CheckFailed):
+    code = "bad-signature"
+
+
+class InconsistentCheckpoint(CheckFailed):
+    code = "inconsistent-checkpoint"
+
+
+class KeyFileError(ConfigError):
+    code = "key-file"

@@ -1,0 +1,149 @@
+"""Keep secrets out of evidence and logs: keyed digests of values, redacted and bounded previews.
+
+Values are stored only as `hmac-sha256:<hex>` over their RFC 8785 bytes, keyed per tenant (HKDF from a
+master secret kept outside the database), so equal values can be searched for without being readable,
+and one tenant's digests say nothing about another's. Previews are redacted by key name and by
+detectors, then truncated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import re
+from collections import Counter
+from typing import Final
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from gateway.audit.canonical import JsonValue, canonicalize
+from gateway.audit.records import MAX_PREVIEW_CHARS
+
+REDACTED: Final = "[REDACTED]"
+DIGEST_PREFIX: Final = "hmac-sha256:"
+_HKDF_SALT: Final = b"aegress/audit/value-digest/v1"
+MIN_MASTER_SECRET_BYTES: Final = 32
+
+SECRET_KEY_PARTS: Final = (
+    "password",
+    "passwd",
+    "passphrase",
+    "secret",
+    "token",
+    "authorization",
+    "x-auth",
+    "api_key",
+    "apikey",
+    "api-key",
+    "access_key",
+    "private_key",
+    "privatekey",
+    "credential",
+    "cookie",
+    "session",
+    "signature",
+    "bearer",
+    "jwt",
+)
+"""Key-name substrings (case-insensitive) whose values are always redacted."""
+
+_DETECTORS: Final = [
+    re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)", re.S),
+    re.compile(r"-----BEGIN [A-Z0-9 ]+-----.*?(?:-----END [A-Z0-9 ]+-----|\Z)", re.S),
+    re.compile(r"(?i)\b(?:bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{8,}"),
+    re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}(?:\.[A-Za-z0-9_-]*)?"),  # JWT / JWS
+    re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b"),  # AWS access key id
+    re.compile(r"\b(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{20,}\b|\bgithub_pat_[A-Za-z0-9_]{20,}"),
+    re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"),  # Slack
+    re.compile(r"\baeg_[A-Za-z0-9_-]{8,}"),  # our own tokens
+    re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"),  # common LLM provider keys
+    re.compile(r"\bAIza[0-9A-Za-z_-]{30,}"),  # Google API keys
+    re.compile(r"(?i)\b(?:password|passwd|pwd|secret|token|api[_-]?key)\s*[=:]\s*[^\s&,;\"']+"),
+    re.compile(r"(?i)(?<=://)[^/\s:@]+:[^/\s@]+(?=@)"),  # user:password@ in URLs
+]
+_CANDIDATE: Final = re.compile(r"[A-Za-z0-9+/=_.~-]{24,}")
+_OWN_DIGEST: Final = re.compile(r"(?:sha256|hmac-sha256):[0-9a-f]{64}")
+
+
+def derive_tenant_key(master_secret: bytes, tenant: str) -> bytes:
+    """Per-tenant HMAC key: HKDF-SHA256(master secret, salt fixed, info = tenant id)."""
+    if len(master_secret) < MIN_MASTER_SECRET_BYTES:
+        raise ValueError(f"master secret must be at least {MIN_MASTER_SECRET_BYTES} bytes")
+    if not tenant:
+        raise ValueError("tenant id is empty")
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=_HKDF_SALT, info=tenant.encode("utf-8"))
+    return hkdf.derive(master_secret)
+
+
+def digest_value(tenant_key: bytes, value: JsonValue) -> str:
+    """`hmac-sha256:<hex>` of the value's canonical JSON; what `aegress audit hash` reproduces."""
+    return DIGEST_PREFIX + hmac.new(tenant_key, canonicalize(value), hashlib.sha256).hexdigest()
+
+
+def is_secret_key(name: str) -> bool:
+    """True when a field name suggests a secret (substring, case-insensitive)."""
+    lowered = name.lower()
+    return any(part in lowered for part in SECRET_KEY_PARTS)
+
+
+def _entropy(text: str) -> float:
+    counts = Counter(text)
+    total = len(text)
+    return -sum(c / total * math.log2(c / total) for c in counts.values())
+
+
+def _looks_random(token: str) -> bool:
+    if _OWN_DIGEST.fullmatch(token):
+        return False
+    classes = sum(
+        (any(c.islower() for c in token), any(c.isupper() for c in token), any(c.isdigit() for c in token))
+    )
+    return classes >= 2 and _entropy(token) >= 3.5
+
+
+def redact_text(text: str, *, limit: int | None = None) -> str:
+    """Replace recognisable secrets in free text (log lines, error messages); optionally truncate."""
+    for pattern in _DETECTORS:
+        text = pattern.sub(REDACTED, text)
+    protected = {m.span() for m in _OWN_DIGEST.finditer(text)}
+
+    def _maybe(match: re.Match[str]) -> str:
+        if match.span() in protected or not _looks_random(match.group()):
+            return match.group()
+        return REDACTED
+
+    text = _CANDIDATE.sub(_maybe, text)
+    if limit is not None:
+        text = truncate(text, limit)
+    return text
+
+
+def truncate(text: str, limit: int) -> str:
+    """Cut to at most `limit` characters, marking the cut with an ellipsis."""
+    if limit < 1:
+        raise ValueError("limit must be positive")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def redact_value(value: JsonValue, *, _depth: int = 0) -> JsonValue:
+    """A copy of a JSON value with secret-named fields and detected secrets replaced by REDACTED."""
+    if _depth > 64:
+        return REDACTED
+    if isinstance(value, dict):
+        return {
+            k: REDACTED if is_secret_key(str(k)) else redact_value(v, _depth=_depth + 1) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redact_value(v, _depth=_depth + 1) for v in value]
+    if isinstance(value, str):
+        return redact_text(value)
+    return value
+
+
+def redact_preview(value: JsonValue, *, limit: int = MAX_PREVIEW_CHARS) -> str:
+    """Redacted, compact JSON text of a value, at most `limit` characters: the `*_preview` fields."""
+    text = json.dumps(redact_value(value), ensure_ascii=False, separators=(",", ":"), sort_keys=True, default=str)
+    return truncate(text, min(limit, MAX_PREVIEW_CHARS))

@@ -1,0 +1,45 @@
+"""Where state lives and the bounds the gateway enforces; read from the environment at the edge only."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_HOME = "AEGRESS_HOME"
+DEFAULT_PORT = 8765
+
+
+def home_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The one data dir: `--data-dir`, else `AEGRESS_HOME`, else `~/.aegress`."""
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get(ENV_HOME)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".aegress"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what one request may cost; documented in docs/operations.md."""
+
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_header_bytes: int = 16 * 1024
+    request_deadline_s: float = 300.0
+    upstream_connect_timeout_s: float = 30.0
+    upstream_call_timeout_s: float = 300.0
+    max_sessions: int = 10_000
+    session_idle_timeout_s: float = 1800.0
+    max_inflight_per_session: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class ServeSettings:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    auth_mode: str = "bearer"
+    public_url: str | None = None
+    limits: Limits = Limits()

@@ -1,0 +1,1 @@
+"""The bundled demo upstream (a small stdio MCP server); run with `python -m gateway.demo`."""

@@ -1,0 +1,99 @@
+"""JSON-RPC 2.0 message shapes and the MCP protocol revisions the gateway speaks. Pure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from gateway.errors import AegressError, ProtocolError
+
+JSON = dict[str, Any]
+
+LEGACY_VERSIONS = ("2025-06-18", "2025-11-25")
+MODERN_VERSION = "2026-07-28"
+SUPPORTED_VERSIONS = (*LEGACY_VERSIONS, MODERN_VERSION)
+LATEST_LEGACY = "2025-11-25"
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+HEADER_MISMATCH = -32020
+
+
+def loads(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(
+            "The request body is not valid JSON.",
+            hint="Send one JSON-RPC 2.0 message as UTF-8 JSON.",
+            code="parse-error",
+            jsonrpc_code=PARSE_ERROR,
+        ) from exc
+
+
+def dumps(message: Any) -> bytes:
+    return orjson.dumps(message)
+
+
+def is_request(msg: JSON) -> bool:
+    return "method" in msg and "id" in msg
+
+
+def is_notification(msg: JSON) -> bool:
+    return "method" in msg and "id" not in msg
+
+
+def is_response(msg: JSON) -> bool:
+    return "method" not in msg and "id" in msg and ("result" in msg or "error" in msg)
+
+
+def validate_message(msg: Any) -> JSON:
+    """Check the JSON-RPC 2.0 envelope of one incoming message; batches are not accepted."""
+    if isinstance(msg, list):
+        raise ProtocolError(
+            "JSON-RPC batches are not supported.",
+            hint="Send one message per request (batching was removed from MCP in 2025-06-18).",
+            code="batch-not-supported",
+        )
+    if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0":
+        raise ProtocolError("Not a JSON-RPC 2.0 message.", hint='Include "jsonrpc": "2.0".')
+    if "method" in msg:
+        if not isinstance(msg["method"], str):
+            raise ProtocolError("The method must be a string.")
+        if "params" in msg and not isinstance(msg["params"], dict):
+            raise ProtocolError("The params must be an object.", jsonrpc_code=INVALID_PARAMS)
+    elif not is_response(msg):
+        raise ProtocolError("A message needs a method, or an id with a result or an error.")
+    if "id" in msg and not (
+        isinstance(msg["id"], str) or (isinstance(msg["id"], int) and not isinstance(msg["id"], bool))
+    ):
+        raise ProtocolError("The id must be a string or an integer.")
+    return msg
+
+
+def result(msg_id: Any, value: JSON) -> JSON:
+    return {"jsonrpc": "2.0", "id": msg_id, "result": value}
+
+
+def error(msg_id: Any, code: int, message: str, data: Any = None) -> JSON:
+    err: JSON = {"code": code, "message": message}
+    if data is not None:
+        err["data"] = data
+    return {"jsonrpc": "2.0", "id": msg_id, "error": err}
+
+
+def error_from(msg_id: Any, exc: AegressError) -> JSON:
+    """The one mapping of our errors onto JSON-RPC error objects."""
+    message = exc.message if not exc.hint else f"{exc.message} {exc.hint}"
+    return error(msg_id, exc.jsonrpc_code, message, {"code": exc.code})
+
+
+def notification(method: str, params: JSON | None = None) -> JSON:
+    msg: JSON = {"jsonrpc": "2.0", "method": method}
+    if params is not None:
+        msg["params"] = params
+    return msg

@@ -1,0 +1,339 @@
+"""The forward stage: one tenant's upstreams seen as one MCP server.
+
+`TenantRuntime` owns a tenant's upstream connections. Connections are shared by the tenant's client
+sessions that declared the same capabilities and protocol revision (the profile), so the gateway
+declares upstream exactly what its client declared. `ClientSession` is one client's view: routing
+by namespaced name, id and progress-token remapping, and the server-to-client requests in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from gateway import naming
+from gateway.config import Limits
+from gateway.errors import ProtocolError, UpstreamError
+from gateway.jsonrpc import INVALID_PARAMS, JSON
+from gateway.store.base import Store
+from gateway.types import Identity, UpstreamSpec
+from gateway.upstreams import UpstreamConnection, connect
+
+log = logging.getLogger("aegress.proxy")
+
+Send = Callable[[JSON], Awaitable[None]]
+_MAX_PAGES = 100
+_CLIENT_CAP_KEYS = ("sampling", "elicitation", "roots")
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """What the gateway declares upstream on behalf of a client: its revision and capabilities."""
+
+    version: str
+    capabilities: str  # canonical JSON of the client's sampling / elicitation / roots capabilities
+
+    @classmethod
+    def of(cls, version: str, client_caps: JSON) -> Profile:
+        caps = {k: client_caps[k] for k in _CLIENT_CAP_KEYS if isinstance(client_caps.get(k), dict)}
+        return cls(version, orjson.dumps(caps, option=orjson.OPT_SORT_KEYS).decode())
+
+    def caps(self) -> JSON:
+        return orjson.loads(self.capabilities)
+
+
+class UnknownTarget(ProtocolError):
+    """Hidden and unknown tools, prompts and resources answer exactly alike."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        label = {"tool": "Unknown tool", "prompt": "Unknown prompt", "resource": "Unknown resource"}[kind]
+        super().__init__(f"{label}: {name}", code=f"unknown-{kind}", jsonrpc_code=INVALID_PARAMS)
+
+    def to_wire(self) -> tuple[int, str]:
+        return self.jsonrpc_code, self.message
+
+
+@dataclass(slots=True)
+class Upstream:
+    """A live connection plus the tool definitions it last listed (for routing and decisions)."""
+
+    spec: UpstreamSpec
+    conn: UpstreamConnection
+    tools: dict[str, JSON] | None = None
+    listeners: set[ClientSession] = field(default_factory=set)
+
+
+class TenantRuntime:
+    def __init__(self, tenant_id: str, specs: list[UpstreamSpec], limits: Limits) -> None:
+        self.tenant_id = tenant_id
+        self.specs = {s.name: s for s in specs}
+        self.limits = limits
+        self._live: dict[tuple[str, Profile], Upstream] = {}
+        self._starting: dict[tuple[str, Profile], asyncio.Task[Upstream]] = {}
+        self.sessions: set[ClientSession] = set()
+
+    async def upstream(self, name: str, profile: Profile) -> Upstream:
+        key = (name, profile)
+        live = self._live.get(key)
+        if live is not None and not live.conn.closed:
+            return live
+        task = self._starting.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._start(name, profile))
+            self._starting[key] = task
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task.done():
+                self._starting.pop(key, None)
+
+    async def _start(self, name: str, profile: Profile) -> Upstream:
+        spec = self.specs[name]
+        conn = connect(
+            spec,
+            protocol_version=profile.version,
+            capabilities=profile.caps(),
+            timeout=self.limits.upstream_connect_timeout_s,
+        )
+        conn.timeout = self.limits.upstream_connect_timeout_s
+        try:
+            await asyncio.wait_for(conn.start(), self.limits.upstream_connect_timeout_s)
+        except BaseException as exc:
+            await conn.close()
+            if isinstance(exc, TimeoutError):
+                raise UpstreamError(f"Upstream {name!r} did not initialize in time.") from exc
+            raise
+        conn.timeout = self.limits.upstream_call_timeout_s
+        up = Upstream(spec, conn)
+        conn.on_unsolicited = lambda msg: self._unsolicited(up, msg)
+        key = (name, profile)
+        conn.on_closed = lambda: self._live.pop(key, None) if self._live.get(key) is up else None
+        self._live[key] = up
+        return up
+
+    async def _unsolicited(self, up: Upstream, msg: JSON) -> None:
+        """Messages no call caused: list changes and resource updates go to the sessions they concern."""
+        method = msg.get("method", "")
+        if method == "notifications/tools/list_changed":
+            up.tools = None
+        if "id" in msg:  # a request we cannot attribute to one call: refuse rather than guess
+            await up.conn.respond(
+                {
+                    "jsonrpc": "2.0",
+                    "id": msg["id"],
+                    "error": {"code": -32600, "message": "No client request to relate this to."},
+                }
+            )
+            return
+        for session in list(up.listeners):
+            await session.deliver_unsolicited(up, msg)
+
+    def uses(self, version: int) -> bool:
+        return True
+
+    async def close(self) -> None:
+        for task in self._starting.values():
+            task.cancel()
+        live = list(self._live.values())
+        self._live.clear()
+        await asyncio.gather(*(u.conn.close() for u in live), return_exceptions=True)
+
+
+class Runtime:
+    """All tenants' runtimes; picks up upstream registrations changed by the CLI while serving."""
+
+    def __init__(self, store: Store, limits: Limits) -> None:
+        self.store = store
+        self.limits = limits
+        self._tenants: dict[str, TenantRuntime] = {}
+        self._version = -1
+        self._checked = 0.0
+        self._lock = asyncio.Lock()
+
+    async def tenant(self, tenant_id: str) -> TenantRuntime:
+        now = time.monotonic()
+        if now - self._checked > 1.0:
+            self._checked = now
+            version = self.store.upstreams_version()
+            if version != self._version:
+                self._version = version
+                await self._reload()
+        rt = self._tenants.get(tenant_id)
+        if rt is None:
+            rt = TenantRuntime(tenant_id, self.store.list_upstreams(tenant_id), self.limits)
+            self._tenants[tenant_id] = rt
+        return rt
+
+    async def _reload(self) -> None:
+        """Registrations changed: rebuild the runtimes whose upstream specs differ."""
+        for tenant_id, rt in list(self._tenants.items()):
+            specs = {s.name: s for s in self.store.list_upstreams(tenant_id)}
+            if specs != rt.specs:
+                self._tenants.pop(tenant_id, None)
+                sessions = list(rt.sessions)
+                await rt.close()
+                for s in sessions:
+                    s.retarget(None)
+
+    async def close(self) -> None:
+        tenants = list(self._tenants.values())
+        self._tenants.clear()
+        await asyncio.gather(*(t.close() for t in tenants), return_exceptions=True)
+
+
+_gids = itertools.count(1)
+
+
+class ClientSession:
+    """One client session (legacy revisions) or one request's worth of state (2026-07-28)."""
+
+    def __init__(
+        self,
+        session_id: str,
+        identity: Identity,
+        version: str,
+        client_caps: JSON,
+        client_info: JSON,
+        runtime: Runtime,
+    ) -> None:
+        self.id = session_id
+        self.identity = identity
+        self.version = version
+        self.client_caps = client_caps
+        self.client_info = client_info
+        self.profile = Profile.of(version, client_caps)
+        self.runtime = runtime
+        self.tenant: TenantRuntime | None = None
+        self.last_seen = time.monotonic()
+        self.get_queue: asyncio.Queue[JSON | None] | None = None
+        self.server_requests: dict[str, tuple[Upstream, Any]] = {}
+        self.inflight: dict[str, tuple[Upstream, int]] = {}
+        self.subscriptions: set[str] = set()
+        self.log_level: str | None = None
+        self.closed = False
+
+    # -- upstream access -----------------------------------------------------------------------
+    async def tenant_runtime(self) -> TenantRuntime:
+        rt = await self.runtime.tenant(self.identity.tenant_id)
+        if rt is not self.tenant:
+            self.tenant = rt
+            rt.sessions.add(self)
+        return rt
+
+    def retarget(self, rt: TenantRuntime | None) -> None:
+        self.tenant = rt
+
+    async def upstreams(self) -> list[Upstream]:
+        """Every upstream of the tenant that answers; one that fails is logged and left out."""
+        rt = await self.tenant_runtime()
+        names = sorted(rt.specs)
+        results = await asyncio.gather(*(rt.upstream(n, self.profile) for n in names), return_exceptions=True)
+        ups: list[Upstream] = []
+        for name, res in zip(names, results, strict=True):
+            if isinstance(res, BaseException):
+                log.warning("tenant upstream %s unavailable: %s", name, res)
+                continue
+            res.listeners.add(self)
+            ups.append(res)
+        return ups
+
+    async def upstream(self, name: str) -> Upstream:
+        rt = await self.tenant_runtime()
+        up = await rt.upstream(name, self.profile)
+        up.listeners.add(self)
+        return up
+
+    def prefix_of(self, up: Upstream) -> bool:
+        return up.spec.prefix
+
+    # -- messages that reach the client ----------------------------------------------------------
+    def sink_for(self, up: Upstream, send: Send, client_token: Any) -> Send:
+        """Rewrite what an upstream sends during one call so it fits this client, then send it."""
+
+        async def sink(msg: JSON) -> None:
+            method = msg.get("method", "")
+            if method == "notifications/progress":
+                if client_token is None:
+                    return
+                params = dict(msg.get("params") or {})
+                params["progressToken"] = client_token
+                await send({**msg, "params": params})
+            elif "id" in msg:
+                await send(self.relay_server_request(up, msg))
+            else:
+                await send(self.rename_outbound(up, msg))
+
+        return sink
+
+    def relay_server_request(self, up: Upstream, msg: JSON) -> JSON:
+        gid = f"aeg-{next(_gids)}"
+        self.server_requests[gid] = (up, msg["id"])
+        return {**msg, "id": gid}
+
+    async def answer_server_request(self, msg: JSON) -> bool:
+        """A client response to a request we relayed: return it upstream with the upstream's id."""
+        key = msg.get("id")
+        entry = self.server_requests.pop(key, None) if isinstance(key, str) else None
+        if entry is None:
+            return False
+        up, upstream_id = entry
+        await up.conn.respond({**msg, "id": upstream_id})
+        return True
+
+    def rename_outbound(self, up: Upstream, msg: JSON) -> JSON:
+        if up.spec.prefix and msg.get("method") == "notifications/resources/updated":
+            params = dict(msg.get("params") or {})
+            if isinstance(params.get("uri"), str):
+                params["uri"] = naming.prefixed_uri(up.spec.name, params["uri"])
+            return {**msg, "params": params}
+        return msg
+
+    async def deliver_unsolicited(self, up: Upstream, msg: JSON) -> None:
+        method = msg.get("method", "")
+        out = self.rename_outbound(up, msg)
+        if method == "notifications/resources/updated":
+            uri = (out.get("params") or {}).get("uri")
+            if uri not in self.subscriptions:
+                return
+        if self.get_queue is not None:
+            with contextlib.suppress(asyncio.QueueFull):
+                self.get_queue.put_nowait(out)
+
+    async def close(self) -> None:
+        self.closed = True
+        if self.tenant is not None:
+            self.tenant.sessions.discard(self)
+            for up in list(self.tenant._live.values()):
+                up.listeners.discard(self)
+        if self.get_queue is not None:
+            with contextlib.suppress(asyncio.QueueFull):
+                self.get_queue.put_nowait(None)
+
+
+async def list_all(up: Upstream, method: str, key: str, params: JSON | None = None) -> list[JSON]:
+    """Follow an upstream's pagination to the end (bounded), so clients get one merged page."""
+    items: list[JSON] = []
+    cursor: str | None = None
+    for _ in range(_MAX_PAGES):
+        p: JSON = dict(params or {})
+        if cursor:
+            p["cursor"] = cursor
+        resp = await up.conn.request(method, p or None)
+        if "error" in resp:
+            raise UpstreamError(f"Upstream {up.spec.name!r} failed {method}.")
+        result = resp.get("result") or {}
+        page = result.get(key)
+        if isinstance(page, list):
+            items.extend(x for x in page if isinstance(x, dict))
+        cursor = result.get("nextCursor")
+        if not cursor:
+            break
+    return items

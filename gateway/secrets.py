@@ -1,0 +1,101 @@
+"""Secrets: the masking string type, token minting and keyed hashing, and the master key file.
+
+Tokens look like `aeg_<40 base62 chars>` so secret scanners can find leaked ones. The database keeps
+only HMAC-SHA256(token-hash key, token); the key derives from a master secret that lives in a 0600
+file under the data dir, never in the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets as _random
+import stat
+import string
+from pathlib import Path
+
+from gateway.errors import ConfigError
+
+TOKEN_PREFIX = "aeg_"
+_ALPHABET = string.ascii_letters + string.digits
+_TOKEN_BODY = 40
+
+
+class Secret(str):
+    """A string that masks itself in repr/str formatting of containers, so logs never show it."""
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    def reveal(self) -> str:
+        return str.__str__(self)
+
+
+def mint_token() -> str:
+    return TOKEN_PREFIX + "".join(_random.choice(_ALPHABET) for _ in range(_TOKEN_BODY))
+
+
+def mint_id(prefix: str, n: int = 12) -> str:
+    alphabet = string.ascii_lowercase + string.digits
+    return prefix + "".join(_random.choice(alphabet) for _ in range(n))
+
+
+def looks_like_token(value: str) -> bool:
+    return (
+        value.startswith(TOKEN_PREFIX)
+        and len(value) == len(TOKEN_PREFIX) + _TOKEN_BODY
+        and all(c in _ALPHABET for c in value[len(TOKEN_PREFIX) :])
+    )
+
+
+def derive_key(master: bytes, purpose: str) -> bytes:
+    """A sub-key per purpose (HMAC as a PRF), so one master secret serves several uses safely."""
+    return hmac.new(master, b"aegress/v1/" + purpose.encode(), hashlib.sha256).digest()
+
+
+def token_hash(key: bytes, token: str) -> str:
+    return hmac.new(key, token.encode(), hashlib.sha256).hexdigest()
+
+
+def check_private_file(path: Path) -> None:
+    """Refuse a secret file that group or others can read: a leaked master key forges nothing but
+    exposes every token hash to offline guessing and every audit HMAC to lookup."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise ConfigError(
+            f"{path} is readable by other users (mode {mode:o}).",
+            hint=f"Run: chmod 600 {path}",
+            code="insecure-key-file",
+        )
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Create a 0600 file atomically; never widen permissions on the way."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def load_master_key(home: Path, *, create: bool = True) -> bytes:
+    """The deployment's master secret (32 bytes) from `<home>/secrets/master.key`."""
+    path = home / "secrets" / "master.key"
+    if not path.exists():
+        if not create:
+            raise ConfigError(f"No master key at {path}.", hint="Run any `aegress` command once to create it.")
+        write_private_file(path, _random.token_bytes(32).hex().encode())
+    check_private_file(path)
+    raw = path.read_bytes().strip()
+    try:
+        key = bytes.fromhex(raw.decode())
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not a hex-encoded key.", hint="Restore it from a backup.") from exc
+    if len(key) < 32:
+        raise ConfigError(f"{path} holds a key shorter than 32 bytes.", hint="Restore it from a backup.")
+    return key

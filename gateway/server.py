@@ -1,0 +1,147 @@
+"""Assembles the gateway: store, runtime, pipeline, HTTP edge; runs it under uvicorn.
+
+The app is built once, explicitly: error handling is the endpoint's outermost layer, startup and
+shutdown go through the host app's lifespan (upstream processes are stopped there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from gateway.config import ServeSettings
+from gateway.decide import Decider
+from gateway.errors import ConfigError, StoreUnavailable
+from gateway.pipeline import Pipeline
+from gateway.proxy import Runtime
+from gateway.record import StoreRecorder
+from gateway.secrets import load_master_key
+from gateway.store import open_store
+from gateway.transport import McpEndpoint, default_allowed
+
+log = logging.getLogger("aegress.server")
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass
+class Gateway:
+    app: Starlette
+    endpoint: McpEndpoint
+    pipeline: Pipeline
+
+
+def build_gateway(home: Path, settings: ServeSettings, *, database_url: str | None = None,
+                  decider: Decider | None = None) -> Gateway:
+    store = open_store(home, database_url)
+    master = load_master_key(home)
+    runtime = Runtime(store, settings.limits)
+    recorder = StoreRecorder(open_store(home, database_url))
+    pipeline = Pipeline(store, master, runtime, recorder, decider)
+    hosts, origins = default_allowed(settings.host)
+    endpoint = McpEndpoint(
+        pipeline,
+        runtime,
+        settings.limits,
+        allowed_hosts=hosts + settings.allowed_hosts,
+        allowed_origins=origins + settings.allowed_origins,
+    )
+
+    async def health(request: Request) -> JSONResponse:
+        try:
+            await asyncio.to_thread(store.ping) if not store.inline_safe else store.ping()
+            store_ok = True
+        except StoreUnavailable:
+            store_ok = False
+        ready = store_ok and recorder.healthy
+        body = {"status": "ok" if ready else "unready", "live": True, "ready": ready,
+                "store": "ok" if store_ok else "unavailable", "recorder": "ok" if recorder.healthy else "failing"}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        reaper = asyncio.create_task(endpoint.reaper())
+        try:
+            yield
+        finally:
+            reaper.cancel()
+            await endpoint.close()
+            await runtime.close()
+            recorder.close()
+            store.close()
+
+    app = Starlette(
+        routes=[Route("/health", health, methods=["GET"]), Route("/mcp", endpoint, methods=None)],
+        lifespan=lifespan,
+    )
+    return Gateway(app, endpoint, pipeline)
+
+
+def check_bind(host: str, allow_public: bool) -> None:
+    if host not in LOOPBACK and not allow_public:
+        raise ConfigError(
+            f"Refusing to listen on {host}: only loopback addresses are served by default.",
+            hint="Pass --allow-public-bind to listen on a non-loopback address (put TLS in front of it).",
+            code="public-bind",
+        )
+
+
+def serve(home: Path, settings: ServeSettings, *, database_url: str | None = None,
+          on_ready: Callable[[str], None] | None = None, log_level: str = "warning") -> None:
+    """Bind first (so port 0 works and the real URL can be printed), then run uvicorn on that socket."""
+    import uvicorn
+
+    gateway = build_gateway(home, settings, database_url=database_url)
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        raise ConfigError(
+            f"Cannot listen on {settings.host}:{settings.port}: {exc.strerror}.",
+            hint="Pick another port with --port (0 picks a free one).",
+            code="bind-failed",
+        ) from exc
+    sock.listen(2048)
+    port = sock.getsockname()[1]
+    shown = f"[{settings.host}]" if family == socket.AF_INET6 else settings.host
+    url = f"http://{shown}:{port}/mcp"
+    config = uvicorn.Config(
+        gateway.app,
+        log_level=log_level,
+        access_log=False,
+        lifespan="on",
+        loop="uvloop" if sys.platform != "win32" else "asyncio",
+        http="httptools",
+        timeout_graceful_shutdown=5,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+
+    async def run() -> None:
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.01)
+        if server.started and on_ready is not None:
+            on_ready(url)
+        await serving
+
+    asyncio.run(run()) if sys.platform == "win32" else _run_uvloop(run)
+
+
+def _run_uvloop(main: Callable[[], object]) -> None:
+    import uvloop
+
+    uvloop.run(main())  # type: ignore[arg-type]

@@ -1,0 +1,101 @@
+"""The shared vocabulary: plain records passed between the stages and the store.
+
+Everything here is data; no I/O and no behaviour beyond small derived properties.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+JSON = dict[str, Any]
+Transport = Literal["stdio", "http"]
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    id: str
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    tenant_id: str
+    id: str
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """A token as the database knows it: never the token itself, only its keyed hash."""
+
+    id: str
+    tenant_id: str
+    actor_id: str
+    created_at: str
+    revoked_at: str | None = None
+    label: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSpec:
+    """A registered upstream MCP server of one tenant.
+
+    `headers` values are either literal strings or references `keyring:NAME` / `env:NAME` that are
+    resolved only when the gateway connects, so the database never holds an upstream secret.
+    """
+
+    tenant_id: str
+    name: str
+    transport: Transport
+    command: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    url: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    prefix: bool = True
+    allow_private: bool = False
+    created_at: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who is calling, as fixed by the token (authenticate stage)."""
+
+    tenant_id: str
+    actor_id: str
+    token_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The decide stage's answer for one call."""
+
+    verdict: Literal["allow", "review", "block"]
+    rule_id: str = "default"
+    reason: str = ""
+    policy_version: int = 0
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """One plain record per call for the record stage (the sealed evidence replaces it later)."""
+
+    tenant_id: str
+    actor_id: str
+    token_id: str
+    method: str
+    target: str
+    upstream: str
+    verdict: str
+    rule_id: str
+    outcome: str
+    started_at: str
+    duration_ms: float
+    error_code: int | None = None
+    session_id: str = ""
+    client_name: str = ""

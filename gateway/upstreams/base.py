@@ -1,0 +1,208 @@
+"""What every upstream transport shares: id allocation, pending calls, and routing of what comes back.
+
+The gateway allocates its own JSON-RPC ids towards each upstream, so client ids never reach an
+upstream and responses can only ever be matched to the call that caused them. Messages an upstream
+sends during a call (progress, logs, requests for sampling or elicitation) go to that call's sink:
+by the stream they arrived on (HTTP), by progress token, or, on stdio where nothing else relates
+them, to the only call in flight. Anything else goes to `on_unsolicited`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.errors import UpstreamError
+from gateway.jsonrpc import JSON, notification
+from gateway.types import UpstreamSpec
+
+log = logging.getLogger("aegress.upstream")
+
+Sink = Callable[[JSON], Awaitable[None]]
+
+CLIENT_INFO = {"name": "aegress-gateway", "version": "0.1.0"}
+
+
+@dataclass(slots=True)
+class Pending:
+    future: asyncio.Future[JSON]
+    sink: Sink | None
+    progress_token: str | None = None
+    method: str = ""
+
+
+@dataclass(slots=True)
+class _State:
+    pending: dict[int, Pending] = field(default_factory=dict)
+    by_progress: dict[str, Pending] = field(default_factory=dict)
+
+
+class UpstreamConnection:
+    """One initialized MCP session with one upstream; safe for many concurrent calls."""
+
+    def __init__(self, spec: UpstreamSpec, *, protocol_version: str, capabilities: dict, timeout: float) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.protocol_version = protocol_version
+        self.client_capabilities = capabilities
+        self.timeout = timeout
+        self.init_result: JSON = {}
+        self.closed = False
+        self.on_unsolicited: Callable[[JSON], Awaitable[None]] | None = None
+        self.on_closed: Callable[[], None] | None = None
+        self._ids = itertools.count(1)
+        self._state = _State()
+        self._progress_ids = itertools.count(1)
+
+    # -- what transports implement -------------------------------------------------------------
+    async def _open(self) -> None:
+        raise NotImplementedError
+
+    async def _send(self, message: JSON, pending: Pending | None) -> None:
+        """Deliver one message; for HTTP the response stream is read here and dispatched."""
+        raise NotImplementedError
+
+    async def _close(self) -> None:
+        raise NotImplementedError
+
+    # -- public API ----------------------------------------------------------------------------
+    @property
+    def capabilities(self) -> JSON:
+        caps = self.init_result.get("capabilities")
+        return caps if isinstance(caps, dict) else {}
+
+    async def start(self) -> None:
+        await self._open()
+        params = {
+            "protocolVersion": self.protocol_version,
+            "capabilities": self.client_capabilities,
+            "clientInfo": CLIENT_INFO,
+        }
+        response = await self.request("initialize", params, timeout=self.timeout)
+        if "error" in response:
+            raise UpstreamError(f"Upstream {self.name!r} refused to initialize: {response['error'].get('message')}")
+        self.init_result = response.get("result") or {}
+        await self.notify("notifications/initialized")
+
+    async def request(
+        self,
+        method: str,
+        params: JSON | None = None,
+        *,
+        sink: Sink | None = None,
+        timeout: float | None = None,
+        progress_token: Any = None,
+        on_sent: Callable[[int], None] | None = None,
+    ) -> JSON:
+        """Send a request and wait for its response message (result or error, upstream's own id).
+
+        When `progress_token` is given the caller wants progress: the upstream sees a fresh token
+        of ours, and notifications come back to `sink` with the caller's token restored by them.
+        """
+        if self.closed:
+            raise UpstreamError(f"Upstream {self.name!r} is not connected.")
+        msg_id = next(self._ids)
+        loop = asyncio.get_running_loop()
+        pending = Pending(loop.create_future(), sink, method=method)
+        message: JSON = {"jsonrpc": "2.0", "id": msg_id, "method": method}
+        if params is not None:
+            message["params"] = params
+        if progress_token is not None:
+            token = f"p{next(self._progress_ids)}"
+            pending.progress_token = token
+            self._state.by_progress[token] = pending
+            meta = dict(params.get("_meta") or {}) if params else {}
+            meta["progressToken"] = token
+            message["params"] = {**(params or {}), "_meta": meta}
+        self._state.pending[msg_id] = pending
+        if on_sent is not None:
+            on_sent(msg_id)
+        try:
+            send = asyncio.ensure_future(self._send(message, pending))
+            try:
+                done, _ = await asyncio.wait(
+                    {send, pending.future}, timeout=timeout or self.timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if pending.future in done:
+                    return pending.future.result()
+                if send in done:
+                    send.result()  # raises transport errors
+                    return await asyncio.wait_for(asyncio.shield(pending.future), timeout or self.timeout)
+                raise TimeoutError
+            except TimeoutError as exc:
+                await self.notify_quiet(
+                    "notifications/cancelled", {"requestId": msg_id, "reason": "gateway timeout"}
+                )
+                raise UpstreamError(
+                    f"Upstream {self.name!r} did not answer {method} in time.", code="upstream-timeout"
+                ) from exc
+            finally:
+                if not send.done():
+                    send.cancel()
+        finally:
+            self._state.pending.pop(msg_id, None)
+            if pending.progress_token is not None:
+                self._state.by_progress.pop(pending.progress_token, None)
+
+    async def notify(self, method: str, params: JSON | None = None) -> None:
+        await self._send(notification(method, params), None)
+
+    async def notify_quiet(self, method: str, params: JSON | None = None) -> None:
+        try:
+            await self.notify(method, params)
+        except Exception:  # a best-effort courtesy (cancel) must not mask the real error
+            log.debug("could not send %s to %s", method, self.name)
+
+    async def respond(self, message: JSON) -> None:
+        """Answer a request the upstream sent us (sampling, elicitation, roots) with its own id."""
+        await self._send(message, None)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._fail_all(UpstreamError(f"Upstream {self.name!r} closed."))
+        try:
+            await self._close()
+        finally:
+            if self.on_closed is not None:
+                self.on_closed()
+
+    # -- routing what comes back ---------------------------------------------------------------
+    def _fail_all(self, exc: Exception) -> None:
+        for pending in list(self._state.pending.values()):
+            if not pending.future.done():
+                pending.future.set_exception(exc)
+
+    async def _dispatch(self, msg: JSON, related: Pending | None = None) -> None:
+        if "method" not in msg:
+            msg_id = msg.get("id")
+            pending = self._state.pending.get(msg_id) if isinstance(msg_id, int) else None
+            if pending is not None and not pending.future.done():
+                pending.future.set_result(msg)
+            else:
+                log.debug("dropping a response for an unknown id from %s", self.name)
+            return
+        method = msg["method"]
+        target = related
+        if method == "notifications/progress":
+            token = (msg.get("params") or {}).get("progressToken")
+            target = self._state.by_progress.get(token) if isinstance(token, str) else None
+            if target is None:
+                return  # a progress token we did not hand out: never guess its owner
+        elif target is None and ("id" in msg or method == "notifications/message"):
+            live = [p for p in self._state.pending.values() if p.sink is not None and p.method != "initialize"]
+            if len(live) == 1:
+                target = live[0]
+        if target is not None and target.sink is not None:
+            await target.sink(msg)
+        elif self.on_unsolicited is not None:
+            await self.on_unsolicited(msg)
+        elif "id" in msg:
+            await self.respond(
+                {"jsonrpc": "2.0", "id": msg["id"], "error": {"code": -32601, "message": "Not available here."}}
+            )
