@@ -275,6 +275,7 @@ class ClientSession:
 
     def relay_server_request(self, up: Upstream, msg: JSON) -> JSON:
         gid = f"aeg-{next(_gids)}"
+        log.debug("relaying upstream request %s to the client as %s", msg.get("method"), gid)
         self.server_requests[gid] = (up, msg["id"])
         return {**msg, "id": gid}
 
@@ -285,6 +286,7 @@ class ClientSession:
         if entry is None:
             return False
         up, upstream_id = entry
+        log.debug("relaying the client's answer to %s upstream as id %r", key, upstream_id)
         await up.conn.respond({**msg, "id": upstream_id})
         return True
 

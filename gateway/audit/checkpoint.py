@@ -81,7 +81,7 @@ class Verifier:
 
 def parse_verifier_key(text: str) -> Verifier:
     """Parse `name+hexkeyid+base64(0x01||pubkey)`; the key ID must match the name and key."""
-    parts = text.strip().split("+")
+    parts = text.strip().split("+", 2)  # base64 may contain "+"
     if len(parts) != 3:
         raise MalformedNote("verifier key must look like name+keyid+base64key")
     name, hex_id, encoded = parts

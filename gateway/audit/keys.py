@@ -61,7 +61,7 @@ def parse_private_key(text: str) -> SigningKey:
     line = text.strip()
     if not line.startswith(_PRIVATE_PREFIX):
         raise KeyFileError("key file does not hold a PRIVATE+KEY+ line")
-    parts = line[len(_PRIVATE_PREFIX) :].split("+")
+    parts = line[len(_PRIVATE_PREFIX) :].split("+", 2)  # base64 may contain "+"
     if len(parts) != 3:
         raise KeyFileError("key file must hold PRIVATE+KEY+name+keyid+base64key")
     name, hex_id, encoded = parts

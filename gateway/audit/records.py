@@ -17,9 +17,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
-from gateway.audit.canonical import MAX_SAFE_INTEGER, JsonValue, canonicalize, parse_canonical
+import orjson
+
+from gateway.audit.canonical import MAX_SAFE_INTEGER, JsonValue, canonicalize
 from gateway.audit.errors import InvalidRecord
 from gateway.audit.merkle import leaf_hash
 
@@ -63,6 +65,14 @@ class KindSpec:
     required: Mapping[str, str]
     optional: Mapping[str, str]
 
+    @property
+    def required_names(self) -> frozenset[str]:
+        return frozenset(self.required)
+
+    @property
+    def allowed_names(self) -> frozenset[str]:
+        return frozenset(self.required) | frozenset(self.optional)
+
 
 KINDS: Final[Mapping[str, KindSpec]] = {
     # A call that will be forwarded: committed before forwarding. verdict: "allow" or "review_approved".
@@ -96,30 +106,25 @@ KINDS: Final[Mapping[str, KindSpec]] = {
 }
 
 
-def _check_field(kind: str, name: str, kind_of: str, value: Any) -> None:
-    ok: bool
-    if kind_of == "str":
-        ok = isinstance(value, str) and value != ""
-    elif kind_of == "str?":
-        ok = value is None or isinstance(value, str)
-    elif kind_of == "int":
-        ok = type(value) is int and 0 <= value <= MAX_SAFE_INTEGER
-    elif kind_of == "digest":
-        ok = isinstance(value, str) and _DIGEST.match(value) is not None
-    elif kind_of == "digest?":
-        ok = value is None or (isinstance(value, str) and _DIGEST.match(value) is not None)
-    elif kind_of == "time":
-        ok = isinstance(value, str) and _TIME.match(value) is not None
-    elif kind_of == "preview":
-        ok = isinstance(value, str) and len(value) <= MAX_PREVIEW_CHARS
-    elif kind_of == "status":
-        ok = value in OUTCOME_STATUSES
-    elif kind_of == "strs":
-        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-    else:  # pragma: no cover - KINDS is static
-        raise AssertionError(kind_of)
-    if not ok:
-        raise InvalidRecord(f"{kind} record: field {name!r} must be {kind_of}")
+_NAMES: Final = {kind: (spec.required_names, spec.allowed_names) for kind, spec in KINDS.items()}
+_TYPES: Final = {kind: {**spec.optional, **spec.required} for kind, spec in KINDS.items()}
+
+
+def _is_digest(value: Any) -> bool:
+    return isinstance(value, str) and _DIGEST.match(value) is not None
+
+
+_CHECKS: Final[Mapping[str, Any]] = {
+    "str": lambda v: isinstance(v, str) and v != "",
+    "str?": lambda v: v is None or isinstance(v, str),
+    "int": lambda v: type(v) is int and 0 <= v <= MAX_SAFE_INTEGER,
+    "digest": _is_digest,
+    "digest?": lambda v: v is None or _is_digest(v),
+    "time": lambda v: isinstance(v, str) and _TIME.match(v) is not None,
+    "preview": lambda v: isinstance(v, str) and len(v) <= MAX_PREVIEW_CHARS,
+    "status": lambda v: isinstance(v, str) and v in OUTCOME_STATUSES,
+    "strs": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+}
 
 
 def validate_body(kind: str, body: Mapping[str, Any]) -> None:
@@ -129,6 +134,17 @@ def validate_body(kind: str, body: Mapping[str, Any]) -> None:
         raise InvalidRecord(f"unknown record kind {kind!r}", hint=f"one of: {', '.join(sorted(KINDS))}")
     if not isinstance(body, Mapping):
         raise InvalidRecord(f"{kind} record: body must be an object")
+    required, allowed = _NAMES[kind]
+    if not (required <= body.keys() <= allowed):
+        _explain_fields(kind, spec, body)
+    types = _TYPES[kind]
+    for name, value in body.items():
+        kind_of = types[name]
+        if not _CHECKS[kind_of](value):
+            raise InvalidRecord(f"{kind} record: field {name!r} must be {kind_of}")
+
+
+def _explain_fields(kind: str, spec: KindSpec, body: Mapping[str, Any]) -> None:
     missing = [name for name in spec.required if name not in body]
     if missing:
         raise InvalidRecord(f"{kind} record: missing field(s) {', '.join(missing)}")
@@ -138,8 +154,7 @@ def validate_body(kind: str, body: Mapping[str, Any]) -> None:
             f"{kind} record: unknown field(s) {', '.join(sorted(map(str, unknown)))}",
             hint="evidence holds only documented fields; raw values go in as digests or redacted previews",
         )
-    for name, value in body.items():
-        _check_field(kind, name, spec.required.get(name) or spec.optional[name], value)
+
 
 
 def format_time(when: datetime) -> str:
@@ -234,9 +249,8 @@ class ChainHead:
         return cls(origin=record.origin, size=record.seq + 1, last_hash=leaf_hash(data))
 
 
-@dataclass(frozen=True)
-class ParsedRecord:
-    """A stored record read back: its fields, for queries and verification."""
+class ParsedRecord(NamedTuple):
+    """A stored record read back: its fields, for queries and verification (a tuple: cheap to build)."""
 
     origin: str
     seq: int
@@ -247,17 +261,25 @@ class ParsedRecord:
 
 
 def parse_record(data: bytes) -> ParsedRecord:
-    """Parse stored bytes, insisting on canonical form, version 1, the top-level fields and a valid body."""
-    value = parse_canonical(data)
-    if not isinstance(value, dict) or set(value) != _TOP_KEYS:
+    """Parse stored bytes, insisting on canonical form, version 1, the top-level fields and a valid body.
+
+    This is the verifier's hot path. orjson parses; once the fields are validated the value holds only
+    ASCII keys, safe integers, strings, lists, booleans and nulls, for which orjson's sorted compact output
+    is exactly the RFC 8785 form, so comparing it with the stored bytes proves canonical form.
+    """
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRecord("record bytes are not valid UTF-8 JSON") from exc
+    if not isinstance(value, dict) or value.keys() != _TOP_KEYS:
         raise InvalidRecord("record must be an object with exactly v, origin, seq, prev, kind, time, body")
-    if value["v"] != FORMAT_VERSION:
-        raise InvalidRecord(f"unsupported record version {value['v']!r}")
-    origin, seq, prev, time = value["origin"], value["seq"], value["prev"], value["time"]
+    version, origin, seq, prev, time = value["v"], value["origin"], value["seq"], value["prev"], value["time"]
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise InvalidRecord(f"unsupported record version {version!r}")
     if not isinstance(origin, str):
         raise InvalidRecord("origin must be a string")
     _check_origin(origin)
-    if type(seq) is not int or seq < 0:
+    if type(seq) is not int or not 0 <= seq <= MAX_SAFE_INTEGER:
         raise InvalidRecord("seq must be a non-negative integer")
     if not isinstance(prev, str) or _HEX64.match(prev) is None:
         raise InvalidRecord("prev must be 64 lowercase hex characters")
@@ -266,6 +288,8 @@ def parse_record(data: bytes) -> ParsedRecord:
     if not isinstance(time, str) or _TIME.match(time) is None:
         raise InvalidRecord("time must be RFC 3339 UTC with microseconds")
     validate_body(value["kind"], value["body"])
+    if orjson.dumps(value, option=orjson.OPT_SORT_KEYS) != data and canonicalize(value) != data:
+        raise InvalidRecord("record bytes are not in RFC 8785 canonical form")
     return ParsedRecord(origin=origin, seq=seq, prev=prev, kind=value["kind"], time=time, body=value["body"])
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from json.decoder import scanstring
 from typing import Any
 
 _NUMBER_RE = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
 _WS = " \t\n\r"
+# The stdlib's own JSON string decoder (exact escapes, rejects raw control chars); untyped upstream.
+_scanstring: Callable[[str, int, bool], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
 _MAX_DEPTH = 256
 
 
@@ -128,7 +130,7 @@ class _Parser:
 
     def string(self) -> str:
         try:
-            value, end = scanstring(self.text, self.pos + 1, True)
+            value, end = _scanstring(self.text, self.pos + 1, True)
         except json.JSONDecodeError as exc:
             raise self.fail(f"bad string ({exc.msg})", exc.pos) from None
         self.pos = end

@@ -7,6 +7,7 @@ an absolute `aegress_command`.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import PurePath
 from typing import Any
 
@@ -57,7 +58,7 @@ class ClaudeDesktop(JsonClient):
             options.get("--url"),
             options.get("--tenant"),
             options.get("--actor"),
-            helper=" ".join(argv[: argv.index("bridge") + 1]),
+            helper=shlex.join(argv),
         )
 
 

@@ -75,7 +75,7 @@ def write_config(path: Path, text: str, *, expected: str | None, new_file_mode: 
     data = text.encode("utf-8")
     if current is None:
         dir_mode = 0o700 if new_file_mode & 0o077 == 0 else 0o755
-        target.parent.mkdir(parents=True, exist_ok=True, mode=dir_mode)
+        _make_dirs(target.parent, dir_mode)
         _atomic_write(target, data, new_file_mode, owner=None)
         return WriteResult(target, changed=True, created=True, backup=None)
     st = target.stat()
@@ -84,6 +84,16 @@ def write_config(path: Path, text: str, *, expected: str | None, new_file_mode: 
     _atomic_write(backup, current.encode("utf-8"), mode, owner=owner)
     _atomic_write(target, data, mode, owner=owner)
     return WriteResult(target, changed=True, created=False, backup=backup)
+
+
+def _make_dirs(directory: Path, mode: int) -> None:
+    """Create missing directories, each with `mode` (mkdir(parents=True) applies it to the last only)."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for path in reversed(missing):
+        path.mkdir(mode=mode, exist_ok=True)
 
 
 def _atomic_write(target: Path, data: bytes, mode: int, *, owner: tuple[int, int] | None) -> None:

@@ -64,6 +64,11 @@ class HttpConnection(UpstreamConnection):
             limits=httpx2.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=30.0),
         )
 
+    async def start(self) -> None:
+        """Initialize, then open the GET stream: servers send unrelated requests and notifications there."""
+        await super().start()
+        await self.listen()
+
     def _headers(self, get: bool = False) -> dict[str, str]:
         h = {"accept": "text/event-stream" if get else "application/json, text/event-stream"}
         if not get:

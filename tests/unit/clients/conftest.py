@@ -1,28 +1,12 @@
-"""Shared inputs for the client-config tests: one request, a canary token, golden-file helpers."""
+"""Client-config tests run with the token in the environment, as a real user's shell would have it,
+so the canary checks prove that nothing copies it from there."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
-
-from gateway.clients import EntryRequest
-
-GOLDEN = Path(__file__).parent / "golden"
-CANARY = "aeg_canary_7f3c0d1e9b2a4c68"  # must never appear in anything we render or write
-REQUEST = EntryRequest(url="http://127.0.0.1:8765/mcp", tenant="acme", actor="alice")
-
-
-def check_golden(path: Path, actual: str) -> None:
-    """Compare with a golden file; AEGRESS_UPDATE_GOLDEN=1 rewrites it (review the diff!)."""
-    if os.environ.get("AEGRESS_UPDATE_GOLDEN") == "1":
-        path.write_bytes(actual.encode("utf-8"))
-    assert path.exists(), f"missing golden file {path}; run with AEGRESS_UPDATE_GOLDEN=1"
-    assert actual == path.read_bytes().decode("utf-8")
+from clients_support import CANARY
 
 
 @pytest.fixture(autouse=True)
 def _canary_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The token is in the environment during every test, as it would be for a real user."""
     monkeypatch.setenv("AEGRESS_MCP_GATEWAY_TOKEN", CANARY)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import CANARY, GOLDEN, REQUEST, check_golden
+from clients_support import CANARY, GOLDEN, REQUEST, check_golden
 
 from gateway.clients import CLIENTS
 

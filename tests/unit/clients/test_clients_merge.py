@@ -9,12 +9,11 @@ import tomllib
 from pathlib import PurePath
 
 import pytest
-from conftest import CANARY, REQUEST
+from clients_support import CANARY, REQUEST
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.clients import CLIENTS, EntryRequest, Host, MalformedConfig, gateway_headers, unified_diff
-from gateway.clients import _jsonc
+from gateway.clients import CLIENTS, EntryRequest, Host, MalformedConfig, _jsonc, gateway_headers, unified_diff
 from gateway.clients.codex import KNOWN_KEYS, codex_url, split_codex_url
 from gateway.errors import InvalidInput, UsageError
 
@@ -27,7 +26,7 @@ AWKWARD = [
     'quote " and \\ backslash',
     "unicode é ☃ 😀 \u2028 \u00a0x",
     "toml ''' \"\"\" [table] # not a comment = x",
-    "json {\"a\": [1, 2]} , : }",
+    'json {"a": [1, 2]} , : }',
     "url ?&=%+/;#@!*()",
     "single ' quote and `backtick`",
 ]
@@ -107,7 +106,7 @@ def test_wrong_shape_is_refused(text: str, problem: str) -> None:
     ("text", "line"),
     [
         ('model = "x"\n[mcp_servers.a\nurl = "y"\n', 2),
-        ('a = 1\na = 2\n', 2),
+        ("a = 1\na = 2\n", 2),
         ('[mcp_servers]\nx = "unterminated\n', 2),
     ],
 )
@@ -122,7 +121,7 @@ def test_codex_wrong_shapes_are_refused() -> None:
     codex = CLIENTS["codex"]
     with pytest.raises(MalformedConfig, match="mcp_servers is not a table"):
         codex.merge("mcp_servers = 3\n", REQUEST, "user")
-    with pytest.raises(MalformedConfig, match="mcp_servers.aegress is not a table"):
+    with pytest.raises(MalformedConfig, match=r"mcp_servers\.aegress is not a table"):
         codex.merge('[mcp_servers]\naegress = "x"\n', REQUEST, "user")
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
+import tomllib
 
 import jsonschema
 import pytest
-import tomllib
 
 from gateway.errors import InvalidInput
 from gateway.policy import (
@@ -246,7 +246,9 @@ def test_missing_version_and_wrong_version() -> None:
 
 def test_semantic_checks() -> None:
     base = 'version = 1\n[[rules]]\nid = "a"\n'
-    assert "annotations only apply" in only(base + 'verdict = "allow"\nkind = "prompt"\nannotations = { readOnlyHint = true }\n')[2]
+    prompt_rule = 'verdict = "allow"\nkind = "prompt"\nannotations = { readOnlyHint = true }\n'
+    prompt_rule = 'verdict = "allow"\nkind = "prompt"\nannotations = { readOnlyHint = true }\n'
+    assert "annotations only apply" in only(base + prompt_rule)[2]
     assert "review_mode only applies" in only(base + 'verdict = "allow"\nreview_mode = "confirm"\n')[2]
     assert "client requests are" in only(base + 'verdict = "allow"\nkind = "client_request"\nname = "sampeling"\n')[2]
     assert "present = false" in only(base + 'verdict = "block"\nargs = { x = { present = false, equals = 1 } }\n')[2]
@@ -294,7 +296,7 @@ flag = { present = true, equals = true }
     assert rule.upstream == ("demo", "gh*") and rule.name == ("write_*",) and rule.actors == ("bot-*",)
     assert rule.annotations == {"destructiveHint": False}
     assert [a.path for a in rule.args] == ["path", "n.0", "flag"]
-    assert rule.review_mode is ReviewMode.CONFIRM.APPROVE
+    assert rule.review_mode is ReviewMode.APPROVE
     assert policy.builtins.destructive is None
     assert policy.rate_limits.actors["bot"].per_seconds == 1.5
     assert policy.pins == {"demo": {"echo": "sha256:" + "a" * 64}}
