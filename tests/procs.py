@@ -141,9 +141,10 @@ def setup_tenant(home: Path, tenant: str, actor: str) -> str:
     return str(aegress_json(home, "token", "issue", "--tenant", tenant, "--actor", actor)["token"])
 
 
-def add_stdio_fixture(home: Path, tenant: str, name: str, *flags: str) -> None:
+def add_stdio_fixture(home: Path, tenant: str, name: str, *flags: str, label: str | None = None) -> None:
+    """Register the fixture server as a stdio upstream; `whoami` answers `label` (default: the name)."""
     aegress(home, "upstream", "add", "--tenant", tenant, name, *sum((["--command", a] for a in FIXTURE_SERVER), []),
-            "--env", f"FIXTURE_NAME={name}", "--env", f"PYTHONPATH={ROOT}", "--cwd", str(ROOT), *flags)
+            "--env", f"FIXTURE_NAME={label or name}", "--env", f"PYTHONPATH={ROOT}", "--cwd", str(ROOT), *flags)
 
 
 @contextlib.asynccontextmanager

@@ -332,3 +332,15 @@ w = 3
 def test_problem_str_format() -> None:
     found = check_policy('version = 1\n[[rules]]\nid = "a"\nverdict = "nope"\n', "policies/acme.toml")
     assert re.fullmatch(r"policies/acme\.toml:4: rules\[0\]\.verdict: must be one of .*", str(found[0]))
+
+
+def test_docs_examples_are_valid() -> None:
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[3] / "docs" / "policy.md"
+    blocks = re.findall(r"```toml\n(.*?)```", docs.read_text(), flags=re.S)
+    assert blocks
+    for block in blocks:
+        text = block if block.startswith("version") else "version = 1\n" + block
+        load_policy(text, "docs/policy.md")
+        jsonschema.validate(tomllib.loads(text), policy_schema())
