@@ -11,7 +11,9 @@ from gateway.audit.errors import InvalidRecord
 def test_rfc8785_sample_object() -> None:
     # RFC 8785 section 3.2.2 input, minus the float members we never store.
     value = {"literals": [None, True, False], "string": "€$\x0f\nA'B\"\\\\\"/"}
-    assert canonicalize(value) == b'{"literals":[null,true,false],"string":"\xe2\x82\xac$\\u000f\\nA\'B\\"\\\\\\\\\\"/"}'
+    assert canonicalize(value) == (
+        b'{"literals":[null,true,false],"string":"\xe2\x82\xac$\\u000f\\nA\'B\\"\\\\\\\\\\"/"}'
+    )
 
 
 def test_keys_sort_by_utf16_code_units() -> None:
@@ -47,7 +49,13 @@ def test_rejects_non_canonical_bytes(data: bytes) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", [{"a": [1, -2, "é", None, True]}, {"x": "\u2028\x7f\x00\U0001f600"}, [1.5, 1e21, 0.1], {"\ufb33": 1, "\U0001f600": 2}]
+    "value",
+    [
+        {"a": [1, -2, "é", None, True]},
+        {"x": "\u2028\x7f\x00\U0001f600"},
+        [1.5, 1e21, 0.1],
+        {"\ufb33": 1, "\U0001f600": 2},
+    ],
 )
 def test_round_trip(value: object) -> None:
     data = canonicalize(value)

@@ -45,7 +45,7 @@ def test_time_is_normalised_to_utc() -> None:
     b, _ = head.append(kind="intent", time=T0, body=intent_body(0))
     assert a.canonical == b.canonical
     with pytest.raises(InvalidRecord):
-        head.append(kind="intent", time=datetime(2025, 1, 1), body=intent_body(0))  # noqa: DTZ001
+        head.append(kind="intent", time=datetime(2025, 1, 1), body=intent_body(0))
 
 
 @pytest.mark.parametrize(
