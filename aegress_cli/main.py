@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from aegress_cli import _common, actor, serve, tenant, token, upstream
+from aegress_cli import _common, actor, bridge, client, serve, tenant, token, upstream
 
 app = typer.Typer(
     name="aegress",
@@ -43,6 +43,8 @@ app.add_typer(actor.app, name="actor")
 app.add_typer(token.app, name="token")
 app.add_typer(upstream.app, name="upstream")
 app.command("serve")(serve.serve)
+app.add_typer(client.app, name="client")
+app.command("bridge")(bridge.bridge)
 
 
 def run() -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from typing import Any
 
 import orjson
@@ -97,3 +100,73 @@ def notification(method: str, params: JSON | None = None) -> JSON:
     if params is not None:
         msg["params"] = params
     return msg
+
+
+# -- the 2026-07-28 revision: no handshake; version, capabilities and client info travel per request --
+HANDSHAKE_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
+MODERN_VERSIONS = (MODERN_VERSION,)
+META_PROTOCOL_VERSION = "io.modelcontextprotocol/protocolVersion"
+META_CLIENT_INFO = "io.modelcontextprotocol/clientInfo"
+META_CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
+META_LOG_LEVEL = "io.modelcontextprotocol/logLevel"
+META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
+MISSING_CAPABILITY = -32021
+UNSUPPORTED_VERSION = -32022
+NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+REMOVED_IN_MODERN = ("initialize", "ping", "logging/setLevel", "resources/subscribe", "resources/unsubscribe",
+                     "notifications/initialized")
+CACHEABLE = ("tools/list", "resources/list", "resources/templates/list", "prompts/list", "resources/read",
+             "server/discover")
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+
+_HEADER_SAFE = re.compile(r"[\x20-\x7e]*")
+_B64_SENTINEL = re.compile(r"=\?base64\?(?P<payload>[A-Za-z0-9+/]*={0,2})\?=")
+
+
+def encode_header_value(value: str) -> str:
+    """Mirror a name into an HTTP header: verbatim when safe, else the `=?base64?...?=` sentinel."""
+    if _HEADER_SAFE.fullmatch(value) and value == value.strip() and not _B64_SENTINEL.fullmatch(value):
+        return value
+    return f"=?base64?{base64.b64encode(value.encode()).decode('ascii')}?="
+
+
+def decode_header_value(value: str | None) -> str | None:
+    """Inverse of `encode_header_value`; a malformed or non-canonical sentinel decodes to None."""
+    if value is None:
+        return None
+    m = _B64_SENTINEL.fullmatch(value)
+    if m is None:
+        return value
+    payload = m.group("payload")
+    try:
+        raw = base64.b64decode(payload, validate=True)
+        if base64.b64encode(raw).decode("ascii") != payload:
+            return None
+        return raw.decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+def modern_headers(message: JSON) -> dict[str, str]:
+    """The headers a 2026-07-28 request must mirror from its body (for talking to an upstream)."""
+    method = message.get("method", "")
+    params = message.get("params") or {}
+    meta = params.get("_meta") or {}
+    headers = {"mcp-protocol-version": str(meta.get(META_PROTOCOL_VERSION, MODERN_VERSION)), "mcp-method": method}
+    key = NAME_BEARING.get(method)
+    if key and isinstance(params.get(key), str):
+        headers["mcp-name"] = encode_header_value(params[key])
+    return headers
+
+
+def decorate_modern_result(method: str, value: JSON, server_info: JSON) -> JSON:
+    """Results of 2026-07-28 carry resultType; cacheable ones ttlMs and cacheScope; all a serverInfo stamp."""
+    out = dict(value)
+    out.setdefault("resultType", "complete")
+    if method in CACHEABLE and out.get("resultType") == "complete":
+        out.setdefault("ttlMs", 0)
+        out.setdefault("cacheScope", "private")
+    meta = dict(out.get("_meta") or {})
+    meta[META_SERVER_INFO] = server_info
+    out["_meta"] = meta
+    return out

@@ -31,6 +31,9 @@ from gateway.jsonrpc import (
     LATEST_LEGACY,
     LEGACY_VERSIONS,
     METHOD_NOT_FOUND,
+    MODERN_VERSIONS,
+    REMOVED_IN_MODERN,
+    decorate_modern_result,
     error,
     error_from,
     result,
@@ -45,6 +48,7 @@ log = logging.getLogger("aegress.pipeline")
 
 Send = Callable[[JSON], Awaitable[None]]
 SERVER_INFO = {"name": "aegress", "title": "Aegress MCP gateway", "version": "0.1.0"}
+SERVER_INFO_STAMP = {"name": "aegress", "version": "0.1.0"}
 
 
 def _now() -> str:
@@ -161,14 +165,27 @@ class Pipeline:
     async def dispatch(self, session: ClientSession, msg: JSON, send: Send) -> JSON:
         method = msg["method"]
         handler = self._handlers.get(method)
+        if (session.modern and method in REMOVED_IN_MODERN) or (not session.modern and method == "server/discover"):
+            handler = None
         if handler is None:
-            return error(msg["id"], METHOD_NOT_FOUND, f"Method not found: {method}")
+            return error(msg["id"], METHOD_NOT_FOUND, f"Method not found: {method}", method if session.modern else None)
         try:
-            return await handler(self, session, msg, send)
+            response = await handler(self, session, msg, send)
         except UnknownTarget as exc:
-            return error(msg["id"], exc.jsonrpc_code, exc.message)
+            response = error(msg["id"], exc.jsonrpc_code, exc.message)
         except AegressError as exc:
-            return error_from(msg["id"], exc)
+            response = error_from(msg["id"], exc)
+        if session.modern and isinstance(response.get("result"), dict):
+            response = {**response, "result": decorate_modern_result(method, response["result"], SERVER_INFO_STAMP)}
+        return response
+
+    async def _discover(self, session: ClientSession, msg: JSON, send: Send) -> JSON:
+        """2026-07-28's replacement for initialize: what this tenant's gateway offers, per request."""
+        init = await self.initialize_result(session)
+        out: JSON = {"supportedVersions": list(MODERN_VERSIONS), "capabilities": init["capabilities"]}
+        if "instructions" in init:
+            out["instructions"] = init["instructions"]
+        return result(msg["id"], out)
 
     async def _ping(self, session: ClientSession, msg: JSON, send: Send) -> JSON:
         return result(msg["id"], {})
@@ -178,7 +195,7 @@ class Pipeline:
             if "tools" not in up.conn.capabilities:
                 up.tools = {}
             else:
-                items = await list_all(up, "tools/list", "tools")
+                items = await list_all(up, "tools/list", "tools", meta=session.meta_for(up))
                 up.tools = {t["name"]: t for t in items if isinstance(t.get("name"), str)}
         return up.tools
 
@@ -284,6 +301,7 @@ class Pipeline:
             return await up.conn.request(
                 method,
                 params,
+                meta=session.meta_for(up),
                 sink=session.sink_for(up, send, client_token),
                 progress_token=client_token,
                 on_sent=sent,
@@ -301,7 +319,8 @@ class Pipeline:
     async def _aggregate(self, session: ClientSession, msg: JSON, cap: str, method: str, key: str,
                          rename: Callable[[Upstream, JSON], JSON]) -> JSON:
         ups = [u for u in await session.upstreams() if cap in u.conn.capabilities]
-        lists = await asyncio.gather(*(list_all(u, method, key) for u in ups), return_exceptions=True)
+        lists = await asyncio.gather(*(list_all(u, method, key, meta=session.meta_for(u)) for u in ups),
+                                     return_exceptions=True)
         items: list[JSON] = []
         for up, listed in zip(ups, lists, strict=True):
             if isinstance(listed, BaseException):
@@ -465,6 +484,7 @@ class Pipeline:
 
     _handlers: ClassVar[dict[str, Callable[[Pipeline, ClientSession, JSON, Send], Awaitable[JSON]]]] = {
         "ping": _ping,
+        "server/discover": _discover,
         "tools/list": _list_tools,
         "tools/call": _call_tool,
         "resources/list": _list_resources,

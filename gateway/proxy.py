@@ -22,7 +22,7 @@ import orjson
 from gateway import naming
 from gateway.config import Limits
 from gateway.errors import ProtocolError, UpstreamError
-from gateway.jsonrpc import INVALID_PARAMS, JSON
+from gateway.jsonrpc import INVALID_PARAMS, JSON, LATEST_LEGACY, LOG_LEVELS, META_LOG_LEVEL, MODERN_VERSION
 from gateway.store.base import Store
 from gateway.types import Identity, UpstreamSpec
 from gateway.upstreams import UpstreamConnection, connect
@@ -78,6 +78,7 @@ class TenantRuntime:
         self.limits = limits
         self._live: dict[tuple[str, Profile], Upstream] = {}
         self._starting: dict[tuple[str, Profile], asyncio.Task[Upstream]] = {}
+        self._legacy_only: set[str] = set()
         self.sessions: set[ClientSession] = set()
 
     async def upstream(self, name: str, profile: Profile) -> Upstream:
@@ -96,10 +97,23 @@ class TenantRuntime:
                 self._starting.pop(key, None)
 
     async def _start(self, name: str, profile: Profile) -> Upstream:
+        """Speak the client's revision upstream; a 2026-07-28 client whose upstream only knows the
+        handshake era gets a legacy session declaring that client's capabilities instead."""
+        if profile.version == MODERN_VERSION and name not in self._legacy_only:
+            try:
+                return await self._connect(name, profile, MODERN_VERSION)
+            except UpstreamError as exc:
+                if exc.code != "upstream-legacy-only":
+                    raise
+                self._legacy_only.add(name)
+        version = LATEST_LEGACY if profile.version == MODERN_VERSION else profile.version
+        return await self._connect(name, profile, version)
+
+    async def _connect(self, name: str, profile: Profile, version: str) -> Upstream:
         spec = self.specs[name]
         conn = connect(
             spec,
-            protocol_version=profile.version,
+            protocol_version=version,
             capabilities=profile.caps(),
             timeout=self.limits.upstream_connect_timeout_s,
         )
@@ -203,8 +217,11 @@ class ClientSession:
         client_caps: JSON,
         client_info: JSON,
         runtime: Runtime,
+        envelope: JSON | None = None,
     ) -> None:
         self.id = session_id
+        self.modern = version == MODERN_VERSION
+        self.envelope = envelope or {}
         self.identity = identity
         self.version = version
         self.client_caps = client_caps
@@ -251,8 +268,19 @@ class ClientSession:
         up.listeners.add(self)
         return up
 
-    def prefix_of(self, up: Upstream) -> bool:
-        return up.spec.prefix
+    def meta_for(self, up: Upstream) -> JSON | None:
+        """The 2026-07-28 `_meta` envelope this client sent, for an upstream that speaks that revision."""
+        return self.envelope if up.conn.modern and self.envelope else None
+
+    def wants_log(self, msg: JSON) -> bool:
+        """2026-07-28: log notifications only for requests that opted in, at or above their level."""
+        if not self.modern:
+            return True
+        wanted = self.envelope.get(META_LOG_LEVEL)
+        level = (msg.get("params") or {}).get("level")
+        if wanted not in LOG_LEVELS:
+            return False
+        return level not in LOG_LEVELS or LOG_LEVELS.index(level) >= LOG_LEVELS.index(wanted)
 
     # -- messages that reach the client ----------------------------------------------------------
     def sink_for(self, up: Upstream, send: Send, client_token: Any) -> Send:
@@ -267,7 +295,13 @@ class ClientSession:
                 params["progressToken"] = client_token
                 await send({**msg, "params": params})
             elif "id" in msg:
+                if self.modern:  # 2026-07-28 has no server-to-client requests on the wire
+                    await up.conn.respond({"jsonrpc": "2.0", "id": msg["id"], "error": {
+                        "code": -32601, "message": "The client cannot be asked (protocol 2026-07-28)."}})
+                    return
                 await send(self.relay_server_request(up, msg))
+            elif method == "notifications/message" and not self.wants_log(msg):
+                return
             else:
                 await send(self.rename_outbound(up, msg))
 
@@ -320,7 +354,8 @@ class ClientSession:
                 self.get_queue.put_nowait(None)
 
 
-async def list_all(up: Upstream, method: str, key: str, params: JSON | None = None) -> list[JSON]:
+async def list_all(up: Upstream, method: str, key: str, params: JSON | None = None,
+                   meta: JSON | None = None) -> list[JSON]:
     """Follow an upstream's pagination to the end (bounded), so clients get one merged page."""
     items: list[JSON] = []
     cursor: str | None = None
@@ -328,7 +363,7 @@ async def list_all(up: Upstream, method: str, key: str, params: JSON | None = No
         p: JSON = dict(params or {})
         if cursor:
             p["cursor"] = cursor
-        resp = await up.conn.request(method, p or None)
+        resp = await up.conn.request(method, p or None, meta=meta)
         if "error" in resp:
             raise UpstreamError(f"Upstream {up.spec.name!r} failed {method}.")
         result = resp.get("result") or {}

@@ -30,10 +30,19 @@ from gateway import binding
 from gateway.config import Limits
 from gateway.errors import AegressError, AuthError, ProtocolError
 from gateway.jsonrpc import (
+    HANDSHAKE_VERSIONS,
+    HEADER_MISMATCH,
+    INVALID_PARAMS,
     JSON,
-    LEGACY_VERSIONS,
+    META_CLIENT_CAPABILITIES,
+    META_CLIENT_INFO,
+    META_LOG_LEVEL,
+    META_PROTOCOL_VERSION,
     MODERN_VERSION,
-    SUPPORTED_VERSIONS,
+    MODERN_VERSIONS,
+    NAME_BEARING,
+    UNSUPPORTED_VERSION,
+    decode_header_value,
     dumps,
     error_from,
     is_notification,
@@ -53,6 +62,14 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
 
 _KEEPALIVE_S = 15.0
+# 2026-07-28 maps these JSON-RPC errors onto HTTP statuses; everything else is 200.
+_MODERN_STATUS = {-32700: 400, -32600: 400, -32602: 400, -32020: 400, -32021: 400, -32022: 400, -32601: 404}
+
+
+def header(headers: Headers, name: str) -> str | None:
+    """A header value with optional whitespace stripped (RFC 9110 5.5), as h11 would hand it over."""
+    value = headers.get(name)
+    return value.strip(" \t") if value is not None else None
 
 
 def host_allowed(host: str | None, allowed: tuple[str, ...]) -> bool:
@@ -100,15 +117,20 @@ class McpEndpoint:
         self.allowed_hosts = allowed_hosts
         self.allowed_origins = allowed_origins
         self.sessions: dict[str, ClientSession] = {}
+        self._closing: set[asyncio.Future[None]] = set()
 
     # -- the ASGI entry point ----------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: ASGISend) -> None:
         headers = Headers(scope=scope)
+        modern = False
         try:
             self._check_edge(scope, headers)
             method = scope["method"]
-            if method not in ("POST", "GET", "DELETE"):
-                raise HttpError(f"Method {method} is not allowed.", http_status=405, code="method-not-allowed")
+            version = header(headers, "mcp-protocol-version")
+            modern = version is not None and version not in HANDSHAKE_VERSIONS
+            if method not in ("POST", "GET", "DELETE") or (modern and method != "POST"):
+                raise HttpError(f"Method {method} is not allowed.", http_status=405, code="method-not-allowed",
+                                hint="2026-07-28 uses POST only." if modern else None)
             identity = self.pipeline.authenticate(headers.get("authorization"))
             query = QueryParams(scope.get("query_string", b"").decode("latin-1"))
             identity = self.pipeline.bind(
@@ -120,14 +142,16 @@ class McpEndpoint:
                     query.getlist(binding.ACTOR_PARAM),
                 ),
             )
-            if method == "POST":
+            if modern:
+                await self._modern_post(receive, send, headers, identity)
+            elif method == "POST":
                 await self._post(scope, receive, send, headers, identity)
             elif method == "GET":
                 await self._get(receive, send, headers, identity)
             else:
                 await self._delete(send, headers, identity)
         except AegressError as exc:
-            await self._send_error(send, exc)
+            await self._send_error(send, exc, modern=modern)
 
     def _check_edge(self, scope: Scope, headers: Headers) -> None:
         size = sum(len(k) + len(v) for k, v in scope["headers"])
@@ -163,25 +187,11 @@ class McpEndpoint:
             )
         body = await self._read_body(receive)
         msg = validate_message(loads(body))
-        version = headers.get("mcp-protocol-version")
-        if version is not None and version not in SUPPORTED_VERSIONS:
-            raise HttpError(
-                f"Unsupported MCP-Protocol-Version: {version[:40]}.",
-                hint=f"Supported: {', '.join(SUPPORTED_VERSIONS)}.",
-                code="unsupported-protocol-version",
-            )
         if is_request(msg) and msg["method"] == "initialize":
             await self._initialize(send, who, msg)
             return
-        if version == MODERN_VERSION:
-            raise HttpError(
-                "Protocol revision 2026-07-28 is not served yet.",
-                hint="Use 2025-11-25 or 2025-06-18 with initialize.",
-                code="unsupported-protocol-version",
-            )
+        # Any handshake-era version header is accepted on a session (clients send older ones).
         session = self._session(headers, who)
-        if version is not None and version != session.version and version in LEGACY_VERSIONS:
-            raise HttpError("MCP-Protocol-Version does not match the session's negotiated version.")
         session.last_seen = time.monotonic()
         if is_request(msg):
             await self._stream_request(receive, send, session, msg)
@@ -191,6 +201,55 @@ class McpEndpoint:
         else:
             await self.pipeline.client_response(session, msg)
             await self._respond(send, 202, b"")
+
+    async def _modern_post(self, receive: Receive, send: ASGISend, headers: Headers, who: Identity) -> None:
+        """2026-07-28: no session; version, capabilities and client info arrive in every request."""
+        ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise HttpError("Content-Type must be application/json.", http_status=415, code="unsupported-media-type")
+        accept = headers.get("accept", "").lower()
+        if not ("*/*" in accept or ("application/json" in accept and "text/event-stream" in accept)):
+            raise HttpError("Accept must include application/json and text/event-stream.", http_status=406,
+                            code="not-acceptable")
+        msg = validate_message(loads(await self._read_body(receive)))
+        if not is_request(msg):
+            if is_notification(msg):
+                await self._respond(send, 202, b"")
+                return
+            raise HttpError("Only requests and notifications can be sent in 2026-07-28.")
+        msg_id = msg["id"]
+        for name in ("mcp-protocol-version", "mcp-method", "mcp-name"):
+            if len(headers.getlist(name)) > 1:
+                raise _modern_error(msg_id, HEADER_MISMATCH, f"The {name} header appears more than once.")
+        params = msg.get("params") or {}
+        meta = params.get("_meta")
+        if not isinstance(meta, dict) or META_PROTOCOL_VERSION not in meta or not isinstance(
+            meta.get(META_CLIENT_CAPABILITIES), dict
+        ):
+            raise _modern_error(
+                msg_id, INVALID_PARAMS, "params._meta must carry protocolVersion and clientCapabilities."
+            )
+        version = meta[META_PROTOCOL_VERSION]
+        if header(headers, "mcp-protocol-version") != version:
+            raise _modern_error(msg_id, HEADER_MISMATCH, "MCP-Protocol-Version does not match params._meta.")
+        if header(headers, "mcp-method") != msg["method"]:
+            raise _modern_error(msg_id, HEADER_MISMATCH, "Mcp-Method does not match the body's method.")
+        key = NAME_BEARING.get(msg["method"])
+        if key is not None and decode_header_value(header(headers, "mcp-name")) != params.get(key):
+            raise _modern_error(msg_id, HEADER_MISMATCH, f"Mcp-Name does not match params.{key}.")
+        if not isinstance(version, str):
+            raise _modern_error(msg_id, INVALID_PARAMS, "The protocol version must be a string.")
+        if version not in MODERN_VERSIONS:
+            raise _modern_error(msg_id, UNSUPPORTED_VERSION, f"Unsupported protocol version {version[:40]}.",
+                                {"supported": list(MODERN_VERSIONS), "requested": version[:40]})
+        info = meta.get(META_CLIENT_INFO) if isinstance(meta.get(META_CLIENT_INFO), dict) else {}
+        envelope = {k: meta[k] for k in (META_PROTOCOL_VERSION, META_CLIENT_CAPABILITIES, META_CLIENT_INFO,
+                                         META_LOG_LEVEL) if k in meta}
+        session = ClientSession("", who, MODERN_VERSION, meta[META_CLIENT_CAPABILITIES], info, self.runtime, envelope)
+        try:
+            await self._stream_request(receive, send, session, msg)
+        finally:
+            await session.close()
 
     async def _read_body(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []
@@ -250,10 +309,17 @@ class McpEndpoint:
         try:
             while True:
                 getter = asyncio.ensure_future(queue.get())
+                left = deadline - time.monotonic()
                 done, _ = await asyncio.wait(
-                    {task, getter, gone}, timeout=max(0.0, deadline - time.monotonic()),
-                    return_when=asyncio.FIRST_COMPLETED,
+                    {task, getter, gone}, timeout=max(0.0, min(left, _KEEPALIVE_S)), return_when=asyncio.FIRST_COMPLETED
                 )
+                if not done and left > _KEEPALIVE_S:
+                    getter.cancel()
+                    if not streaming:  # a silent call: commit to SSE so idle proxies keep the connection
+                        await self._start_sse(send)
+                        streaming = True
+                    await send({"type": "http.response.body", "body": b": ping\n\n", "more_body": True})
+                    continue
                 if getter in done:
                     if not streaming:
                         await self._start_sse(send)
@@ -264,7 +330,10 @@ class McpEndpoint:
                 if task in done:
                     response = task.result()
                     if not streaming:
-                        await self._respond(send, 200, dumps(response))
+                        status = 200
+                        if session.modern and "error" in response:
+                            status = _MODERN_STATUS.get(response["error"].get("code"), 200)
+                        await self._respond(send, status, dumps(response))
                         return
                     while not queue.empty():
                         await _sse(send, queue.get_nowait())
@@ -347,7 +416,9 @@ class McpEndpoint:
         for sid, session in list(self.sessions.items()):
             if session.last_seen < cutoff and session.get_queue is None:
                 self.sessions.pop(sid, None)
-                asyncio.ensure_future(session.close())
+                task = asyncio.ensure_future(session.close())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
 
     async def reaper(self) -> None:
         while True:
@@ -369,17 +440,36 @@ class McpEndpoint:
         await send({"type": "http.response.start", "status": status, "headers": hdrs})
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
-    async def _send_error(self, send: ASGISend, exc: AegressError) -> None:
+    async def _send_error(self, send: ASGISend, exc: AegressError, modern: bool = False) -> None:
         extra: list[tuple[bytes, bytes]] = []
+        if isinstance(exc, _ModernError):
+            with contextlib.suppress(RuntimeError, OSError):
+                await self._respond(send, exc.http_status, dumps(exc.body))
+            return
         if isinstance(exc, AuthError):
             value = 'Bearer realm="aegress"'
             if exc.code == "invalid-token":
                 value += ', error="invalid_token"'
             extra.append((b"www-authenticate", value.encode()))
         if exc.http_status == 405:
-            extra.append((b"allow", b"GET, POST, DELETE"))
+            extra.append((b"allow", b"POST" if modern else b"GET, POST, DELETE"))
         with contextlib.suppress(RuntimeError, OSError):
             await self._respond(send, exc.http_status, dumps(error_from(None, exc)), extra)
+
+
+class _ModernError(HttpError):
+    """A 2026-07-28 validation failure: carries the request id and the revision's status mapping."""
+
+    def __init__(self, body: JSON, status: int) -> None:
+        super().__init__(body["error"]["message"], http_status=status, jsonrpc_code=body["error"]["code"])
+        self.body = body
+
+
+def _modern_error(msg_id: Any, code: int, message: str, data: Any = None) -> _ModernError:
+    err: JSON = {"code": code, "message": message}
+    if data is not None:
+        err["data"] = data
+    return _ModernError({"jsonrpc": "2.0", "id": msg_id, "error": err}, _MODERN_STATUS.get(code, 400))
 
 
 async def _sse(send: ASGISend, message: JSON) -> None:

@@ -2,10 +2,104 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from gateway.types import Actor, CallRecord, Tenant, TokenInfo, UpstreamSpec
+
+
+# -- the policy gate's records (issue 3) ----------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class PolicyVersion:
+    """One applied policy file of a tenant; versions count up from 1 per tenant."""
+
+    tenant_id: str
+    version: int
+    text: str
+    filename: str
+    digest: str
+    applied_at: str
+    applied_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class PinChange:
+    """A tool definition that differs from its pin (old_hash "" = a new tool), and how it was resolved."""
+
+    id: int
+    tenant_id: str
+    upstream: str
+    tool: str
+    old_hash: str
+    new_hash: str
+    seen_at: str
+    resolved_at: str | None = None
+    resolved_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HeldCall:
+    """A call the policy sent to review, and its decision. Times are seconds since the epoch.
+
+    status: pending -> approved | denied. An approved hold is the approval: bound to tenant, actor,
+    upstream, tool and argument digest, valid until `expires_at`, used at most once (`used_at`)."""
+
+    id: str
+    tenant_id: str
+    actor_id: str
+    upstream: str
+    tool: str
+    exposed: str
+    args_digest: str
+    arguments: str
+    rule_id: str
+    reason: str
+    policy_version: int
+    mode: str
+    status: str
+    created_at: float
+    decided_by: str | None = None
+    decided_at: float | None = None
+    decision_reason: str | None = None
+    expires_at: float | None = None
+    used_at: float | None = None
+
+
+# -- sealed evidence (issue 4) ---------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class EvidenceRow:
+    """One stored evidence record: `data` is the exact canonical bytes; the rest are queryable copies."""
+
+    id: int
+    origin: str
+    seq: int
+    kind: str
+    time: str
+    tenant: str
+    actor: str
+    tool: str
+    verdict: str
+    status: str
+    intent_seq: int | None
+    leaf_hash: bytes
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceFilter:
+    """Filters of `audit query`; empty strings mean "any". Times compare as RFC 3339 text."""
+
+    origin: str = ""
+    tenant: str = ""
+    actor: str = ""
+    tool: str = ""
+    verdict: str = ""
+    status: str = ""
+    kind: str = ""
+    since: str = ""
+    until: str = ""
+    after_id: int = 0
 
 
 class Store(Protocol):
@@ -48,3 +142,51 @@ class Store(Protocol):
     # calls (the record stage's plain records)
     def record_calls(self, records: Sequence[CallRecord]) -> None: ...
     def list_calls(self, tenant_id: str | None = None, limit: int = 100) -> list[CallRecord]: ...
+
+    # sealed evidence (issue 4): logs of exact record bytes, chain heads, signed checkpoints
+    def evidence_prefix(self, default: str) -> str: ...
+    def append_evidence(self, entries: Sequence[Any], before_commit: Any = None) -> list[Any]: ...
+    def evidence_origins(self) -> list[str]: ...
+    def evidence_size(self, origin: str) -> int: ...
+    def evidence_records(self, origin: str, start: int = 0, end: int | None = None) -> list[tuple[int, bytes]]: ...
+    def evidence_leaf_hashes(self, origin: str, start: int = 0) -> list[bytes]: ...
+    def open_intents(self) -> list[tuple[str, int, str]]: ...
+    def query_evidence(self, where: EvidenceFilter, limit: int = 100, newest_first: bool = True) -> list[EvidenceRow]: ...
+    def get_evidence(self, record_id: int) -> EvidenceRow | None: ...
+    def get_evidence_at(self, origin: str, seq: int) -> EvidenceRow | None: ...
+    def add_checkpoint(self, origin: str, size: int, root: bytes, note: str, now: str) -> None: ...
+    def list_checkpoints(self, origin: str) -> list[tuple[int, str]]: ...
+    def probe_write(self, now: str) -> None: ...
+
+    # policies (versions per tenant; `policies_version` counts every policy or pin change, for polling)
+    def add_policy_version(self, tenant_id: str, text: str, filename: str, digest: str, applied_at: str,
+                           applied_by: str) -> PolicyVersion: ...
+    def get_policy_version(self, tenant_id: str, version: int | None = None) -> PolicyVersion | None: ...
+    def list_policy_versions(self, tenant_id: str) -> list[PolicyVersion]: ...
+    def latest_policy_versions(self) -> dict[str, int]: ...
+    def policies_version(self) -> int: ...
+
+    # tool definitions as last listed by the gateway (for plans, tests and pins)
+    def set_tool_definitions(self, tenant_id: str, upstream: str, tools: Sequence[Mapping[str, Any]],
+                             hashes: Sequence[str], now: str) -> None: ...
+    def get_tool_definitions(self, tenant_id: str) -> dict[str, list[dict[str, Any]]]: ...
+
+    # tool pins and their change records
+    def get_pins(self, tenant_id: str) -> dict[str, dict[str, str]]: ...
+    def pinned_upstreams(self, tenant_id: str) -> set[str]: ...
+    def set_pins(self, tenant_id: str, upstream: str, pins: Mapping[str, str], by: str, now: str) -> None: ...
+    def record_pin_changes(self, tenant_id: str, upstream: str, changes: Sequence[tuple[str, str, str]],
+                           now: str) -> None: ...
+    def list_pin_changes(self, tenant_id: str, limit: int = 200) -> list[PinChange]: ...
+
+    # held calls and approvals
+    def add_held_call(self, held: HeldCall) -> None: ...
+    def get_held_call(self, held_id: str) -> HeldCall | None: ...
+    def list_held_calls(self, tenant_id: str | None = None, status: str | None = None,
+                        limit: int = 100) -> list[HeldCall]: ...
+    def find_pending_hold(self, tenant_id: str, actor_id: str, upstream: str, tool: str,
+                          args_digest: str) -> HeldCall | None: ...
+    def decide_held_call(self, held_id: str, status: str, by: str, at: float, reason: str,
+                         expires_at: float | None) -> bool: ...
+    def consume_approval(self, tenant_id: str, actor_id: str, upstream: str, tool: str, args_digest: str,
+                         now: float) -> HeldCall | None: ...

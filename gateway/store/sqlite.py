@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from gateway.errors import AlreadyExists, NotFound, StoreUnavailable
+from gateway.store.base import HeldCall, PinChange, PolicyVersion
 from gateway.types import Actor, CallRecord, Tenant, TokenInfo, UpstreamSpec
 
 
@@ -82,7 +84,87 @@ def _m1(db: object) -> None:
     db["meta"].insert({"key": "upstreams_version", "value": "0"})
 
 
-_MIGRATIONS: list[Callable[[object], None]] = [_m1]
+def _m2(db: object) -> None:
+    """The policy gate: policy versions, cached tool definitions, pins and their changes, held calls."""
+    from sqlite_utils import Database
+
+    assert isinstance(db, Database)
+    db["policies"].create(
+        {"tenant_id": str, "version": int, "text": str, "filename": str, "digest": str, "applied_at": str,
+         "applied_by": str},
+        pk=("tenant_id", "version"),
+    )
+    db["tool_definitions"].create(
+        {"tenant_id": str, "upstream": str, "name": str, "definition": str, "hash": str, "seen_at": str},
+        pk=("tenant_id", "upstream", "name"),
+    )
+    db["pins"].create(
+        {"tenant_id": str, "upstream": str, "tool": str, "hash": str, "approved_by": str, "approved_at": str},
+        pk=("tenant_id", "upstream", "tool"),
+    )
+    db["pin_baselines"].create({"tenant_id": str, "upstream": str, "at": str}, pk=("tenant_id", "upstream"))
+    db["pin_changes"].create(
+        {"id": int, "tenant_id": str, "upstream": str, "tool": str, "old_hash": str, "new_hash": str,
+         "seen_at": str, "resolved_at": str, "resolved_by": str},
+        pk="id",
+    )
+    db["pin_changes"].create_index(["tenant_id", "upstream", "tool", "old_hash", "new_hash"], unique=True)
+    db["held_calls"].create(
+        {"id": str, "tenant_id": str, "actor_id": str, "upstream": str, "tool": str, "exposed": str,
+         "args_digest": str, "arguments": str, "rule_id": str, "reason": str, "policy_version": int, "mode": str,
+         "status": str, "created_at": float, "decided_by": str, "decided_at": float, "decision_reason": str,
+         "expires_at": float, "used_at": float},
+        pk="id",
+    )
+    db["held_calls"].create_index(["tenant_id", "status"])
+    db["held_calls"].create_index(["tenant_id", "actor_id", "upstream", "tool", "args_digest"])
+    db["calls"].add_column("policy_version", int)
+    db["calls"].add_column("audit_id", str)
+    db["meta"].insert({"key": "policies_version", "value": "0"})
+    # delete_tenant predates these tables: a trigger removes a deleted tenant's policy state, so a
+    # tenant created again under the same id never inherits it.
+    db.execute(
+        """CREATE TRIGGER tenants_delete_policy AFTER DELETE ON tenants BEGIN
+             DELETE FROM policies WHERE tenant_id = OLD.id;
+             DELETE FROM tool_definitions WHERE tenant_id = OLD.id;
+             DELETE FROM pins WHERE tenant_id = OLD.id;
+             DELETE FROM pin_baselines WHERE tenant_id = OLD.id;
+             DELETE FROM pin_changes WHERE tenant_id = OLD.id;
+             DELETE FROM held_calls WHERE tenant_id = OLD.id;
+             UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'policies_version';
+           END"""
+    )
+
+
+def _m3(db: object) -> None:
+    """Sealed evidence (issue 4): exact record bytes per log, chain heads, signed checkpoints.
+
+    `data` holds the canonical bytes that were hashed; every other column is a queryable copy.
+    """
+    from sqlite_utils import Database
+
+    assert isinstance(db, Database)
+    db.execute(
+        """CREATE TABLE evidence (
+             id INTEGER PRIMARY KEY, origin TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,
+             time TEXT NOT NULL, tenant TEXT NOT NULL, actor TEXT NOT NULL, tool TEXT NOT NULL,
+             verdict TEXT NOT NULL, status TEXT NOT NULL, intent_seq INTEGER, leaf_hash BLOB NOT NULL,
+             data BLOB NOT NULL)"""
+    )
+    db.execute("CREATE UNIQUE INDEX evidence_origin_seq ON evidence (origin, seq)")
+    db.execute("CREATE INDEX evidence_answers ON evidence (origin, intent_seq) WHERE intent_seq IS NOT NULL")
+    db.execute("CREATE INDEX evidence_tenant ON evidence (tenant, id)")
+    db.execute("CREATE INDEX evidence_time ON evidence (time)")
+    db.execute(
+        "CREATE TABLE evidence_heads (origin TEXT PRIMARY KEY, size INTEGER NOT NULL, last_hash BLOB NOT NULL)"
+    )
+    db.execute(
+        """CREATE TABLE checkpoints (origin TEXT NOT NULL, size INTEGER NOT NULL, root BLOB NOT NULL,
+             note TEXT NOT NULL, signed_at TEXT NOT NULL, PRIMARY KEY (origin, size))"""
+    )
+
+
+_MIGRATIONS: list[Callable[[object], None]] = [_m1, _m2, _m3]
 
 
 class SQLiteStore:
@@ -393,3 +475,375 @@ class SQLiteStore:
         sql += " ORDER BY id DESC LIMIT ?"
         params.append(limit)
         return [CallRecord(*r) for r in self._run(sql, params)]
+
+    # -- policies (issue 3) ------------------------------------------------------------------------
+    def _tx(self) -> sqlite3.Connection:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"The database is unavailable: {exc}.", hint="Check disk space and file "
+                                   "permissions.") from exc
+        return conn
+
+    @staticmethod
+    def _bump_policies(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'policies_version'")
+
+    _POL_COLS = "tenant_id, version, text, filename, digest, applied_at, applied_by"
+
+    def add_policy_version(self, tenant_id: str, text: str, filename: str, digest: str, applied_at: str,
+                           applied_by: str) -> PolicyVersion:
+        conn = self._tx()
+        try:
+            if conn.execute("SELECT 1 FROM tenants WHERE id = ?", (tenant_id,)).fetchone() is None:
+                raise NotFound(f"No tenant {tenant_id!r}.", hint="List tenants with `aegress tenant list`.")
+            (latest,) = conn.execute(
+                "SELECT COALESCE(MAX(version), 0) FROM policies WHERE tenant_id = ?", (tenant_id,)
+            ).fetchone()
+            row = PolicyVersion(tenant_id, int(latest) + 1, text, filename, digest, applied_at, applied_by)
+            conn.execute(
+                f"INSERT INTO policies ({self._POL_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (row.tenant_id, row.version, row.text, row.filename, row.digest, row.applied_at, row.applied_by),
+            )
+            self._bump_policies(conn)
+            conn.execute("COMMIT")
+            return row
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def get_policy_version(self, tenant_id: str, version: int | None = None) -> PolicyVersion | None:
+        if version is None:
+            row = self._run(
+                f"SELECT {self._POL_COLS} FROM policies WHERE tenant_id = ? ORDER BY version DESC LIMIT 1",
+                (tenant_id,),
+            ).fetchone()
+        else:
+            row = self._run(
+                f"SELECT {self._POL_COLS} FROM policies WHERE tenant_id = ? AND version = ?", (tenant_id, version)
+            ).fetchone()
+        return PolicyVersion(*row) if row else None
+
+    def list_policy_versions(self, tenant_id: str) -> list[PolicyVersion]:
+        rows = self._run(f"SELECT {self._POL_COLS} FROM policies WHERE tenant_id = ? ORDER BY version", (tenant_id,))
+        return [PolicyVersion(*r) for r in rows]
+
+    def latest_policy_versions(self) -> dict[str, int]:
+        rows = self._run("SELECT tenant_id, MAX(version) FROM policies GROUP BY tenant_id")
+        return {str(t): int(v) for t, v in rows}
+
+    def policies_version(self) -> int:
+        row = self._run("SELECT value FROM meta WHERE key = 'policies_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    # -- tool definitions --------------------------------------------------------------------------
+    def set_tool_definitions(self, tenant_id: str, upstream: str, tools: Sequence[Mapping[str, Any]],
+                             hashes: Sequence[str], now: str) -> None:
+        conn = self._tx()
+        try:
+            conn.execute("DELETE FROM tool_definitions WHERE tenant_id = ? AND upstream = ?", (tenant_id, upstream))
+            conn.executemany(
+                "INSERT OR REPLACE INTO tool_definitions (tenant_id, upstream, name, definition, hash, seen_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(tenant_id, upstream, str(t.get("name")), json.dumps(dict(t)), h, now)
+                 for t, h in zip(tools, hashes, strict=True)],
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def get_tool_definitions(self, tenant_id: str) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {}
+        rows = self._run(
+            "SELECT upstream, definition FROM tool_definitions WHERE tenant_id = ? ORDER BY upstream, name",
+            (tenant_id,),
+        )
+        for upstream, definition in rows:
+            out.setdefault(str(upstream), []).append(json.loads(definition))
+        return out
+
+    # -- pins --------------------------------------------------------------------------------------
+    def get_pins(self, tenant_id: str) -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {}
+        for upstream, tool, digest in self._run(
+            "SELECT upstream, tool, hash FROM pins WHERE tenant_id = ?", (tenant_id,)
+        ):
+            out.setdefault(str(upstream), {})[str(tool)] = str(digest)
+        return out
+
+    def pinned_upstreams(self, tenant_id: str) -> set[str]:
+        rows = self._run("SELECT upstream FROM pin_baselines WHERE tenant_id = ?", (tenant_id,))
+        return {str(r[0]) for r in rows}
+
+    def set_pins(self, tenant_id: str, upstream: str, pins: Mapping[str, str], by: str, now: str) -> None:
+        """Approve definitions: upsert pins, mark the upstream as pinned, resolve matching change records."""
+        conn = self._tx()
+        try:
+            conn.execute("INSERT OR IGNORE INTO pin_baselines (tenant_id, upstream, at) VALUES (?, ?, ?)",
+                         (tenant_id, upstream, now))
+            for tool, digest in pins.items():
+                conn.execute(
+                    "INSERT OR REPLACE INTO pins (tenant_id, upstream, tool, hash, approved_by, approved_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)", (tenant_id, upstream, tool, digest, by, now),
+                )
+                conn.execute(
+                    "UPDATE pin_changes SET resolved_at = ?, resolved_by = ? WHERE tenant_id = ? AND upstream = ?"
+                    " AND tool = ? AND new_hash = ? AND resolved_at IS NULL", (now, by, tenant_id, upstream, tool, digest),
+                )
+            self._bump_policies(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def record_pin_changes(self, tenant_id: str, upstream: str, changes: Sequence[tuple[str, str, str]],
+                           now: str) -> None:
+        """(tool, old_hash or "", new_hash) each recorded once."""
+        if not changes:
+            return
+        conn = self._tx()
+        try:
+            conn.executemany(
+                "INSERT OR IGNORE INTO pin_changes (tenant_id, upstream, tool, old_hash, new_hash, seen_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)", [(tenant_id, upstream, t, o, n, now) for t, o, n in changes],
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def list_pin_changes(self, tenant_id: str, limit: int = 200) -> list[PinChange]:
+        rows = self._run(
+            "SELECT id, tenant_id, upstream, tool, old_hash, new_hash, seen_at, resolved_at, resolved_by"
+            " FROM pin_changes WHERE tenant_id = ? ORDER BY id DESC LIMIT ?", (tenant_id, limit),
+        )
+        return [PinChange(*r) for r in rows]
+
+    # -- held calls and approvals ------------------------------------------------------------------
+    _HELD_COLS = (
+        "id, tenant_id, actor_id, upstream, tool, exposed, args_digest, arguments, rule_id, reason, policy_version,"
+        " mode, status, created_at, decided_by, decided_at, decision_reason, expires_at, used_at"
+    )
+
+    def add_held_call(self, held: HeldCall) -> None:
+        self._run(
+            f"INSERT INTO held_calls ({self._HELD_COLS}) VALUES ({', '.join('?' * 19)})",
+            (held.id, held.tenant_id, held.actor_id, held.upstream, held.tool, held.exposed, held.args_digest,
+             held.arguments, held.rule_id, held.reason, held.policy_version, held.mode, held.status,
+             held.created_at, held.decided_by, held.decided_at, held.decision_reason, held.expires_at,
+             held.used_at),
+        )
+
+    def get_held_call(self, held_id: str) -> HeldCall | None:
+        row = self._run(f"SELECT {self._HELD_COLS} FROM held_calls WHERE id = ?", (held_id,)).fetchone()
+        return HeldCall(*row) if row else None
+
+    def list_held_calls(self, tenant_id: str | None = None, status: str | None = None,
+                        limit: int = 100) -> list[HeldCall]:
+        sql = f"SELECT {self._HELD_COLS} FROM held_calls WHERE 1=1"
+        params: list[object] = []
+        if tenant_id is not None:
+            sql += " AND tenant_id = ?"
+            params.append(tenant_id)
+        if status is not None:
+            sql += " AND status = ?"
+            params.append(status)
+        params.append(limit)
+        return [HeldCall(*r) for r in self._run(sql + " ORDER BY created_at DESC, id LIMIT ?", params)]
+
+    def find_pending_hold(self, tenant_id: str, actor_id: str, upstream: str, tool: str,
+                          args_digest: str) -> HeldCall | None:
+        row = self._run(
+            f"SELECT {self._HELD_COLS} FROM held_calls WHERE tenant_id = ? AND actor_id = ? AND upstream = ?"
+            " AND tool = ? AND args_digest = ? AND status = 'pending' ORDER BY created_at DESC LIMIT 1",
+            (tenant_id, actor_id, upstream, tool, args_digest),
+        ).fetchone()
+        return HeldCall(*row) if row else None
+
+    def decide_held_call(self, held_id: str, status: str, by: str, at: float, reason: str,
+                         expires_at: float | None) -> bool:
+        """pending -> approved/denied, once: False when it was already decided (or does not exist)."""
+        cur = self._run(
+            "UPDATE held_calls SET status = ?, decided_by = ?, decided_at = ?, decision_reason = ?, expires_at = ?"
+            " WHERE id = ? AND status = 'pending'", (status, by, at, reason, expires_at, held_id),
+        )
+        return cur.rowcount == 1
+
+    def consume_approval(self, tenant_id: str, actor_id: str, upstream: str, tool: str, args_digest: str,
+                         now: float) -> HeldCall | None:
+        """Use an approval exactly once: the oldest approved, unused, unexpired matching hold, atomically
+        (BEGIN IMMEDIATE + `used_at IS NULL`), so two calls or two gateway processes never share one."""
+        conn = self._tx()
+        try:
+            row = conn.execute(
+                f"SELECT {self._HELD_COLS} FROM held_calls WHERE tenant_id = ? AND actor_id = ? AND upstream = ?"
+                " AND tool = ? AND args_digest = ? AND status = 'approved' AND used_at IS NULL AND expires_at > ?"
+                " ORDER BY decided_at LIMIT 1", (tenant_id, actor_id, upstream, tool, args_digest, now),
+            ).fetchone()
+            held = None
+            if row is not None:
+                cur = conn.execute("UPDATE held_calls SET used_at = ? WHERE id = ? AND used_at IS NULL", (now, row[0]))
+                if cur.rowcount == 1:
+                    held = HeldCall(*row[:-1], used_at=now)
+            conn.execute("COMMIT")
+            return held
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    # -- sealed evidence (issue 4) -----------------------------------------------------------------
+    _EV_COLS = "id, origin, seq, kind, time, tenant, actor, tool, verdict, status, intent_seq, leaf_hash, data"
+
+    def evidence_prefix(self, default: str) -> str:
+        """The deployment's origin prefix: chosen once (first writer wins), then fixed."""
+        self._run("INSERT OR IGNORE INTO meta (key, value) VALUES ('audit_origin_prefix', ?)", (default,))
+        row = self._run("SELECT value FROM meta WHERE key = 'audit_origin_prefix'").fetchone()
+        return str(row[0])
+
+    def append_evidence(self, entries: Sequence[Any], before_commit: Any = None) -> list[Any]:
+        """Seal and insert a batch in ONE transaction (one fsync): group commit.
+
+        Heads are read inside the transaction (BEGIN IMMEDIATE serialises writers), so several processes
+        can append to one log; the unique (origin, seq) index makes a fork impossible.
+        """
+        from gateway.audit.log import seal
+        from gateway.audit.records import ChainHead
+
+        if not entries:
+            return []
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            heads: dict[str, ChainHead] = {}
+            for origin in {e.origin for e in entries}:
+                row = conn.execute("SELECT size, last_hash FROM evidence_heads WHERE origin = ?", (origin,)).fetchone()
+                heads[origin] = ChainHead(origin, int(row[0]), bytes(row[1])) if row else ChainHead.genesis(origin)
+            sealed, new_heads = seal(entries, heads)
+            conn.executemany(
+                "INSERT INTO evidence (origin, seq, kind, time, tenant, actor, tool, verdict, status, intent_seq,"
+                " leaf_hash, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (s.record.origin, s.record.seq, s.record.kind, s.entry.time, s.entry.columns.tenant,
+                     s.entry.columns.actor, s.entry.columns.tool, s.entry.columns.verdict, s.entry.columns.status,
+                     s.entry.columns.intent_seq, s.record.leaf_hash, s.record.canonical)
+                    for s in sealed
+                ],
+            )
+            conn.executemany(
+                "INSERT INTO evidence_heads (origin, size, last_hash) VALUES (?, ?, ?) ON CONFLICT (origin)"
+                " DO UPDATE SET size = excluded.size, last_hash = excluded.last_hash",
+                [(o, h.size, h.last_hash) for o, h in new_heads.items() if h.last_hash is not None],
+            )
+            calls = [s.entry.call for s in sealed if s.entry.call is not None]
+            if calls:
+                conn.executemany(
+                    f"INSERT INTO calls ({self._CALL_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (r.tenant_id, r.actor_id, r.token_id, r.method, r.target, r.upstream, r.verdict,
+                         r.rule_id, r.outcome, r.started_at, r.duration_ms, r.error_code, r.session_id,
+                         r.client_name)
+                        for r in calls
+                    ],
+                )
+            if before_commit is not None:
+                before_commit(sealed)
+            conn.execute("COMMIT")
+            return sealed
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise StoreUnavailable(
+                f"Could not commit evidence: {exc}.", hint="Check disk space, file permissions and locks."
+            ) from exc
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def evidence_origins(self) -> list[str]:
+        return [str(r[0]) for r in self._run("SELECT origin FROM evidence_heads ORDER BY origin")]
+
+    def evidence_size(self, origin: str) -> int:
+        row = self._run("SELECT size FROM evidence_heads WHERE origin = ?", (origin,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def evidence_records(self, origin: str, start: int = 0, end: int | None = None) -> list[tuple[int, bytes]]:
+        """(seq column, exact bytes) in storage order (id), which is what a verifier must check."""
+        sql = "SELECT seq, data FROM evidence WHERE origin = ? AND seq >= ?"
+        params: list[object] = [origin, start]
+        if end is not None:
+            sql += " AND seq < ?"
+            params.append(end)
+        return [(int(s), bytes(d)) for s, d in self._run(sql + " ORDER BY id", params)]
+
+    def evidence_leaf_hashes(self, origin: str, start: int = 0) -> list[bytes]:
+        rows = self._run("SELECT leaf_hash FROM evidence WHERE origin = ? AND seq >= ? ORDER BY seq", (origin, start))
+        return [bytes(r[0]) for r in rows]
+
+    def open_intents(self) -> list[tuple[str, int, str]]:
+        rows = self._run(
+            "SELECT i.origin, i.seq, i.tenant FROM evidence i WHERE i.kind = 'intent' AND NOT EXISTS"
+            " (SELECT 1 FROM evidence o WHERE o.origin = i.origin AND o.intent_seq = i.seq"
+            "  AND o.kind IN ('outcome', 'outcome_unknown')) ORDER BY i.origin, i.seq"
+        )
+        return [(str(o), int(s), str(t)) for o, s, t in rows]
+
+    @staticmethod
+    def _ev_row(r: Sequence[Any]) -> Any:
+        from gateway.store.base import EvidenceRow
+
+        return EvidenceRow(int(r[0]), str(r[1]), int(r[2]), str(r[3]), str(r[4]), str(r[5]), str(r[6]), str(r[7]),
+                           str(r[8]), str(r[9]), None if r[10] is None else int(r[10]), bytes(r[11]), bytes(r[12]))
+
+    def query_evidence(self, where: Any, limit: int = 100, newest_first: bool = True) -> list[Any]:
+        sql = f"SELECT {self._EV_COLS} FROM evidence WHERE id > ?"
+        params: list[object] = [where.after_id]
+        for column in ("origin", "tenant", "actor", "tool", "verdict", "status", "kind"):
+            value = getattr(where, column)
+            if value:
+                sql += f" AND {column} = ?"
+                params.append(value)
+        if where.since:
+            sql += " AND time >= ?"
+            params.append(where.since)
+        if where.until:
+            sql += " AND time < ?"
+            params.append(where.until)
+        sql += f" ORDER BY id {'DESC' if newest_first else 'ASC'} LIMIT ?"
+        params.append(limit)
+        return [self._ev_row(r) for r in self._run(sql, params)]
+
+    def get_evidence(self, record_id: int) -> Any:
+        row = self._run(f"SELECT {self._EV_COLS} FROM evidence WHERE id = ?", (record_id,)).fetchone()
+        return self._ev_row(row) if row else None
+
+    def get_evidence_at(self, origin: str, seq: int) -> Any:
+        row = self._run(f"SELECT {self._EV_COLS} FROM evidence WHERE origin = ? AND seq = ?", (origin, seq)).fetchone()
+        return self._ev_row(row) if row else None
+
+    def add_checkpoint(self, origin: str, size: int, root: bytes, note: str, now: str) -> None:
+        try:
+            self._run(
+                "INSERT OR IGNORE INTO checkpoints (origin, size, root, note, signed_at) VALUES (?, ?, ?, ?, ?)",
+                (origin, size, root, note, now),
+            )
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"Could not store a checkpoint: {exc}.") from exc
+
+    def list_checkpoints(self, origin: str) -> list[tuple[int, str]]:
+        rows = self._run("SELECT size, note FROM checkpoints WHERE origin = ? ORDER BY size", (origin,))
+        return [(int(s), str(n)) for s, n in rows]
+
+    def probe_write(self, now: str) -> None:
+        """A real, durable write (health check after a failure): proves the store takes commits again."""
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_write_probe', ?)", (now,))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise StoreUnavailable(f"The database does not take writes: {exc}.") from exc

@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.errors import UpstreamError
-from gateway.jsonrpc import JSON, notification
+from gateway.jsonrpc import (
+    JSON,
+    META_CLIENT_CAPABILITIES,
+    META_CLIENT_INFO,
+    META_PROTOCOL_VERSION,
+    MODERN_VERSION,
+    notification,
+)
 from gateway.types import UpstreamSpec
 
 log = logging.getLogger("aegress.upstream")
@@ -48,6 +55,7 @@ class UpstreamConnection:
         self.spec = spec
         self.name = spec.name
         self.protocol_version = protocol_version
+        self.modern = protocol_version == MODERN_VERSION
         self.client_capabilities = capabilities
         self.timeout = timeout
         self.init_result: JSON = {}
@@ -77,6 +85,9 @@ class UpstreamConnection:
 
     async def start(self) -> None:
         await self._open()
+        if self.modern:
+            await self._discover()
+            return
         params = {
             "protocolVersion": self.protocol_version,
             "capabilities": self.client_capabilities,
@@ -88,11 +99,43 @@ class UpstreamConnection:
         self.init_result = response.get("result") or {}
         await self.notify("notifications/initialized")
 
+    async def _discover(self) -> None:
+        """2026-07-28 has no handshake: ask what the upstream supports; legacy-only ones are refused here."""
+        try:
+            response = await self.request("server/discover", {}, timeout=min(self.timeout, 10.0))
+        except UpstreamError as exc:
+            raise UpstreamError(
+                f"Upstream {self.name!r} does not speak 2026-07-28.", code="upstream-legacy-only"
+            ) from exc
+        res = response.get("result")
+        if not isinstance(res, dict) or MODERN_VERSION not in (res.get("supportedVersions") or []):
+            raise UpstreamError(f"Upstream {self.name!r} does not speak 2026-07-28.", code="upstream-legacy-only")
+        meta = res.get("_meta") or {}
+        self.init_result = {
+            "protocolVersion": MODERN_VERSION,
+            "capabilities": res.get("capabilities") or {},
+            "serverInfo": meta.get("io.modelcontextprotocol/serverInfo") or {},
+            **({"instructions": res["instructions"]} if isinstance(res.get("instructions"), str) else {}),
+        }
+
+    def _envelope(self, params: JSON | None, meta: JSON | None) -> JSON | None:
+        """Per-request `_meta` for a 2026-07-28 upstream: the caller's envelope, else an honest empty one."""
+        if not self.modern:
+            if not meta:
+                return params
+            return {**(params or {}), "_meta": {**((params or {}).get("_meta") or {}), **meta}}
+        merged = {**((params or {}).get("_meta") or {}), **(meta or {})}
+        merged.setdefault(META_PROTOCOL_VERSION, MODERN_VERSION)
+        merged.setdefault(META_CLIENT_CAPABILITIES, self.client_capabilities)
+        merged.setdefault(META_CLIENT_INFO, CLIENT_INFO)
+        return {**(params or {}), "_meta": merged}
+
     async def request(
         self,
         method: str,
         params: JSON | None = None,
         *,
+        meta: JSON | None = None,
         sink: Sink | None = None,
         timeout: float | None = None,
         progress_token: Any = None,
@@ -105,6 +148,7 @@ class UpstreamConnection:
         """
         if self.closed:
             raise UpstreamError(f"Upstream {self.name!r} is not connected.")
+        params = self._envelope(params, meta)
         msg_id = next(self._ids)
         loop = asyncio.get_running_loop()
         pending = Pending(loop.create_future(), sink, method=method)

@@ -18,7 +18,7 @@ import orjson
 
 from gateway import netguard
 from gateway.errors import UpstreamError
-from gateway.jsonrpc import JSON
+from gateway.jsonrpc import JSON, modern_headers
 from gateway.upstreams.base import Pending, UpstreamConnection
 
 log = logging.getLogger("aegress.upstream.http")
@@ -67,7 +67,8 @@ class HttpConnection(UpstreamConnection):
     async def start(self) -> None:
         """Initialize, then open the GET stream: servers send unrelated requests and notifications there."""
         await super().start()
-        await self.listen()
+        if not self.modern:
+            await self.listen()
 
     def _headers(self, get: bool = False) -> dict[str, str]:
         h = {"accept": "text/event-stream" if get else "application/json, text/event-stream"}
@@ -75,7 +76,7 @@ class HttpConnection(UpstreamConnection):
             h["content-type"] = "application/json"
         if self._session_id:
             h["mcp-session-id"] = self._session_id
-        if self.init_result:
+        if self.init_result and not self.modern:
             h["mcp-protocol-version"] = str(self.init_result.get("protocolVersion", self.protocol_version))
         return h
 
@@ -85,7 +86,10 @@ class HttpConnection(UpstreamConnection):
             raise UpstreamError(f"Upstream {self.name!r} is not connected.")
         url = self.spec.url or ""
         try:
-            async with client.stream("POST", url, content=orjson.dumps(message), headers=self._headers()) as resp:
+            headers = self._headers()
+            if self.modern:
+                headers.update(modern_headers(message))
+            async with client.stream("POST", url, content=orjson.dumps(message), headers=headers) as resp:
                 if resp.status_code in (301, 302, 303, 307, 308):
                     raise UpstreamError(f"Upstream {self.name!r} answered with a redirect, which is refused.")
                 if resp.status_code == 202:

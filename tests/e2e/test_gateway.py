@@ -22,9 +22,11 @@ def world(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
             yield gw
 
 
-def test_tools_are_aggregated_and_namespaced(world) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28", "auto"])
+def test_tools_are_aggregated_and_namespaced(world, mode: str) -> None:  # type: ignore[no-untyped-def]
     async def go() -> None:
-        async with mcp_client(world.url, world.tokens[("acme", "alice")]) as c:
+        async with mcp_client(world.url, world.tokens[("acme", "alice")], mode=mode) as c:
+            assert c.protocol_version == ("2025-11-25" if mode == "legacy" else "2026-07-28")
             names = {t.name for t in (await c.list_tools()).tools}
             assert {"files__echo", "web__echo", "files__whoami", "web__whoami"} <= names
             assert not any(n == "echo" for n in names)
@@ -139,3 +141,81 @@ def test_health(world) -> None:  # type: ignore[no-untyped-def]
     r = httpx2.get(world.base + "/health")
     assert r.status_code == 200
     assert r.json()["ready"] is True
+
+
+def test_modern_revision_progress_resources_and_prompts(world) -> None:  # type: ignore[no-untyped-def]
+    """2026-07-28: no session, envelope per request, progress on the request's own stream."""
+
+    async def go() -> None:
+        async with mcp_client(world.url, world.tokens[("acme", "alice")], mode="2026-07-28") as c:
+            for upstream in ("files", "web"):
+                seen: list[str] = []
+
+                async def on_progress(p, total, message):  # type: ignore[no-untyped-def]
+                    seen.append(str(message))
+
+                r = await c.call_tool(f"{upstream}__nonce_echo", {"nonce": "m", "steps": 2},
+                                      progress_callback=on_progress)
+                assert r.content[0].text == f"{upstream}:m"
+                assert seen == [f"{upstream}:m:1", f"{upstream}:m:2"]
+            assert (await c.read_resource("files+fixture://info")).contents[0].text == "info from files"
+            got = await c.get_prompt("web__greet", {"name": "Bo"})
+            assert "Hello Bo from web" in got.messages[0].content.text
+
+    run(go())
+
+
+def test_modern_wire_rules(world) -> None:  # type: ignore[no-untyped-def]
+    import httpx2
+
+    token = world.tokens[("acme", "alice")]
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {}}
+
+    def post(body: dict, **headers: str) -> httpx2.Response:
+        h = {"Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream",
+             "Content-Type": "application/json", "MCP-Protocol-Version": "2026-07-28",
+             "Mcp-Method": body.get("method", ""), **headers}
+        return httpx2.post(world.url, content=json.dumps(body), headers=h, timeout=30)
+
+    r = post({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": meta}})
+    assert r.status_code == 200 and "mcp-session-id" not in r.headers
+    res = r.json()["result"]
+    assert res["supportedVersions"] == ["2026-07-28"] and "tools" in res["capabilities"]
+    assert res["resultType"] == "complete" and res["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "aegress"
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "web__echo", "arguments": {"text": "x"}, "_meta": meta}}
+    assert post(call, **{"Mcp-Name": "web__echo"}).json()["result"]["content"][0]["text"] == "x"
+    # optional whitespace around a header value is not part of it (RFC 9110 5.5); httpx2 will not send it
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(world.url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    conn.request("POST", parts.path, body=json.dumps(call), headers={
+        "Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json", "MCP-Protocol-Version": " 2026-07-28 ", "Mcp-Method": "tools/call",
+        "Mcp-Name": "  web__echo  "})
+    answer = conn.getresponse()
+    assert answer.status == 200 and json.loads(answer.read())["result"]["content"][0]["text"] == "x"
+    conn.close()
+    mismatch = post(call, **{"Mcp-Name": "files__echo"})
+    assert mismatch.status_code == 400 and mismatch.json()["error"]["code"] == -32020
+    assert mismatch.json()["id"] == 2
+    wrong_method = post(call, **{"Mcp-Method": "tools/list", "Mcp-Name": "web__echo"})
+    assert wrong_method.json()["error"]["code"] == -32020
+    no_meta = post({"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {}})
+    assert no_meta.status_code == 400 and no_meta.json()["error"]["code"] == -32602
+    future = {**meta, "io.modelcontextprotocol/protocolVersion": "2099-01-01"}
+    unsupported = post({"jsonrpc": "2.0", "id": 4, "method": "tools/list", "params": {"_meta": future}},
+                       **{"MCP-Protocol-Version": "2099-01-01"})
+    assert unsupported.status_code == 400 and unsupported.json()["error"]["code"] == -32022
+    assert unsupported.json()["error"]["data"]["supported"] == ["2026-07-28"]
+    for removed in ("initialize", "ping", "logging/setLevel", "resources/subscribe"):
+        r = post({"jsonrpc": "2.0", "id": 5, "method": removed, "params": {"_meta": meta}})
+        assert r.status_code == 404 and r.json()["error"]["code"] == -32601, removed
+    get = httpx2.get(world.url, headers={"Authorization": f"Bearer {token}", "MCP-Protocol-Version": "2026-07-28",
+                                         "Accept": "text/event-stream"})
+    assert get.status_code == 405 and get.headers["allow"] == "POST"
+    listed = post({"jsonrpc": "2.0", "id": 6, "method": "tools/list", "params": {"_meta": meta}}).json()["result"]
+    assert listed["ttlMs"] == 0 and listed["cacheScope"] == "private"

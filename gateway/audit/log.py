@@ -1,0 +1,78 @@
+"""Appending to a log, independent of the store: entries in, sealed records out.
+
+An `Entry` is what a writer wants recorded (origin, kind, time, body) plus the queryable copies a store
+indexes (tenant, actor, tool, verdict, status, intent_seq). `seal` turns a batch of entries into records
+given each log's current head, so every store (SQLite with one writer, Postgres with several) runs the
+same chaining code inside its own transaction: read the heads, seal, insert, commit. A store enforces
+`(origin, seq)` uniqueness, so two writers that raced can never both commit the same position (no fork).
+
+Origins: the deployment has one origin prefix (stored once, e.g. `aegress.local/d-1a2b3c4d`); tenant logs
+are `<prefix>/tenant/<tenant id>` and the deployment's security log is `<prefix>/security`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.audit.records import BuiltRecord, ChainHead
+
+SECURITY_LOG = "security"
+
+
+def tenant_origin(prefix: str, tenant: str) -> str:
+    return f"{prefix}/tenant/{tenant}"
+
+
+def security_origin(prefix: str) -> str:
+    return f"{prefix}/{SECURITY_LOG}"
+
+
+def tenant_of(prefix: str, origin: str) -> str | None:
+    """The tenant id of a tenant log's origin; None for the security log or another deployment."""
+    head = f"{prefix}/tenant/"
+    return origin[len(head):] if origin.startswith(head) else None
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Queryable copies of a record's fields (never the source of truth: the bytes are)."""
+
+    tenant: str = ""
+    actor: str = ""
+    tool: str = ""
+    verdict: str = ""
+    status: str = ""
+    intent_seq: int | None = None
+
+
+@dataclass(frozen=True)
+class Entry:
+    origin: str
+    kind: str
+    time: str
+    body: Mapping[str, Any]
+    columns: Columns = field(default_factory=Columns)
+    call: Any = None
+    """An optional plain CallRecord copy the store keeps for `list_calls` (written in the same transaction)."""
+
+
+@dataclass(frozen=True)
+class Sealed:
+    entry: Entry
+    record: BuiltRecord
+
+
+def seal(entries: Sequence[Entry], heads: Mapping[str, ChainHead]) -> tuple[list[Sealed], dict[str, ChainHead]]:
+    """Chain `entries` onto `heads` (origin -> head; missing origins start at genesis), in order.
+
+    Pure: raises InvalidRecord for a bad body, and then nothing of the batch should be stored.
+    """
+    current = dict(heads)
+    out: list[Sealed] = []
+    for entry in entries:
+        head = current.get(entry.origin) or ChainHead.genesis(entry.origin)
+        record, current[entry.origin] = head.append(kind=entry.kind, time=entry.time, body=entry.body)
+        out.append(Sealed(entry, record))
+    return out, current
