@@ -11,6 +11,9 @@ from typing import Annotated
 import typer
 
 from aegress_cli import _common, actor, bridge, client, serve, tenant, token, upstream
+from aegress_cli import audit as audit_cli
+from aegress_cli import policy as policy_cli
+from aegress_cli import review as review_cli
 
 app = typer.Typer(
     name="aegress",
@@ -42,6 +45,9 @@ app.add_typer(tenant.app, name="tenant")
 app.add_typer(actor.app, name="actor")
 app.add_typer(token.app, name="token")
 app.add_typer(upstream.app, name="upstream")
+app.add_typer(policy_cli.app, name="policy")
+app.add_typer(review_cli.app, name="review")
+app.add_typer(audit_cli.app, name="audit")
 app.command("serve")(serve.serve)
 app.add_typer(client.app, name="client")
 app.command("bridge")(bridge.bridge)

@@ -28,7 +28,14 @@ import httpx2
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.procs import add_stdio_fixture, aegress, run_gateway, run_http_upstream, setup_tenant  # noqa: E402
+from tests.procs import (  # noqa: E402
+    add_stdio_fixture,
+    aegress,
+    allow_all,
+    run_gateway,
+    run_http_upstream,
+    setup_tenant,
+)
 
 
 class RawClient:
@@ -145,6 +152,7 @@ def main() -> None:
     os.environ["AEGRESS_HOME"] = str(home)
     os.environ["PYTHON_KEYRING_BACKEND"] = "keyring.backends.fail.Keyring"
     token = setup_tenant(home, "bench", "runner")
+    allow_all(home, "bench")
     with run_http_upstream("bench") as (up_url, _):
         aegress(home, "upstream", "add", "--tenant", "bench", "http", "--url", up_url, "--allow-private")
         add_stdio_fixture(home, "bench", "stdio")

@@ -78,7 +78,14 @@ def issue_token(store: Store, master_key: bytes, tenant_id: str, actor_id: str, 
 
 
 def revoke_token(store: Store, token_id: str, now: str) -> TokenInfo:
-    return store.revoke_token(token_id, now)
+    before = store.get_token(token_id)
+    info = store.revoke_token(token_id, now)
+    if before is not None and before.active:  # sealed evidence: the tenant's log records the revocation
+        from gateway.evidence import operator_name, record_event
+
+        record_event(store, info.tenant_id, "token_revoked", {"token_id": info.id, "actor": operator_name()},
+                     actor=info.actor_id)
+    return info
 
 
 # -- upstreams -------------------------------------------------------------------------------------
@@ -222,6 +229,15 @@ def ensure_demo(store: Store, master_key: bytes, now: str, have_token: bool) -> 
             DEMO_TENANT, DEMO_UPSTREAM,
             ["echo", "add", "get_time", "write_note", "delete_note", "shell_preview", "count_slowly"],
         )
+    if store.get_policy_version(DEMO_TENANT) is None:  # the demo policy: allow, review and block on `demo`
+        import hashlib
+
+        from gateway.policy import demo_policy_text, load_policy
+
+        text = demo_policy_text()
+        load_policy(text, "demo.toml")
+        digest = "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+        store.add_policy_version(DEMO_TENANT, text, "demo.toml", digest, now, "aegress serve --demo")
     active = [t for t in store.list_tokens(DEMO_TENANT, DEMO_ACTOR) if t.active]
     if have_token and active:
         return None

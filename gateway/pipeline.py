@@ -19,12 +19,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from gateway import binding, naming
-from gateway.decide import AllowAll, Decider
-from gateway.errors import AegressError, AuthError, ProtocolError, UpstreamError
+from gateway.decide import CLIENT_REQUESTS, AllowAll, Decider, GateDecision
+from gateway.errors import AegressError, AuthError, ProtocolError, StoreUnavailable, UpstreamError
+from gateway.evidence import now_time
 from gateway.jsonrpc import (
     INVALID_PARAMS,
     JSON,
@@ -36,19 +38,24 @@ from gateway.jsonrpc import (
     decorate_modern_result,
     error,
     error_from,
+    notification,
     result,
 )
 from gateway.proxy import ClientSession, Runtime, UnknownTarget, Upstream, list_all
-from gateway.record import Recorder
-from gateway.secrets import derive_key, token_hash
+from gateway.record import CallFacts, Recorder, call_entry, elicitation_entry, outcome_entry, with_receipt
+from gateway.review import ReviewDesk, tool_error
+from gateway.secrets import derive_key, mint_id, token_hash
 from gateway.store.base import Store
-from gateway.types import CallRecord, Decision, Identity
+from gateway.types import Decision, Identity
 
 log = logging.getLogger("aegress.pipeline")
 
 Send = Callable[[JSON], Awaitable[None]]
 SERVER_INFO = {"name": "aegress", "title": "Aegress MCP gateway", "version": "0.1.0"}
 SERVER_INFO_STAMP = {"name": "aegress", "version": "0.1.0"}
+SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId"
+MODERN_ONLY = ("server/discover", "subscriptions/listen")
+_LISTEN_TIMEOUT_S = 24 * 3600.0
 
 
 def _now() -> str:
@@ -77,23 +84,28 @@ class Pipeline:
         runtime: Runtime,
         recorder: Recorder,
         decider: Decider | None = None,
+        review_desk: ReviewDesk | None = None,
     ) -> None:
         self.store = store
         self.runtime = runtime
         self.recorder = recorder
         self.decider: Decider = decider or AllowAll()
+        self.review_desk = review_desk or ReviewDesk(store)
         self._token_key = derive_key(master_key, "token-hash")
 
     # -- stage 1: authenticate -----------------------------------------------------------------
     def authenticate(self, authorization: str | None) -> Identity:
         if not authorization:
+            self.recorder.auth_failure("missing-token")
             raise AuthError("Missing bearer token.", hint="Send Authorization: Bearer <token>.")
         scheme, _, token = authorization.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
+            self.recorder.auth_failure("malformed-authorization")
             raise AuthError("Malformed Authorization header.", hint="Send Authorization: Bearer <token>.")
         info = self.store.find_token(token_hash(self._token_key, token))
         if info is None or not info.active:
+            self.recorder.auth_failure("invalid-token" if info is None else "revoked-token")
             raise AuthError(
                 "The bearer token is invalid or revoked.",
                 hint="Issue a new one with `aegress token issue`.",
@@ -106,10 +118,49 @@ class Pipeline:
         return binding.bind(identity, claims)
 
     # -- stage 3: decide -----------------------------------------------------------------------
-    def decide(self, session: ClientSession, up: Upstream, tool: JSON, arguments: JSON) -> Decision:
+    def decide(self, session: ClientSession, up: Upstream, tool: JSON, arguments: JSON) -> GateDecision:
+        """The policy's verdict for one call (the decider polls for newly applied policies first)."""
+        self.decider.refresh(time.monotonic())
         return self.decider.decide(session.identity, up.spec.name, tool, arguments)
 
+    def guard_client_requests(self, session: ClientSession, up: Upstream, send: Send) -> Send:
+        """Wrap a call's `send`: sampling, elicitation and roots requests from the upstream reach the
+        client only when a `client_request` rule allows them; otherwise the upstream gets an error."""
+
+        async def guarded(msg: JSON) -> None:
+            kind = CLIENT_REQUESTS.get(msg.get("method", "")) if "id" in msg else None
+            if kind is not None:
+                started, started_at = time.perf_counter(), _now()
+                decision = self.decider.decide_other(session.identity, "client_request", up.spec.name, kind)
+                if decision.verdict != "allow":
+                    entry = session.server_requests.pop(msg["id"], None)
+                    if entry is not None:
+                        target, upstream_id = entry
+                        await target.conn.respond({"jsonrpc": "2.0", "id": upstream_id, "error": {
+                            "code": -32600,
+                            "message": f"Denied by Aegress policy rule {decision.rule_id}: {decision.reason}"}})
+                    self.record(session, msg["method"], kind, up.spec.name, decision, "refused", started,
+                                started_at)
+                    return
+            await send(msg)
+
+        return guarded
+
     # -- stage 5: record -----------------------------------------------------------------------
+    # Sealed evidence (gateway.evidence): an intent is durably committed BEFORE anything is forwarded
+    # (StoreUnavailable otherwise: 503, nothing forwarded), the outcome after; refusals are recorded as
+    # decisions. The response carries a receipt of its record in result._meta.aegress.
+    def _facts(self, session: ClientSession, method: str, target: str, upstream: str, tool: JSON | None,
+               decision: Decision | None, arguments: Any, request_id: Any, started_at: str) -> CallFacts:
+        info = session.client_info
+        return CallFacts(
+            identity=session.identity, client_name=str(info.get("name") or "") or None,
+            client_version=str(info.get("version") or "") or None, session_id=session.id, method=method,
+            upstream=upstream, tool=target, tool_def=tool, decision=decision or Decision("allow", "no-policy"),
+            arguments=arguments, request_id=str(request_id if request_id is not None else ""),
+            started_at=started_at, time=now_time(),
+        )
+
     def record(
         self,
         session: ClientSession,
@@ -121,25 +172,115 @@ class Pipeline:
         started: float,
         started_at: str,
         error_code: int | None = None,
+        *,
+        arguments: Any = None,
+        tool: JSON | None = None,
     ) -> None:
-        self.recorder.record(
-            CallRecord(
-                tenant_id=session.identity.tenant_id,
-                actor_id=session.identity.actor_id,
-                token_id=session.identity.token_id,
-                method=method,
-                target=target,
-                upstream=upstream,
-                verdict=decision.verdict if decision else "",
-                rule_id=decision.rule_id if decision else "",
-                outcome=outcome,
-                started_at=started_at,
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
-                error_code=error_code,
-                session_id=session.id,
-                client_name=str(session.client_info.get("name", ""))[:100],
-            )
+        """A call that was NOT forwarded (blocked, hidden, held for review): a `decision` record, queued."""
+        tenant = session.identity.tenant_id
+        facts = self._facts(session, method, target, upstream, tool, decision, arguments, None, started_at)
+        verdict = "hidden" if decision is not None and decision.rule_id == "unknown-tool" else None
+        if decision is not None and decision.verdict == "review" and outcome not in ("refused", ""):
+            facts = replace(facts, decision=replace(decision, reason=f"{outcome}: {decision.reason}"[:500]))
+        audit_id = getattr(decision, "audit_id", "")
+        if audit_id:
+            facts = replace(facts, request_id=audit_id)
+        try:
+            self.recorder.submit(call_entry(self.recorder.origin(tenant), self.recorder.tenant_key(tenant), facts,
+                                            kind="decision", verdict=verdict))
+        except AegressError as exc:
+            log.error("could not record a refused call: %s", exc.message)
+
+    async def record_intent(self, session: ClientSession, method: str, target: str, up: Upstream,
+                            tool: JSON | None, decision: Decision | None, arguments: Any,
+                            msg: JSON, started_at: str) -> tuple[CallFacts, Any]:
+        """Commit the intent durably; raises StoreUnavailable (fail closed) when the store cannot take it."""
+        tenant = session.identity.tenant_id
+        facts = self._facts(session, method, target, up.spec.name, tool, decision, arguments, msg.get("id"),
+                            started_at)
+        verdict = "review_approved" if decision is not None and decision.verdict == "review" else "allow"
+        entry = call_entry(self.recorder.origin(tenant), self.recorder.tenant_key(tenant), facts, kind="intent",
+                           verdict=verdict)
+        sealed = await self.recorder.append(entry)
+        self.recorder.crash("after-intent")
+        return facts, sealed
+
+    def _outcome(self, facts: CallFacts, intent: Any, status: str, started: float, up_started: float | None,
+                 res: Any, code: Any) -> Any:
+        now = time.perf_counter()
+        tenant = facts.identity.tenant_id
+        return outcome_entry(
+            self.recorder.origin(tenant), self.recorder.tenant_key(tenant), facts, intent.record.seq,
+            status=status, time=now_time(), latency_ms=(now - started) * 1000,
+            upstream_latency_ms=None if up_started is None else (now - up_started) * 1000, result=res,
+            error_code=code,
         )
+
+    async def record_outcome(self, facts: CallFacts, intent: Any, status: str, started: float,
+                             up_started: float | None, res: Any = None, code: Any = None) -> Any:
+        """Commit the outcome; if the store fails now the call already ran: answer anyway (no receipt),
+        /health turns unready and start-up recovery marks the intent outcome_unknown."""
+        if intent is None:
+            return None
+        try:
+            return await self.recorder.append(self._outcome(facts, intent, status, started, up_started, res, code))
+        except AegressError as exc:
+            log.error("could not record the outcome of intent %s: %s", intent.record.seq, exc.message)
+            return None
+
+    def record_outcome_nowait(self, facts: CallFacts, intent: Any, status: str, started: float,
+                              up_started: float | None, code: Any = None) -> None:
+        """For a call abandoned mid-flight (cancelled task): queue the outcome without waiting."""
+        if intent is None:
+            return
+        try:
+            self.recorder.submit(self._outcome(facts, intent, status, started, up_started, None, code))
+        except AegressError as exc:
+            log.error("could not record the outcome of intent %s: %s", intent.record.seq, exc.message)
+
+    async def record_client_answer(self, session: ClientSession, msg: JSON) -> None:
+        """An elicitation answer relayed from the client: digest + redacted preview, committed first."""
+        res = msg.get("result")
+        if not (isinstance(res, dict) and res.get("action") in ("accept", "decline", "cancel")):
+            return
+        if msg.get("id") not in session.server_requests:
+            return
+        tenant = session.identity.tenant_id
+        await self.recorder.append(elicitation_entry(
+            self.recorder.origin(tenant), self.recorder.tenant_key(tenant), tenant, session.identity.actor_id,
+            str(msg.get("id")), res, now_time()))
+
+    async def _sealed_forward(self, session: ClientSession, up: Upstream, method: str, params: JSON, msg: JSON,
+                              send: Send, *, target: str, tool: JSON | None, decision: Decision | None,
+                              arguments: Any, started: float, started_at: str) -> tuple[JSON, Any]:
+        """intent (durable) -> forward -> outcome (durable); returns the response and the receipt's record."""
+        facts, intent = await self.record_intent(session, method, target, up, tool, decision, arguments, msg,
+                                                 started_at)
+        status, code, recorded = "failed", None, False
+        up_started = time.perf_counter()
+        try:
+            response = await self.forward(session, up, method, params, msg, send)
+            self.recorder.crash("after-forward")
+            res: Any = response.get("result")
+            if "error" in response:
+                err = response["error"]
+                code, res = (err.get("code") if isinstance(err, dict) else None), err
+            elif isinstance(res, dict) and res.get("isError"):
+                code = "tool_error"
+            else:
+                status = "completed"
+            recorded = True
+            sealed = await self.record_outcome(facts, intent, status, started, up_started, res, code)
+            return response, sealed or intent
+        except asyncio.CancelledError as exc:
+            status = "client_disconnected" if "disconnect" in " ".join(map(str, exc.args)) else "cancelled"
+            raise
+        except UpstreamError as exc:
+            status, code = ("timeout" if exc.code == "upstream-timeout" else "failed"), exc.code
+            raise
+        finally:
+            if not recorded:
+                self.record_outcome_nowait(facts, intent, status, started, up_started, code)
 
     # -- sessions ------------------------------------------------------------------------------
     @staticmethod
@@ -173,11 +314,93 @@ class Pipeline:
             response = await handler(self, session, msg, send)
         except UnknownTarget as exc:
             response = error(msg["id"], exc.jsonrpc_code, exc.message)
+        except StoreUnavailable:
+            raise  # fail closed: the transport answers 503 + Retry-After; nothing was forwarded
         except AegressError as exc:
             response = error_from(msg["id"], exc)
         if session.modern and isinstance(response.get("result"), dict):
             response = {**response, "result": decorate_modern_result(method, response["result"], SERVER_INFO_STAMP)}
         return response
+
+    async def _listen(self, session: ClientSession, msg: JSON, send: Send) -> JSON:
+        """2026-07-28 `subscriptions/listen`: one long-lived stream per request, fed by the same request
+        to every upstream that speaks the revision; the ack (first) names what is actually honoured."""
+        params = msg.get("params") or {}
+        wanted = params.get("notifications") if isinstance(params.get("notifications"), dict) else {}
+        tag = {SUBSCRIPTION_ID: msg["id"]}
+        rt = await session.tenant_runtime()
+        ups = [u for u in await session.upstreams() if u.conn.modern]
+        acked = False
+        early: list[JSON] = []
+
+        async def emit(m: JSON) -> None:
+            if acked:
+                await send(m)
+            else:
+                early.append(m)
+
+        streams: list[asyncio.Future[JSON]] = []
+        acks: list[tuple[Upstream, asyncio.Future[JSON]]] = []
+        loop = asyncio.get_running_loop()
+        for up in ups:
+            flt = {k: True for k in ("toolsListChanged", "promptsListChanged", "resourcesListChanged") if wanted.get(k)}
+            uris = []
+            for uri in wanted.get("resourceSubscriptions") or []:
+                split = naming.split_prefixed_uri(uri) if isinstance(uri, str) else None
+                if up.spec.prefix and split and split[0] == up.spec.name:
+                    uris.append(split[1])
+                elif not up.spec.prefix and isinstance(uri, str) and not (split and split[0] in rt.specs):
+                    uris.append(uri)
+            if uris:
+                flt["resourceSubscriptions"] = uris
+            if not flt:
+                continue
+            ack: asyncio.Future[JSON] = loop.create_future()
+
+            async def sink(m: JSON, up: Upstream = up, ack: asyncio.Future[JSON] = ack) -> None:
+                method = m.get("method", "")
+                if method == "notifications/subscriptions/acknowledged":
+                    if not ack.done():
+                        ack.set_result((m.get("params") or {}).get("notifications") or {})
+                    return
+                if "id" in m:
+                    return
+                if method == "notifications/tools/list_changed":
+                    up.tools = None
+                out = session.rename_outbound(up, m)
+                p = dict(out.get("params") or {})
+                p["_meta"] = {**(p.get("_meta") or {}), **tag}
+                await emit({**out, "params": p})
+
+            streams.append(asyncio.ensure_future(up.conn.request(
+                "subscriptions/listen", {"notifications": flt}, meta=session.meta_for(up), sink=sink,
+                timeout=_LISTEN_TIMEOUT_S)))
+            acks.append((up, ack))
+        honored: JSON = {}
+        try:
+            if acks:
+                await asyncio.wait([a for _, a in acks], timeout=10)
+            for up, ack in acks:
+                got = ack.result() if ack.done() else {}
+                for key in ("toolsListChanged", "promptsListChanged", "resourcesListChanged"):
+                    if got.get(key):
+                        honored[key] = True
+                for uri in got.get("resourceSubscriptions") or []:
+                    exposed = naming.prefixed_uri(up.spec.name, uri) if up.spec.prefix else uri
+                    honored.setdefault("resourceSubscriptions", []).append(exposed)
+            await send(notification("notifications/subscriptions/acknowledged",
+                                    {"notifications": honored, "_meta": tag}))
+            acked = True
+            for m in early:
+                await send(m)
+            if streams:
+                await asyncio.gather(*streams, return_exceptions=True)
+            else:
+                await asyncio.Event().wait()  # nothing upstream to relay: hold the stream until the client leaves
+        finally:
+            for f in streams:
+                f.cancel()
+        return result(msg["id"], {"_meta": tag})
 
     async def _discover(self, session: ClientSession, msg: JSON, send: Send) -> JSON:
         """2026-07-28's replacement for initialize: what this tenant's gateway offers, per request."""
@@ -200,6 +423,7 @@ class Pipeline:
         return up.tools
 
     async def _list_tools(self, session: ClientSession, msg: JSON, send: Send) -> JSON:
+        self.decider.refresh(time.monotonic())
         ups = await session.upstreams()
         lists = await asyncio.gather(*(self._tools(session, u, refresh=True) for u in ups), return_exceptions=True)
         seen: set[str] = set()
@@ -208,6 +432,7 @@ class Pipeline:
             if isinstance(listed, BaseException):
                 log.warning("tools/list failed on upstream %s: %s", up.spec.name, listed)
                 continue
+            self.decider.observe_tools(session.identity.tenant_id, up.spec.name, listed, _now())
             for name, tool in listed.items():
                 exposed = naming.prefixed(up.spec.name, name) if up.spec.prefix else name
                 if exposed in seen or not self.decider.visible(session.identity, up.spec.name, tool):
@@ -236,6 +461,7 @@ class Pipeline:
             if tool is None:
                 tools = await self._tools(session, up, refresh=True)
                 tool = tools.get(tool_name)
+                self.decider.observe_tools(session.identity.tenant_id, upstream_name, tools, _now())
             if tool is not None and self.decider.visible(session.identity, upstream_name, tool):
                 return up, tool
         raise UnknownTarget("tool", name)
@@ -254,31 +480,33 @@ class Pipeline:
                         started, started_at, INVALID_PARAMS)
             raise
         decision = self.decide(session, up, tool, arguments or {})
-        if decision.verdict != "allow":
+        if decision.verdict == "review":
+            meta = params.get("_meta")
+            settled = await self.review_desk.settle(
+                session, send, upstream=up.spec.name, tool=tool["name"], exposed=name, arguments=arguments or {},
+                rule_id=decision.rule_id, reason=decision.reason, policy_version=decision.policy_version,
+                mode=decision.review_mode, settings=self.decider.review_settings(session.identity.tenant_id),
+                progress_token=meta.get("progressToken") if isinstance(meta, dict) else None,
+            )
+            decision = replace(decision, audit_id=settled.held_id)
+            if not settled.released:
+                self.record(session, "tools/call", name, up.spec.name, decision, settled.outcome, started, started_at)
+                return result(msg["id"], settled.result or tool_error("Not run."))
+        elif decision.verdict != "allow":
+            decision = replace(decision, audit_id=mint_id("aud_"))
             self.record(session, "tools/call", name, up.spec.name, decision, "refused", started, started_at)
             reason = decision.reason or "Policy does not allow this call."
-            return result(
-                msg["id"],
-                {"content": [{"type": "text", "text": f"Blocked by policy rule {decision.rule_id}: {reason}"}],
-                 "isError": True},
-            )
+            return result(msg["id"], tool_error(
+                f"Blocked by policy rule {decision.rule_id}: {reason} (audit id {decision.audit_id})"))
         forwarded = {**params, "name": tool["name"]}
-        outcome, code = "completed", None
-        try:
-            response = await self.forward(session, up, "tools/call", forwarded, msg, send)
-            if "error" in response:
-                outcome, code = "failed", response["error"].get("code")
-            elif (response.get("result") or {}).get("isError"):
-                outcome = "tool_error"
-            return {"jsonrpc": "2.0", "id": msg["id"], **{k: response[k] for k in ("result", "error") if k in response}}
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            raise
-        except UpstreamError as exc:
-            outcome = "timeout" if exc.code == "upstream-timeout" else "failed"
-            raise
-        finally:
-            self.record(session, "tools/call", name, up.spec.name, decision, outcome, started, started_at, code)
+        guarded = self.guard_client_requests(session, up, send)
+        response, sealed = await self._sealed_forward(
+            session, up, "tools/call", forwarded, msg, guarded, target=name, tool=tool, decision=decision,
+            arguments=arguments, started=started, started_at=started_at)
+        out = {"jsonrpc": "2.0", "id": msg["id"], **{k: response[k] for k in ("result", "error") if k in response}}
+        if "result" in out:
+            out["result"] = with_receipt(out["result"], sealed)
+        return out
 
     # -- stage 4: forward ----------------------------------------------------------------------
     async def forward(
@@ -302,6 +530,7 @@ class Pipeline:
                 method,
                 params,
                 meta=session.meta_for(up),
+                headers=session.param_headers if up.conn.modern and method == "tools/call" else None,
                 sink=session.sink_for(up, send, client_token),
                 progress_token=client_token,
                 on_sent=sent,
@@ -394,17 +623,22 @@ class Pipeline:
     ) -> JSON:
         started, started_at = time.perf_counter(), _now()
         last: JSON | None = None
+        sealed_method = method in ("resources/read", "prompts/get")
         for up, params in routes:
-            response = await self.forward(session, up, method, params, msg, send)
+            receipt_of = None
+            if sealed_method:
+                response, receipt_of = await self._sealed_forward(
+                    session, up, method, params, msg, send, target=label, tool=None, decision=None,
+                    arguments=params.get("arguments") if method == "prompts/get" else None,
+                    started=started, started_at=started_at)
+            else:
+                response = await self.forward(session, up, method, params, msg, send)
             if "result" in response:
-                self.record(session, method, label, up.spec.name, None, "completed", started, started_at)
                 res = response["result"]
-                return result(msg["id"], fix(up, res) if fix else res)
+                return result(msg["id"], with_receipt(fix(up, res) if fix else res, receipt_of))
             last = response
         if last is None or len(routes) > 1:
             raise UnknownTarget(kind, label)
-        self.record(session, method, label, routes[0][0].spec.name, None, "failed", started, started_at,
-                    last["error"].get("code"))
         return {"jsonrpc": "2.0", "id": msg["id"], "error": last["error"]}
 
     async def _read_resource(self, session: ClientSession, msg: JSON, send: Send) -> JSON:
@@ -485,6 +719,7 @@ class Pipeline:
     _handlers: ClassVar[dict[str, Callable[[Pipeline, ClientSession, JSON, Send], Awaitable[JSON]]]] = {
         "ping": _ping,
         "server/discover": _discover,
+        "subscriptions/listen": _listen,
         "tools/list": _list_tools,
         "tools/call": _call_tool,
         "resources/list": _list_resources,
@@ -513,5 +748,6 @@ class Pipeline:
                     await up.conn.notify_quiet(method, params or None)
 
     async def client_response(self, session: ClientSession, msg: JSON) -> None:
+        await self.record_client_answer(session, msg)
         if not await session.answer_server_request(msg):
             raise ProtocolError("A response for a request this session was not sent.", http_status=400)

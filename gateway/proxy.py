@@ -222,6 +222,7 @@ class ClientSession:
         self.id = session_id
         self.modern = version == MODERN_VERSION
         self.envelope = envelope or {}
+        self.param_headers: dict[str, str] = {}  # 2026-07-28 Mcp-Param-* mirrors of tools/call arguments
         self.identity = identity
         self.version = version
         self.client_caps = client_caps

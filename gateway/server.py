@@ -21,11 +21,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway.config import ServeSettings
-from gateway.decide import Decider
+from gateway.decide import Decider, PolicyDecider
 from gateway.errors import ConfigError, StoreUnavailable
+from gateway.evidence import Evidence, EvidenceSettings, NoEvidence, install_log_redaction
 from gateway.pipeline import Pipeline
 from gateway.proxy import Runtime
-from gateway.record import StoreRecorder
 from gateway.secrets import load_master_key
 from gateway.store import open_store
 from gateway.transport import McpEndpoint, default_allowed
@@ -47,7 +47,14 @@ def build_gateway(home: Path, settings: ServeSettings, *, database_url: str | No
     store = open_store(home, database_url)
     master = load_master_key(home)
     runtime = Runtime(store, settings.limits)
-    recorder = StoreRecorder(open_store(home, database_url))
+    # sealed evidence: key loaded (a readable key file refuses start-up), open intents recovered, writer started
+    evidence_settings = EvidenceSettings.from_env(home)
+    recorder: Evidence | NoEvidence = (
+        Evidence(store, master, home, evidence_settings) if evidence_settings.enabled else NoEvidence()
+    )
+    if decider is None:  # each tenant's stored policy; an invalid one stops start-up here (ConfigError)
+        decider = PolicyDecider(store)
+        decider.check_stored()
     pipeline = Pipeline(store, master, runtime, recorder, decider)
     hosts, origins = default_allowed(settings.host)
     endpoint = McpEndpoint(
@@ -64,9 +71,10 @@ def build_gateway(home: Path, settings: ServeSettings, *, database_url: str | No
             store_ok = True
         except StoreUnavailable:
             store_ok = False
-        ready = store_ok and recorder.healthy
+        evidence_ok = store_ok and await asyncio.to_thread(recorder.check)
+        ready = store_ok and evidence_ok
         body = {"status": "ok" if ready else "unready", "live": True, "ready": ready,
-                "store": "ok" if store_ok else "unavailable", "recorder": "ok" if recorder.healthy else "failing"}
+                "store": "ok" if store_ok else "unavailable", "recorder": "ok" if evidence_ok else "failing"}
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @contextlib.asynccontextmanager
@@ -78,7 +86,7 @@ def build_gateway(home: Path, settings: ServeSettings, *, database_url: str | No
             reaper.cancel()
             await endpoint.close()
             await runtime.close()
-            recorder.close()
+            await asyncio.to_thread(recorder.close)
             store.close()
 
     app = Starlette(
@@ -129,6 +137,7 @@ def serve(home: Path, settings: ServeSettings, *, database_url: str | None = Non
         server_header=False,
     )
     server = uvicorn.Server(config)
+    install_log_redaction()
 
     async def run() -> None:
         serving = asyncio.create_task(server.serve(sockets=[sock]))

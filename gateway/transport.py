@@ -9,9 +9,9 @@ Order of checks for every request (cheapest and least trusting first):
   6. protocol revision and session                               -> 400 / 404
   7. dispatch: decide -> forward -> record (gateway.pipeline)
 
-A request's answer is JSON when the upstream answers before sending anything else, and an SSE
-stream when something related (progress, a log, a sampling or elicitation request) comes first:
-the fast path pays nothing for streaming it does not use.
+Handshake-era (2025-06-18, 2025-11-25) requests are answered on an SSE stream, as the reference
+server does. A 2026-07-28 request is answered with JSON when nothing related (progress, a log)
+comes before the result, and on an SSE stream otherwise, as that revision's reference does.
 """
 
 from __future__ import annotations
@@ -246,6 +246,8 @@ class McpEndpoint:
         envelope = {k: meta[k] for k in (META_PROTOCOL_VERSION, META_CLIENT_CAPABILITIES, META_CLIENT_INFO,
                                          META_LOG_LEVEL) if k in meta}
         session = ClientSession("", who, MODERN_VERSION, meta[META_CLIENT_CAPABILITIES], info, self.runtime, envelope)
+        # Mcp-Param-* headers mirror tool arguments that are forwarded unchanged: pass them on as sent.
+        session.param_headers = {k: v for k, v in headers.items() if k.startswith("mcp-param-")}
         try:
             await self._stream_request(receive, send, session, msg)
         finally:
@@ -304,7 +306,9 @@ class McpEndpoint:
 
         task = asyncio.ensure_future(self.pipeline.dispatch(session, msg, related))
         gone = asyncio.ensure_future(_wait_disconnect(receive))
-        deadline = time.monotonic() + self.limits.request_deadline_s
+        # a listen stream lives as long as the client keeps it open; everything else has a deadline
+        deadline = time.monotonic() + (float("inf") if msg["method"] == "subscriptions/listen"
+                                       else self.limits.request_deadline_s)
         streaming = False
         try:
             while True:
@@ -329,12 +333,15 @@ class McpEndpoint:
                 getter.cancel()
                 if task in done:
                     response = task.result()
-                    if not streaming:
+                    if not streaming and session.modern:
                         status = 200
-                        if session.modern and "error" in response:
+                        if "error" in response:
                             status = _MODERN_STATUS.get(response["error"].get("code"), 200)
                         await self._respond(send, status, dumps(response))
                         return
+                    if not streaming:  # handshake era: answer on a stream, as the reference server does
+                        await self._start_sse(send)
+                        streaming = True
                     while not queue.empty():
                         await _sse(send, queue.get_nowait())
                     await _sse(send, response)
@@ -451,6 +458,8 @@ class McpEndpoint:
             if exc.code == "invalid-token":
                 value += ', error="invalid_token"'
             extra.append((b"www-authenticate", value.encode()))
+        if exc.code == "store-unavailable":
+            extra.append((b"retry-after", b"2"))  # sealed evidence: the store could not take the intent
         if exc.http_status == 405:
             extra.append((b"allow", b"POST" if modern else b"GET, POST, DELETE"))
         with contextlib.suppress(RuntimeError, OSError):

@@ -165,3 +165,37 @@ async def mcp_client(url: str, token: str | None, *, mode: str = "legacy", heade
 
 def run(coro: Any, timeout: float = 90.0) -> Any:
     return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+ALLOW_ALL_POLICY = """\
+# Test policy: every tool, resource, prompt and client request allowed (the gate itself is tested elsewhere).
+version = 1
+default = "allow"
+
+[builtin]
+destructive = "off"
+
+[[rules]]
+id = "tests-allow-all"
+verdict = "allow"
+
+[[rules]]
+id = "tests-allow-client-requests"
+kind = "client_request"
+verdict = "allow"
+"""
+
+
+def allow_all(home: Path, tenant: str) -> None:
+    """Apply a policy that allows everything, so tests of forwarding are not held for review."""
+    path = home.parent / f"allow-all-{tenant}.toml"
+    path.write_text(ALLOW_ALL_POLICY)
+    aegress(home, "policy", "apply", str(path), "--tenant", tenant, "--yes")
+
+
+def answer(response: Any) -> Any:
+    """The JSON-RPC message in an HTTP answer, whether sent as JSON or as the last SSE event."""
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        datas = [line[5:].strip() for line in response.text.splitlines() if line.startswith("data:")]
+        return json.loads([d for d in datas if d][-1])
+    return response.json()

@@ -32,12 +32,22 @@ def unified_diff(old: str | None, new: str | None, path: str, *, context: int = 
         tofile="/dev/null" if new is None else f"b/{path}",
         n=context,
     )
+    lines = list(lines)
+    # A user's line that only gained a comma (our entry follows it) shows as removed and re-added:
+    # it is theirs, not ours, so it is masked like context.
+    removed = {_bare(line[1:]) for line in lines if line.startswith("-") and not line.startswith("---")}
     out = []
     for line in lines:
-        if not line.startswith(("---", "+++", "@@")):
+        if line.startswith("+") and not line.startswith("+++") and _bare(line[1:]) in removed:
+            line = "+" + redact_line(" " + line[1:])[1:]
+        elif not line.startswith(("---", "+++", "@@")):
             line = redact_line(line)
         out.append(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
     return "".join(out)
+
+
+def _bare(text: str) -> str:
+    return text.strip().rstrip(",").rstrip()
 
 
 def redact_line(line: str) -> str:

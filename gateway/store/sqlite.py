@@ -590,7 +590,8 @@ class SQLiteStore:
                 )
                 conn.execute(
                     "UPDATE pin_changes SET resolved_at = ?, resolved_by = ? WHERE tenant_id = ? AND upstream = ?"
-                    " AND tool = ? AND new_hash = ? AND resolved_at IS NULL", (now, by, tenant_id, upstream, tool, digest),
+                    " AND tool = ? AND new_hash = ? AND resolved_at IS NULL",
+                    (now, by, tenant_id, upstream, tool, digest),
                 )
             self._bump_policies(conn)
             conn.execute("COMMIT")
@@ -811,6 +812,9 @@ class SQLiteStore:
         if where.until:
             sql += " AND time < ?"
             params.append(where.until)
+        if where.contains:
+            sql += " AND instr(data, CAST(? AS BLOB)) > 0"
+            params.append(where.contains)
         sql += f" ORDER BY id {'DESC' if newest_first else 'ASC'} LIMIT ?"
         params.append(limit)
         return [self._ev_row(r) for r in self._run(sql, params)]

@@ -40,6 +40,7 @@ class Pending:
     sink: Sink | None
     progress_token: str | None = None
     method: str = ""
+    headers: dict[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -140,6 +141,7 @@ class UpstreamConnection:
         timeout: float | None = None,
         progress_token: Any = None,
         on_sent: Callable[[int], None] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> JSON:
         """Send a request and wait for its response message (result or error, upstream's own id).
 
@@ -151,7 +153,7 @@ class UpstreamConnection:
         params = self._envelope(params, meta)
         msg_id = next(self._ids)
         loop = asyncio.get_running_loop()
-        pending = Pending(loop.create_future(), sink, method=method)
+        pending = Pending(loop.create_future(), sink, method=method, headers=headers)
         message: JSON = {"jsonrpc": "2.0", "id": msg_id, "method": method}
         if params is not None:
             message["params"] = params

@@ -89,6 +89,8 @@ class HttpConnection(UpstreamConnection):
             headers = self._headers()
             if self.modern:
                 headers.update(modern_headers(message))
+                if pending is not None and pending.headers:
+                    headers.update(pending.headers)
             async with client.stream("POST", url, content=orjson.dumps(message), headers=headers) as resp:
                 if resp.status_code in (301, 302, 303, 307, 308):
                     raise UpstreamError(f"Upstream {self.name!r} answered with a redirect, which is refused.")

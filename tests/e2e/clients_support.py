@@ -13,7 +13,17 @@ from typing import Any
 
 import pytest
 
-from tests.procs import ROOT, Gateway, add_stdio_fixture, aegress, aegress_json, cli_env, run_gateway, setup_tenant
+from tests.procs import (
+    ROOT,
+    Gateway,
+    add_stdio_fixture,
+    aegress,
+    aegress_json,
+    allow_all,
+    cli_env,
+    run_gateway,
+    setup_tenant,
+)
 
 NODE_BIN = ROOT / "tests" / "node_modules" / ".bin"
 _ids = itertools.count(1)
@@ -48,13 +58,14 @@ class World:
 
     def env(self, user_home: Path, **extra: str) -> dict[str, str]:
         """Environment for a real client process: throw-away HOME, node first on PATH, no proxies."""
-        env = cli_env(self.home, HOME=str(user_home), **extra)
+        env = cli_env(self.home, HOME=str(user_home))
         env["PATH"] = os.pathsep.join([str(NODE_BIN), str(Path(sys.executable).parent), env.get("PATH", "")])
         for key in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy",
                     "CLAUDE_CONFIG_DIR", "CODEX_HOME", "XDG_CONFIG_HOME", "AEGRESS_MCP_GATEWAY_TOKEN"):
             env.pop(key, None)
         env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
         env["CI"] = "1"
+        env.update(extra)
         return env
 
 
@@ -63,6 +74,7 @@ def start_world(tmp_path_factory: pytest.TempPathFactory) -> Any:
     home = tmp_path_factory.mktemp("gw") / "home"
     alice = setup_tenant(home, "acme", "alice")
     bob = setup_tenant(home, "beta", "bob")
+    allow_all(home, "acme")  # these tests are about connecting; the policy gate is tested elsewhere
     add_stdio_fixture(home, "acme", "files")
     add_stdio_fixture(home, "beta", "vault")
     return home, {("acme", "alice"): alice, ("beta", "bob"): bob}

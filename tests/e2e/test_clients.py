@@ -58,18 +58,20 @@ def test_setup_list_remove_round_trip(world: World, tmp_path: Path, client: str,
 
 def test_setup_merges_into_an_existing_file_and_keeps_a_backup(world: World, tmp_path: Path) -> None:
     home, _ = user_dirs(tmp_path)
-    original = '{\n  "theme": "dark",\n  "mcpServers": {\n    "other": {"command": "x", "args": ["--api-key", "sk-123"]}\n  }\n}\n'
+    secret = "sk-live-0123456789abcdefghijklmnop"
+    original = ('{\n  "theme": "dark",\n  "mcpServers": {\n'
+                f'    "other": {{"command": "x", "args": ["--api-key", "{secret}"]}}\n  }}\n}}\n')
     path = home / ".claude.json"
     path.write_text(original)
     path.chmod(0o640)
     dry = world.cli(home, "client", "setup", "claude-code", "-t", "acme", "-a", "alice", "--dry-run")
     assert '+    "aegress": {' in dry.stdout
-    assert "sk-123" not in dry.stdout  # other servers' secrets are masked in the preview
+    assert secret not in dry.stdout  # other servers' secrets are masked in the preview
     assert path.read_text() == original
     world.cli(home, "client", "setup", "claude-code", "-t", "acme", "-a", "alice")
     data = json.loads(path.read_text())
     assert data["theme"] == "dark"
-    assert data["mcpServers"]["other"] == {"command": "x", "args": ["--api-key", "sk-123"]}
+    assert data["mcpServers"]["other"] == {"command": "x", "args": ["--api-key", secret]}
     assert data["mcpServers"]["aegress"]["type"] == "http"
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     assert (home / ".claude.json.aegress-bak").read_text() == original

@@ -5,7 +5,16 @@ from __future__ import annotations
 import json
 import pytest
 
-from tests.procs import add_stdio_fixture, aegress, mcp_client, run, run_gateway, run_http_upstream, setup_tenant
+from tests.procs import (
+    add_stdio_fixture,
+    aegress,
+    allow_all,
+    mcp_client,
+    run,
+    run_gateway,
+    run_http_upstream,
+    setup_tenant,
+)
 
 
 @pytest.fixture(scope="module")
@@ -13,6 +22,7 @@ def world(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
     """Tenant acme with a stdio upstream `files` and an HTTP upstream `web`; gateway running."""
     aegress_home = tmp_path_factory.mktemp("gw") / "home"
     token = setup_tenant(aegress_home, "acme", "alice")
+    allow_all(aegress_home, "acme")
     add_stdio_fixture(aegress_home, "acme", "files")
     with run_http_upstream("web") as (web_url, _):
         aegress(aegress_home, "upstream", "add", "--tenant", "acme", "web", "--url", web_url, "--allow-private",

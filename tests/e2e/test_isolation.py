@@ -10,7 +10,17 @@ import uuid
 import httpx2
 import pytest
 
-from tests.procs import add_stdio_fixture, aegress, mcp_client, run, run_gateway, run_http_upstream, setup_tenant
+from tests.procs import (
+    add_stdio_fixture,
+    aegress,
+    allow_all,
+    mcp_client,
+    run,
+    run_gateway,
+    run_http_upstream,
+    answer,
+    setup_tenant,
+)
 
 INIT = {
     "jsonrpc": "2.0", "id": 1, "method": "initialize",
@@ -24,6 +34,8 @@ def two(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-de
     """Tenants red and blue, each with a stdio upstream `tools` and the same HTTP upstream `shared`."""
     home = tmp_path_factory.mktemp("iso") / "home"
     tokens = {t: setup_tenant(home, t, "user") for t in ("red", "blue")}
+    for t in tokens:
+        allow_all(home, t)
     with run_http_upstream("shared") as (url, _):
         for tenant in ("red", "blue"):
             add_stdio_fixture(home, tenant, "tools", label=f"{tenant}-tools")
@@ -145,7 +157,7 @@ def test_hidden_and_foreign_tools_answer_like_unknown_ones(two) -> None:  # type
         r = _post(two, token, {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
                                "params": {"name": name, "arguments": {}}}, h)
         assert r.status_code == 200
-        err = r.json()["error"]
+        err = answer(r)["error"]
         answers.append((err["code"], err["message"].replace(name, "NAME")))
     assert len(set(answers)) == 1, answers
 
@@ -153,12 +165,13 @@ def test_hidden_and_foreign_tools_answer_like_unknown_ones(two) -> None:  # type
 def test_revocation_applies_to_the_next_request(tmp_path_factory: pytest.TempPathFactory) -> None:
     home = tmp_path_factory.mktemp("rev") / "home"
     token = setup_tenant(home, "acme", "bob")
+    allow_all(home, "acme")
     add_stdio_fixture(home, "acme", "tools")
     with run_gateway(home) as gw:
         sid = _session(gw, token)
         h = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
         ok = _post(gw, token, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, h)
-        assert ok.status_code == 200 and ok.json()["result"]["tools"]
+        assert ok.status_code == 200 and answer(ok)["result"]["tools"]
         token_id = [t for t in json.loads(aegress(home, "token", "list", "--json").stdout) if t["active"]][0]["id"]
         aegress(home, "token", "revoke", token_id)
         r = _post(gw, token, {"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, h)

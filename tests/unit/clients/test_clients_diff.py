@@ -54,3 +54,13 @@ def test_redact_line_cases() -> None:
 
 def test_missing_final_newline_is_marked() -> None:
     assert "\\ No newline at end of file" in unified_diff("{}", '{"a": 1}', "x")
+
+
+def test_a_users_line_that_only_gained_a_comma_is_masked_like_context() -> None:
+    secret = "sk-live-0123456789abcdefghijklmnop"
+    before = f'{{\n  "mcpServers": {{\n    "other": {{"command": "x", "args": ["--key", "{secret}"]}}\n  }}\n}}\n'
+    after = CLIENTS["claude-code"].merge(before, REQUEST, "project")
+    diff = unified_diff(before, after, ".mcp.json")
+    assert secret not in diff
+    assert '+    "other": {"command": "x", "args": ["--key", "***"]},' in diff
+    assert "${AEGRESS_MCP_GATEWAY_TOKEN}" in diff  # our own lines still show the reference

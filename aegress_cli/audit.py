@@ -1,0 +1,574 @@
+"""`aegress audit ...`: read, export, prove and verify the sealed evidence logs.
+
+A thin shell over `gateway.audit` (pure: records, Merkle proofs, checkpoints, bundles, verification) and
+`gateway.evidence` (keys and checkpoint signing). Nothing here imports the MCP SDK or the server stack.
+`audit verify --bundle` opens no database at all.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from aegress_cli._common import JsonOpt, YesOpt, confirm, err, handle_errors, home, master_key, print_json, store
+
+app = typer.Typer(help="Query, export, prove and verify the tamper-evident evidence logs.", no_args_is_help=True)
+
+TenantFilter = Annotated[str, typer.Option("--tenant", "-t", help="Only this tenant.", envvar="AEGRESS_TENANT_ID")]
+ActorFilter = Annotated[str, typer.Option("--actor", "-a", help="Only this actor.")]
+ToolFilter = Annotated[str, typer.Option("--tool", help="Only this tool (the name clients call).")]
+VerdictFilter = Annotated[str, typer.Option("--verdict", help="allow, review_approved, deny, hidden, review.")]
+OutcomeFilter = Annotated[str, typer.Option("--outcome", help="completed, failed, timeout, cancelled, "
+                                            "client_disconnected, outcome_unknown.")]
+KindFilter = Annotated[str, typer.Option("--kind", help="Record kind: intent, outcome, decision, ...")]
+SinceOpt = Annotated[str, typer.Option("--since", help="From this time on (RFC 3339, e.g. 2026-01-02 or "
+                                       "2026-01-02T03:04:05Z).")]
+UntilOpt = Annotated[str, typer.Option("--until", help="Before this time (RFC 3339).")]
+DigestFilter = Annotated[str, typer.Option("--digest", help="Only records holding this digest "
+                                           "(from `aegress audit hash`).")]
+
+_COLUMNS = ["id", "time", "tenant", "seq", "kind", "actor", "tool", "verdict", "outcome"]
+
+
+def _time_arg(value: str) -> str:
+    """Accept a date or an RFC 3339 time; records compare as `YYYY-MM-DDTHH:MM:SS.ffffffZ` text."""
+    if not value:
+        return ""
+    from datetime import UTC, datetime
+
+    from gateway.errors import UsageError
+
+    text = value.strip().replace("z", "Z")
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise UsageError(f"Not a time: {value!r}.", hint="Use RFC 3339, e.g. 2026-01-02T03:04:05Z.") from exc
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _filter(tenant: str = "", actor: str = "", tool: str = "", verdict: str = "", outcome: str = "",
+            kind: str = "", since: str = "", until: str = "", digest: str = "", after_id: int = 0) -> Any:
+    from gateway.store.base import EvidenceFilter
+
+    return EvidenceFilter(tenant=tenant, actor=actor, tool=tool, verdict=verdict, status=outcome, kind=kind,
+                          since=_time_arg(since), until=_time_arg(until), contains=digest, after_id=after_id)
+
+
+def _row_dict(row: Any) -> dict[str, Any]:
+    return {"id": row.id, "origin": row.origin, "seq": row.seq, "kind": row.kind, "time": row.time,
+            "tenant": row.tenant, "actor": row.actor, "tool": row.tool, "verdict": row.verdict,
+            "outcome": row.status, "intent_seq": row.intent_seq, "leaf_hash": row.leaf_hash.hex(),
+            "record": json.loads(row.data)}
+
+
+def _row_cells(row: Any) -> list[Any]:
+    return [row.id, row.time[:23] + "Z", row.tenant or "(security)", row.seq, row.kind, row.actor, row.tool,
+            row.verdict, row.status]
+
+
+@app.command("query")
+@handle_errors
+def query(tenant: TenantFilter = "", actor: ActorFilter = "", tool: ToolFilter = "", verdict: VerdictFilter = "",
+          outcome: OutcomeFilter = "", kind: KindFilter = "", since: SinceOpt = "", until: UntilOpt = "",
+          digest: DigestFilter = "",
+          limit: Annotated[int, typer.Option(help="At most this many records, newest first.")] = 50,
+          json_out: JsonOpt = False) -> None:
+    """List evidence records (newest first) matching the filters."""
+    rows = store().query_evidence(
+        _filter(tenant, actor, tool, verdict, outcome, kind, since, until, digest), limit=limit)
+    if json_out:
+        print_json([_row_dict(r) for r in rows])
+        return
+    from aegress_cli._common import print_table
+
+    print_table("Evidence", _COLUMNS, [_row_cells(r) for r in rows], "No matching records.")
+
+
+@app.command("tail")
+@handle_errors
+def tail(tenant: TenantFilter = "", actor: ActorFilter = "", tool: ToolFilter = "", verdict: VerdictFilter = "",
+         outcome: OutcomeFilter = "", kind: KindFilter = "",
+         follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new records until "
+                                              "Ctrl-C.")] = False,
+         lines: Annotated[int, typer.Option("--lines", "-n", help="Records to show first.")] = 20,
+         interval: Annotated[float, typer.Option(help="Seconds between polls with --follow.")] = 1.0,
+         max_seconds: Annotated[float, typer.Option(help="Stop following after this long (0 = never).",
+                                                    hidden=True)] = 0.0,
+         json_out: JsonOpt = False) -> None:
+    """Show the latest records; with -f, keep following new ones (one JSON object per line with --json)."""
+    db = store()
+    where = _filter(tenant, actor, tool, verdict, outcome, kind)
+    rows = list(reversed(db.query_evidence(where, limit=lines)))
+
+    def emit(batch: list[Any]) -> None:
+        for r in batch:
+            if json_out:
+                sys.stdout.write(json.dumps(_row_dict(r)) + "\n")
+            else:
+                print("  ".join(str("" if c is None else c) for c in _row_cells(r)))
+        sys.stdout.flush()
+
+    emit(rows)
+    last = rows[-1].id if rows else 0
+    if not rows:
+        newest = db.query_evidence(_filter(), limit=1)
+        last = newest[0].id if newest else 0
+    started = time.monotonic()
+    while follow and (max_seconds <= 0 or time.monotonic() - started < max_seconds):
+        time.sleep(interval)
+        from dataclasses import replace
+
+        batch = db.query_evidence(replace(where, after_id=last), limit=1000, newest_first=False)
+        if batch:
+            emit(batch)
+            last = batch[-1].id
+
+
+def _find(db: Any, record_id: str) -> Any:
+    from gateway.errors import NotFound
+
+    row = None
+    if record_id.isdigit():
+        row = db.get_evidence(int(record_id))
+    elif ":" in record_id:
+        tenant, _, seq = record_id.rpartition(":")
+        if seq.isdigit():
+            row = db.get_evidence_at(_origin_for(db, tenant), int(seq))
+    if row is None:
+        raise NotFound(f"No evidence record {record_id!r}.",
+                       hint="Use an id from `aegress audit query`, or TENANT:SEQ (`security:SEQ` for the "
+                            "security log).")
+    return row
+
+
+def _prefix(db: Any) -> str:
+    from gateway.evidence import origin_prefix
+
+    return origin_prefix(db)
+
+
+def _origin_for(db: Any, tenant: str) -> str:
+    from gateway.audit.log import security_origin, tenant_origin
+
+    prefix = _prefix(db)
+    return security_origin(prefix) if tenant == "security" else tenant_origin(prefix, tenant)
+
+
+@app.command("show")
+@handle_errors
+def show(record_id: Annotated[str, typer.Argument(help="Record id (from `audit query`) or TENANT:SEQ.")],
+         json_out: JsonOpt = False) -> None:
+    """Show one record: its exact stored bytes (pretty-printed), leaf hash and receipt."""
+    row = _find(store(), record_id)
+    if json_out:
+        print_json(_row_dict(row))
+        return
+    print(f"id {row.id}  origin {row.origin}  seq {row.seq}  kind {row.kind}")
+    print(f"leaf hash {row.leaf_hash.hex()}")
+    print(json.dumps(json.loads(row.data), indent=2, ensure_ascii=False))
+
+
+@app.command("pubkey")
+@handle_errors
+def pubkey(all_keys: Annotated[bool, typer.Option("--all", help="Also print retired keys (all trusted).")] = False,
+           json_out: JsonOpt = False) -> None:
+    """Print the verifier key that checks this deployment's checkpoints (give it to verifiers out of band)."""
+    from gateway.errors import NotFound
+    from gateway.evidence import EvidenceSettings, load_signing_key_for, trusted_verifiers
+
+    data = home()
+    settings = EvidenceSettings.from_env(data)
+    key, _ = load_signing_key_for(data, _prefix(store()), settings.key_file)
+    keys = [v.to_string() for v in trusted_verifiers(data, key)]
+    if key is None and not keys:
+        raise NotFound("No checkpoint signing key yet.", hint="Start the gateway once (`aegress serve`); it "
+                       "creates one.")
+    active = key.verifier_key if key else None
+    shown = keys if all_keys else ([active] if active else keys[-1:])
+    if json_out:
+        print_json({"active": active, "keys": shown})
+        return
+    for line in shown:
+        print(line)
+
+
+@app.command("rotate-key")
+@handle_errors
+def rotate_key(yes: YesOpt = False, json_out: JsonOpt = False) -> None:
+    """Replace the checkpoint signing key; old public keys stay trusted (keys.txt), a key_event is logged."""
+    from gateway.evidence import (
+        EvidenceSettings,
+        load_signing_key_for,
+        operator_name,
+        record_event,
+        rotate_signing_key,
+    )
+
+    confirm("Rotate the checkpoint signing key?", yes)
+    data = home()
+    db = store()
+    settings = EvidenceSettings.from_env(data)
+    prefix = _prefix(db)
+    old, new = rotate_signing_key(data, prefix, settings.key_file)
+    body: dict[str, Any] = {"event": "rotated", "key": new.verifier_key, "actor": operator_name()}
+    if old:
+        body["previous_key"] = old
+    record_event(db, None, "key_event", body)
+    load_signing_key_for(data, prefix, settings.key_file)  # re-check the new file's mode
+    if json_out:
+        print_json({"previous": old, "active": new.verifier_key})
+    else:
+        print(new.verifier_key)
+        err("Rotated. A running gateway picks up the new key at its next checkpoint.")
+
+
+@app.command("checkpoint")
+@handle_errors
+def checkpoint(json_out: JsonOpt = False) -> None:
+    """Sign a checkpoint now for every log that grew since its last one (the gateway also does this)."""
+    from gateway.errors import NotFound
+    from gateway.evidence import EvidenceSettings, load_signing_key_for, sign_checkpoints
+
+    data = home()
+    db = store()
+    settings = EvidenceSettings.from_env(data)
+    key, _ = load_signing_key_for(data, _prefix(db), settings.key_file)
+    if key is None:
+        raise NotFound("No checkpoint signing key.", hint="Start the gateway once; it creates one.")
+    notes = sign_checkpoints(db, key, settings)
+    if json_out:
+        print_json({"signed": notes})
+    else:
+        for note in notes:
+            print(note)
+        err(f"Signed {len(notes)} checkpoint(s).")
+
+
+@app.command("hash")
+@handle_errors
+def hash_(value: Annotated[str, typer.Argument(help="The value (a string unless --json-value).")],
+          tenant: Annotated[str, typer.Option("--tenant", "-t", help="Tenant whose key to use.",
+                                              envvar="AEGRESS_TENANT_ID")],
+          json_value: Annotated[bool, typer.Option("--json-value", help="Parse VALUE as JSON (e.g. a whole "
+                                                   "arguments object).")] = False,
+          json_out: JsonOpt = False) -> None:
+    """Reproduce a value's keyed digest, to search the evidence for it (`audit query --digest`)."""
+    from gateway.audit.redact import derive_tenant_key, digest_value
+    from gateway.errors import UsageError
+
+    parsed: Any = value
+    if json_value:
+        try:
+            parsed = json.loads(value)
+        except ValueError as exc:
+            raise UsageError("VALUE is not JSON.", hint="Drop --json-value to hash it as a string.") from exc
+    digest = digest_value(derive_tenant_key(master_key(), tenant), parsed)
+    if json_out:
+        print_json({"tenant": tenant, "digest": digest})
+    else:
+        print(digest)
+
+
+# -- proofs ------------------------------------------------------------------------------------------
+def _trusted(keys: list[str] | None, db_home: bool = True) -> list[Any]:
+    from gateway.audit.keys import parse_verifier_keys
+    from gateway.evidence import trusted_verifiers
+
+    if keys:
+        lines: list[str] = []
+        for k in keys:
+            path = Path(k)
+            lines.extend(path.read_text().splitlines() if path.is_file() else [k])
+        return parse_verifier_keys(lines)
+    return trusted_verifiers(home()) if db_home else []
+
+
+def _latest_covering(db: Any, origin: str, seq: int) -> tuple[int, str] | None:
+    for size, note in reversed(db.list_checkpoints(origin)):
+        if size > seq:
+            return size, note
+    return None
+
+
+@app.command("proof")
+@handle_errors
+def proof(
+    receipt: Annotated[str, typer.Option("--receipt", help="A receipt: the JSON of _meta.aegress, or @FILE.")] = "",
+    tenant: Annotated[str, typer.Option("--tenant", "-t", help="With --seq: the tenant (or `security`).")] = "",
+    seq: Annotated[int, typer.Option("--seq", help="With --tenant: the record's seq.")] = -1,
+    out: Annotated[Path | None, typer.Option("--out", help="Write the proof here instead of stdout.")] = None,
+) -> None:
+    """Print a C2SP tlog-proof that the record is in the log signed by the latest covering checkpoint."""
+    from gateway.audit.checkpoint import TlogProof
+    from gateway.audit.merkle import MerkleTree
+    from gateway.errors import CheckFailed, NotFound, UsageError
+
+    db = store()
+    if receipt:
+        text = Path(receipt[1:]).read_text() if receipt.startswith("@") else receipt
+        try:
+            data = json.loads(text)
+            data = data.get("aegress", data) if isinstance(data, dict) else data
+            origin, index, leaf = str(data["origin"]), int(data["seq"]), str(data["leaf_hash"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UsageError("The receipt is not {\"origin\", \"seq\", \"leaf_hash\"} JSON.") from exc
+    elif tenant and seq >= 0:
+        origin, index, leaf = _origin_for(db, tenant), seq, ""
+    else:
+        raise UsageError("Give --receipt, or --tenant and --seq.")
+    row = db.get_evidence_at(origin, index)
+    if row is None:
+        raise NotFound(f"No record {index} in log {origin}.")
+    if leaf and row.leaf_hash.hex() != leaf:
+        raise CheckFailed(f"The stored record {index} does not have the receipt's leaf hash.",
+                          hint="The log was altered or the receipt is from another deployment: "
+                               "run `aegress audit verify`.", code="receipt-mismatch")
+    covering = _latest_covering(db, origin, index)
+    if covering is None:
+        raise NotFound(f"No checkpoint covers record {index} yet.",
+                       hint="Wait for the next checkpoint or run `aegress audit checkpoint`.")
+    size, note = covering
+    tree = MerkleTree(db.evidence_leaf_hashes(origin)[:size])
+    text = TlogProof(index=index, hashes=tuple(tree.inclusion_proof(index, size)), checkpoint_note=note).to_string()
+    if out:
+        out.write_text(text)
+        err(f"Wrote {out}.")
+    else:
+        sys.stdout.write(text)
+
+
+# -- export -----------------------------------------------------------------------------------------
+def _range(db: Any, origin: str, since: str, until: str) -> tuple[int, int]:
+    """[first, end) seqs of records with since <= time < until (whole log without bounds)."""
+    from gateway.store.base import EvidenceFilter
+
+    size = db.evidence_size(origin)
+    if not since and not until:
+        return 0, size
+    where = EvidenceFilter(origin=origin, since=_time_arg(since), until=_time_arg(until))
+    first = db.query_evidence(where, limit=1, newest_first=False)
+    last = db.query_evidence(where, limit=1, newest_first=True)
+    if not first:
+        return 0, 0
+    return first[0].seq, last[0].seq + 1
+
+
+@app.command("export")
+@handle_errors
+def export(
+    tenant: Annotated[str, typer.Option("--tenant", "-t", help="Tenant whose log to export (`security` for the "
+                                        "deployment's security log).", envvar="AEGRESS_TENANT_ID")],
+    out: Annotated[Path, typer.Option("--out", help="File (jsonl, csv) or new directory (bundle).")],
+    fmt: Annotated[str, typer.Option("--format", help="jsonl, csv or bundle.")] = "bundle",
+    since: SinceOpt = "",
+    until: UntilOpt = "",
+    sign: Annotated[bool, typer.Option("--sign/--no-sign", help="Sign a fresh checkpoint first (if this host "
+                                       "has the key) so the bundle covers every record.")] = True,
+    json_out: JsonOpt = False,
+) -> None:
+    """Export a tenant log: jsonl (exact record bytes), csv (queryable columns) or a verifiable bundle."""
+    from rich.progress import Progress
+
+    from gateway.errors import UsageError
+
+    if fmt not in ("jsonl", "csv", "bundle"):
+        raise UsageError(f"Unknown format {fmt!r}.", hint="Use jsonl, csv or bundle.")
+    db = store()
+    origin = _origin_for(db, tenant)
+    if sign and fmt == "bundle":
+        _sign_if_possible(db)
+    first, end = _range(db, origin, since, until)
+    records = db.evidence_records(origin, first, end)
+    with Progress(transient=True, disable=json_out or not sys.stderr.isatty()) as progress:
+        task = progress.add_task(f"Exporting {origin}", total=max(1, len(records)))
+        if fmt == "jsonl":
+            with out.open("wb") as handle:
+                for i, (_, data) in enumerate(records):
+                    handle.write(data + b"\n")
+                    if i % 1000 == 0:
+                        progress.update(task, completed=i)
+        elif fmt == "csv":
+            _export_csv(db, origin, first, end, out, progress, task)
+        else:
+            _export_bundle(db, origin, first, end, records, out, progress, task)
+        progress.update(task, completed=max(1, len(records)))
+    summary = {"origin": origin, "format": fmt, "out": str(out), "first_seq": first, "end_seq": end,
+               "records": len(records)}
+    if json_out:
+        print_json(summary)
+    else:
+        err(f"Exported {len(records)} record(s) of {origin} to {out}.")
+
+
+def _sign_if_possible(db: Any) -> None:
+    from gateway.audit.errors import KeyFileError
+    from gateway.evidence import EvidenceSettings, load_signing_key_for, sign_checkpoints
+
+    data = home()
+    settings = EvidenceSettings.from_env(data)
+    try:
+        key, _ = load_signing_key_for(data, _prefix(db), settings.key_file)
+    except KeyFileError:
+        return
+    if key is not None:
+        sign_checkpoints(db, key, settings)
+
+
+def _export_csv(db: Any, origin: str, first: int, end: int, out: Path, progress: Any, task: Any) -> None:
+    import csv
+
+    from gateway.store.base import EvidenceFilter
+
+    with out.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "origin", "seq", "kind", "time", "tenant", "actor", "tool", "verdict", "outcome",
+                         "intent_seq", "leaf_hash"])
+        after, done = 0, 0
+        while True:
+            rows = db.query_evidence(EvidenceFilter(origin=origin, after_id=after), limit=5000, newest_first=False)
+            if not rows:
+                break
+            for r in rows:
+                if first <= r.seq < end:
+                    writer.writerow([r.id, r.origin, r.seq, r.kind, r.time, r.tenant, r.actor, r.tool, r.verdict,
+                                     r.status, "" if r.intent_seq is None else r.intent_seq, r.leaf_hash.hex()])
+                    done += 1
+            after = rows[-1].id
+            progress.update(task, completed=done)
+
+
+def _export_bundle(db: Any, origin: str, first: int, end: int, records: list[tuple[int, bytes]], out: Path,
+                   progress: Any, task: Any) -> None:
+    from gateway.audit.bundle import build_bundle_files, write_bundle
+    from gateway.audit.checkpoint import TlogProof
+    from gateway.audit.merkle import MerkleTree
+    from gateway.audit.verify import ConsistencyProof, LogStart
+
+    tree = MerkleTree(db.evidence_leaf_hashes(origin)[:end])
+    progress.update(task, completed=len(records) // 2)
+    checkpoints = [(size, note) for size, note in db.list_checkpoints(origin) if first <= size <= end]
+    proofs = [
+        ConsistencyProof(a, b, tuple(tree.consistency_proof(a, b)))
+        for (a, _), (b, _) in itertools.pairwise(checkpoints)
+    ]
+    inclusion: dict[int, str] = {}
+    if checkpoints:
+        size, note = checkpoints[-1]
+        for seq in sorted({first, min(end, size) - 1}):
+            if first <= seq < size:
+                inclusion[seq] = TlogProof(seq, tuple(tree.inclusion_proof(seq, size)), note).to_string()
+    start = None
+    if first > 0:
+        start = LogStart(seq=first, prev=tree.leaf(first - 1), frontier=tuple(tree.frontier(first)))
+    files = build_bundle_files(
+        origin=origin, records=[data for _, data in records], checkpoints=[note for _, note in checkpoints],
+        verifier_keys=[v.to_string() for v in _trusted(None)], consistency_proofs=proofs,
+        inclusion_proofs=inclusion, start=start,
+    )
+    write_bundle(out, files)
+
+
+# -- verify -------------------------------------------------------------------------------------------
+@app.command("verify")
+def verify(
+    tenant: Annotated[str, typer.Option("--tenant", "-t", help="Verify this tenant's log (`security` for the "
+                                        "security log).")] = "",
+    all_logs: Annotated[bool, typer.Option("--all", help="Verify every log in the database.")] = False,
+    bundle: Annotated[Path | None, typer.Option("--bundle", help="Verify an exported bundle directory (no "
+                                                "database, no network).")] = None,
+    against: Annotated[list[Path] | None, typer.Option("--against", help="A signed checkpoint held elsewhere "
+                                                       "(a published file, a witness copy); repeatable.")] = None,
+    key: Annotated[list[str] | None, typer.Option("--key", help="Trusted verifier key, or a file of them; "
+                                                  "repeatable. Default: the data dir's keys.txt (or, for a "
+                                                  "bundle, its keys.txt).")] = None,
+    final: Annotated[bool, typer.Option("--final", help="No call can be in flight (gateway stopped): every "
+                                        "intent must have an outcome.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Recompute every hash, link, Merkle root, signature and checkpoint; name the first problem.
+
+    Exit 0 verified, 3 tampered or incomplete, 1 could not run.
+    """
+    from gateway.errors import AegressError
+
+    started = time.perf_counter()
+    try:
+        notes = [p.read_text() for p in (against or [])]
+        if bundle is not None:
+            reports = [_verify_bundle(bundle, key, notes, final)]
+        else:
+            reports = _verify_store(tenant, all_logs, key, notes, final)
+    except (AegressError, OSError, ValueError, KeyError) as exc:
+        message = exc.message if isinstance(exc, AegressError) else f"{type(exc).__name__}: {exc}"
+        err(f"Error: could not verify: {message}")
+        hint = getattr(exc, "hint", None)
+        if hint:
+            err(f"Hint: {hint}")
+        raise typer.Exit(1) from None
+    elapsed = time.perf_counter() - started
+    total = sum(r["records"] for r in reports)
+    ok = all(r["ok"] for r in reports)
+    if json_out:
+        print_json({"ok": ok, "records": total, "seconds": round(elapsed, 4), "logs": reports})
+    else:
+        for r in reports:
+            if r["ok"]:
+                cp = r["latest_checkpoint_size"]
+                signed = f"signed up to {cp}" if cp is not None else "NO signed checkpoint yet"
+                opened = f", {len(r['open_intents'])} call(s) in flight" if r["open_intents"] else ""
+                print(f"verified  {r['origin']}: {r['size'] - r['start']} record(s), {r['checkpoints']} "
+                      f"checkpoint(s), {signed}{opened}")
+            else:
+                f = r["finding"]
+                where = f" at seq {f['seq']}" if f.get("seq") is not None else ""
+                print(f"PROBLEM   {r['origin']}: {f['problem']}{where}: {f['message']}")
+        err(f"{total} record(s) in {elapsed:.2f} s.")
+    raise typer.Exit(0 if ok else 3)
+
+
+def _verify_bundle(path: Path, keys: list[str] | None, against: list[str], final: bool) -> dict[str, Any]:
+    from gateway.audit.bundle import verify_bundle
+
+    verifiers = _trusted(keys, db_home=False) if keys else None
+    report = verify_bundle(path, verifiers=verifiers, against=against, final=final)
+    if report.keys_from_bundle:
+        err("Note: trusting the bundle's own keys.txt; pass --key with the operator's verifier key to rely on it.")
+    body = report.to_dict()
+    body["records"] = report.log.size - report.log.start
+    return body
+
+
+def _verify_store(tenant: str, all_logs: bool, keys: list[str] | None, against: list[str],
+                  final: bool) -> list[dict[str, Any]]:
+    from gateway.audit.checkpoint import parse_checkpoint, parse_note
+    from gateway.audit.verify import verify_log
+    from gateway.errors import UsageError
+
+    if bool(tenant) == all_logs:
+        raise UsageError("Give exactly one of --tenant, --all or --bundle.")
+    db = store()
+    known = db.evidence_origins()
+    origins = known if all_logs else [_origin_for(db, tenant)]
+    if not all_logs and origins[0] not in known:
+        from gateway.errors import NotFound
+
+        raise NotFound(f"No evidence for {tenant!r} yet.", hint="Check the tenant id (`aegress tenant list`).")
+    verifiers = _trusted(keys)
+    reports = []
+    for origin in origins:
+        mine = [n for n in against if parse_checkpoint(parse_note(n).text).origin == origin]
+        records = db.evidence_records(origin)
+        notes = [note for _, note in db.list_checkpoints(origin)] + mine
+        report = verify_log(records, origin=origin, checkpoints=notes, verifiers=verifiers, final=final)
+        body = report.to_dict()
+        body["records"] = len(records)
+        reports.append(body)
+    return reports

@@ -1,0 +1,647 @@
+"""The running side of sealed evidence: group-commit writer, checkpointer, keys, recovery, log redaction.
+
+    Pipeline.record stage ──> Evidence.append(entry) ──> EvidenceWriter (one thread)
+                                                            │  batch = everything queued (+ a bounded wait)
+                                                            │  store.append_evidence(batch): ONE transaction,
+                                                            │  heads read inside it, one fsync for all
+                                                            └─> futures resolved; Checkpointer told
+    Checkpointer (one thread): every N records or T seconds, and as an idle heartbeat, signs a C2SP
+      checkpoint per log (never one inconsistent with the last it signed), stores it, publishes it to
+      a directory and an optional command hook; it also writes the security log's aggregated
+      authentication failures once per window.
+
+Everything pure (chaining, canonical bytes, digests, previews, signatures) lives in `gateway.audit`;
+this module is I/O and threads only. The CLI uses the synchronous helpers (`append_events`,
+`load_signing_key_for`, `sign_checkpoints`) without starting any thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import hashlib
+import logging
+import os
+import queue
+import re
+import secrets
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gateway.audit.checkpoint import Checkpoint, Verifier, parse_checkpoint, parse_note, sign_checkpoint
+from gateway.audit.errors import InconsistentCheckpoint, KeyFileError
+from gateway.audit.keys import (
+    SigningKey,
+    generate_signing_key,
+    load_signing_key,
+    parse_private_key,
+    parse_verifier_keys,
+    write_signing_key,
+)
+from gateway.audit.log import Columns, Entry, Sealed, security_origin, tenant_origin
+from gateway.audit.merkle import MerkleTree
+from gateway.audit.records import format_time, validate_body
+from gateway.audit.redact import derive_tenant_key, redact_text
+from gateway.errors import AegressError, StoreUnavailable
+from gateway.store.base import Store
+
+log = logging.getLogger("aegress.evidence")
+
+KEY_FILE = Path("secrets") / "audit-signing.key"
+KEYS_TXT = Path("audit") / "keys.txt"
+CHECKPOINT_DIR = Path("audit") / "checkpoints"
+KEYRING_ENTRY = "audit-signing-key"
+CRASH_ENV = "AEGRESS_TEST_CRASH"
+"""TEST ONLY. `after-intent`, `after-forward` or `during-outcome`: the gateway SIGKILLs itself at that point
+(crash tests). Never set it in a deployment."""
+
+
+def now_time() -> str:
+    return format_time(datetime.now(UTC))
+
+
+# -- settings ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EvidenceSettings:
+    enabled: bool = True
+    checkpoint_every: int = 1000
+    checkpoint_interval_s: float = 10.0
+    heartbeat_s: float = 300.0
+    publish_dir: Path | None = None
+    publish_hook: str | None = None
+    commit_wait_s: float = 0.002
+    max_batch: int = 1024
+    auth_window_s: float = 60.0
+    key_file: Path | None = None
+    origin_prefix: str | None = None
+    crash_point: str | None = None
+
+    @classmethod
+    def from_env(cls, home: Path, env: dict[str, str] | None = None) -> EvidenceSettings:
+        """Read the AEGRESS_AUDIT* / AEGRESS_CHECKPOINT* variables (documented in docs/audit.md)."""
+        e = dict(os.environ if env is None else env)
+
+        def num(name: str, default: float) -> float:
+            raw = e.get(name)
+            return float(raw) if raw else default
+
+        return cls(
+            enabled=e.get("AEGRESS_AUDIT", "on").lower() not in ("off", "0", "false"),
+            checkpoint_every=int(num("AEGRESS_CHECKPOINT_EVERY", 1000)),
+            checkpoint_interval_s=num("AEGRESS_CHECKPOINT_INTERVAL", 10.0),
+            heartbeat_s=num("AEGRESS_CHECKPOINT_HEARTBEAT", 300.0),
+            publish_dir=Path(e["AEGRESS_CHECKPOINT_DIR"]) if e.get("AEGRESS_CHECKPOINT_DIR") else home / CHECKPOINT_DIR,
+            publish_hook=e.get("AEGRESS_CHECKPOINT_HOOK") or None,
+            commit_wait_s=num("AEGRESS_GROUP_COMMIT_WAIT_MS", 2.0) / 1000,
+            auth_window_s=num("AEGRESS_AUTH_FAILURE_WINDOW", 60.0),
+            key_file=Path(e["AEGRESS_SIGNING_KEY_FILE"]) if e.get("AEGRESS_SIGNING_KEY_FILE") else home / KEY_FILE,
+            origin_prefix=e.get("AEGRESS_AUDIT_ORIGIN") or None,
+            crash_point=e.get(CRASH_ENV) or None,
+        )
+
+
+def crash_here(settings: EvidenceSettings, point: str) -> None:
+    """TEST ONLY hook: die exactly like a power cut at a named point (see CRASH_ENV)."""
+    if settings.crash_point == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def origin_prefix(store: Store, configured: str | None = None) -> str:
+    default = configured or f"aegress.local/d-{secrets.token_hex(4)}"
+    return store.evidence_prefix(default)
+
+
+# -- keys ----------------------------------------------------------------------------------------------
+def key_name(prefix: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._/-]", "-", prefix)
+
+
+def keys_txt(home: Path) -> Path:
+    return home / KEYS_TXT
+
+
+def load_signing_key_for(home: Path, prefix: str, key_file: Path | None = None, *,
+                         create: bool = False) -> tuple[SigningKey | None, bool]:
+    """The active signing key: the 0600 key file, else the operator keyring, else (create=True) a new file.
+
+    Returns (key, created). Refuses a key file others can read (KeyFileError with a chmod hint).
+    """
+    path = key_file or home / KEY_FILE
+    if path.exists():
+        return load_signing_key(path), False
+    from gateway import credentials
+
+    credentials.set_home(home)
+    with contextlib.suppress(Exception):
+        text = credentials.get_secret(KEYRING_ENTRY)
+        if text:
+            return parse_private_key(text), False
+    if not create:
+        return None, False
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = generate_signing_key(key_name(prefix))
+    write_signing_key(path, key)
+    remember_verifier(home, key.verifier_key)
+    return key, True
+
+
+def remember_verifier(home: Path, verifier_key: str) -> None:
+    """Append a verifier key to <home>/audit/keys.txt (public; old keys stay so old checkpoints verify)."""
+    path = keys_txt(home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    existing = path.read_text().splitlines() if path.exists() else []
+    if verifier_key not in existing:
+        with path.open("a") as handle:
+            handle.write(verifier_key + "\n")
+
+
+def trusted_verifiers(home: Path, active: SigningKey | None = None) -> list[Verifier]:
+    path = keys_txt(home)
+    lines = path.read_text().splitlines() if path.exists() else []
+    if active is not None and active.verifier_key not in lines:
+        lines.append(active.verifier_key)
+    return parse_verifier_keys(lines)
+
+
+def rotate_signing_key(home: Path, prefix: str, key_file: Path | None = None) -> tuple[str | None, SigningKey]:
+    """Replace the key file with a new key; the old verifier key stays in keys.txt. Returns (old, new)."""
+    path = key_file or home / KEY_FILE
+    old, _ = load_signing_key_for(home, prefix, path)
+    new = generate_signing_key(key_name(prefix))
+    if old is not None:
+        remember_verifier(home, old.verifier_key)
+    tmp = path.with_name(path.name + ".new")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    write_signing_key(tmp, new)
+    os.replace(tmp, path)
+    remember_verifier(home, new.verifier_key)
+    return (old.verifier_key if old else None), new
+
+
+# -- writing -------------------------------------------------------------------------------------------
+class EvidenceWriter:
+    """One thread commits everything queued in one transaction: concurrent records share an fsync."""
+
+    def __init__(self, store: Store, *, commit_wait_s: float = 0.002, max_batch: int = 1024,
+                 before_commit: Callable[[list[Sealed]], None] | None = None,
+                 on_commit: Callable[[list[Sealed]], None] | None = None) -> None:
+        self._store = store
+        self._wait = commit_wait_s
+        self._max = max_batch
+        self._before = before_commit
+        self._on_commit = on_commit
+        self._queue: queue.SimpleQueue[tuple[Entry, concurrent.futures.Future[Sealed]] | None] = queue.SimpleQueue()
+        self._healthy = True
+        self.last_error = ""
+        self._thread = threading.Thread(target=self._run, name="aegress-evidence", daemon=True)
+        self._thread.start()
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    def submit(self, entry: Entry) -> concurrent.futures.Future[Sealed]:
+        validate_body(entry.kind, entry.body)  # a bad body fails alone, never its whole batch
+        future: concurrent.futures.Future[Sealed] = concurrent.futures.Future()
+        self._queue.put((entry, future))
+        return future
+
+    def append_sync(self, entries: Sequence[Entry], timeout: float = 30.0) -> list[Sealed]:
+        futures = [self.submit(e) for e in entries]
+        return [f.result(timeout) for f in futures]
+
+    def _take(self, first: tuple[Entry, concurrent.futures.Future[Sealed]], linger: bool) -> tuple[list[Any], bool]:
+        batch = [first]
+        stop = False
+        deadline = time.monotonic() + (self._wait if linger else 0.0)
+        while len(batch) < self._max:
+            try:
+                remaining = deadline - time.monotonic()
+                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                stop = True
+                break
+            batch.append(item)
+        return batch, stop
+
+    def _run(self) -> None:
+        linger = False
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch, stop = self._take(first, linger)
+            linger = len(batch) > 1  # concurrency seen: wait a little to gather the next group
+            entries = [entry for entry, _ in batch]
+            try:
+                sealed = self._store.append_evidence(entries, self._before)
+            except BaseException as exc:  # fail closed: every waiter hears about it
+                self._healthy = False
+                self.last_error = exc.message if isinstance(exc, AegressError) else type(exc).__name__
+                log.error("evidence commit failed for %d record(s): %s", len(batch), self.last_error)
+                failure = exc if isinstance(exc, AegressError) else StoreUnavailable(
+                    "The evidence store failed.", hint="Check the gateway log and the data dir.")
+                for _, future in batch:
+                    future.set_exception(failure)
+                continue
+            self._healthy = True
+            for (_, future), item in zip(batch, sealed, strict=True):
+                future.set_result(item)
+            if self._on_commit is not None:
+                try:
+                    self._on_commit(sealed)
+                except Exception:  # never let a notification kill the writer
+                    log.exception("evidence commit listener failed")
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+
+def append_events(store: Store, entries: Sequence[Entry]) -> list[Sealed]:
+    """Synchronous append for operator commands (token revoke, policy apply, review decisions, keys)."""
+    for entry in entries:
+        validate_body(entry.kind, entry.body)
+    return store.append_evidence(list(entries))
+
+
+def event_entry(store: Store, tenant: str | None, kind: str, body: dict[str, Any], *,
+                actor: str = "", prefix: str | None = None) -> Entry:
+    """An entry for a tenant log (tenant given) or the deployment's security log (tenant None)."""
+    prefix = prefix or origin_prefix(store)
+    origin = tenant_origin(prefix, tenant) if tenant else security_origin(prefix)
+    return Entry(origin, kind, now_time(), body, Columns(tenant=tenant or "", actor=actor, verdict=kind))
+
+
+def record_event(store: Store, tenant: str | None, kind: str, body: dict[str, Any], *, actor: str = "") -> Sealed:
+    """Append one operator event durably (the CLI's hook: `token revoke`, `policy apply`, reviews)."""
+    return append_events(store, [event_entry(store, tenant, kind, body, actor=actor)])[0]
+
+
+def operator_name() -> str:
+    return os.environ.get("AEGRESS_OPERATOR") or os.environ.get("USER") or "operator"
+
+
+def recover_open_intents(store: Store) -> int:
+    """Start-up: append `outcome_unknown` for every intent a crash left without an outcome."""
+    opened = store.open_intents()
+    entries = [
+        Entry(origin, "outcome_unknown", now_time(),
+              {"intent_seq": seq, "reason": "the gateway stopped before the call's outcome was recorded"},
+              Columns(tenant=tenant, status="outcome_unknown", intent_seq=seq))
+        for origin, seq, tenant in opened
+    ]
+    if entries:
+        store.append_evidence(entries)
+        log.warning("recovered %d call(s) without an outcome: marked outcome_unknown", len(entries))
+    return len(entries)
+
+
+# -- checkpoints -----------------------------------------------------------------------------------------
+def _slug(origin: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", origin)
+
+
+@dataclass
+class _LogState:
+    tree: MerkleTree
+    signed: Checkpoint | None
+    signed_at: float
+    published_at: float
+
+
+class Checkpointer:
+    """Signs, stores and publishes checkpoints; safe to call from one thread at a time."""
+
+    def __init__(self, store: Store, key: SigningKey, settings: EvidenceSettings) -> None:
+        self.store = store
+        self.key = key
+        self.settings = settings
+        self._logs: dict[str, _LogState] = {}
+        self.healthy = True
+        self._key_mtime = self._mtime()
+
+    def _mtime(self) -> float:
+        path = self.settings.key_file
+        try:
+            return path.stat().st_mtime if path is not None else 0.0
+        except OSError:
+            return 0.0
+
+    def _reload_key(self) -> None:
+        """Pick up `aegress audit rotate-key` without a restart."""
+        mtime = self._mtime()
+        if mtime and mtime != self._key_mtime and self.settings.key_file is not None:
+            try:
+                self.key = load_signing_key(self.settings.key_file)
+                self._key_mtime = mtime
+                log.warning("checkpoint signing key reloaded (%s)", self.key.key_id.hex())
+            except KeyFileError as exc:
+                log.error("cannot reload the signing key: %s", exc.message)
+
+    def _state(self, origin: str) -> _LogState:
+        state = self._logs.get(origin)
+        if state is None:
+            stored = self.store.list_checkpoints(origin)
+            signed = parse_checkpoint(parse_note(stored[-1][1]).text) if stored else None
+            state = _LogState(MerkleTree(self.store.evidence_leaf_hashes(origin)), signed, time.monotonic(), 0.0)
+            self._logs[origin] = state
+        else:
+            for h in self.store.evidence_leaf_hashes(origin, state.tree.size):
+                state.tree.append(h)
+        return state
+
+    def tick(self, *, force: bool = False, now: float | None = None) -> list[str]:
+        """Sign what is due (force: everything that grew); republish idle logs' checkpoints as a heartbeat."""
+        now = time.monotonic() if now is None else now
+        self._reload_key()
+        notes: list[str] = []
+        for origin in self.store.evidence_origins():
+            state = self._state(origin)
+            size = state.tree.size
+            signed_size = state.signed.size if state.signed else 0
+            grown = size - signed_size
+            due = grown > 0 and (
+                force or grown >= self.settings.checkpoint_every
+                or now - state.signed_at >= self.settings.checkpoint_interval_s
+            )
+            if due:
+                note = self._sign(origin, state, now)
+                if note:
+                    notes.append(note)
+            elif state.signed is not None and now - state.published_at >= self.settings.heartbeat_s:
+                stored = self.store.list_checkpoints(origin)
+                if stored:
+                    self._publish(origin, stored[-1][0], stored[-1][1])
+                    state.published_at = now
+        return notes
+
+    def _sign(self, origin: str, state: _LogState, now: float) -> str | None:
+        cp = Checkpoint(origin=origin, size=state.tree.size, root=state.tree.root())
+        try:
+            note = sign_checkpoint(cp, self.key.name, self.key.private_key, previous=state.signed, tree=state.tree)
+        except InconsistentCheckpoint as exc:
+            self.healthy = False
+            log.error("refusing to sign %s at size %d: %s", origin, cp.size, exc.message)
+            return None
+        self.store.add_checkpoint(origin, cp.size, cp.root, note, now_time())
+        state.signed, state.signed_at = cp, now
+        self._publish(origin, cp.size, note)
+        state.published_at = now
+        return note
+
+    def _publish(self, origin: str, size: int, note: str) -> None:
+        directory = self.settings.publish_dir
+        if directory is not None:
+            try:
+                target = directory / _slug(origin)
+                target.mkdir(parents=True, exist_ok=True)
+                (target / f"{size:012d}.note").write_text(note)
+                tmp = target / "checkpoint.tmp"
+                tmp.write_text(note)
+                os.replace(tmp, target / "checkpoint")
+            except OSError as exc:
+                log.error("cannot publish a checkpoint to %s: %s", directory, exc.strerror)
+        hook = self.settings.publish_hook
+        if hook:
+            env = dict(os.environ, AEGRESS_CHECKPOINT_ORIGIN=origin, AEGRESS_CHECKPOINT_SIZE=str(size))
+            try:
+                subprocess.run(shlex.split(hook), input=note, text=True, env=env, timeout=10, check=True,
+                               capture_output=True)
+            except (OSError, subprocess.SubprocessError) as exc:
+                log.error("checkpoint hook failed for %s: %s", origin, type(exc).__name__)
+
+
+def sign_checkpoints(store: Store, key: SigningKey, settings: EvidenceSettings) -> list[str]:
+    """Sign every log that grew since its last checkpoint, now (CLI `audit checkpoint`, shutdown)."""
+    return Checkpointer(store, key, settings).tick(force=True)
+
+
+# -- authentication failures (security log) ---------------------------------------------------------
+class AuthFailures:
+    """Counts failures per window so a flood costs one record per window, not one per request."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reasons: Counter[str] = Counter()
+        self._start = now_time()
+
+    def add(self, reason: str) -> None:
+        with self._lock:
+            self._reasons[reason[:64]] += 1
+
+    def take(self) -> tuple[str, str, Counter[str]] | None:
+        with self._lock:
+            reasons, start = self._reasons, self._start
+            self._reasons, self._start = Counter(), now_time()
+        if not reasons:
+            return None
+        return start, self._start, reasons
+
+
+# -- the service the pipeline uses -----------------------------------------------------------------------
+class Evidence:
+    """Sealed evidence for one gateway: writer + checkpointer + security log, started and stopped once."""
+
+    enabled = True
+
+    def __init__(self, store: Store, master_key: bytes, home: Path, settings: EvidenceSettings) -> None:
+        self.store = store
+        self.settings = settings
+        self.home = home
+        self.prefix = origin_prefix(store, settings.origin_prefix)
+        self.key, created = load_signing_key_for(home, self.prefix, settings.key_file, create=True)
+        assert self.key is not None
+        self._master = master_key
+        self._tenant_keys: dict[str, bytes] = {}
+        self.recovered = recover_open_intents(store)
+        if created:
+            store.append_evidence([Entry(security_origin(self.prefix), "key_event", now_time(),
+                                         {"event": "generated", "key": self.key.verifier_key},
+                                         Columns(verdict="key_event"))])
+        remember_verifier(home, self.key.verifier_key)
+        self.writer = EvidenceWriter(
+            store, commit_wait_s=settings.commit_wait_s, max_batch=settings.max_batch,
+            before_commit=self._before_commit if settings.crash_point == "during-outcome" else None,
+            on_commit=self._committed,
+        )
+        self.checkpointer = Checkpointer(store, self.key, settings)
+        self.auth = AuthFailures()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._grown = 0
+        self._last_auth_flush = time.monotonic()
+        self._thread = threading.Thread(target=self._background, name="aegress-checkpointer", daemon=True)
+        self._thread.start()
+
+    # origins and digests
+    def origin(self, tenant: str) -> str:
+        return tenant_origin(self.prefix, tenant)
+
+    def tenant_key(self, tenant: str) -> bytes:
+        key = self._tenant_keys.get(tenant)
+        if key is None:
+            key = self._tenant_keys[tenant] = derive_tenant_key(self._master, tenant)
+        return key
+
+    @property
+    def healthy(self) -> bool:
+        return self.writer.healthy
+
+    def check(self) -> bool:
+        """Readiness: after a failed commit, a real write must succeed before we say ready again."""
+        if self.writer.healthy:
+            return True
+        try:
+            self.store.probe_write(now_time())
+        except StoreUnavailable:
+            return False
+        return True
+
+    # appending
+    async def append(self, entry: Entry) -> Sealed:
+        """Durably commit one record (group commit); raise StoreUnavailable if the store cannot take it."""
+        return await asyncio.wrap_future(self.writer.submit(entry))
+
+    def submit(self, entry: Entry) -> concurrent.futures.Future[Sealed]:
+        """Queue a record without waiting (a cancelled call's outcome): failures are logged, not raised."""
+        future = self.writer.submit(entry)
+        future.add_done_callback(lambda f: f.exception())
+        return future
+
+    def auth_failure(self, reason: str) -> None:
+        self.auth.add(reason)
+
+    def crash(self, point: str) -> None:
+        crash_here(self.settings, point)
+
+    def _before_commit(self, sealed: list[Sealed]) -> None:
+        if any(s.record.kind == "outcome" for s in sealed):
+            crash_here(self.settings, "during-outcome")
+
+    def _committed(self, sealed: list[Sealed]) -> None:
+        self._grown += len(sealed)
+        if self._grown >= self.settings.checkpoint_every:
+            self._wake.set()
+
+    # background: checkpoints and the security log
+    def _flush_auth(self) -> None:
+        taken = self.auth.take()
+        if taken is None:
+            return
+        start, end, reasons = taken
+        entry = Entry(security_origin(self.prefix), "auth_failures_aggregate", end,
+                      {"window_start": start, "window_end": end, "count": sum(reasons.values()),
+                       "reasons": sorted(reasons)}, Columns(verdict="auth_failures_aggregate"))
+        try:
+            self.writer.submit(entry).result(30)
+        except Exception as exc:  # counted again next window would double count: log and drop
+            log.error("could not record %d authentication failures: %s", sum(reasons.values()), exc)
+
+    def _background(self) -> None:
+        step = max(0.05, min(1.0, self.settings.checkpoint_interval_s / 4))
+        while not self._stop.is_set():
+            self._wake.wait(step)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                if time.monotonic() - self._last_auth_flush >= self.settings.auth_window_s:
+                    self._last_auth_flush = time.monotonic()
+                    self._flush_auth()
+                self._grown = 0
+                self.checkpointer.tick()
+            except Exception:
+                log.exception("checkpointer tick failed")
+
+    def close(self) -> None:
+        """Stop: flush auth counts, commit what is queued, sign a final checkpoint for every log that grew."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=30)
+        with contextlib.suppress(Exception):
+            self._flush_auth()
+        self.writer.close()
+        try:
+            self.checkpointer.tick(force=True)
+        except Exception:
+            log.exception("final checkpoint failed")
+
+
+class NoEvidence:
+    """AEGRESS_AUDIT=off, for benchmarks only: the record stage writes nothing."""
+
+    enabled = False
+    healthy = True
+    prefix = "off"
+    recovered = 0
+
+    def origin(self, tenant: str) -> str:
+        return tenant_origin(self.prefix, tenant)
+
+    def tenant_key(self, tenant: str) -> bytes:
+        return hashlib.sha256(tenant.encode()).digest()
+
+    def check(self) -> bool:
+        return True
+
+    async def append(self, entry: Entry) -> None:
+        return None
+
+    def submit(self, entry: Entry) -> None:
+        return None
+
+    def auth_failure(self, reason: str) -> None:
+        return None
+
+    def crash(self, point: str) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+# -- log redaction ------------------------------------------------------------------------------------------
+class RedactingFilter(logging.Filter):
+    """Rewrites every log record's message with `redact_text`, so detected secrets never reach a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True
+        redacted = redact_text(message)
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            text = redact_text(f"{type(exc).__name__}: {exc}")
+            record.exc_info = None
+            record.exc_text = None
+            redacted = f"{redacted} ({text})"
+        record.msg, record.args = redacted, None
+        return True
+
+
+_FILTER = RedactingFilter()
+
+
+def install_log_redaction(logger_names: Sequence[str] = ("", "uvicorn", "uvicorn.error", "uvicorn.access")) -> None:
+    """Attach the redacting filter to every handler of these loggers (handler filters see propagated
+    records too). Idempotent; `serve` calls it after logging is configured."""
+    for name in logger_names:
+        for handler in logging.getLogger(name).handlers:
+            if _FILTER not in handler.filters:
+                handler.addFilter(_FILTER)
