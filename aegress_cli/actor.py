@@ -22,7 +22,8 @@ def add(name: Annotated[str, typer.Argument(help="Actor id, e.g. alice or alice@
     if json_out:
         print_json({"tenant": actor.tenant_id, "id": actor.id, "created_at": actor.created_at})
     else:
-        print(f"Added actor {actor.id} to tenant {tenant}. Next: aegress token issue --tenant {tenant} --actor {actor.id}")
+        print(f"Added actor {actor.id} to tenant {tenant}.")
+        print(f"Next: aegress token issue --tenant {tenant} --actor {actor.id}")
 
 
 @app.command("list")

@@ -82,7 +82,7 @@ def _print_demo(url: str, fresh_token: str | None) -> None:
         "       -d '{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\",\"params\":{\"protocolVersion\":"
         "\"2025-11-25\",\"capabilities\":{},\"clientInfo\":{\"name\":\"curl\",\"version\":\"0\"}}}'",
         "Connect a client (Streamable HTTP):",
-        f"  claude mcp add --transport http aegress {url} --header \"Authorization: Bearer $AEGRESS_MCP_GATEWAY_TOKEN\"",
+        f"  aegress client setup claude-code --tenant demo --actor demo-user --url {url}",
         "",
     ]
     print("\n".join(lines), flush=True)

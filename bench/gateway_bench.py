@@ -45,7 +45,8 @@ class RawClient:
         self.url = url
         self.http = httpx2.AsyncClient(
             headers={"Accept": "application/json, text/event-stream", "Content-Type": "application/json", **headers},
-            timeout=30, limits=httpx2.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4),
+            timeout=30,
+            limits=httpx2.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4),
         )
         self.ids = 0
 
@@ -64,7 +65,8 @@ class RawClient:
     async def start(self) -> None:
         r = await self.http.post(self.url, content=json.dumps({
             "jsonrpc": "2.0", "id": 0, "method": "initialize",
-            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}},
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": "bench", "version": "0"}},
         }))
         r.raise_for_status()
         sid = r.headers.get("mcp-session-id")
@@ -89,7 +91,7 @@ class RawClient:
 
 def pct(values: list[float], p: float) -> float:
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 async def throughput(client: RawClient, tool: str, inflight: int, calls: int) -> float:
@@ -167,7 +169,8 @@ def main() -> None:
     d = results["latency_c1_ms"]["direct"]["p50"]
     results["added_p50_ms"] = {k: round(v["p50"] - d, 3) for k, v in results["latency_c1_ms"].items() if k != "direct"}
     results["throughput_ratio"] = {
-        n: {k: round(v / t["direct"], 3) for k, v in t.items() if k != "direct"} for n, t in results["throughput"].items()
+        n: {k: round(v / t["direct"], 3) for k, v in t.items() if k != "direct"}
+        for n, t in results["throughput"].items()
     }
     results["targets"] = {"added_p50_ms_max": 2.0, "throughput_ratio_16_min": 0.5, "idle_rss_mb_max": 120}
     text = json.dumps(results, indent=2)

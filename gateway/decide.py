@@ -136,6 +136,7 @@ class Decider(Protocol):
     ) -> GateDecision: ...
     def decide_other(self, identity: Identity, kind: str, upstream: str, name: str,
                      arguments: Mapping[str, Any] | None = None) -> GateDecision: ...
+    def visible_other(self, identity: Identity, kind: str, upstream: str, name: str) -> bool: ...
     def review_settings(self, tenant_id: str) -> ReviewSettings: ...
     def observe_tools(self, tenant_id: str, upstream: str, tools: Mapping[str, dict[str, Any]], now: str) -> None: ...
 
@@ -159,6 +160,9 @@ class AllowAll:
     def decide_other(self, identity: Identity, kind: str, upstream: str, name: str,
                      arguments: Mapping[str, Any] | None = None) -> GateDecision:
         return self._ALLOW
+
+    def visible_other(self, identity: Identity, kind: str, upstream: str, name: str) -> bool:
+        return True
 
     def review_settings(self, tenant_id: str) -> ReviewSettings:
         return ReviewSettings()

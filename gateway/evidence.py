@@ -79,7 +79,7 @@ class EvidenceSettings:
     heartbeat_s: float = 300.0
     publish_dir: Path | None = None
     publish_hook: str | None = None
-    commit_wait_s: float = 0.002
+    commit_wait_s: float = 0.0
     max_batch: int = 1024
     auth_window_s: float = 60.0
     key_file: Path | None = None
@@ -102,7 +102,7 @@ class EvidenceSettings:
             heartbeat_s=num("AEGRESS_CHECKPOINT_HEARTBEAT", 300.0),
             publish_dir=Path(e["AEGRESS_CHECKPOINT_DIR"]) if e.get("AEGRESS_CHECKPOINT_DIR") else home / CHECKPOINT_DIR,
             publish_hook=e.get("AEGRESS_CHECKPOINT_HOOK") or None,
-            commit_wait_s=num("AEGRESS_GROUP_COMMIT_WAIT_MS", 2.0) / 1000,
+            commit_wait_s=num("AEGRESS_GROUP_COMMIT_WAIT_MS", 0.0) / 1000,
             auth_window_s=num("AEGRESS_AUTH_FAILURE_WINDOW", 60.0),
             key_file=Path(e["AEGRESS_SIGNING_KEY_FILE"]) if e.get("AEGRESS_SIGNING_KEY_FILE") else home / KEY_FILE,
             origin_prefix=e.get("AEGRESS_AUDIT_ORIGIN") or None,

@@ -40,13 +40,25 @@ class Recorder(Protocol):
     def healthy(self) -> bool: ...
 
 
+_DEF_HASHES: dict[int, tuple[dict[str, Any], str | None]] = {}
+
+
 def tool_def_hash(tool: dict[str, Any] | None) -> str | None:
+    """`sha256:` of the tool definition's canonical JSON; cached per definition object (they are
+    replaced, not mutated, when an upstream's tool list is refreshed)."""
     if not tool:
         return None
+    cached = _DEF_HASHES.get(id(tool))
+    if cached is not None and cached[0] is tool:
+        return cached[1]
     try:
-        return "sha256:" + hashlib.sha256(canonicalize(tool)).hexdigest()
+        digest: str | None = "sha256:" + hashlib.sha256(canonicalize(tool)).hexdigest()
     except Exception:
-        return None
+        digest = None
+    if len(_DEF_HASHES) > 4096:
+        _DEF_HASHES.clear()
+    _DEF_HASHES[id(tool)] = (tool, digest)
+    return digest
 
 
 def _digest(key: bytes, value: Any) -> str | None:

@@ -143,7 +143,7 @@ def setup_tenant(home: Path, tenant: str, actor: str) -> str:
 
 def add_stdio_fixture(home: Path, tenant: str, name: str, *flags: str, label: str | None = None) -> None:
     """Register the fixture server as a stdio upstream; `whoami` answers `label` (default: the name)."""
-    aegress(home, "upstream", "add", "--tenant", tenant, name, *sum((["--command", a] for a in FIXTURE_SERVER), []),
+    aegress(home, "upstream", "add", "--tenant", tenant, name, *[x for a in FIXTURE_SERVER for x in ("--command", a)],
             "--env", f"FIXTURE_NAME={label or name}", "--env", f"PYTHONPATH={ROOT}", "--cwd", str(ROOT), *flags)
 
 
@@ -158,9 +158,11 @@ async def mcp_client(url: str, token: str | None, *, mode: str = "legacy", heade
     hdrs = dict(headers or {})
     if token:
         hdrs["Authorization"] = f"Bearer {token}"
-    async with httpx2.AsyncClient(headers=hdrs, timeout=httpx2.Timeout(30.0, read=60.0)) as http:
-        async with Client(streamable_http_client(url, http_client=http), mode=mode, **client_kwargs) as client:
-            yield client
+    async with (
+        httpx2.AsyncClient(headers=hdrs, timeout=httpx2.Timeout(30.0, read=60.0)) as http,
+        Client(streamable_http_client(url, http_client=http), mode=mode, **client_kwargs) as client,
+    ):
+        yield client
 
 
 def run(coro: Any, timeout: float = 90.0) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 import rfc8785
 
 from gateway.audit.errors import InvalidRecord
@@ -21,8 +22,35 @@ JsonValue = Any
 MAX_SAFE_INTEGER = 2**53 - 1
 
 
+def _plain(value: JsonValue, depth: int = 0) -> bool:
+    """True when orjson's sorted compact output is exactly JCS: no floats, safe ints, ASCII keys.
+
+    (For such values both sort keys the same way and escape strings identically: `"`, `\\`, the short
+    control escapes and `\\u00xx` in lowercase hex, everything else raw UTF-8.)"""
+    if depth > 200:
+        return False
+    if isinstance(value, str) or value is None or value is True or value is False:
+        return True
+    if type(value) is int:
+        return -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
+    if type(value) is dict:
+        return all(type(k) is str and k.isascii() and _plain(v, depth + 1) for k, v in value.items())
+    if type(value) is list:
+        return all(_plain(v, depth + 1) for v in value)
+    return False
+
+
 def canonicalize(value: JsonValue) -> bytes:
-    """Return the RFC 8785 bytes of `value`; refuse what JCS cannot represent exactly."""
+    """Return the RFC 8785 bytes of `value`; refuse what JCS cannot represent exactly.
+
+    Values without floats and with ASCII keys take a fast path (orjson, sorted keys); everything else goes
+    through the complete `rfc8785` implementation.
+    """
+    if _plain(value):
+        try:
+            return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        except (orjson.JSONEncodeError, TypeError):
+            pass
     try:
         return rfc8785.dumps(value)
     except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:

@@ -24,6 +24,10 @@ from gateway.upstreams.base import Pending, UpstreamConnection
 log = logging.getLogger("aegress.upstream.http")
 
 _MAX_RESUMES = 5
+# httpcore's pool probes every idle connection on each request it assigns, so one pool of 64
+# connections costs 64 syscalls per call. Several small pools, picked by load, keep that constant.
+_SHARDS = 8
+_PER_SHARD = 8
 
 
 def resolve_header_value(value: str) -> str:
@@ -48,6 +52,8 @@ def resolve_header_value(value: str) -> str:
 
 class HttpConnection(UpstreamConnection):
     _client: httpx2.AsyncClient | None = None
+    _shards: list[httpx2.AsyncClient]
+    _load: list[int]
     _session_id: str | None = None
     _listener: asyncio.Task[None] | None = None
 
@@ -56,13 +62,24 @@ class HttpConnection(UpstreamConnection):
         addresses = await asyncio.to_thread(netguard.resolve, url)
         netguard.check_url(url, addresses, allow_private=self.spec.allow_private)
         headers = {k: resolve_header_value(v) for k, v in self.spec.headers.items()}
-        self._client = httpx2.AsyncClient(
-            headers=headers,
-            timeout=httpx2.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
-            follow_redirects=False,
-            trust_env=False,
-            limits=httpx2.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=30.0),
-        )
+
+        def client() -> httpx2.AsyncClient:
+            return httpx2.AsyncClient(
+                headers=headers,
+                timeout=httpx2.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
+                follow_redirects=False,
+                trust_env=False,
+                limits=httpx2.Limits(
+                    max_connections=_PER_SHARD, max_keepalive_connections=_PER_SHARD, keepalive_expiry=30.0
+                ),
+            )
+
+        self._shards = [client() for _ in range(_SHARDS)]
+        self._load = [0] * _SHARDS
+        self._client = client()  # initialize, the GET stream and session teardown
+
+    def _pick(self) -> int:
+        return min(range(_SHARDS), key=self._load.__getitem__)
 
     async def start(self) -> None:
         """Initialize, then open the GET stream: servers send unrelated requests and notifications there."""
@@ -81,9 +98,11 @@ class HttpConnection(UpstreamConnection):
         return h
 
     async def _send(self, message: JSON, pending: Pending | None) -> None:
-        client = self._client
-        if client is None:
+        if self._client is None:
             raise UpstreamError(f"Upstream {self.name!r} is not connected.")
+        shard = self._pick()
+        client = self._shards[shard]
+        self._load[shard] += 1
         url = self.spec.url or ""
         try:
             headers = self._headers()
@@ -119,6 +138,8 @@ class HttpConnection(UpstreamConnection):
                     raise UpstreamError(f"Upstream {self.name!r} answered with content type {ctype!r}.")
         except httpx2.HTTPError as exc:
             raise UpstreamError(f"Upstream {self.name!r} is unreachable ({type(exc).__name__}).") from exc
+        finally:
+            self._load[shard] -= 1
 
     async def _read_stream(self, resp: httpx2.Response, pending: Pending | None) -> None:
         """Read one SSE stream; if it ends before our response, resume it with Last-Event-ID."""
@@ -183,4 +204,5 @@ class HttpConnection(UpstreamConnection):
         if self._session_id:
             with contextlib.suppress(Exception):
                 await client.delete(self.spec.url or "", headers=self._headers(get=True), timeout=2.0)
-        await client.aclose()
+        for c in [client, *self._shards]:
+            await c.aclose()

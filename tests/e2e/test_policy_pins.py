@@ -166,8 +166,8 @@ def test_demo_tenant_ships_allow_review_and_block(tmp_path: Path) -> None:
         run(go())
         verdicts = {}
         for tool, args in (("demo__echo", {"text": "x"}), ("demo__write_note", {"name": "a", "text": "b"}),
-                           ("demo__write_note", {"name": "shared-a", "text": "b"}), ("demo__delete_note", {"name": "a"}),
-                           ("demo__shell_preview", {"command": "ls"})):
+                           ("demo__write_note", {"name": "shared-a", "text": "b"}),
+                           ("demo__delete_note", {"name": "a"}), ("demo__shell_preview", {"command": "ls"})):
             r = aegress(home, "policy", "test", "--tenant", "demo", "--tool", tool, "--args", json.dumps(args),
                         "--actor", "demo-user", "--json", check=False)
             out = json.loads(r.stdout)

@@ -49,7 +49,7 @@ def test_applied_versions_are_picked_up_and_bad_ones_never_apply(store: SQLiteSt
     store.add_policy_version("t", "version = 1\nbogus = 1\n", "tampered.toml", "", "now", "x")  # behind the CLI
     d.refresh(2.0)
     assert d.decide(ALICE, "up", ECHO, {}).policy_version == 1  # the last good version stays
-    with pytest.raises(ConfigError, match="tampered.toml"):
+    with pytest.raises(ConfigError, match=r"tampered\.toml"):
         PolicyDecider(store).check_stored()
     policy_admin.apply_policy(store, "t", BLOCK_ECHO, "c.toml", "now", "ops")
     d.refresh(2.1)  # polled at most every POLL_INTERVAL_S

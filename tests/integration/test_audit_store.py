@@ -1,0 +1,156 @@
+"""Evidence on a real SQLite store: group commit, several writers without a fork, recovery, checkpoints."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from gateway.audit.checkpoint import open_checkpoint
+from gateway.audit.log import Columns, Entry, tenant_origin
+from gateway.audit.verify import Problem, verify_log
+from gateway.errors import StoreUnavailable
+from gateway.evidence import (
+    Checkpointer,
+    EvidenceSettings,
+    EvidenceWriter,
+    load_signing_key_for,
+    recover_open_intents,
+    trusted_verifiers,
+)
+from gateway.store.sqlite import SQLiteStore
+
+ORIGIN = tenant_origin("aegress.test", "acme")
+T = "2026-01-02T03:04:05.000000Z"
+
+
+def revoked(i: int, origin: str = ORIGIN) -> Entry:
+    return Entry(origin, "token_revoked", T, {"token_id": f"tok_{i}", "actor": "op"}, Columns(tenant="acme"))
+
+
+def intent(i: int) -> Entry:
+    return Entry(ORIGIN, "intent", T, {
+        "tenant": "acme", "actor": "alice", "token_id": None, "client_name": None, "client_version": None,
+        "upstream": "u", "tool": f"t{i}", "tool_def_hash": None, "verdict": "allow", "policy_version": "0",
+        "rule_id": None, "args_digest": None}, Columns(tenant="acme", tool=f"t{i}", verdict="allow"))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SQLiteStore:
+    return SQLiteStore(tmp_path / "aegress.db")
+
+
+def test_group_commit_shares_transactions_and_keeps_order(store: SQLiteStore) -> None:
+    commits: list[int] = []
+    writer = EvidenceWriter(store, commit_wait_s=0.005, on_commit=lambda sealed: commits.append(len(sealed)))
+    futures = []
+    threads = [threading.Thread(target=lambda i=i: futures.append(writer.submit(revoked(i)))) for i in range(200)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seqs = sorted(f.result(10).record.seq for f in futures)
+    writer.close()
+    assert seqs == list(range(200))
+    assert sum(commits) == 200 and len(commits) < 200  # concurrent records shared commits
+    report = verify_log(store.evidence_records(ORIGIN), origin=ORIGIN)
+    assert report.ok and report.size == 200
+
+
+def _append_many(path: str, n: int) -> None:
+    s = SQLiteStore(Path(path))
+    for i in range(n):
+        s.append_evidence([revoked(i)])
+
+
+def test_several_processes_append_without_a_fork(tmp_path: Path, store: SQLiteStore) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_append_many, args=(str(tmp_path / "aegress.db"), 40)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    records = store.evidence_records(ORIGIN)
+    assert [s for s, _ in records] == list(range(120))
+    assert verify_log(records, origin=ORIGIN).ok
+
+
+def test_recovery_marks_open_intents_outcome_unknown(store: SQLiteStore) -> None:
+    store.append_evidence([intent(0), intent(1)])
+    assert store.open_intents() == [(ORIGIN, 0, "acme"), (ORIGIN, 1, "acme")]
+    assert recover_open_intents(store) == 2
+    assert store.open_intents() == []
+    assert recover_open_intents(store) == 0
+    report = verify_log(store.evidence_records(ORIGIN), origin=ORIGIN, final=True)
+    assert report.ok
+
+
+def test_checkpointer_signs_publishes_and_refuses_a_rewritten_history(tmp_path: Path, store: SQLiteStore) -> None:
+    home = tmp_path
+    settings = EvidenceSettings.from_env(home, {"AEGRESS_CHECKPOINT_EVERY": "5"})
+    key, created = load_signing_key_for(home, "aegress.test", settings.key_file, create=True)
+    assert created and key is not None and (settings.key_file.stat().st_mode & 0o777) == 0o600
+    store.append_evidence([revoked(i) for i in range(7)])
+    cp = Checkpointer(store, key, settings)
+    notes = cp.tick()
+    assert len(notes) == 1
+    assert open_checkpoint(notes[0], trusted_verifiers(home), ORIGIN).size == 7
+    published = settings.publish_dir / "aegress.test_tenant_acme" / "checkpoint"
+    assert published.read_text() == notes[0]
+    assert cp.tick() == []  # nothing new, nothing due
+    # someone rewrites a signed record in the database: the checkpointer must not sign the new history
+    db = sqlite3.connect(store.path)
+    db.execute("UPDATE evidence SET leaf_hash = ? WHERE seq = 3", (b"\0" * 32,))
+    db.commit()
+    db.close()
+    store.append_evidence([revoked(99)])
+    fresh = Checkpointer(store, key, settings)
+    assert fresh.tick(force=True) == []
+    assert not fresh.healthy
+    report = verify_log(store.evidence_records(ORIGIN), origin=ORIGIN,
+                        checkpoints=[n for _, n in store.list_checkpoints(ORIGIN)], verifiers=trusted_verifiers(home))
+    assert report.ok  # the bytes are intact; only the derived leaf_hash column was damaged
+
+
+def test_a_key_file_others_can_read_is_refused(tmp_path: Path) -> None:
+    from gateway.audit.errors import KeyFileError
+
+    key, _ = load_signing_key_for(tmp_path, "aegress.test", create=True)
+    path = tmp_path / "secrets" / "audit-signing.key"
+    path.chmod(0o640)
+    with pytest.raises(KeyFileError) as info:
+        load_signing_key_for(tmp_path, "aegress.test")
+    assert "chmod 600" in (info.value.hint or "")
+
+
+def test_a_locked_store_fails_every_waiter(store: SQLiteStore) -> None:
+    store.append_evidence([revoked(0)])
+    locker = sqlite3.connect(store.path, timeout=1, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    writer = EvidenceWriter(store)
+    try:
+        futures = [writer.submit(revoked(i)) for i in range(3)]
+        for f in futures:
+            with pytest.raises(StoreUnavailable):
+                f.result(30)
+        assert not writer.healthy
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert writer.submit(revoked(5)).result(30).record.seq == 1  # nothing half-written: no gap
+    assert writer.healthy
+    writer.close()
+
+
+def test_tampered_row_is_found_by_the_verifier(store: SQLiteStore) -> None:
+    store.append_evidence([revoked(i) for i in range(5)])
+    db = sqlite3.connect(store.path)
+    db.execute("DELETE FROM evidence WHERE seq = 2")
+    db.commit()
+    db.close()
+    finding = verify_log(store.evidence_records(ORIGIN), origin=ORIGIN).finding
+    assert finding is not None and finding.problem is Problem.GAP and finding.seq == 2
