@@ -48,7 +48,7 @@ async def gateway_rounds(targets: dict[str, tuple[str, str]], calls: int, rounds
     return {n: {"median": round(statistics.median(v), 1), "rounds": [round(x, 1) for x in v]} for n, v in per.items()}
 
 
-def bench_gateway(calls: int, rounds: int) -> dict:
+def bench_gateway(calls: int, rounds: int, sealed_env: dict[str, str] | None = None) -> dict:
     base = Path(tempfile.mkdtemp(prefix="aegress-audit-bench-"))
     homes = {"sealed": base / "sealed", "no_record": base / "off"}
     tokens = {}
@@ -59,7 +59,7 @@ def bench_gateway(calls: int, rounds: int) -> dict:
             tokens[name] = setup_tenant(home, "bench", "runner")
             aegress(home, "upstream", "add", "--tenant", "bench", "http", "--url", up_url, "--allow-private")
             aegress(home, "policy", "apply", str(policy), "--tenant", "bench", "--yes")
-        with run_gateway(homes["sealed"]) as sealed, run_gateway(homes["no_record"], env={"AEGRESS_AUDIT": "off"}) as off:
+        with run_gateway(homes["sealed"], env=sealed_env) as sealed, run_gateway(homes["no_record"], env={"AEGRESS_AUDIT": "off"}) as off:
             targets = {"sealed": (sealed.url, tokens["sealed"]), "no_record": (off.url, tokens["no_record"])}
             result = asyncio.run(gateway_rounds(targets, calls, rounds, 16))
         verify = aegress(homes["sealed"], "audit", "verify", "--all", "--final", "--json", check=False)
@@ -72,7 +72,13 @@ def bench_gateway(calls: int, rounds: int) -> dict:
 def bench_verify(records: int) -> dict:
     from gateway.audit.log import Columns, Entry, tenant_origin
     from gateway.audit.verify import verify_log
-    from gateway.evidence import EvidenceSettings, load_signing_key_for, origin_prefix, sign_checkpoints, trusted_verifiers
+    from gateway.evidence import (
+        EvidenceSettings,
+        load_signing_key_for,
+        origin_prefix,
+        sign_checkpoints,
+        trusted_verifiers,
+    )
     from gateway.store.sqlite import SQLiteStore
 
     home = Path(tempfile.mkdtemp(prefix="aegress-verify-bench-")) / "home"

@@ -85,6 +85,7 @@ class EvidenceSettings:
     key_file: Path | None = None
     origin_prefix: str | None = None
     crash_point: str | None = None
+    await_outcome: bool = False
 
     @classmethod
     def from_env(cls, home: Path, env: dict[str, str] | None = None) -> EvidenceSettings:
@@ -107,6 +108,7 @@ class EvidenceSettings:
             key_file=Path(e["AEGRESS_SIGNING_KEY_FILE"]) if e.get("AEGRESS_SIGNING_KEY_FILE") else home / KEY_FILE,
             origin_prefix=e.get("AEGRESS_AUDIT_ORIGIN") or None,
             crash_point=e.get(CRASH_ENV) or None,
+            await_outcome=e.get("AEGRESS_AUDIT_AWAIT_OUTCOME", "off").lower() in ("on", "1", "true"),
         )
 
 
@@ -462,6 +464,7 @@ class Evidence:
     def __init__(self, store: Store, master_key: bytes, home: Path, settings: EvidenceSettings) -> None:
         self.store = store
         self.settings = settings
+        self.await_outcome = settings.await_outcome
         self.home = home
         self.prefix = origin_prefix(store, settings.origin_prefix)
         self.key, created = load_signing_key_for(home, self.prefix, settings.key_file, create=True)
@@ -586,6 +589,7 @@ class NoEvidence:
     """AEGRESS_AUDIT=off, for benchmarks only: the record stage writes nothing."""
 
     enabled = False
+    await_outcome = False
     healthy = True
     prefix = "off"
     recovered = 0

@@ -229,12 +229,12 @@ class Pipeline:
             return None
 
     def record_outcome_nowait(self, facts: CallFacts, intent: Any, status: str, started: float,
-                              up_started: float | None, code: Any = None) -> None:
+                              up_started: float | None, code: Any = None, res: Any = None) -> None:
         """For a call abandoned mid-flight (cancelled task): queue the outcome without waiting."""
         if intent is None:
             return
         try:
-            self.recorder.submit(self._outcome(facts, intent, status, started, up_started, None, code))
+            self.recorder.submit(self._outcome(facts, intent, status, started, up_started, res, code))
         except AegressError as exc:
             log.error("could not record the outcome of intent %s: %s", intent.record.seq, exc.message)
 
@@ -270,6 +270,9 @@ class Pipeline:
             else:
                 status = "completed"
             recorded = True
+            if not self.recorder.await_outcome:  # AEGRESS_AUDIT_AWAIT_OUTCOME=off: the receipt is the intent's
+                self.record_outcome_nowait(facts, intent, status, started, up_started, code, res)
+                return response, intent
             sealed = await self.record_outcome(facts, intent, status, started, up_started, res, code)
             return response, sealed or intent
         except asyncio.CancelledError as exc:

@@ -27,6 +27,7 @@ class Recorder(Protocol):
     """What the pipeline needs from the evidence service (gateway.evidence.Evidence / NoEvidence)."""
 
     enabled: bool
+    await_outcome: bool
 
     def origin(self, tenant: str) -> str: ...
     def tenant_key(self, tenant: str) -> bytes: ...

@@ -119,7 +119,7 @@ def test_checkpointer_signs_publishes_and_refuses_a_rewritten_history(tmp_path: 
 def test_a_key_file_others_can_read_is_refused(tmp_path: Path) -> None:
     from gateway.audit.errors import KeyFileError
 
-    key, _ = load_signing_key_for(tmp_path, "aegress.test", create=True)
+    load_signing_key_for(tmp_path, "aegress.test", create=True)
     path = tmp_path / "secrets" / "audit-signing.key"
     path.chmod(0o640)
     with pytest.raises(KeyFileError) as info:
