@@ -59,8 +59,9 @@ def bench_gateway(calls: int, rounds: int, sealed_env: dict[str, str] | None = N
             tokens[name] = setup_tenant(home, "bench", "runner")
             aegress(home, "upstream", "add", "--tenant", "bench", "http", "--url", up_url, "--allow-private")
             aegress(home, "policy", "apply", str(policy), "--tenant", "bench", "--yes")
-        with run_gateway(homes["sealed"], env=sealed_env) as sealed, run_gateway(homes["no_record"], env={"AEGRESS_AUDIT": "off"}) as off:
-            targets = {"sealed": (sealed.url, tokens["sealed"]), "no_record": (off.url, tokens["no_record"])}
+        off = {"AEGRESS_AUDIT": "off"}
+        with run_gateway(homes["sealed"], env=sealed_env) as sealed, run_gateway(homes["no_record"], env=off) as gw_off:
+            targets = {"sealed": (sealed.url, tokens["sealed"]), "no_record": (gw_off.url, tokens["no_record"])}
             result = asyncio.run(gateway_rounds(targets, calls, rounds, 16))
         verify = aegress(homes["sealed"], "audit", "verify", "--all", "--final", "--json", check=False)
     result["ratio_16"] = round(result["sealed"]["median"] / result["no_record"]["median"], 3)
@@ -148,6 +149,8 @@ def main() -> None:
     results: dict = {}
     if not args.skip_gateway:
         results["throughput_16_in_flight"] = bench_gateway(args.calls, args.rounds)
+        results["throughput_16_in_flight_outcome_awaited"] = bench_gateway(
+            args.calls, args.rounds, {"AEGRESS_AUDIT_AWAIT_OUTCOME": "on"})
     results["verify"] = bench_verify(args.records)
     results["targets"] = {"ratio_16_min": 0.8, "verify_records_per_s_min": 50_000}
     text = json.dumps(results, indent=2)

@@ -54,6 +54,21 @@ Send = Callable[[JSON], Awaitable[None]]
 SERVER_INFO = {"name": "aegress", "title": "Aegress MCP gateway", "version": "0.1.0"}
 SERVER_INFO_STAMP = {"name": "aegress", "version": "0.1.0"}
 SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId"
+# which policy rules a method's targets answer to
+_POLICY_KIND = {
+    "resources/list": "resource", "resources/templates/list": "resource", "resources/read": "resource",
+    "resources/subscribe": "resource", "resources/unsubscribe": "resource",
+    "prompts/list": "prompt", "prompts/get": "prompt", "completion/complete": "completion",
+}
+
+
+def _target_name(item: JSON) -> str:
+    """The upstream's own name of a listed item or a request's target (uri, template, name, or ref)."""
+    ref = item.get("ref") if isinstance(item.get("ref"), dict) else {}
+    for value in (item.get("uri"), item.get("uriTemplate"), item.get("name"), ref.get("name"), ref.get("uri")):
+        if isinstance(value, str):
+            return value
+    return ""
 MODERN_ONLY = ("server/discover", "subscriptions/listen")
 _LISTEN_TIMEOUT_S = 24 * 3600.0
 
@@ -558,7 +573,11 @@ class Pipeline:
             if isinstance(listed, BaseException):
                 log.warning("%s failed on upstream %s: %s", method, up.spec.name, listed)
                 continue
-            items.extend(rename(up, item) for item in listed)
+            kind = _POLICY_KIND[method]
+            items.extend(
+                rename(up, item) for item in listed
+                if self.decider.visible_other(session.identity, kind, up.spec.name, _target_name(item))
+            )
         return result(msg["id"], {key: items})
 
     @staticmethod
@@ -627,7 +646,15 @@ class Pipeline:
         started, started_at = time.perf_counter(), _now()
         last: JSON | None = None
         sealed_method = method in ("resources/read", "prompts/get")
+        # decide: what policy does not allow answers exactly like what does not exist
+        routes = [
+            (up, params) for up, params in routes
+            if self.decider.decide_other(session.identity, _POLICY_KIND[method], up.spec.name,
+                                         _target_name(params), params.get("arguments")).verdict == "allow"
+        ]
+        outer_send = send
         for up, params in routes:
+            send = self.guard_client_requests(session, up, outer_send)
             receipt_of = None
             if sealed_method:
                 response, receipt_of = await self._sealed_forward(

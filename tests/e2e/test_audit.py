@@ -246,7 +246,7 @@ def test_crash_leaves_a_verifiable_chain_and_every_received_call_has_an_intent(t
         for i in range(3):
             assert RawClient.body(c.call("rec__record", {"nonce": f"before{i}"}))["result"]["content"][0]["text"]
         c.close()
-    with run_gateway(home, env={"AEGRESS_TEST_CRASH": point}) as gw:
+    with run_gateway(home, env={"AEGRESS_TEST_CRASH": point, "AEGRESS_AUDIT_AWAIT_OUTCOME": "on"}) as gw:
         c = RawClient(gw.url, token).start()
         with pytest.raises(Exception):  # noqa: B017 - the connection dies with the process
             RawClient.body(c.call("rec__record", {"nonce": "crash"}))

@@ -106,6 +106,12 @@ def info() -> str:
     return f"info from {NAME}"
 
 
+@server.resource("fixture://other", mime_type="text/plain")
+def other() -> str:
+    """A second resource, so filters have something to keep."""
+    return f"other from {NAME}"
+
+
 @server.prompt()
 def greet(name: str) -> str:
     """A greeting prompt."""

@@ -1,0 +1,77 @@
+"""Policy on resources and prompts through a real gateway: what a rule does not allow is hidden from
+lists and answers like something that does not exist."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.procs import add_stdio_fixture, aegress, mcp_client, run, run_gateway, setup_tenant
+
+POLICY = """\
+version = 1
+default = "block"
+
+[[rules]]
+id = "tools"
+verdict = "allow"
+
+[[rules]]
+id = "some-resources"
+kind = "resource"
+name = "fixture://*"
+verdict = "allow"
+
+[[rules]]
+id = "no-info"
+kind = "resource"
+name = "fixture://info"
+verdict = "block"
+
+[[rules]]
+id = "prompts"
+kind = "prompt"
+name = "greet"
+verdict = "allow"
+"""
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    home = tmp_path_factory.mktemp("pol-other") / "home"
+    token = setup_tenant(home, "acme", "alice")
+    add_stdio_fixture(home, "acme", "a")
+    add_stdio_fixture(home, "acme", "b")
+    policy = home.parent / "policy.toml"
+    policy.write_text(POLICY.replace('name = "greet"', 'upstream = "a"\nname = "greet"'))
+    aegress(home, "policy", "apply", str(policy), "--tenant", "acme", "--yes")
+    with run_gateway(home) as g:
+        g.tokens[("acme", "alice")] = token
+        yield g
+
+
+def test_blocked_resources_and_prompts_are_hidden_and_unknown(gw, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from mcp.shared.exceptions import MCPError
+
+    async def go() -> None:
+        async with mcp_client(gw.url, gw.tokens[("acme", "alice")]) as c:
+            uris = {str(r.uri) for r in (await c.list_resources()).resources}
+            assert {"a+fixture://other", "b+fixture://other"} <= uris
+            assert not any(u.endswith("fixture://info") for u in uris)
+            assert (await c.read_resource("b+fixture://other")).contents[0].text == "other from b"
+            prompts = {p.name for p in (await c.list_prompts()).prompts}
+            assert prompts == {"a__greet"}
+            assert "Hello X from a" in (await c.get_prompt("a__greet", {"name": "X"})).messages[0].content.text
+            with pytest.raises(MCPError) as hidden:
+                await c.get_prompt("b__greet", {"name": "X"})
+            with pytest.raises(MCPError) as missing:
+                await c.get_prompt("b__nothing", {"name": "X"})
+            assert hidden.value.error.code == missing.value.error.code
+            assert hidden.value.error.message.replace("b__greet", "N") == missing.value.error.message.replace(
+                "b__nothing", "N")
+            with pytest.raises(MCPError) as blocked_read:
+                await c.read_resource("a+fixture://info")
+            assert blocked_read.value.error.message == "Unknown resource: a+fixture://info"
+
+    run(go())
