@@ -34,11 +34,13 @@ from gateway.policy import (
     PinStatus,
     Policy,
     PolicyInvalid,
+    RateLimit,
     Request,
     ReviewSettings,
     check_pins,
     evaluate,
     load_policy,
+    rate_limit_for,
     starter_policy_text,
     tool_definition_hash,
 )
@@ -138,6 +140,8 @@ class Decider(Protocol):
                      arguments: Mapping[str, Any] | None = None) -> GateDecision: ...
     def visible_other(self, identity: Identity, kind: str, upstream: str, name: str) -> bool: ...
     def review_settings(self, tenant_id: str) -> ReviewSettings: ...
+    def rate_limit(self, identity: Identity) -> RateLimit | None: ...
+    def origins(self, tenant_id: str) -> tuple[str, ...]: ...
     def observe_tools(self, tenant_id: str, upstream: str, tools: Mapping[str, dict[str, Any]], now: str) -> None: ...
 
 
@@ -166,6 +170,12 @@ class AllowAll:
 
     def review_settings(self, tenant_id: str) -> ReviewSettings:
         return ReviewSettings()
+
+    def rate_limit(self, identity: Identity) -> RateLimit | None:
+        return None
+
+    def origins(self, tenant_id: str) -> tuple[str, ...]:
+        return ()
 
     def observe_tools(self, tenant_id: str, upstream: str, tools: Mapping[str, dict[str, Any]], now: str) -> None:
         return None
@@ -264,6 +274,12 @@ class PolicyDecider:
 
     def review_settings(self, tenant_id: str) -> ReviewSettings:
         return self.tenant(tenant_id).policy.review
+
+    def rate_limit(self, identity: Identity) -> RateLimit | None:
+        return rate_limit_for(self.tenant(identity.tenant_id).policy, identity.actor_id)
+
+    def origins(self, tenant_id: str) -> tuple[str, ...]:
+        return tuple(self.tenant(tenant_id).policy.origins)
 
     # -- pins --------------------------------------------------------------------------------------
     def observe_tools(self, tenant_id: str, upstream: str, tools: Mapping[str, dict[str, Any]], now: str) -> None:

@@ -23,7 +23,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from gateway import binding, naming
+from gateway import binding, naming, ratelimit
 from gateway.decide import CLIENT_REQUESTS, AllowAll, Decider, GateDecision
 from gateway.errors import AegressError, AuthError, ProtocolError, StoreUnavailable, UpstreamError
 from gateway.evidence import now_time
@@ -107,6 +107,7 @@ class Pipeline:
         self.decider: Decider = decider or AllowAll()
         self.review_desk = review_desk or ReviewDesk(store)
         self._token_key = derive_key(master_key, "token-hash")
+        self._buckets: dict[tuple[str, str], ratelimit.Bucket] = {}
 
     # -- stage 1: authenticate -----------------------------------------------------------------
     def authenticate(self, authorization: str | None) -> Identity:
@@ -137,6 +138,18 @@ class Pipeline:
         """The policy's verdict for one call (the decider polls for newly applied policies first)."""
         self.decider.refresh(time.monotonic())
         return self.decider.decide(session.identity, up.spec.name, tool, arguments)
+
+    def over_budget(self, session: ClientSession) -> str | None:
+        """The actor's call budget from the policy's rate_limits: a message when it is spent, else None."""
+        limit = self.decider.rate_limit(session.identity)
+        if limit is None:
+            return None
+        key = (session.identity.tenant_id, session.identity.actor_id)
+        allowed, self._buckets[key], wait = ratelimit.admit(self._buckets.get(key), limit, time.monotonic())
+        if allowed:
+            return None
+        return (f"Rate limit reached: at most {limit.calls} calls per {limit.per_seconds:g} s for this actor. "
+                f"Try again in {max(wait, 0.1):.1f} s.")
 
     def guard_client_requests(self, session: ClientSession, up: Upstream, send: Send) -> Send:
         """Wrap a call's `send`: sampling, elicitation and roots requests from the upstream reach the
@@ -497,6 +510,11 @@ class Pipeline:
             self.record(session, "tools/call", name, "", Decision("block", "unknown-tool"), "refused",
                         started, started_at, INVALID_PARAMS)
             raise
+        limited = self.over_budget(session)
+        if limited is not None:
+            decision = GateDecision("block", "rate-limit", limited, audit_id=mint_id("aud_"))
+            self.record(session, "tools/call", name, up.spec.name, decision, "refused", started, started_at)
+            return result(msg["id"], tool_error(f"{limited} (audit id {decision.audit_id})"))
         decision = self.decide(session, up, tool, arguments or {})
         if decision.verdict == "review":
             meta = params.get("_meta")

@@ -142,6 +142,16 @@ class McpEndpoint:
                     query.getlist(binding.ACTOR_PARAM),
                 ),
             )
+            origin = headers.get("origin")
+            if not origin_allowed(origin, self.allowed_origins) and origin not in self.pipeline.decider.origins(
+                identity.tenant_id
+            ):
+                raise HttpError(
+                    "Invalid Origin header.",
+                    hint="Allow this browser origin with --allowed-origin or the tenant policy's `origins`.",
+                    http_status=403,
+                    code="invalid-origin",
+                )
             if modern:
                 await self._modern_post(receive, send, headers, identity)
             elif method == "POST":
@@ -163,13 +173,6 @@ class McpEndpoint:
                 hint="Connect with the gateway's own address, or add it with --allowed-host.",
                 http_status=421,
                 code="invalid-host",
-            )
-        if not origin_allowed(headers.get("origin"), self.allowed_origins):
-            raise HttpError(
-                "Invalid Origin header.",
-                hint="This origin is not allowed to call the gateway.",
-                http_status=403,
-                code="invalid-origin",
             )
 
     # -- POST ----------------------------------------------------------------------------------------

@@ -75,3 +75,54 @@ def test_blocked_resources_and_prompts_are_hidden_and_unknown(gw, tmp_path: Path
             assert blocked_read.value.error.message == "Unknown resource: a+fixture://info"
 
     run(go())
+
+
+LIMITED = """\
+version = 1
+default = "allow"
+origins = ["https://app.example.com"]
+
+[builtin]
+destructive = "off"
+
+[rate_limits]
+default = { calls = 3, per_seconds = 600 }
+
+[[rules]]
+id = "tools"
+verdict = "allow"
+"""
+
+
+def test_policy_origins_and_rate_limits(tmp_path_factory: pytest.TempPathFactory) -> None:
+    import json
+
+    import httpx2
+
+    from tests.procs import answer
+
+    home = tmp_path_factory.mktemp("limits") / "home"
+    token = setup_tenant(home, "acme", "alice")
+    add_stdio_fixture(home, "acme", "a")
+    policy = home.parent / "limited.toml"
+    policy.write_text(LIMITED)
+    aegress(home, "policy", "apply", str(policy), "--tenant", "acme", "--yes")
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}
+    with run_gateway(home) as g:
+        def post(body: dict, **extra: str) -> httpx2.Response:
+            return httpx2.post(g.url, content=json.dumps(body), timeout=30, headers={
+                "Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream",
+                "Content-Type": "application/json", **extra})
+
+        assert post(init, Origin="https://other.example.com").status_code == 403
+        ok = post(init, Origin="https://app.example.com")
+        assert ok.status_code == 200
+        h = {"Mcp-Session-Id": ok.headers["mcp-session-id"], "MCP-Protocol-Version": "2025-11-25"}
+        texts = []
+        for i in range(4):
+            r = post({"jsonrpc": "2.0", "id": 10 + i, "method": "tools/call",
+                      "params": {"name": "a__echo", "arguments": {"text": f"n{i}"}}}, **h)
+            texts.append(answer(r)["result"]["content"][0]["text"])
+        assert texts[:3] == ["n0", "n1", "n2"]
+        assert texts[3].startswith("Rate limit reached: at most 3 calls per 600 s")
