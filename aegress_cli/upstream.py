@@ -151,3 +151,42 @@ def test(name: Annotated[str, typer.Argument(help="Upstream name.")], tenant: Te
     print_table("Tools", ["name", "description"],
                 [(t.get("name"), (t.get("description") or "").split("\n")[0][:80]) for t in result.tools],
                 "It offers no tools.")
+
+
+secret_app = typer.Typer(help="Keep upstream credentials in the keyring (referenced as keyring:NAME in --header).",
+                         no_args_is_help=True)
+app.add_typer(secret_app, name="secret")
+
+
+@secret_app.command("set")
+@handle_errors
+def secret_set(
+    name: Annotated[str, typer.Argument(help="Secret name, used as --header 'Authorization=keyring:NAME'.")],
+    value_stdin: Annotated[bool, typer.Option("--stdin", help="Read the value from standard input instead of "
+                                              "a hidden prompt.")] = False,
+) -> None:
+    """Store an upstream credential in the keyring (or the 0600 fallback file); it is never printed."""
+    import sys
+
+    from aegress_cli._common import home
+    from gateway import credentials
+    from gateway.errors import InvalidInput
+
+    home()
+    value = sys.stdin.read().rstrip("\n") if value_stdin else typer.prompt(f"Value for {name}", hide_input=True)
+    if not value:
+        raise InvalidInput("The secret is empty.", hint="Pipe the value with --stdin, or type it at the prompt.")
+    where = credentials.store_secret(f"upstream:{name}", value)
+    print(f"Stored upstream secret {name} in {where}. Use it as: --header 'Authorization=keyring:{name}'")
+
+
+@secret_app.command("remove")
+@handle_errors
+def secret_remove(name: Annotated[str, typer.Argument(help="Secret name.")]) -> None:
+    """Forget an upstream credential."""
+    from aegress_cli._common import home
+    from gateway import credentials
+
+    home()
+    credentials.delete_secret(f"upstream:{name}")
+    print(f"Removed upstream secret {name}.")

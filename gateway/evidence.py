@@ -85,7 +85,7 @@ class EvidenceSettings:
     key_file: Path | None = None
     origin_prefix: str | None = None
     crash_point: str | None = None
-    await_outcome: bool = False
+    await_outcome: bool = True
 
     @classmethod
     def from_env(cls, home: Path, env: dict[str, str] | None = None) -> EvidenceSettings:
@@ -108,7 +108,7 @@ class EvidenceSettings:
             key_file=Path(e["AEGRESS_SIGNING_KEY_FILE"]) if e.get("AEGRESS_SIGNING_KEY_FILE") else home / KEY_FILE,
             origin_prefix=e.get("AEGRESS_AUDIT_ORIGIN") or None,
             crash_point=e.get(CRASH_ENV) or None,
-            await_outcome=e.get("AEGRESS_AUDIT_AWAIT_OUTCOME", "off").lower() in ("on", "1", "true"),
+            await_outcome=e.get("AEGRESS_AUDIT_AWAIT_OUTCOME", "on").lower() not in ("off", "0", "false"),
         )
 
 

@@ -230,3 +230,43 @@ def test_modern_wire_rules(world) -> None:  # type: ignore[no-untyped-def]
     assert get.status_code == 405 and get.headers["allow"] == "POST"
     listed = post({"jsonrpc": "2.0", "id": 6, "method": "tools/list", "params": {"_meta": meta}}).json()["result"]
     assert listed["ttlMs"] == 0 and listed["cacheScope"] == "private"
+
+
+def test_upstream_credentials_come_from_the_keyring(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`--header K=keyring:NAME`: the database holds the reference, the upstream receives the value."""
+    home = tmp_path_factory.mktemp("kr") / "home"
+    token = setup_tenant(home, "acme", "alice")
+    allow_all(home, "acme")
+    aegress(home, "upstream", "secret", "set", "web-key", "--stdin", input="s3cret-from-keyring\n")
+    with run_http_upstream("web") as (url, _):
+        aegress(home, "upstream", "add", "--tenant", "acme", "web", "--url", url, "--allow-private",
+                "--header", "X-Api-Key=keyring:web-key")
+        db = (home / "aegress.db").read_bytes()
+        assert b"s3cret-from-keyring" not in db
+        with run_gateway(home) as gw:
+            async def go() -> None:
+                async with mcp_client(gw.url, token) as c:
+                    seen = json.loads((await c.call_tool("web__seen_headers", {})).content[0].text)
+                assert seen[-1].get("x-api-key") == "s3cret-from-keyring"
+
+            run(go())
+
+
+@pytest.mark.parametrize("upstream", ["files", "web"])
+def test_cancellation_reaches_the_upstream(world, upstream: str) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    async def go() -> None:
+        async with mcp_client(world.url, world.tokens[("acme", "alice")]) as c:
+            before = int((await c.call_tool(f"{upstream}__cancellations", {})).content[0].text)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(c.call_tool(f"{upstream}__slow", {"seconds": 20}), 1.0)
+            for _ in range(50):  # bounded: up to 5 s for the cancellation to arrive upstream
+                now = int((await c.call_tool(f"{upstream}__cancellations", {})).content[0].text)
+                if now > before:
+                    break
+                await asyncio.sleep(0.1)
+            assert now == before + 1
+            assert (await c.call_tool(f"{upstream}__echo", {"text": "still here"})).content[0].text == "still here"
+
+    run(go())

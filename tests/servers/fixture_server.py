@@ -75,11 +75,24 @@ async def ask_user(question: str, ctx: Context) -> str:
     return f"user {result.action}"
 
 
+CANCELLED: list[float] = []
+
+
 @server.tool()
 async def slow(seconds: float) -> str:
-    """Sleep (at most 30 s) then answer."""
-    await asyncio.sleep(min(seconds, 30))
+    """Sleep (at most 30 s) then answer; a cancellation is counted (see `cancellations`)."""
+    try:
+        await asyncio.sleep(min(seconds, 30))
+    except asyncio.CancelledError:
+        CANCELLED.append(seconds)
+        raise
     return "done"
+
+
+@server.tool()
+def cancellations() -> str:
+    """How many `slow` calls were cancelled."""
+    return str(len(CANCELLED))
 
 
 @server.tool()
