@@ -649,3 +649,13 @@ def install_log_redaction(logger_names: Sequence[str] = ("", "uvicorn", "uvicorn
         for handler in logging.getLogger(name).handlers:
             if _FILTER not in handler.filters:
                 handler.addFilter(_FILTER)
+
+
+def decision_seq_for(store: Store, tenant: str, audit_id: str) -> int | None:
+    """The seq of the `decision` record a refusal or hold (`aud_...` / `rev_...`) was sealed as, for a
+    later `review_approved` / `review_denied` record's `decision_seq`."""
+    from gateway.store.base import EvidenceFilter
+
+    rows = store.query_evidence(EvidenceFilter(tenant=tenant, kind="decision",
+                                               contains=f'"request_id":"{audit_id}"'), limit=1)
+    return rows[0].seq if rows else None

@@ -154,3 +154,12 @@ def test_tampered_row_is_found_by_the_verifier(store: SQLiteStore) -> None:
     db.close()
     finding = verify_log(store.evidence_records(ORIGIN), origin=ORIGIN).finding
     assert finding is not None and finding.problem is Problem.GAP and finding.seq == 2
+
+
+def test_a_hold_is_found_by_its_audit_id(store: SQLiteStore) -> None:
+    from gateway.evidence import decision_seq_for
+
+    body = {**intent(0).body, "verdict": "review", "request_id": "rev_abc"}
+    store.append_evidence([revoked(0), Entry(ORIGIN, "decision", T, body, Columns(tenant="acme"))])
+    assert decision_seq_for(store, "acme", "rev_abc") == 1
+    assert decision_seq_for(store, "acme", "rev_nope") is None
