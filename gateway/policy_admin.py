@@ -88,9 +88,17 @@ def plan_change(store: Store, tenant_id: str, new: Policy) -> tuple[list[Change]
 
 def apply_policy(store: Store, tenant_id: str, text: str, filename: str, now: str, by: str) -> PolicyVersion:
     """Validate (PolicyInvalid lists every problem, nothing stored) and store a new version."""
+    from gateway.evidence import record_event
+
     require_tenant(store, tenant_id)
     load_policy(text, filename)
-    return store.add_policy_version(tenant_id, text, filename, digest_text(text), now, by)
+    previous = store.get_policy_version(tenant_id)
+    version = store.add_policy_version(tenant_id, text, filename, digest_text(text), now, by)
+    body = {"policy_version": str(version.version), "policy_digest": version.digest, "actor": by}
+    if previous is not None:
+        body["previous_version"] = str(previous.version)
+    record_event(store, tenant_id, "policy_changed", body, actor=by)
+    return version
 
 
 # -- policy test (decide one call) -------------------------------------------------------------------

@@ -234,6 +234,7 @@ def approve(store: Store, held_id: str, approver: str, now: float, lifetime_seco
     check_approver(approver, held.actor_id)
     if not store.decide_held_call(held_id, "approved", approver, now, "", now + lifetime_seconds):
         raise UsageError(f"Review {held_id} was decided meanwhile.", code="already-decided")
+    _record_review(store, held, "review_approved", approver, "")
     return get_held(store, held_id)
 
 
@@ -244,4 +245,18 @@ def deny(store: Store, held_id: str, approver: str, now: float, reason: str) -> 
                          code="already-decided")
     if not store.decide_held_call(held_id, "denied", approver, now, reason, None):
         raise UsageError(f"Review {held_id} was decided meanwhile.", code="already-decided")
+    _record_review(store, held, "review_denied", approver, reason)
     return get_held(store, held_id)
+
+
+def _record_review(store: Store, held: HeldCall, kind: str, reviewer: str, reason: str) -> None:
+    """Seal the operator's decision in the tenant's log, linked to the hold's own decision record."""
+    from gateway.evidence import decision_seq_for, record_event
+
+    seq = decision_seq_for(store, held.tenant_id, held.id)
+    body: dict[str, object] = {"review_id": held.id, "reviewer": reviewer}
+    if seq is not None:
+        body["decision_seq"] = seq
+    if reason:
+        body["reason"] = reason
+    record_event(store, held.tenant_id, kind, body, actor=reviewer)

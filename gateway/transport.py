@@ -351,7 +351,8 @@ class McpEndpoint:
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                     return
                 if gone in done:
-                    return  # the dispatch task is cancelled below: upstream gets notifications/cancelled
+                    task.cancel("client_disconnected")  # upstream gets notifications/cancelled; evidence says why
+                    return
                 exc = ProtocolError("The request took longer than the gateway allows.", code="deadline-exceeded",
                                     http_status=504, jsonrpc_code=-32603)
                 if streaming:

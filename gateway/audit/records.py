@@ -85,10 +85,8 @@ KINDS: Final[Mapping[str, KindSpec]] = {
     ),
     # Appended at start-up for every intent left without an outcome by a crash.
     "outcome_unknown": KindSpec({"intent_seq": "int", "reason": "str"}, {}),
-    "review_approved": KindSpec(
-        {"review_id": "str", "decision_seq": "int", "reviewer": "str"}, {"reason": "str"}
-    ),
-    "review_denied": KindSpec({"review_id": "str", "decision_seq": "int", "reviewer": "str"}, {"reason": "str"}),
+    "review_approved": KindSpec({"review_id": "str", "reviewer": "str"}, {"decision_seq": "int", "reason": "str"}),
+    "review_denied": KindSpec({"review_id": "str", "reviewer": "str"}, {"decision_seq": "int", "reason": "str"}),
     "elicitation_answer": KindSpec(
         {"request_id": "str", "action": "str", "answer_digest": "digest?"}, {"answer_preview": "preview"}
     ),

@@ -126,3 +126,19 @@ def test_policy_origins_and_rate_limits(tmp_path_factory: pytest.TempPathFactory
             texts.append(answer(r)["result"]["content"][0]["text"])
         assert texts[:3] == ["n0", "n1", "n2"]
         assert texts[3].startswith("Rate limit reached: at most 3 calls per 600 s")
+
+
+def test_policy_changes_are_sealed_evidence(tmp_path_factory: pytest.TempPathFactory) -> None:
+    import json
+
+    home = tmp_path_factory.mktemp("polev") / "home"
+    aegress(home, "tenant", "create", "acme")
+    policy = home.parent / "p.toml"
+    policy.write_text(LIMITED)
+    aegress(home, "policy", "apply", str(policy), "--tenant", "acme", "--yes", "--as", "ops")
+    aegress(home, "policy", "apply", str(policy), "--tenant", "acme", "--yes", "--as", "ops")
+    records = json.loads(aegress(home, "audit", "query", "--tenant", "acme", "--json").stdout)
+    changes = [r["record"]["body"] for r in sorted(records, key=lambda r: r["seq"]) if r["kind"] == "policy_changed"]
+    assert [c["policy_version"] for c in changes] == ["1", "2"]
+    assert changes[1]["previous_version"] == "1" and changes[1]["actor"] == "ops"
+    assert aegress(home, "audit", "verify", "--tenant", "acme", check=False).returncode == 0

@@ -31,7 +31,7 @@ CALL = (
     "tool_def_hash:digest? verdict:str policy_version:str rule_id:str? args_digest:digest?",
     "request_id:str args_preview:preview reason:str",
 )
-REVIEW = ("review_id:str decision_seq:int reviewer:str", "reason:str")
+REVIEW = ("review_id:str reviewer:str", "decision_seq:int reason:str")
 KINDS = {
     "intent": CALL,
     "decision": CALL,
