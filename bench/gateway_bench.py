@@ -149,6 +149,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000, help="calls per throughput round (default 2000)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per mode (default 3)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--audit", choices=("on", "off"), default="on",
+                        help="off: the record stage writes nothing (AEGRESS_AUDIT=off), to see what sealing costs")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="aegress-bench-")) / "home"
     os.environ["AEGRESS_HOME"] = str(home)
@@ -158,7 +160,7 @@ def main() -> None:
     with run_http_upstream("bench") as (up_url, _):
         aegress(home, "upstream", "add", "--tenant", "bench", "http", "--url", up_url, "--allow-private")
         add_stdio_fixture(home, "bench", "stdio")
-        with run_gateway(home) as gw:
+        with run_gateway(home, env={"AEGRESS_AUDIT": args.audit}) as gw:
             auth = {"Authorization": f"Bearer {token}"}
             targets = {
                 "direct": (up_url, {}, "echo"),
@@ -172,6 +174,7 @@ def main() -> None:
         n: {k: round(v / t["direct"], 3) for k, v in t.items() if k != "direct"}
         for n, t in results["throughput"].items()
     }
+    results["audit"] = args.audit
     results["targets"] = {"added_p50_ms_max": 2.0, "throughput_ratio_16_min": 0.5, "idle_rss_mb_max": 120}
     text = json.dumps(results, indent=2)
     print(text)

@@ -9,14 +9,13 @@ keeps working; it holds names and outcomes only.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gateway.audit.canonical import canonicalize
 from gateway.audit.log import Columns, Entry, Sealed
 from gateway.audit.records import receipt
 from gateway.audit.redact import digest_value, redact_preview, redact_text
+from gateway.policy.pinning import tool_definition_hash
 from gateway.types import CallRecord, Decision, Identity
 
 VERDICTS = {"allow": "allow", "block": "deny", "review": "review", "hidden": "hidden",
@@ -45,15 +44,16 @@ _DEF_HASHES: dict[int, tuple[dict[str, Any], str | None]] = {}
 
 
 def tool_def_hash(tool: dict[str, Any] | None) -> str | None:
-    """`sha256:` of the tool definition's canonical JSON; cached per definition object (they are
-    replaced, not mutated, when an upstream's tool list is refreshed)."""
+    """The pinned definition hash (the policy's `tool_definition_hash`: name, description, input schema,
+    annotations), so evidence and pins name a definition alike; cached per definition object (they
+    are replaced, not mutated, when an upstream's tool list is refreshed)."""
     if not tool:
         return None
     cached = _DEF_HASHES.get(id(tool))
     if cached is not None and cached[0] is tool:
         return cached[1]
     try:
-        digest: str | None = "sha256:" + hashlib.sha256(canonicalize(tool)).hexdigest()
+        digest: str | None = tool_definition_hash(tool)
     except Exception:
         digest = None
     if len(_DEF_HASHES) > 4096:

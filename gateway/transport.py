@@ -347,8 +347,7 @@ class McpEndpoint:
                         streaming = True
                     while not queue.empty():
                         await _sse(send, queue.get_nowait())
-                    await _sse(send, response)
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    await send({"type": "http.response.body", "body": _event(response), "more_body": False})
                     return
                 if gone in done:
                     task.cancel("client_disconnected")  # upstream gets notifications/cancelled; evidence says why
@@ -485,9 +484,12 @@ def _modern_error(msg_id: Any, code: int, message: str, data: Any = None) -> _Mo
     return _ModernError({"jsonrpc": "2.0", "id": msg_id, "error": err}, _MODERN_STATUS.get(code, 400))
 
 
+def _event(message: JSON) -> bytes:
+    return b"event: message\ndata: " + dumps(message) + b"\n\n"
+
+
 async def _sse(send: ASGISend, message: JSON) -> None:
-    await send({"type": "http.response.body", "body": b"event: message\ndata: " + dumps(message) + b"\n\n",
-                "more_body": True})
+    await send({"type": "http.response.body", "body": _event(message), "more_body": True})
 
 
 async def _wait_disconnect(receive: Receive) -> None:
