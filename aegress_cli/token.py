@@ -31,10 +31,11 @@ def keep_token(tenant: str, actor: str, token: str) -> str:
     """Store the token for later client setup; say once when it went to the fallback file."""
     from gateway import credentials
 
-    home()
+    data = home()
+    first = not (data / "secrets" / "credentials.json").exists()
     where = credentials.store_secret(credentials.token_key(tenant, actor), token)
-    if where != "keyring":
-        err(f"Note: no usable keyring here; the token is kept in {where} (mode 0600).")
+    if where != "keyring" and first:
+        err(f"Note: no usable keyring here; tokens are kept in {where} (mode 0600) from now on.")
     return where
 
 

@@ -52,6 +52,8 @@ def test_plain_token_issue_prints_only_the_token_on_stdout(aegress_home: Path) -
     assert out.stdout.strip().startswith("aeg_") and len(out.stdout.strip().splitlines()) == 1
     assert "only time" in out.stderr
     assert "no usable keyring" in out.stderr
+    again = aegress(aegress_home, "token", "issue", "--tenant", "acme", "--actor", "bob")
+    assert "no usable keyring" not in again.stderr  # said once
 
 
 def test_errors_say_what_and_what_to_do(aegress_home: Path) -> None:
