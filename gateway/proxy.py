@@ -150,9 +150,6 @@ class TenantRuntime:
         for session in list(up.listeners):
             await session.deliver_unsolicited(up, msg)
 
-    def uses(self, version: int) -> bool:
-        return True
-
     async def close(self) -> None:
         for task in self._starting.values():
             task.cancel()
@@ -170,7 +167,6 @@ class Runtime:
         self._tenants: dict[str, TenantRuntime] = {}
         self._version = -1
         self._checked = 0.0
-        self._lock = asyncio.Lock()
 
     async def tenant(self, tenant_id: str) -> TenantRuntime:
         now = time.monotonic()

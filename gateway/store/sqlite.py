@@ -167,6 +167,14 @@ def _m3(db: object) -> None:
 _MIGRATIONS: list[Callable[[object], None]] = [_m1, _m2, _m3]
 
 
+def _where(**filters: object) -> tuple[str, list[object]]:
+    """` WHERE a = ? AND b = ?` for the filters that are set (column names come from code, never input)."""
+    used = {k: v for k, v in filters.items() if v is not None}
+    if not used:
+        return "", []
+    return " WHERE " + " AND ".join(f"{k} = ?" for k in used), list(used.values())
+
+
 class SQLiteStore:
     inline_safe = True
 
@@ -317,15 +325,9 @@ class SQLiteStore:
         return TokenInfo(*row) if row else None
 
     def list_tokens(self, tenant_id: str | None = None, actor_id: str | None = None) -> list[TokenInfo]:
-        sql = f"SELECT {self._TOKEN_COLS} FROM tokens WHERE 1=1"
-        params: list[object] = []
-        if tenant_id is not None:
-            sql += " AND tenant_id = ?"
-            params.append(tenant_id)
-        if actor_id is not None:
-            sql += " AND actor_id = ?"
-            params.append(actor_id)
-        return [TokenInfo(*r) for r in self._run(sql + " ORDER BY created_at, id", params)]
+        where, params = _where(tenant_id=tenant_id, actor_id=actor_id)
+        return [TokenInfo(*r) for r in self._run(f"SELECT {self._TOKEN_COLS} FROM tokens{where}"
+                                                 " ORDER BY created_at, id", params)]
 
     def revoke_token(self, token_id: str, now: str) -> TokenInfo:
         self._run("UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (now, token_id))
@@ -643,16 +645,9 @@ class SQLiteStore:
 
     def list_held_calls(self, tenant_id: str | None = None, status: str | None = None,
                         limit: int = 100) -> list[HeldCall]:
-        sql = f"SELECT {self._HELD_COLS} FROM held_calls WHERE 1=1"
-        params: list[object] = []
-        if tenant_id is not None:
-            sql += " AND tenant_id = ?"
-            params.append(tenant_id)
-        if status is not None:
-            sql += " AND status = ?"
-            params.append(status)
-        params.append(limit)
-        return [HeldCall(*r) for r in self._run(sql + " ORDER BY created_at DESC, id LIMIT ?", params)]
+        where, params = _where(tenant_id=tenant_id, status=status)
+        sql = f"SELECT {self._HELD_COLS} FROM held_calls{where} ORDER BY created_at DESC, id LIMIT ?"
+        return [HeldCall(*r) for r in self._run(sql, [*params, limit])]
 
     def find_pending_hold(self, tenant_id: str, actor_id: str, upstream: str, tool: str,
                           args_digest: str) -> HeldCall | None:

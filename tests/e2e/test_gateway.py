@@ -270,3 +270,35 @@ def test_cancellation_reaches_the_upstream(world, upstream: str) -> None:  # typ
             assert (await c.call_tool(f"{upstream}__echo", {"text": "still here"})).content[0].text == "still here"
 
     run(go())
+
+
+def test_upstream_changes_apply_to_a_running_gateway(tmp_path_factory: pytest.TempPathFactory) -> None:
+    import asyncio
+    import time
+
+    home = tmp_path_factory.mktemp("hot") / "home"
+    token = setup_tenant(home, "acme", "alice")
+    allow_all(home, "acme")
+    add_stdio_fixture(home, "acme", "one")
+    with run_gateway(home) as gw:
+        async def names() -> set[str]:
+            async with mcp_client(gw.url, token) as c:
+                return {t.name for t in (await c.list_tools()).tools}
+
+        async def wait_for(predicate, timeout: float = 10.0) -> set[str]:  # type: ignore[no-untyped-def]
+            deadline = time.monotonic() + timeout
+            while True:
+                got = await names()
+                if predicate(got) or time.monotonic() > deadline:
+                    return got
+                await asyncio.sleep(0.3)
+
+        async def go() -> None:
+            assert "one__echo" in await names()
+            add_stdio_fixture(home, "acme", "two")
+            assert "two__echo" in await wait_for(lambda n: "two__echo" in n)
+            aegress(home, "upstream", "remove", "--tenant", "acme", "one", "--yes")
+            got = await wait_for(lambda n: "one__echo" not in n)
+            assert "one__echo" not in got and "two__echo" in got
+
+        run(go())
