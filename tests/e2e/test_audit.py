@@ -71,7 +71,8 @@ def sealed(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
 def test_every_call_is_sealed_with_intent_then_outcome(sealed) -> None:  # type: ignore[no-untyped-def]
     rows = list(reversed(evidence_rows(sealed["home"], "--tenant", "acme")))
     kinds = [r["kind"] for r in rows]
-    assert kinds[:2] == ["intent", "outcome"]
+    assert kinds[0] == "policy_changed"  # the fixture applied the tenant's policy first
+    assert kinds[1:3] == ["intent", "outcome"]
     intents = [r for r in rows if r["kind"] == "intent"]
     outcomes = {r["intent_seq"]: r for r in rows if r["kind"] == "outcome"}
     assert len(intents) == 14 and set(outcomes) == {r["seq"] for r in intents}
@@ -121,15 +122,16 @@ def test_store_verifies_and_tampering_is_named(sealed, tmp_path: Path) -> None: 
     copy = tmp_path / "home"
     shutil.copytree(home, copy)
     db = sqlite3.connect(copy / "aegress.db")
-    data = db.execute("SELECT data FROM evidence WHERE tenant = 'acme' AND seq = 4").fetchone()[0]
-    db.execute("UPDATE evidence SET data = ? WHERE tenant = 'acme' AND seq = 4",
-               (bytes(data).replace(b'"alice"', b'"mallory"'),))
+    seq, data = db.execute("SELECT seq, data FROM evidence WHERE tenant = 'acme' AND kind = 'intent'"
+                           " ORDER BY seq LIMIT 1 OFFSET 1").fetchone()
+    db.execute("UPDATE evidence SET data = ? WHERE tenant = 'acme' AND seq = ?",
+               (bytes(data).replace(b'"alice"', b'"mallory"'), seq))
     db.commit()
     db.close()
     bad = aegress(copy, "audit", "verify", "--tenant", "acme", "--json", check=False)
     assert bad.returncode == 3
     finding = json.loads(bad.stdout)["logs"][0]["finding"]
-    assert finding["problem"] == "modified" and finding["seq"] == 4
+    assert finding["problem"] == "modified" and finding["seq"] == seq
     gone = aegress(copy, "audit", "verify", "--tenant", "nobody", check=False)
     assert gone.returncode == 1 and "Error:" in gone.stderr
 
@@ -150,9 +152,10 @@ def test_exported_bundle_verifies_in_another_process_without_a_database(sealed, 
     assert json.loads(proc.stdout)["logs"][0]["inclusion_proofs_checked"] >= 1
     assert not nowhere.exists(), "verifying a bundle must not create a data dir or database"
     lines = (bundle / "records.jsonl").read_bytes().split(b"\n")
-    edited = lines[2].replace(b'"alice"', b'"mallory"')
-    assert edited != lines[2]
-    lines[2] = edited
+    target = next(i for i, line in enumerate(lines) if i > 0 and b'"alice"' in line)
+    edited = lines[target].replace(b'"alice"', b'"mallory"')
+    assert edited != lines[target]
+    lines[target] = edited
     (bundle / "records.jsonl").write_bytes(b"\n".join(lines))
     proc = subprocess.run([sys.executable, "-m", "aegress_cli.main", "audit", "verify", "--bundle", str(bundle),
                            "--key", pubkey], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
@@ -228,7 +231,7 @@ def test_canary_secrets_appear_nowhere(tmp_path: Path) -> None:
     files = {**live, **{p: p.read_bytes() for p in list(home.rglob("*")) + list(exports.rglob("*")) if p.is_file()}}
     blobs = {"gateway output": "".join(gw.proc.output).encode(), "audit query": query.encode(), **{
         str(p): data for p, data in files.items()}}
-    assert len(evidence_rows(home, "--tenant", "acme")) == 4
+    assert [r["kind"] for r in evidence_rows(home, "--tenant", "acme")].count("intent") == 2
     for canary in canaries:
         for name, data in blobs.items():
             assert canary.encode() not in data, f"canary {canary[:8]}... found in {name}"
