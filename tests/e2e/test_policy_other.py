@@ -108,7 +108,8 @@ def test_policy_origins_and_rate_limits(tmp_path_factory: pytest.TempPathFactory
     policy.write_text(LIMITED)
     aegress(home, "policy", "apply", str(policy), "--tenant", "acme", "--yes")
     init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": "t", "version": "0"}}}
     with run_gateway(home) as g:
         def post(body: dict, **extra: str) -> httpx2.Response:
             return httpx2.post(g.url, content=json.dumps(body), timeout=30, headers={
