@@ -303,25 +303,25 @@ def test_unsupported_scope_is_a_usage_error() -> None:
 
 
 def _path(client: str, scope: str, **host: object) -> str:
-    base = {"home": PurePath("/home/u"), "project": PurePath("/work/p")}
+    base = {"home": PurePath("/home/u"), "project": PurePath("/srv/p")}
     return str(CLIENTS[client].config_path(Host(**{**base, **host}), scope))  # type: ignore[arg-type]
 
 
 def test_config_paths() -> None:
     assert _path("claude-code", "user") == "/home/u/.claude.json"
     assert _path("claude-code", "user", env={"CLAUDE_CONFIG_DIR": "/cfg"}) == "/cfg/.claude.json"
-    assert _path("claude-code", "project") == "/work/p/.mcp.json"
+    assert _path("claude-code", "project") == "/srv/p/.mcp.json"
     assert _path("codex", "user") == "/home/u/.codex/config.toml"
     assert _path("codex", "user", env={"CODEX_HOME": "/ch"}) == "/ch/config.toml"
     assert _path("cursor", "user") == "/home/u/.cursor/mcp.json"
-    assert _path("cursor", "project") == "/work/p/.cursor/mcp.json"
-    assert _path("vscode", "project") == "/work/p/.vscode/mcp.json"
+    assert _path("cursor", "project") == "/srv/p/.cursor/mcp.json"
+    assert _path("vscode", "project") == "/srv/p/.vscode/mcp.json"
     assert _path("vscode", "user") == "/home/u/.config/Code/User/mcp.json"
     assert _path("vscode", "user", env={"XDG_CONFIG_HOME": "/x"}) == "/x/Code/User/mcp.json"
     assert _path("vscode", "user", platform="darwin") == "/home/u/Library/Application Support/Code/User/mcp.json"
     assert _path("vscode", "user", platform="win32", env={"APPDATA": "/ad"}) == "/ad/Code/User/mcp.json"
     assert _path("gemini", "user") == "/home/u/.gemini/settings.json"
-    assert _path("gemini", "project") == "/work/p/.gemini/settings.json"
+    assert _path("gemini", "project") == "/srv/p/.gemini/settings.json"
     assert _path("windsurf", "user") == "/home/u/.codeium/windsurf/mcp_config.json"
     assert _path("claude-desktop", "user") == "/home/u/.config/Claude/claude_desktop_config.json"
     assert (
