@@ -12,7 +12,10 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
+import httpcore2
 import httpx2
 import orjson
 
@@ -24,10 +27,46 @@ from gateway.upstreams.base import Pending, UpstreamConnection
 log = logging.getLogger("aegress.upstream.http")
 
 _MAX_RESUMES = 5
-# httpcore's pool probes every idle connection on each request it assigns, so one pool of 64
-# connections costs 64 syscalls per call. Several small pools, picked by load, keep that constant.
+# Calls go through httpcore2 (the transport under httpx2, the SDK's HTTP stack) without httpx2's
+# request/response model layer, which was most of the gateway's CPU per call. httpcore's pool probes
+# every idle connection on each request it assigns, so one pool of 64 connections costs 64 syscalls
+# per call; several small pools, picked by load, keep that constant.
 _SHARDS = 8
 _PER_SHARD = 8
+_TRANSPORT_ERRORS = (httpcore2.NetworkError, httpcore2.TimeoutException, httpcore2.ProtocolError,
+                     httpcore2.PoolTimeout)
+
+
+def _parse_event(block: bytes) -> tuple[str, int | None, bytes]:
+    """One SSE event block -> (id, retry, data)."""
+    event_id, retry, data = "", None, []
+    for line in block.split(b"\n"):
+        if not line or line.startswith(b":"):
+            continue
+        name, _, value = line.partition(b":")
+        if value.startswith(b" "):
+            value = value[1:]
+        if name == b"data":
+            data.append(value)
+        elif name == b"id":
+            event_id = value.decode(errors="replace")
+        elif name == b"retry" and value.isdigit():
+            retry = int(value)
+    return event_id, retry, b"\n".join(data)
+
+
+async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[str, int | None, bytes]]:
+    """Server-sent events from a byte stream (LF or CRLF line ends), parsed without decoding text."""
+    buf = b""
+    async for chunk in chunks:
+        buf += chunk
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n")
+        while (end := buf.find(b"\n\n")) >= 0:
+            block, buf = buf[:end], buf[end + 2 :]
+            yield _parse_event(block)
+    if buf.strip():
+        yield _parse_event(buf)
 
 
 def resolve_header_value(value: str) -> str:
@@ -50,9 +89,18 @@ def resolve_header_value(value: str) -> str:
     return value
 
 
+async def _read_all(chunks: AsyncIterator[bytes], limit: int) -> bytes:
+    out = bytearray()
+    async for chunk in chunks:
+        out += chunk
+        if len(out) > limit:
+            raise UpstreamError("An upstream answer exceeds the size the gateway accepts.")
+    return bytes(out)
+
+
 class HttpConnection(UpstreamConnection):
     _client: httpx2.AsyncClient | None = None
-    _shards: list[httpx2.AsyncClient]
+    _pools: list[httpcore2.AsyncConnectionPool]
     _load: list[int]
     _session_id: str | None = None
     _listener: asyncio.Task[None] | None = None
@@ -74,9 +122,20 @@ class HttpConnection(UpstreamConnection):
                 ),
             )
 
-        self._shards = [client() for _ in range(_SHARDS)]
+        self._pools = [
+            httpcore2.AsyncConnectionPool(max_connections=_PER_SHARD, max_keepalive_connections=_PER_SHARD,
+                                          keepalive_expiry=30.0)
+            for _ in range(_SHARDS)
+        ]
         self._load = [0] * _SHARDS
-        self._client = client()  # initialize, the GET stream and session teardown
+        parts = urlsplit(url)
+        self._url = url.encode()
+        self._static = [(b"host", (parts.netloc.rsplit("@", 1)[-1]).encode()),
+                        *((k.encode(), v.encode()) for k, v in headers.items())]
+        read = httpx2.Timeout(self.timeout).read or self.timeout
+        self._extensions = {"timeout": {"connect": min(self.timeout, 10.0), "read": read, "write": read,
+                                        "pool": read}}
+        self._client = client()  # the GET stream, stream resumption and session teardown
 
     def _pick(self) -> int:
         return min(range(_SHARDS), key=self._load.__getitem__)
@@ -101,71 +160,79 @@ class HttpConnection(UpstreamConnection):
         if self._client is None:
             raise UpstreamError(f"Upstream {self.name!r} is not connected.")
         shard = self._pick()
-        client = self._shards[shard]
         self._load[shard] += 1
-        url = self.spec.url or ""
         try:
             headers = self._headers()
             if self.modern:
                 headers.update(modern_headers(message))
                 if pending is not None and pending.headers:
                     headers.update(pending.headers)
-            async with client.stream("POST", url, content=orjson.dumps(message), headers=headers) as resp:
-                if resp.status_code in (301, 302, 303, 307, 308):
+            wire = [*self._static, *((k.encode(), v.encode()) for k, v in headers.items())]
+            async with self._pools[shard].stream("POST", self._url, headers=wire, content=orjson.dumps(message),
+                                                 extensions=self._extensions) as resp:
+                status = resp.status
+                got = {k.lower(): v for k, v in resp.headers}
+                if status in (301, 302, 303, 307, 308):
                     raise UpstreamError(f"Upstream {self.name!r} answered with a redirect, which is refused.")
-                if resp.status_code == 202:
+                if status == 202:
                     return
-                if resp.status_code == 404 and self._session_id:
+                if status == 404 and self._session_id:
                     raise UpstreamError(f"Upstream {self.name!r} ended the session.", code="upstream-session-gone")
-                if resp.status_code >= 400:
-                    body = (await resp.aread())[:2000]
+                if status >= 400:
+                    body = (await _read_all(resp.aiter_stream(), 64 * 1024))[:2000]
                     with contextlib.suppress(Exception):
                         parsed = orjson.loads(body)
                         if isinstance(parsed, dict) and "error" in parsed and "id" in parsed:
                             await self._dispatch(parsed, pending)
                             return
-                    raise UpstreamError(f"Upstream {self.name!r} answered HTTP {resp.status_code}.")
+                    raise UpstreamError(f"Upstream {self.name!r} answered HTTP {status}.")
                 if message.get("method") == "initialize":
-                    self._session_id = resp.headers.get("mcp-session-id") or None
-                ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
-                if ctype == "text/event-stream":
-                    await self._read_stream(resp, pending)
-                elif ctype == "application/json":
-                    parsed = orjson.loads(await resp.aread())
+                    self._session_id = got.get(b"mcp-session-id", b"").decode() or None
+                ctype = got.get(b"content-type", b"").split(b";")[0].strip().lower()
+                if ctype == b"text/event-stream":
+                    await self._read_stream(resp.aiter_stream(), pending)
+                elif ctype == b"application/json":
+                    parsed = orjson.loads(await _read_all(resp.aiter_stream(), 64 * 1024 * 1024))
                     if isinstance(parsed, dict):
                         await self._dispatch(parsed, pending)
                 else:
-                    raise UpstreamError(f"Upstream {self.name!r} answered with content type {ctype!r}.")
-        except httpx2.HTTPError as exc:
+                    raise UpstreamError(f"Upstream {self.name!r} answered with content type {ctype.decode()!r}.")
+        except _TRANSPORT_ERRORS as exc:
             raise UpstreamError(f"Upstream {self.name!r} is unreachable ({type(exc).__name__}).") from exc
         finally:
             self._load[shard] -= 1
 
-    async def _read_stream(self, resp: httpx2.Response, pending: Pending | None) -> None:
+    async def _read_stream(self, chunks: AsyncIterator[bytes], pending: Pending | None) -> None:
         """Read one SSE stream; if it ends before our response, resume it with Last-Event-ID."""
         last_id = ""
         retry_ms = 1000
-        attempts = 0
-        response: httpx2.Response | None = resp
-        while response is not None:
-            async for event in httpx2.EventSource(response):
-                if event.id:
-                    last_id = event.id
-                if event.retry is not None:
-                    retry_ms = event.retry
-                if not event.data:
-                    continue
-                try:
-                    msg = orjson.loads(event.data)
-                except orjson.JSONDecodeError:
-                    continue
-                if isinstance(msg, dict):
-                    await self._dispatch(msg, pending)
-            if pending is None or pending.future.done() or not last_id or attempts >= _MAX_RESUMES:
+        source: AsyncIterator[bytes] | None = chunks
+        for attempt in range(_MAX_RESUMES + 1):
+            resumed: httpx2.Response | None = None
+            if attempt:
+                await asyncio.sleep(min(retry_ms, 5000) / 1000)
+                resumed = await self._resume(last_id)
+                if resumed is None:
+                    return
+                source = resumed.aiter_raw()
+            try:
+                assert source is not None
+                async for event_id, retry, data in sse_events(source):
+                    last_id = event_id or last_id
+                    retry_ms = retry if retry is not None else retry_ms
+                    if not data:
+                        continue
+                    try:
+                        msg = orjson.loads(data)
+                    except orjson.JSONDecodeError:
+                        continue
+                    if isinstance(msg, dict):
+                        await self._dispatch(msg, pending)
+            finally:
+                if resumed is not None:
+                    await resumed.aclose()
+            if pending is None or pending.future.done() or not last_id:
                 return
-            attempts += 1
-            await asyncio.sleep(min(retry_ms, 5000) / 1000)
-            response = await self._resume(last_id)
 
     async def _resume(self, last_id: str) -> httpx2.Response | None:
         assert self._client is not None
@@ -204,5 +271,6 @@ class HttpConnection(UpstreamConnection):
         if self._session_id:
             with contextlib.suppress(Exception):
                 await client.delete(self.spec.url or "", headers=self._headers(get=True), timeout=2.0)
-        for c in [client, *self._shards]:
-            await c.aclose()
+        await client.aclose()
+        for pool in self._pools:
+            await pool.aclose()
