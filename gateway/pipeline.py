@@ -624,9 +624,11 @@ class Pipeline:
     async def _list_prompts(self, session: ClientSession, msg: JSON, send: Send) -> JSON:
         return await self._aggregate(session, msg, "prompts", "prompts/list", "prompts", self._rename_name)
 
-    async def _route_uri(self, session: ClientSession, uri: str) -> list[tuple[Upstream, str]]:
+    async def _routes(self, session: ClientSession, exposed: str, cap: str) -> list[tuple[Upstream, str]]:
+        """Exposed name or URI -> (upstream, its own name) candidates: the prefixed upstream it names, else
+        every unprefixed upstream offering `cap`."""
         rt = await session.tenant_runtime()
-        split = naming.split_prefixed_uri(uri)
+        split = naming.split_prefixed_uri(exposed) if cap == "resources" else naming.split_prefixed(exposed)
         if split and split[0] in rt.specs and rt.specs[split[0]].prefix:
             return [(await session.upstream(split[0]), split[1])]
         out = []
@@ -636,24 +638,8 @@ class Pipeline:
                     up = await session.upstream(name)
                 except UpstreamError:
                     continue
-                if "resources" in up.conn.capabilities:
-                    out.append((up, uri))
-        return out
-
-    async def _route_name(self, session: ClientSession, name: str, cap: str) -> list[tuple[Upstream, str]]:
-        rt = await session.tenant_runtime()
-        split = naming.split_prefixed(name)
-        if split and split[0] in rt.specs and rt.specs[split[0]].prefix:
-            return [(await session.upstream(split[0]), split[1])]
-        out = []
-        for n in sorted(rt.specs):
-            if not rt.specs[n].prefix:
-                try:
-                    up = await session.upstream(n)
-                except UpstreamError:
-                    continue
                 if cap in up.conn.capabilities:
-                    out.append((up, name))
+                    out.append((up, exposed))
         return out
 
     async def _first_success(
@@ -694,7 +680,7 @@ class Pipeline:
         uri = params.get("uri")
         if not isinstance(uri, str):
             return error(msg["id"], INVALID_PARAMS, "resources/read needs a string uri.")
-        routes = [(up, {**params, "uri": inner}) for up, inner in await self._route_uri(session, uri)]
+        routes = [(up, {**params, "uri": inner}) for up, inner in await self._routes(session, uri, "resources")]
 
         def fix(up: Upstream, res: JSON) -> JSON:
             contents = res.get("contents")
@@ -710,7 +696,7 @@ class Pipeline:
         uri = params.get("uri")
         if not isinstance(uri, str):
             return error(msg["id"], INVALID_PARAMS, f"{msg['method']} needs a string uri.")
-        routes = [(up, {**params, "uri": inner}) for up, inner in await self._route_uri(session, uri)]
+        routes = [(up, {**params, "uri": inner}) for up, inner in await self._routes(session, uri, "resources")]
         for up, _ in routes:
             listen = getattr(up.conn, "listen", None)
             if listen is not None:
@@ -728,7 +714,7 @@ class Pipeline:
         name = params.get("name")
         if not isinstance(name, str):
             return error(msg["id"], INVALID_PARAMS, "prompts/get needs a string name.")
-        routes = [(up, {**params, "name": inner}) for up, inner in await self._route_name(session, name, "prompts")]
+        routes = [(up, {**params, "name": inner}) for up, inner in await self._routes(session, name, "prompts")]
         return await self._first_success(session, msg, send, "prompts/get", routes, "prompt", name)
 
     async def _complete(self, session: ClientSession, msg: JSON, send: Send) -> JSON:
@@ -737,11 +723,11 @@ class Pipeline:
         if not isinstance(ref, dict):
             return error(msg["id"], INVALID_PARAMS, "completion/complete needs a ref.")
         if ref.get("type") == "ref/prompt" and isinstance(ref.get("name"), str):
-            found = await self._route_name(session, ref["name"], "prompts")
+            found = await self._routes(session, ref["name"], "prompts")
             routes = [(up, {**params, "ref": {**ref, "name": inner}}) for up, inner in found]
             label, kind = ref["name"], "prompt"
         elif ref.get("type") == "ref/resource" and isinstance(ref.get("uri"), str):
-            found = await self._route_uri(session, ref["uri"])
+            found = await self._routes(session, ref["uri"], "resources")
             routes = [(up, {**params, "ref": {**ref, "uri": inner}}) for up, inner in found]
             label, kind = ref["uri"], "resource"
         else:

@@ -191,7 +191,7 @@ class Runtime:
                 sessions = list(rt.sessions)
                 await rt.close()
                 for s in sessions:
-                    s.retarget(None)
+                    s.tenant = None  # the session reconnects through the new runtime
 
     async def close(self) -> None:
         tenants = list(self._tenants.values())
@@ -241,9 +241,6 @@ class ClientSession:
             self.tenant = rt
             rt.sessions.add(self)
         return rt
-
-    def retarget(self, rt: TenantRuntime | None) -> None:
-        self.tenant = rt
 
     async def upstreams(self) -> list[Upstream]:
         """Every upstream of the tenant that answers; one that fails is logged and left out."""

@@ -1,4 +1,4 @@
-"""Secrets: the masking string type, token minting and keyed hashing, and the master key file.
+"""Secrets: token minting and keyed hashing, and the master key file.
 
 Tokens look like `aeg_<40 base62 chars>` so secret scanners can find leaked ones. The database keeps
 only HMAC-SHA256(token-hash key, token); the key derives from a master secret that lives in a 0600
@@ -22,16 +22,6 @@ _ALPHABET = string.ascii_letters + string.digits
 _TOKEN_BODY = 40
 
 
-class Secret(str):
-    """A string that masks itself in repr/str formatting of containers, so logs never show it."""
-
-    def __repr__(self) -> str:
-        return "Secret('**********')"
-
-    def reveal(self) -> str:
-        return str.__str__(self)
-
-
 def mint_token() -> str:
     return TOKEN_PREFIX + "".join(_random.choice(_ALPHABET) for _ in range(_TOKEN_BODY))
 
@@ -39,14 +29,6 @@ def mint_token() -> str:
 def mint_id(prefix: str, n: int = 12) -> str:
     alphabet = string.ascii_lowercase + string.digits
     return prefix + "".join(_random.choice(alphabet) for _ in range(n))
-
-
-def looks_like_token(value: str) -> bool:
-    return (
-        value.startswith(TOKEN_PREFIX)
-        and len(value) == len(TOKEN_PREFIX) + _TOKEN_BODY
-        and all(c in _ALPHABET for c in value[len(TOKEN_PREFIX) :])
-    )
 
 
 def derive_key(master: bytes, purpose: str) -> bytes:

@@ -177,19 +177,7 @@ class McpEndpoint:
 
     # -- POST ----------------------------------------------------------------------------------------
     async def _post(self, scope: Scope, receive: Receive, send: ASGISend, headers: Headers, who: Identity) -> None:
-        ctype = headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype != "application/json":
-            raise HttpError(
-                "Content-Type must be application/json.", http_status=415, code="unsupported-media-type"
-            )
-        accept = headers.get("accept", "").lower()
-        wildcard = "*/*" in accept
-        if not ((wildcard or "application/json" in accept) and (wildcard or "text/event-stream" in accept)):
-            raise HttpError(
-                "Accept must include application/json and text/event-stream.", http_status=406, code="not-acceptable"
-            )
-        body = await self._read_body(receive)
-        msg = validate_message(loads(body))
+        msg = await self._read_message(receive, headers)
         if is_request(msg) and msg["method"] == "initialize":
             await self._initialize(send, who, msg)
             return
@@ -207,14 +195,7 @@ class McpEndpoint:
 
     async def _modern_post(self, receive: Receive, send: ASGISend, headers: Headers, who: Identity) -> None:
         """2026-07-28: no session; version, capabilities and client info arrive in every request."""
-        ctype = headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype != "application/json":
-            raise HttpError("Content-Type must be application/json.", http_status=415, code="unsupported-media-type")
-        accept = headers.get("accept", "").lower()
-        if not ("*/*" in accept or ("application/json" in accept and "text/event-stream" in accept)):
-            raise HttpError("Accept must include application/json and text/event-stream.", http_status=406,
-                            code="not-acceptable")
-        msg = validate_message(loads(await self._read_body(receive)))
+        msg = await self._read_message(receive, headers)
         if not is_request(msg):
             if is_notification(msg):
                 await self._respond(send, 202, b"")
@@ -255,6 +236,17 @@ class McpEndpoint:
             await self._stream_request(receive, send, session, msg)
         finally:
             await session.close()
+
+    async def _read_message(self, receive: Receive, headers: Headers) -> JSON:
+        """Content-Type and Accept checks, then the bounded body as one JSON-RPC message (both revisions)."""
+        ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise HttpError("Content-Type must be application/json.", http_status=415, code="unsupported-media-type")
+        accept = headers.get("accept", "").lower()
+        if not ("*/*" in accept or ("application/json" in accept and "text/event-stream" in accept)):
+            raise HttpError("Accept must include application/json and text/event-stream.", http_status=406,
+                            code="not-acceptable")
+        return validate_message(loads(await self._read_body(receive)))
 
     async def _read_body(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []

@@ -83,7 +83,7 @@ class Decision:
 
 @dataclass(slots=True)
 class CallRecord:
-    """One plain record per call for the record stage (the sealed evidence replaces it later)."""
+    """The queryable copy of a sealed call (written with its evidence record; the evidence is the source)."""
 
     tenant_id: str
     actor_id: str

@@ -444,30 +444,6 @@ class SQLiteStore:
         " started_at, duration_ms, error_code, session_id, client_name"
     )
 
-    def record_calls(self, records: Sequence[CallRecord]) -> None:
-        """One transaction (and one fsync) for a whole batch: group commit."""
-        if not records:
-            return
-        conn = self._conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(
-                f"INSERT INTO calls ({self._CALL_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        r.tenant_id, r.actor_id, r.token_id, r.method, r.target, r.upstream, r.verdict,
-                        r.rule_id, r.outcome, r.started_at, r.duration_ms, r.error_code, r.session_id,
-                        r.client_name,
-                    )
-                    for r in records
-                ],
-            )
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise StoreUnavailable(f"Could not write call records: {exc}.") from exc
-
     def list_calls(self, tenant_id: str | None = None, limit: int = 100) -> list[CallRecord]:
         sql = f"SELECT {self._CALL_COLS} FROM calls"
         params: list[object] = []

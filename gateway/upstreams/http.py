@@ -255,10 +255,10 @@ class HttpConnection(UpstreamConnection):
             async with self._client.stream("GET", self.spec.url or "", headers=self._headers(get=True)) as resp:
                 if resp.status_code != 200:
                     return
-                async for event in httpx2.EventSource(resp):
-                    if event.data:
+                async for _, _, data in sse_events(resp.aiter_raw()):
+                    if data:
                         with contextlib.suppress(orjson.JSONDecodeError):
-                            msg = orjson.loads(event.data)
+                            msg = orjson.loads(data)
                             if isinstance(msg, dict):
                                 await self._dispatch(msg, None)
 
