@@ -168,27 +168,16 @@ class UpstreamConnection:
         if on_sent is not None:
             on_sent(msg_id)
         try:
-            send = asyncio.ensure_future(self._send(message, pending))
-            try:
-                done, _ = await asyncio.wait(
-                    {send, pending.future}, timeout=timeout or self.timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-                if pending.future in done:
-                    return pending.future.result()
-                if send in done:
-                    send.result()  # raises transport errors
-                    return await asyncio.wait_for(asyncio.shield(pending.future), timeout or self.timeout)
-                raise TimeoutError
-            except TimeoutError as exc:
-                await self.notify_quiet(
-                    "notifications/cancelled", {"requestId": msg_id, "reason": "gateway timeout"}
-                )
-                raise UpstreamError(
-                    f"Upstream {self.name!r} did not answer {method} in time.", code="upstream-timeout"
-                ) from exc
-            finally:
-                if not send.done():
-                    send.cancel()
+            # One task, no helper tasks: the transport's send returns once the answer is dispatched
+            # (HTTP reads its response stream up to our response) or once the bytes are written (stdio).
+            async with asyncio.timeout(timeout or self.timeout):
+                await self._send(message, pending)
+                return await pending.future
+        except TimeoutError as exc:
+            await self.notify_quiet("notifications/cancelled", {"requestId": msg_id, "reason": "gateway timeout"})
+            raise UpstreamError(
+                f"Upstream {self.name!r} did not answer {method} in time.", code="upstream-timeout"
+            ) from exc
         finally:
             self._state.pending.pop(msg_id, None)
             if pending.progress_token is not None:

@@ -1,4 +1,4 @@
-"""Streamable HTTP upstream over httpx2 (the HTTP stack the MCP SDK itself brings).
+"""Streamable HTTP upstream: calls over the lean `h1` client, the rest over httpx2 (the SDK's stack).
 
 Redirects are never followed (a redirect could point the gateway's credentials elsewhere). The
 upstream's own credentials come from the registration (`--header`, values resolved from keyring
@@ -12,10 +12,8 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
+from collections.abc import AsyncIterator, Awaitable, Callable
 
-import httpcore2
 import httpx2
 import orjson
 
@@ -23,18 +21,13 @@ from gateway import netguard
 from gateway.errors import UpstreamError
 from gateway.jsonrpc import JSON, modern_headers
 from gateway.upstreams.base import Pending, UpstreamConnection
+from gateway.upstreams.h1 import H1Error, H1Pool, check_header
 
 log = logging.getLogger("aegress.upstream.http")
 
 _MAX_RESUMES = 5
-# Calls go through httpcore2 (the transport under httpx2, the SDK's HTTP stack) without httpx2's
-# request/response model layer, which was most of the gateway's CPU per call. httpcore's pool probes
-# every idle connection on each request it assigns, so one pool of 64 connections costs 64 syscalls
-# per call; several small pools, picked by load, keep that constant.
-_SHARDS = 8
-_PER_SHARD = 8
-_TRANSPORT_ERRORS = (httpcore2.NetworkError, httpcore2.TimeoutException, httpcore2.ProtocolError,
-                     httpcore2.PoolTimeout)
+_MAX_CONNECTIONS = 64
+_MAX_JSON = 64 * 1024 * 1024
 
 
 def _parse_event(block: bytes) -> tuple[str, int | None, bytes]:
@@ -55,18 +48,50 @@ def _parse_event(block: bytes) -> tuple[str, int | None, bytes]:
     return event_id, retry, b"\n".join(data)
 
 
-async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[str, int | None, bytes]]:
-    """Server-sent events from a byte stream (LF or CRLF line ends), parsed without decoding text."""
-    buf = b""
-    async for chunk in chunks:
-        buf += chunk
+class SseParser:
+    """Server-sent events from bytes as they arrive (LF or CRLF line ends), without decoding text."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> list[tuple[str, int | None, bytes]]:
+        buf = self._buf + chunk if self._buf else chunk
         if b"\r" in buf:
             buf = buf.replace(b"\r\n", b"\n")
+        events = []
         while (end := buf.find(b"\n\n")) >= 0:
-            block, buf = buf[:end], buf[end + 2 :]
-            yield _parse_event(block)
-    if buf.strip():
-        yield _parse_event(buf)
+            events.append(_parse_event(buf[:end]))
+            buf = buf[end + 2 :]
+        self._buf = buf
+        return events
+
+    def end(self) -> list[tuple[str, int | None, bytes]]:
+        buf, self._buf = self._buf, b""
+        return [_parse_event(buf)] if buf.strip() else []
+
+
+async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[str, int | None, bytes]]:
+    """Server-sent events from a byte stream (the GET stream and resumed streams)."""
+    parser = SseParser()
+    async for chunk in chunks:
+        for event in parser.feed(chunk):
+            yield event
+    for event in parser.end():
+        yield event
+
+
+def _next_of(chunks: AsyncIterator[bytes]) -> Callable[[], Awaitable[bytes | None]]:
+    it = aiter(chunks)
+
+    async def next_chunk() -> bytes | None:
+        try:
+            return await anext(it)
+        except StopAsyncIteration:
+            return None
+
+    return next_chunk
 
 
 def resolve_header_value(value: str) -> str:
@@ -89,19 +114,9 @@ def resolve_header_value(value: str) -> str:
     return value
 
 
-async def _read_all(chunks: AsyncIterator[bytes], limit: int) -> bytes:
-    out = bytearray()
-    async for chunk in chunks:
-        out += chunk
-        if len(out) > limit:
-            raise UpstreamError("An upstream answer exceeds the size the gateway accepts.")
-    return bytes(out)
-
-
 class HttpConnection(UpstreamConnection):
     _client: httpx2.AsyncClient | None = None
-    _pools: list[httpcore2.AsyncConnectionPool]
-    _load: list[int]
+    _pool: H1Pool | None = None
     _session_id: str | None = None
     _listener: asyncio.Task[None] | None = None
 
@@ -110,35 +125,25 @@ class HttpConnection(UpstreamConnection):
         addresses = await asyncio.to_thread(netguard.resolve, url)
         netguard.check_url(url, addresses, allow_private=self.spec.allow_private)
         headers = {k: resolve_header_value(v) for k, v in self.spec.headers.items()}
-
-        def client() -> httpx2.AsyncClient:
-            return httpx2.AsyncClient(
-                headers=headers,
-                timeout=httpx2.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
-                follow_redirects=False,
-                trust_env=False,
-                limits=httpx2.Limits(
-                    max_connections=_PER_SHARD, max_keepalive_connections=_PER_SHARD, keepalive_expiry=30.0
-                ),
-            )
-
-        self._pools = [
-            httpcore2.AsyncConnectionPool(max_connections=_PER_SHARD, max_keepalive_connections=_PER_SHARD,
-                                          keepalive_expiry=30.0)
-            for _ in range(_SHARDS)
-        ]
-        self._load = [0] * _SHARDS
-        parts = urlsplit(url)
-        self._url = url.encode()
-        self._static = [(b"host", (parts.netloc.rsplit("@", 1)[-1]).encode()),
-                        *((k.encode(), v.encode()) for k, v in headers.items())]
-        read = httpx2.Timeout(self.timeout).read or self.timeout
-        self._extensions = {"timeout": {"connect": min(self.timeout, 10.0), "read": read, "write": read,
-                                        "pool": read}}
-        self._client = client()  # the GET stream, stream resumption and session teardown
-
-    def _pick(self) -> int:
-        return min(range(_SHARDS), key=self._load.__getitem__)
+        tls = httpx2.create_ssl_context(trust_env=False) if url.startswith("https:") else None
+        try:
+            self._pool = H1Pool(url, addresses, ssl_context=tls, max_connections=_MAX_CONNECTIONS,
+                                connect_timeout=min(self.timeout, 10.0))
+            self._static = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+            for name, value in self._static:
+                check_header(name, value)
+        except (H1Error, UnicodeEncodeError, ValueError) as exc:
+            raise UpstreamError(f"Upstream {self.name!r} has a URL or header the gateway cannot send.",
+                                hint="Check `aegress upstream list`.") from exc
+        self._read_timeout = httpx2.Timeout(self.timeout).read or self.timeout
+        # the GET stream, stream resumption and session teardown
+        self._client = httpx2.AsyncClient(
+            headers=headers,
+            timeout=httpx2.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx2.Limits(max_connections=4, max_keepalive_connections=2, keepalive_expiry=30.0),
+        )
 
     async def start(self) -> None:
         """Initialize, then open the GET stream: servers send unrelated requests and notifications there."""
@@ -157,56 +162,59 @@ class HttpConnection(UpstreamConnection):
         return h
 
     async def _send(self, message: JSON, pending: Pending | None) -> None:
-        if self._client is None:
+        pool = self._pool
+        if pool is None or self._client is None:
             raise UpstreamError(f"Upstream {self.name!r} is not connected.")
-        shard = self._pick()
-        self._load[shard] += 1
+        headers = self._headers()
+        if self.modern:
+            headers.update(modern_headers(message))
+            if pending is not None and pending.headers:
+                headers.update(pending.headers)
+        wire = [*self._static, *((k.encode(), v.encode()) for k, v in headers.items())]
+        timeout = self._read_timeout
         try:
-            headers = self._headers()
-            if self.modern:
-                headers.update(modern_headers(message))
-                if pending is not None and pending.headers:
-                    headers.update(pending.headers)
-            wire = [*self._static, *((k.encode(), v.encode()) for k, v in headers.items())]
-            async with self._pools[shard].stream("POST", self._url, headers=wire, content=orjson.dumps(message),
-                                                 extensions=self._extensions) as resp:
-                status = resp.status
-                got = {k.lower(): v for k, v in resp.headers}
-                if status in (301, 302, 303, 307, 308):
-                    raise UpstreamError(f"Upstream {self.name!r} answered with a redirect, which is refused.")
-                if status == 202:
-                    return
-                if status == 404 and self._session_id:
-                    raise UpstreamError(f"Upstream {self.name!r} ended the session.", code="upstream-session-gone")
-                if status >= 400:
-                    body = (await _read_all(resp.aiter_stream(), 64 * 1024))[:2000]
-                    with contextlib.suppress(Exception):
-                        parsed = orjson.loads(body)
-                        if isinstance(parsed, dict) and "error" in parsed and "id" in parsed:
-                            await self._dispatch(parsed, pending)
-                            return
-                    raise UpstreamError(f"Upstream {self.name!r} answered HTTP {status}.")
-                if message.get("method") == "initialize":
-                    self._session_id = got.get(b"mcp-session-id", b"").decode() or None
-                ctype = got.get(b"content-type", b"").split(b";")[0].strip().lower()
-                if ctype == b"text/event-stream":
-                    await self._read_stream(resp.aiter_stream(), pending)
-                elif ctype == b"application/json":
-                    parsed = orjson.loads(await _read_all(resp.aiter_stream(), 64 * 1024 * 1024))
-                    if isinstance(parsed, dict):
+            resp = await pool.post(wire, orjson.dumps(message), timeout=timeout)
+        except (H1Error, UnicodeEncodeError) as exc:
+            raise UpstreamError(f"Upstream {self.name!r} is unreachable ({type(exc).__name__}).") from exc
+        drain = False
+        try:
+            status = resp.status
+            got = resp.headers
+            if status in (301, 302, 303, 307, 308):
+                raise UpstreamError(f"Upstream {self.name!r} answered with a redirect, which is refused.")
+            if status == 202:
+                return
+            if status == 404 and self._session_id:
+                raise UpstreamError(f"Upstream {self.name!r} ended the session.", code="upstream-session-gone")
+            if status >= 400:
+                body = (await resp.read(timeout, 64 * 1024))[:2000]
+                with contextlib.suppress(Exception):
+                    parsed = orjson.loads(body)
+                    if isinstance(parsed, dict) and "error" in parsed and "id" in parsed:
                         await self._dispatch(parsed, pending)
-                else:
-                    raise UpstreamError(f"Upstream {self.name!r} answered with content type {ctype.decode()!r}.")
-        except _TRANSPORT_ERRORS as exc:
+                        return
+                raise UpstreamError(f"Upstream {self.name!r} answered HTTP {status}.")
+            if message.get("method") == "initialize":
+                self._session_id = got.get(b"mcp-session-id", b"").decode() or None
+            ctype = got.get(b"content-type", b"").split(b";")[0].strip().lower()
+            if ctype == b"text/event-stream":
+                await self._read_stream(lambda: resp.next_chunk(timeout), pending)
+                drain = True
+            elif ctype == b"application/json":
+                parsed = orjson.loads(await resp.read(timeout, _MAX_JSON))
+                if isinstance(parsed, dict):
+                    await self._dispatch(parsed, pending)
+            else:
+                raise UpstreamError(f"Upstream {self.name!r} answered with content type {ctype.decode()!r}.")
+        except H1Error as exc:
             raise UpstreamError(f"Upstream {self.name!r} is unreachable ({type(exc).__name__}).") from exc
         finally:
-            self._load[shard] -= 1
+            resp.release(drain=drain)
 
-    async def _read_stream(self, chunks: AsyncIterator[bytes], pending: Pending | None) -> None:
-        """Read one SSE stream; if it ends before our response, resume it with Last-Event-ID."""
+    async def _read_stream(self, next_chunk: Callable[[], Awaitable[bytes | None]], pending: Pending | None) -> None:
+        """Read one SSE stream up to our response; if it ends before that, resume it with Last-Event-ID."""
         last_id = ""
         retry_ms = 1000
-        source: AsyncIterator[bytes] | None = chunks
         for attempt in range(_MAX_RESUMES + 1):
             resumed: httpx2.Response | None = None
             if attempt:
@@ -214,20 +222,25 @@ class HttpConnection(UpstreamConnection):
                 resumed = await self._resume(last_id)
                 if resumed is None:
                     return
-                source = resumed.aiter_raw()
+                next_chunk = _next_of(resumed.aiter_raw())
+            parser = SseParser()
             try:
-                assert source is not None
-                async for event_id, retry, data in sse_events(source):
-                    last_id = event_id or last_id
-                    retry_ms = retry if retry is not None else retry_ms
-                    if not data:
-                        continue
-                    try:
-                        msg = orjson.loads(data)
-                    except orjson.JSONDecodeError:
-                        continue
-                    if isinstance(msg, dict):
-                        await self._dispatch(msg, pending)
+                while True:
+                    chunk = await next_chunk()
+                    events = parser.feed(chunk) if chunk is not None else parser.end()
+                    for event_id, retry, data in events:
+                        last_id = event_id or last_id
+                        retry_ms = retry if retry is not None else retry_ms
+                        if not data:
+                            continue
+                        try:
+                            msg = orjson.loads(data)
+                        except orjson.JSONDecodeError:
+                            continue
+                        if isinstance(msg, dict):
+                            await self._dispatch(msg, pending)
+                    if chunk is None or (pending is not None and pending.future.done()):
+                        break
             finally:
                 if resumed is not None:
                     await resumed.aclose()
@@ -272,5 +285,5 @@ class HttpConnection(UpstreamConnection):
             with contextlib.suppress(Exception):
                 await client.delete(self.spec.url or "", headers=self._headers(get=True), timeout=2.0)
         await client.aclose()
-        for pool in self._pools:
-            await pool.aclose()
+        if self._pool is not None:
+            await self._pool.aclose()

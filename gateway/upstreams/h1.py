@@ -1,0 +1,388 @@
+"""A lean HTTP/1.1 client for the one request the gateway sends most: a POST to a Streamable HTTP upstream.
+
+Why not httpx2/httpcore2 here: measured on this machine (docs/benchmarks.md), httpcore2 over anyio
+cost about 400 µs of gateway CPU per forwarded call, more than the rest of the pipeline together;
+this client costs a small fraction of that. The SDK's stack (httpx2) still does everything that is
+not per call: the GET stream, stream resumption and session teardown.
+
+What it is: asyncio protocols (uvloop in `aegress serve`) with httptools, the llhttp binding that
+uvicorn already parses our own requests with, for the responses; TLS from the stdlib with httpx2's
+default context. A keep-alive pool per upstream, connections pinned to the addresses `netguard`
+checked (a later DNS answer cannot redirect them), TCP_NODELAY (asyncio's default).
+
+What it is not: no redirects (the caller refuses them), proxies, cookies, HTTP/2, request
+streaming or retries. A POST is never retried: a JSON-RPC call is not idempotent, and a request
+that failed on a pooled connection may have reached the upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ssl
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+import httptools
+
+MAX_HEADER_BYTES = 64 * 1024
+_HIGH_WATER = 1 << 20  # pause reading while this much body is buffered and unread
+_FORBIDDEN = (b"\r", b"\n", b"\0")
+
+
+class H1Error(Exception):
+    """A transport failure (connect, reset, malformed response); the caller maps it to UpstreamError."""
+
+
+class H1Timeout(H1Error):
+    """Connect, pool or read inactivity timeout."""
+
+
+def _timeout_waiter(fut: asyncio.Future[None], what: str) -> None:
+    if not fut.done():
+        fut.set_exception(H1Timeout(f"{what} timed out"))
+
+
+class Response:
+    """One response: status and headers at once, the body as it arrives. `release()` exactly once."""
+
+    __slots__ = ("_buffered", "_chunks", "_conn", "_eof_ok", "_waiter", "complete", "error", "headers",
+                 "headers_done", "keep_alive", "status")
+
+    def __init__(self, conn: _Conn) -> None:
+        self._conn = conn
+        self.status = 0
+        self.headers: dict[bytes, bytes] = {}
+        self.headers_done = False
+        self.complete = False
+        self.keep_alive = False
+        self.error: H1Error | None = None
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._eof_ok = False
+
+    # -- fed by the connection (parser callbacks) ------------------------------------------------
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _fail(self, error: H1Error) -> None:
+        if not self.complete and self.error is None:
+            self.error = error
+        self._wake()
+
+    # -- read by the caller ------------------------------------------------------------------------
+    async def _wait(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        fut = self._waiter = loop.create_future()
+        handle = loop.call_later(timeout, _timeout_waiter, fut, "upstream read")
+        try:
+            await fut
+        finally:
+            handle.cancel()
+            self._waiter = None
+
+    async def wait_headers(self, timeout: float) -> None:
+        while not self.headers_done:
+            if self.error is not None:
+                raise self.error
+            await self._wait(timeout)
+
+    async def next_chunk(self, timeout: float) -> bytes | None:
+        """The body's next bytes as they arrive (de-chunked); None at the end of the message."""
+        while True:
+            if self._chunks:
+                chunks = self._chunks
+                data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                self._buffered = 0
+                self._conn.resume()
+                return data
+            if self.complete:
+                return None
+            if self.error is not None:
+                raise self.error
+            await self._wait(timeout)
+
+    async def read(self, timeout: float, limit: int) -> bytes:
+        out = bytearray()
+        while (chunk := await self.next_chunk(timeout)) is not None:
+            out += chunk
+            if len(out) > limit:
+                raise H1Error("response body too large")
+        return bytes(out)
+
+    def release(self, *, drain: bool = False) -> None:
+        """Give the connection back. A complete keep-alive response returns it to the pool; with
+        `drain`, an unfinished one is read to its end in the background first (the upstream usually
+        closes an SSE answer right after the response event); anything else closes it."""
+        self._conn.finish(self, drain)
+
+
+class _Conn(asyncio.Protocol):
+    """One pooled connection: at most one request at a time."""
+
+    def __init__(self, pool: H1Pool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.resp: Response | None = None
+        self.lost = False
+        self.paused = False
+        self.idle_at = 0.0
+        self._draining: asyncio.TimerHandle | None = None
+        self._header_bytes = 0
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
+
+    def data_received(self, data: bytes) -> None:
+        if self.resp is None:  # bytes nobody asked for: the connection cannot be trusted any more
+            self.close()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            resp = self.resp
+            if resp is not None:
+                resp._fail(H1Error(f"malformed HTTP response ({type(exc).__name__})"))
+            self.close()
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        resp = self.resp
+        if resp is not None and not resp.complete:
+            if resp._eof_ok:  # a close-delimited body ends with the connection
+                resp.complete = True
+                resp._wake()
+            else:
+                resp._fail(H1Error("the upstream closed the connection"))
+        if self._draining is not None:
+            self._draining.cancel()
+        self.pool._forget(self)
+
+    # -- httptools callbacks -------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._header_bytes = 0
+        if self.resp is not None:
+            self.resp.headers = {}
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise H1Error("response headers too large")
+        assert self.resp is not None
+        self.resp.headers[name.lower()] = value
+
+    def on_headers_complete(self) -> None:
+        resp = self.resp
+        assert resp is not None
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # informational: the real response follows
+            return
+        resp.status = status
+        h = resp.headers
+        resp._eof_ok = b"content-length" not in h and b"chunked" not in h.get(b"transfer-encoding", b"").lower()
+        resp.headers_done = True
+        resp._wake()
+
+    def on_body(self, body: bytes) -> None:
+        resp = self.resp
+        assert resp is not None
+        if self._draining is not None:
+            return
+        resp._chunks.append(body)
+        resp._buffered += len(body)
+        if resp._buffered > _HIGH_WATER and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+        resp._wake()
+
+    def on_message_complete(self) -> None:
+        resp = self.resp
+        assert resp is not None
+        if not resp.headers_done:  # the end of an informational response
+            return
+        resp.complete = True
+        resp.keep_alive = self.parser.should_keep_alive()
+        if self._draining is not None:
+            self._draining.cancel()
+            self._draining = None
+            self.resp = None
+            self.pool._put(self, resp.keep_alive)
+            return
+        resp._wake()
+
+    # -- used by the pool and the response -----------------------------------------------------------
+    def resume(self) -> None:
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def send(self, data: bytes) -> Response:
+        assert self.transport is not None and self.resp is None
+        resp = self.resp = Response(self)
+        self.transport.write(data)
+        return resp
+
+    def finish(self, resp: Response, drain: bool) -> None:
+        if self.resp is not resp:
+            return
+        if resp.complete:
+            self.resp = None
+            self.pool._put(self, resp.keep_alive and not self.lost)
+        elif drain and resp.error is None and not self.lost:
+            self.resume()
+            self._draining = asyncio.get_running_loop().call_later(self.pool.drain_timeout, self.close)
+        else:
+            self.resp = None
+            self.close()
+            self.pool._put(self, False)
+
+    def close(self) -> None:
+        self.lost = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class H1Pool:
+    """Keep-alive connections to one upstream origin, at most `max_connections` of them."""
+
+    def __init__(self, url: str, addresses: Sequence[str], *, ssl_context: ssl.SSLContext | None = None,
+                 max_connections: int = 64, connect_timeout: float = 10.0, keepalive_expiry: float = 30.0,
+                 drain_timeout: float = 5.0) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("an http(s) URL with a host is required")
+        self.tls = parts.scheme == "https"
+        self.hostname = parts.hostname
+        self.port = parts.port or (443 if self.tls else 80)
+        self.addresses = list(addresses) or [parts.hostname]
+        self.ssl_context = ssl_context if self.tls else None
+        path = parts.path or "/"
+        target = path + (f"?{parts.query}" if parts.query else "")
+        host = parts.netloc.rsplit("@", 1)[-1]
+        self._head = b"POST " + target.encode("ascii") + b" HTTP/1.1\r\nhost: " + host.encode("ascii") + b"\r\n"
+        check_header(b"host", host.encode("ascii"))
+        self.max_connections = max_connections
+        self.connect_timeout = connect_timeout
+        self.keepalive_expiry = keepalive_expiry
+        self.drain_timeout = drain_timeout
+        self._idle: list[_Conn] = []
+        self._conns: set[_Conn] = set()
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._closed = False
+
+    # -- the request ---------------------------------------------------------------------------------
+    async def post(self, headers: Sequence[tuple[bytes, bytes]], body: bytes, *, timeout: float) -> Response:
+        """Send a POST and wait for the response headers (`timeout`: pool wait and read inactivity)."""
+        parts = [self._head]
+        for name, value in headers:
+            check_header(name, value)
+            parts += (name, b": ", value, b"\r\n")
+        parts.append(b"content-length: %d\r\n\r\n" % len(body))
+        parts.append(body)
+        data = b"".join(parts)
+        conn = await self._acquire(timeout)
+        resp = conn.send(data)
+        try:
+            await resp.wait_headers(timeout)
+        except BaseException:
+            resp.release()
+            raise
+        return resp
+
+    # -- the pool ------------------------------------------------------------------------------------
+    async def _acquire(self, timeout: float) -> _Conn:
+        if self._closed:
+            raise H1Error("the connection pool is closed")
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if not conn.lost and now - conn.idle_at < self.keepalive_expiry:
+                return conn
+            conn.close()
+        if len(self._conns) < self.max_connections:
+            return await self._connect()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(fut)
+        handle = loop.call_later(timeout, _timeout_waiter, fut, "waiting for an upstream connection")
+        try:
+            await fut
+        finally:
+            handle.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(fut)
+        return await self._acquire(timeout)
+
+    async def _connect(self) -> _Conn:
+        loop = asyncio.get_running_loop()
+        last: Exception | None = None
+        for address in self.addresses:
+            conn = _Conn(self)
+            self._conns.add(conn)
+            try:
+                async with asyncio.timeout(self.connect_timeout):
+                    await loop.create_connection(
+                        lambda conn=conn: conn, address, self.port, ssl=self.ssl_context,
+                        server_hostname=self.hostname if self.tls else None,
+                    )
+                return conn
+            except (OSError, TimeoutError, ssl.SSLError) as exc:
+                self._conns.discard(conn)
+                last = exc
+            except BaseException:
+                self._conns.discard(conn)
+                conn.close()
+                raise
+        self._wake_one()
+        if isinstance(last, TimeoutError):
+            raise H1Timeout("connecting to the upstream timed out") from last
+        raise H1Error(f"cannot connect to the upstream ({type(last).__name__})") from last
+
+    def _put(self, conn: _Conn, reusable: bool) -> None:
+        if reusable and not conn.lost and not self._closed:
+            conn.idle_at = asyncio.get_running_loop().time()
+            self._idle.append(conn)
+        else:
+            conn.close()
+            self._conns.discard(conn)
+        self._wake_one()
+
+    def _forget(self, conn: _Conn) -> None:
+        if conn in self._conns:
+            self._conns.discard(conn)
+            self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for conn in list(self._conns):
+            conn.close()
+        self._idle.clear()
+        self._conns.clear()
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_exception(H1Error("the connection pool is closed"))
+
+
+def check_header(name: bytes, value: bytes) -> None:
+    """No header splitting: a name or value with CR, LF or NUL (or an empty name) never reaches the wire."""
+    if not name or any(c in name or c in value for c in _FORBIDDEN) or b":" in name or b" " in name:
+        raise H1Error("refusing a header with control characters")

@@ -1,0 +1,280 @@
+"""The lean HTTP/1.1 client (gateway.upstreams.h1) against real loopback servers scripted per test."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from gateway.upstreams.h1 import H1Error, H1Pool, H1Timeout
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+
+
+class Server:
+    def __init__(self) -> None:
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.url = ""
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return head + await reader.readexactly(length)
+
+
+@contextlib.asynccontextmanager
+async def serve(handler: Handler) -> AsyncIterator[Server]:
+    state = Server()
+    tasks: set[asyncio.Future[None]] = set()
+
+    async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        state.connections += 1
+        inner = asyncio.ensure_future(handler(reader, writer, state.connections))
+        tasks.add(inner)
+        try:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await inner
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    state.url = f"http://127.0.0.1:{port}/mcp?x=1"
+    try:
+        yield state
+    finally:
+        server.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0.01)  # let the connection handlers close their writers
+        await server.wait_closed()
+
+
+def run(coro: Awaitable[None]) -> None:
+    asyncio.run(asyncio.wait_for(coro, 20))  # type: ignore[arg-type]
+
+
+def json_response(body: bytes, extra: bytes = b"") -> bytes:
+    return (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % len(body)
+            + extra + b"\r\n" + body)
+
+
+async def body_of(pool: H1Pool, payload: bytes = b"{}", headers: list[tuple[bytes, bytes]] | None = None) -> bytes:
+    resp = await pool.post(headers or [], payload, timeout=5)
+    try:
+        return await resp.read(5, 1 << 20)
+    finally:
+        resp.release()
+
+
+def test_keep_alive_reuses_one_connection_and_sends_exact_request() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            request = await read_request(reader)
+            state.requests.append(request)
+            writer.write(json_response(b'{"ok":%d}' % len(state.requests)))
+            await writer.drain()
+
+    async def main() -> None:
+        nonlocal state
+        async with serve(handler) as state:
+            pool = H1Pool(state.url, ["127.0.0.1"])
+            assert await body_of(pool, b'{"a":1}', [(b"x-up", b"secret-1")]) == b'{"ok":1}'
+            assert await body_of(pool, b'{"a":2}') == b'{"ok":2}'
+            await pool.aclose()
+        assert state.connections == 1
+        first = state.requests[0]
+        assert first.startswith(b"POST /mcp?x=1 HTTP/1.1\r\nhost: 127.0.0.1:")
+        assert b"\r\nx-up: secret-1\r\n" in first and b"content-length: 7\r\n\r\n" in first
+        assert first.endswith(b'{"a":1}')
+
+    state = Server()
+    run(main())
+
+
+def test_chunked_sse_arrives_as_it_is_sent_and_drain_returns_the_connection() -> None:
+    release_end = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+            for part in (b"data: one\n\n", b"data: two\n\n"):
+                writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+                await writer.drain()
+                await asyncio.sleep(0.05)
+            await release_end.wait()
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            release_end.clear()
+
+    async def main() -> None:
+        async with serve(handler) as state:
+            pool = H1Pool(state.url, ["127.0.0.1"])
+            resp = await pool.post([], b"{}", timeout=5)
+            assert resp.status == 200 and resp.headers[b"content-type"] == b"text/event-stream"
+            assert await resp.next_chunk(5) == b"data: one\n\n"
+            assert await resp.next_chunk(5) == b"data: two\n\n"
+            resp.release(drain=True)  # the caller has its answer; the stream's end comes later
+            release_end.set()
+            await asyncio.sleep(0.2)
+            assert pool._idle, "a drained keep-alive connection goes back to the pool"
+            resp = await pool.post([], b"{}", timeout=5)
+            release_end.set()
+            chunks = []
+            while (chunk := await resp.next_chunk(5)) is not None:
+                chunks.append(chunk)
+            resp.release()
+            assert b"".join(chunks) == b"data: one\n\ndata: two\n\n"
+            await pool.aclose()
+            assert state.connections == 1
+
+    run(main())
+
+
+def test_close_delimited_body_ends_with_the_connection_and_is_not_reused() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{\"n\":%d}" % n)
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        async with serve(handler) as state:
+            pool = H1Pool(state.url, ["127.0.0.1"])
+            assert await body_of(pool) == b'{"n":1}'
+            assert await body_of(pool) == b'{"n":2}'
+            await pool.aclose()
+
+    run(main())
+
+
+def test_informational_response_is_skipped() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" + json_response(b"{}", b"x-final: yes\r\n"))
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    async def main() -> None:
+        async with serve(handler) as state:
+            pool = H1Pool(state.url, ["127.0.0.1"])
+            resp = await pool.post([], b"{}", timeout=5)
+            assert resp.status == 200 and resp.headers[b"x-final"] == b"yes"
+            assert await resp.read(5, 100) == b"{}"
+            resp.release()
+            await pool.aclose()
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", "closed the connection"),
+        (b"NOT HTTP AT ALL\r\n\r\n", "malformed"),
+        (b"HTTP/1.1 200 OK\r\n" + b"x-big: " + b"a" * 70_000 + b"\r\n\r\n", "malformed"),
+    ],
+    ids=["cut-mid-body", "garbage", "huge-headers"],
+)
+def test_broken_responses_raise_h1error(reply: bytes, message: str) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        async with serve(handler) as state:
+            pool = H1Pool(state.url, ["127.0.0.1"])
+            with pytest.raises(H1Error, match=message):
+                await body_of(pool)
+            await pool.aclose()
+
+    run(main())
+
+
+def test_header_injection_is_refused_before_anything_is_sent() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        state.requests.append(await read_request(reader))
+
+    async def main() -> None:
+        nonlocal state
+        async with serve(handler) as state:
+            pool = H1Pool(state.url, ["127.0.0.1"])
+            for name, value in ((b"x-a", b"v\r\nx-evil: 1"), (b"x-a", b"v\nx"), (b"x-a\r\nb", b"v"), (b"", b"v"),
+                                (b"x a", b"v"), (b"x-a", b"v\0")):
+                with pytest.raises(H1Error, match="control characters"):
+                    await pool.post([(name, value)], b"{}", timeout=5)
+            await asyncio.sleep(0.1)
+            await pool.aclose()
+        assert state.requests == [] and state.connections == 0
+
+    state = Server()
+    run(main())
+
+
+def test_read_timeout_and_pool_limit() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            request = await read_request(reader)
+            if b"slow" in request:
+                await asyncio.sleep(3)
+            writer.write(json_response(b"{}"))
+            await writer.drain()
+
+    async def main() -> None:
+        async with serve(handler) as state:
+            pool = H1Pool(state.url, ["127.0.0.1"], max_connections=1)
+            with pytest.raises(H1Timeout):
+                await pool.post([], b'"slow"', timeout=0.2)
+            # the timed-out connection was closed, so the pool may open a fresh one
+            assert await body_of(pool) == b"{}"
+            # one connection at most: two concurrent calls share it one after the other
+            results = await asyncio.gather(body_of(pool), body_of(pool))
+            assert results == [b"{}", b"{}"]
+            assert state.connections == 2
+            await pool.aclose()
+
+    run(main())
+
+
+def test_a_connection_the_server_closed_while_idle_is_not_used() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(json_response(b'{"n":%d}' % n))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.close()  # keep-alive promised, then the server drops the idle connection
+
+    async def main() -> None:
+        async with serve(handler) as state:
+            pool = H1Pool(state.url, ["127.0.0.1"])
+            assert await body_of(pool) == b'{"n":1}'
+            await asyncio.sleep(0.3)
+            assert await body_of(pool) == b'{"n":2}'
+            await pool.aclose()
+
+    run(main())
+
+
+def test_connect_failure_and_closed_pool() -> None:
+    async def main() -> None:
+        async with serve(lambda r, w, n: asyncio.sleep(0)) as state:
+            url = state.url
+        pool = H1Pool(url, ["127.0.0.1"])  # the server is gone: nothing listens on that port
+        with pytest.raises(H1Error, match="cannot connect"):
+            await pool.post([], b"{}", timeout=2)
+        await pool.aclose()
+        with pytest.raises(H1Error, match="closed"):
+            await pool.post([], b"{}", timeout=2)
+
+    run(main())
