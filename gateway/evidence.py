@@ -34,7 +34,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +49,7 @@ from gateway.audit.keys import (
 )
 from gateway.audit.log import Columns, Entry, Sealed, security_origin, tenant_origin
 from gateway.audit.merkle import MerkleTree
-from gateway.audit.records import format_time, validate_body
+from gateway.audit.records import validate_body
 from gateway.audit.redact import derive_tenant_key, redact_text
 from gateway.errors import AegressError, StoreUnavailable
 from gateway.store.base import Store
@@ -66,8 +65,17 @@ CRASH_ENV = "AEGRESS_TEST_CRASH"
 (crash tests). Never set it in a deployment."""
 
 
+_SECOND: tuple[int, str] = (0, "")
+
+
 def now_time() -> str:
-    return format_time(datetime.now(UTC))
+    """`format_time(datetime.now(UTC))`, with the seconds part formatted once per second (hot path)."""
+    global _SECOND
+    sec, usec = divmod(time.time_ns() // 1000, 1_000_000)
+    cached = _SECOND
+    if cached[0] != sec:
+        cached = _SECOND = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+    return f"{cached[1]}.{usec:06d}Z"
 
 
 # -- settings ----------------------------------------------------------------------------------------
@@ -192,6 +200,34 @@ def rotate_signing_key(home: Path, prefix: str, key_file: Path | None = None) ->
 
 
 # -- writing -------------------------------------------------------------------------------------------
+_Waiter = concurrent.futures.Future[Sealed] | asyncio.Future[Sealed]
+
+
+def _settle_on_loop(items: list[tuple[asyncio.Future[Sealed], Sealed | None]], error: BaseException | None) -> None:
+    for future, item in items:
+        if future.done():  # the caller gave up (cancelled); the record is committed all the same
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(item)  # type: ignore[arg-type]
+
+
+def _settle(items: list[tuple[_Waiter, Sealed | None]], error: BaseException | None) -> None:
+    """Resolve a batch's waiters: thread futures directly, event-loop futures with one call per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Sealed], Sealed | None]]] = {}
+    for future, item in items:
+        if isinstance(future, asyncio.Future):
+            by_loop.setdefault(future.get_loop(), []).append((future, item))
+        elif error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(item)  # type: ignore[arg-type]
+    for loop, pairs in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop already closed (shutdown)
+            loop.call_soon_threadsafe(_settle_on_loop, pairs, error)
+
+
 class EvidenceWriter:
     """One thread commits everything queued in one transaction: concurrent records share an fsync."""
 
@@ -203,7 +239,7 @@ class EvidenceWriter:
         self._max = max_batch
         self._before = before_commit
         self._on_commit = on_commit
-        self._queue: queue.SimpleQueue[tuple[Entry, concurrent.futures.Future[Sealed]] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Entry, _Waiter] | None] = queue.SimpleQueue()
         self._healthy = True
         self.last_error = ""
         self._thread = threading.Thread(target=self._run, name="aegress-evidence", daemon=True)
@@ -219,11 +255,18 @@ class EvidenceWriter:
         self._queue.put((entry, future))
         return future
 
+    def submit_async(self, entry: Entry) -> asyncio.Future[Sealed]:
+        """Like `submit`, for the event loop: a whole batch is settled with one loop wake-up."""
+        validate_body(entry.kind, entry.body)
+        future: asyncio.Future[Sealed] = asyncio.get_running_loop().create_future()
+        self._queue.put((entry, future))
+        return future
+
     def append_sync(self, entries: Sequence[Entry], timeout: float = 30.0) -> list[Sealed]:
         futures = [self.submit(e) for e in entries]
         return [f.result(timeout) for f in futures]
 
-    def _take(self, first: tuple[Entry, concurrent.futures.Future[Sealed]], linger: bool) -> tuple[list[Any], bool]:
+    def _take(self, first: tuple[Entry, _Waiter], linger: bool) -> tuple[list[Any], bool]:
         batch = [first]
         stop = False
         deadline = time.monotonic() + (self._wait if linger else 0.0)
@@ -257,12 +300,10 @@ class EvidenceWriter:
                 log.error("evidence commit failed for %d record(s): %s", len(batch), self.last_error)
                 failure = exc if isinstance(exc, AegressError) else StoreUnavailable(
                     "The evidence store failed.", hint="Check the gateway log and the data dir.")
-                for _, future in batch:
-                    future.set_exception(failure)
+                _settle([(future, None) for _, future in batch], failure)
                 continue
             self._healthy = True
-            for (_, future), item in zip(batch, sealed, strict=True):
-                future.set_result(item)
+            _settle([(future, item) for (_, future), item in zip(batch, sealed, strict=True)], None)
             if self._on_commit is not None:
                 try:
                     self._on_commit(sealed)
@@ -518,7 +559,7 @@ class Evidence:
     # appending
     async def append(self, entry: Entry) -> Sealed:
         """Durably commit one record (group commit); raise StoreUnavailable if the store cannot take it."""
-        return await asyncio.wrap_future(self.writer.submit(entry))
+        return await self.writer.submit_async(entry)
 
     def submit(self, entry: Entry) -> concurrent.futures.Future[Sealed]:
         """Queue a record without waiting (a cancelled call's outcome): failures are logged, not raised."""

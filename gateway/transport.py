@@ -17,6 +17,7 @@ comes before the result, and on an SSE stream otherwise, as that revision's refe
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import secrets
@@ -294,39 +295,46 @@ class McpEndpoint:
         return session
 
     async def _stream_request(self, receive: Receive, send: ASGISend, session: ClientSession, msg: JSON) -> None:
-        queue: asyncio.Queue[JSON] = asyncio.Queue()
+        """Run one request; relay what it causes (progress, logs, upstream requests) on its SSE stream.
+
+        One wake-up future serves the dispatch task, related messages, the client's disconnect and the
+        keep-alive/deadline timer, so a call costs two tasks and no `asyncio.wait` bookkeeping."""
+        loop = asyncio.get_running_loop()
+        outbox: collections.deque[JSON] = collections.deque()
+        wake: asyncio.Future[None] | None = None
+        ticked = False
+
+        def poke(_: object = None) -> None:
+            if wake is not None and not wake.done():
+                wake.set_result(None)
+
+        def tick() -> None:
+            nonlocal ticked
+            ticked = True
+            poke()
 
         async def related(m: JSON) -> None:
-            queue.put_nowait(m)
+            outbox.append(m)
+            poke()
 
         task = asyncio.ensure_future(self.pipeline.dispatch(session, msg, related))
+        task.add_done_callback(poke)
         gone = asyncio.ensure_future(_wait_disconnect(receive))
+        gone.add_done_callback(poke)
         # a listen stream lives as long as the client keeps it open; everything else has a deadline
         deadline = time.monotonic() + (float("inf") if msg["method"] == "subscriptions/listen"
                                        else self.limits.request_deadline_s)
         streaming = False
         try:
             while True:
-                getter = asyncio.ensure_future(queue.get())
-                left = deadline - time.monotonic()
-                done, _ = await asyncio.wait(
-                    {task, getter, gone}, timeout=max(0.0, min(left, _KEEPALIVE_S)), return_when=asyncio.FIRST_COMPLETED
-                )
-                if not done and left > _KEEPALIVE_S:
-                    getter.cancel()
-                    if not streaming:  # a silent call: commit to SSE so idle proxies keep the connection
-                        await self._start_sse(send)
-                        streaming = True
-                    await send({"type": "http.response.body", "body": b": ping\n\n", "more_body": True})
-                    continue
-                if getter in done:
+                if outbox:
                     if not streaming:
                         await self._start_sse(send)
                         streaming = True
-                    await _sse(send, getter.result())
+                    while outbox:
+                        await _sse(send, outbox.popleft())
                     continue
-                getter.cancel()
-                if task in done:
+                if task.done():
                     response = task.result()
                     if not streaming and session.modern:
                         status = 200
@@ -337,21 +345,37 @@ class McpEndpoint:
                     if not streaming:  # handshake era: answer on a stream, as the reference server does
                         await self._start_sse(send)
                         streaming = True
-                    while not queue.empty():
-                        await _sse(send, queue.get_nowait())
+                    while outbox:
+                        await _sse(send, outbox.popleft())
                     await send({"type": "http.response.body", "body": _event(response), "more_body": False})
                     return
-                if gone in done:
+                if gone.done():
                     task.cancel("client_disconnected")  # upstream gets notifications/cancelled; evidence says why
                     return
-                exc = ProtocolError("The request took longer than the gateway allows.", code="deadline-exceeded",
-                                    http_status=504, jsonrpc_code=-32603)
-                if streaming:
-                    await _sse(send, error_from(msg["id"], exc))
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
-                else:
-                    await self._respond(send, 504, dumps(error_from(msg["id"], exc)))
-                return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    exc = ProtocolError("The request took longer than the gateway allows.", code="deadline-exceeded",
+                                        http_status=504, jsonrpc_code=-32603)
+                    if streaming:
+                        await _sse(send, error_from(msg["id"], exc))
+                        await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    else:
+                        await self._respond(send, 504, dumps(error_from(msg["id"], exc)))
+                    return
+                if ticked and left > 0:
+                    ticked = False
+                    if not streaming:  # a silent call: commit to SSE so idle proxies keep the connection
+                        await self._start_sse(send)
+                        streaming = True
+                    await send({"type": "http.response.body", "body": b": ping\n\n", "more_body": True})
+                    continue
+                wake = loop.create_future()
+                timer = loop.call_later(min(left, _KEEPALIVE_S), tick)
+                try:
+                    await wake
+                finally:
+                    timer.cancel()
+                    wake = None
         finally:
             for t in (task, gone):
                 if not t.done():
