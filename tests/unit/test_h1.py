@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -30,7 +32,7 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def serve(handler: Handler) -> AsyncIterator[Server]:
+async def serve(handler: Handler, tls: ssl.SSLContext | None = None) -> AsyncIterator[Server]:
     state = Server()
     tasks: set[asyncio.Future[None]] = set()
 
@@ -44,9 +46,9 @@ async def serve(handler: Handler) -> AsyncIterator[Server]:
         finally:
             writer.close()
 
-    server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+    server = await asyncio.start_server(on_conn, "127.0.0.1", 0, ssl=tls)
     port = server.sockets[0].getsockname()[1]
-    state.url = f"http://127.0.0.1:{port}/mcp?x=1"
+    state.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/mcp?x=1"
     try:
         yield state
     finally:
@@ -276,5 +278,57 @@ def test_connect_failure_and_closed_pool() -> None:
         await pool.aclose()
         with pytest.raises(H1Error, match="closed"):
             await pool.post([], b"{}", timeout=2)
+
+    run(main())
+
+
+def _tls_files(tmp: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (and its key), made here for the test."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "aegress-test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_tls_verifies_the_upstream_certificate(tmp_path: Path) -> None:
+    cert, key = _tls_files(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(json_response(b'{"tls":true}'))
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    async def main() -> None:
+        async with serve(handler, server_ctx) as state:
+            trusted = H1Pool(state.url, ["127.0.0.1"], ssl_context=ssl.create_default_context(cafile=str(cert)))
+            assert await body_of(trusted) == b'{"tls":true}'
+            await trusted.aclose()
+            untrusted = H1Pool(state.url, ["127.0.0.1"], ssl_context=ssl.create_default_context())
+            with pytest.raises(H1Error, match="cannot connect"):
+                await untrusted.post([], b"{}", timeout=5)
+            await untrusted.aclose()
 
     run(main())
