@@ -55,7 +55,7 @@ class RawClient:
         r.raise_for_status()
         if r.headers.get("content-type", "").startswith("text/event-stream"):
             for line in r.text.splitlines():
-                if line.startswith("data:"):
+                if line.startswith("data:") and line[5:].strip():  # skip priming events (empty data)
                     msg = json.loads(line[5:])
                     if "id" in msg and msg.get("id") == body.get("id"):
                         return msg

@@ -170,3 +170,9 @@ def decorate_modern_result(method: str, value: JSON, server_info: JSON) -> JSON:
     meta[META_SERVER_INFO] = server_info
     out["_meta"] = meta
     return out
+
+
+STREAM_BREAK: JSON = {"method": "aegress/stream-break"}
+"""Internal only, compared by identity: an HTTP upstream closed its stream mid-call (SSE polling).
+The gateway resumes that stream itself; a resumable client stream is closed too, so the client
+reconnects with Last-Event-ID as it would direct. Never sent on the wire."""

@@ -772,7 +772,12 @@ class Pipeline:
         method = msg["method"]
         params = msg.get("params") or {}
         if method == "notifications/cancelled":
-            entry = session.inflight.get(repr(params.get("requestId")))
+            key = repr(params.get("requestId"))
+            stream = session.requests.get(key)
+            if stream is not None:  # stop the call here; `forward` tells the upstream
+                stream.cancel("cancelled")
+                return
+            entry = session.inflight.get(key)
             if entry is not None:
                 up, upstream_id = entry
                 await up.conn.notify_quiet("notifications/cancelled", {**params, "requestId": upstream_id})

@@ -22,7 +22,15 @@ import orjson
 from gateway import naming
 from gateway.config import Limits
 from gateway.errors import ProtocolError, UpstreamError
-from gateway.jsonrpc import INVALID_PARAMS, JSON, LATEST_LEGACY, LOG_LEVELS, META_LOG_LEVEL, MODERN_VERSION
+from gateway.jsonrpc import (
+    INVALID_PARAMS,
+    JSON,
+    LATEST_LEGACY,
+    LOG_LEVELS,
+    META_LOG_LEVEL,
+    MODERN_VERSION,
+    STREAM_BREAK,
+)
 from gateway.store.base import Store
 from gateway.types import Identity, UpstreamSpec
 from gateway.upstreams import UpstreamConnection, connect
@@ -233,6 +241,8 @@ class ClientSession:
         self.subscriptions: set[str] = set()
         self.log_level: str | None = None
         self.closed = False
+        self.requests: dict[str, Any] = {}  # transport.RequestStream by repr(request id), while running
+        self.streams: dict[str, Any] = {}  # transport.RequestStream by stream id, parked for resumption
 
     # -- upstream access -----------------------------------------------------------------------
     async def tenant_runtime(self) -> TenantRuntime:
@@ -281,6 +291,9 @@ class ClientSession:
         """Rewrite what an upstream sends during one call so it fits this client, then send it."""
 
         async def sink(msg: JSON) -> None:
+            if msg is STREAM_BREAK:
+                await send(msg)
+                return
             method = msg.get("method", "")
             if method == "notifications/progress":
                 if client_token is None:
@@ -339,6 +352,9 @@ class ClientSession:
 
     async def close(self) -> None:
         self.closed = True
+        for stream in [*self.streams.values(), *self.requests.values()]:
+            stream.cancel("client_disconnected")
+        self.streams.clear()
         if self.tenant is not None:
             self.tenant.sessions.discard(self)
             for up in list(self.tenant._live.values()):

@@ -42,6 +42,7 @@ from gateway.jsonrpc import (
     MODERN_VERSION,
     MODERN_VERSIONS,
     NAME_BEARING,
+    STREAM_BREAK,
     UNSUPPORTED_VERSION,
     decode_header_value,
     dumps,
@@ -63,6 +64,13 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
 
 _KEEPALIVE_S = 15.0
+# SSE resumability (SEP-1699, 2025-11-25 sessions): how long a call whose client went away waits for
+# it to come back with Last-Event-ID, the reconnect delay we suggest, and what one stream may keep.
+RESUMABLE_VERSIONS = ("2025-11-25",)
+_RESUME_GRACE_S = 30.0
+_RETRY_MS = 500
+_MAX_EVENTS = 1000
+_MAX_PARKED = 64
 # 2026-07-28 maps these JSON-RPC errors onto HTTP statuses; everything else is 200.
 _MODERN_STATUS = {-32700: 400, -32600: 400, -32602: 400, -32020: 400, -32021: 400, -32022: 400, -32601: 404}
 
@@ -101,6 +109,99 @@ def default_allowed(host: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 class HttpError(ProtocolError):
     pass
+
+
+class RequestStream:
+    """What one request produces, in order: related messages, then its response as the last event.
+
+    Event n (from 1) has the SSE id `<stream id>:<n>`; `<stream id>:0` is the priming event. A stream
+    without an id is not resumable and forgets each event once it is written."""
+
+    def __init__(self, stream_id: str | None) -> None:
+        self.id = stream_id
+        self._events: collections.deque[JSON] = collections.deque()
+        self.dropped = 0
+        self.done = False
+        self.breaks = 0
+        self.reader: object | None = None  # the response currently writing this stream
+        self.waiters: set[asyncio.Future[None]] = set()  # one per reader waiting for news
+        self.deadline = float("inf")
+        self.task: asyncio.Future[JSON] | None = None
+        self._msg_id: Any = None
+        self._parked: asyncio.TimerHandle | None = None
+
+    @property
+    def total(self) -> int:
+        return self.dropped + len(self._events)
+
+    def event(self, n: int) -> JSON:
+        if n < self.dropped:
+            raise IndexError(n)
+        if self.id is None and n == self.dropped:  # not resumable: written once, then forgotten
+            self.dropped += 1
+            return self._events.popleft()
+        return self._events[n - self.dropped]
+
+    def poke(self, _: object = None) -> None:
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _push(self, message: JSON) -> None:
+        if self.done:
+            return
+        self._events.append(message)
+        if len(self._events) > _MAX_EVENTS:
+            self._events.popleft()
+            self.dropped += 1
+
+    async def related(self, message: JSON) -> None:
+        """The dispatch task's `send`: a message the request caused (or the upstream's stream break)."""
+        if message is STREAM_BREAK:
+            self.breaks += 1
+        else:
+            self._push(message)
+        self.poke()
+
+    def start(self, task: asyncio.Future[JSON], msg_id: Any, deadline: float) -> None:
+        self.task, self._msg_id, self.deadline = task, msg_id, deadline
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Future[JSON]) -> None:
+        if not self.done:
+            if task.cancelled():
+                pass
+            elif (exc := task.exception()) is not None:
+                log.error("request failed inside the gateway: %s", type(exc).__name__)
+                self._push(error_from(self._msg_id, ProtocolError("The gateway failed to handle the request.",
+                                                                  code="internal", jsonrpc_code=-32603)))
+            else:
+                self._push(task.result())
+            self.done = True
+        if self._parked is not None:
+            self._parked.cancel()
+        self.poke()
+
+    def expire(self, exc: AegressError) -> None:
+        """The deadline passed: the answer is this error, and the call is cancelled."""
+        if not self.done:
+            self._push(error_from(self._msg_id, exc))
+            self.done = True
+        self.cancel()
+
+    def cancel(self, reason: str | None = None) -> None:
+        if self._parked is not None:
+            self._parked.cancel()
+        if self.task is not None and not self.task.done():
+            self.task.cancel(reason)
+
+    def park(self, handle: asyncio.TimerHandle) -> None:
+        self._parked = handle
+
+    def unpark(self) -> None:
+        if self._parked is not None:
+            self._parked.cancel()
+            self._parked = None
 
 
 class McpEndpoint:
@@ -295,74 +396,124 @@ class McpEndpoint:
         return session
 
     async def _stream_request(self, receive: Receive, send: ASGISend, session: ClientSession, msg: JSON) -> None:
-        """Run one request; relay what it causes (progress, logs, upstream requests) on its SSE stream.
+        """Run one request and answer it; what it causes (progress, logs, upstream requests) goes first.
 
-        One wake-up future serves the dispatch task, related messages, the client's disconnect and the
+        The dispatch task produces into a `RequestStream`; `_pump` writes that stream to this HTTP
+        response. On a resumable session (2025-11-25) the stream outlives the response: when the
+        client drops it, or the upstream closes its own stream mid-call (SSE polling, SEP-1699), the
+        call goes on and the client reconnects with GET + Last-Event-ID (`_resume`)."""
+        resumable = session.version in RESUMABLE_VERSIONS
+        stream = RequestStream(secrets.token_urlsafe(12) if resumable else None)
+        task = asyncio.ensure_future(self.pipeline.dispatch(session, msg, stream.related))
+        stream.start(task, msg["id"], time.monotonic() + (
+            float("inf") if msg["method"] == "subscriptions/listen" else self.limits.request_deadline_s))
+        key = repr(msg["id"])
+        session.requests[key] = stream  # so notifications/cancelled can reach it, attached or not
+        task.add_done_callback(lambda _: session.requests.pop(key, None) if session.requests.get(key) is stream
+                               else None)
+        if stream.id is not None:  # findable at once: a reconnect may overtake the noticed disconnect
+            session.streams[stream.id] = stream
+        try:
+            ended = await self._pump(receive, send, session, stream, 0)
+        except BaseException:
+            stream.cancel()
+            session.streams.pop(stream.id or "", None)
+            raise
+        self._after_pump(session, stream, ended)
+
+    def _after_pump(self, session: ClientSession, stream: RequestStream, ended: str) -> None:
+        """Done: forget the stream. Replaced: a newer reader has it. Gone or broken: park it (resumable)
+        for its client to come back to within the grace period, else cancel the call."""
+        if ended == "replaced":
+            return
+        if ended == "done":
+            if session.streams.get(stream.id or "") is stream:
+                del session.streams[stream.id or ""]
+            return
+        if stream.id is None:
+            stream.cancel("client_disconnected")  # upstream gets notifications/cancelled; evidence says why
+            return
+        parked = [s for s in session.streams.values() if s.reader is None and s is not stream]
+        for old in parked[: max(0, len(parked) - _MAX_PARKED + 1)]:  # oldest first
+            session.streams.pop(old.id or "", None)
+            old.cancel("client_disconnected")
+
+        def expire() -> None:
+            if stream.reader is None and session.streams.get(stream.id or "") is stream:
+                del session.streams[stream.id or ""]
+                stream.cancel("client_disconnected")
+
+        stream.park(asyncio.get_running_loop().call_later(_RESUME_GRACE_S, expire))
+
+    async def _pump(self, receive: Receive, send: ASGISend, session: ClientSession, stream: RequestStream,
+                    cursor: int) -> str:
+        """Write `stream` from event `cursor` on to this response until the answer is out ("done"),
+        the client goes away ("gone") or the upstream asked its clients to reconnect ("break").
+
+        One wake-up future serves new events, the dispatch task, the client's disconnect and the
         keep-alive/deadline timer, so a call costs two tasks and no `asyncio.wait` bookkeeping."""
         loop = asyncio.get_running_loop()
-        outbox: collections.deque[JSON] = collections.deque()
-        wake: asyncio.Future[None] | None = None
+        gone = asyncio.ensure_future(_wait_disconnect(receive))
+        gone.add_done_callback(stream.poke)
         ticked = False
-
-        def poke(_: object = None) -> None:
-            if wake is not None and not wake.done():
-                wake.set_result(None)
+        breaks = stream.breaks
+        streaming = False
 
         def tick() -> None:
             nonlocal ticked
             ticked = True
-            poke()
+            stream.poke()
 
-        async def related(m: JSON) -> None:
-            outbox.append(m)
-            poke()
-
-        task = asyncio.ensure_future(self.pipeline.dispatch(session, msg, related))
-        task.add_done_callback(poke)
-        gone = asyncio.ensure_future(_wait_disconnect(receive))
-        gone.add_done_callback(poke)
-        # a listen stream lives as long as the client keeps it open; everything else has a deadline
-        deadline = time.monotonic() + (float("inf") if msg["method"] == "subscriptions/listen"
-                                       else self.limits.request_deadline_s)
-        streaming = False
+        me = object()
+        stream.reader = me
+        stream.poke()  # a reader this one replaces stops at its next wake-up
         try:
+            if stream.id is not None:  # resumable: SSE at once, primed with a cursor and a retry hint
+                await self._start_sse(send)
+                streaming = True
+                await send({"type": "http.response.body", "more_body": True,
+                            "body": b"id: %s:%d\nretry: %d\ndata: \n\n" % (stream.id.encode(), cursor,
+                                                                          _RETRY_MS)})
             while True:
-                if outbox:
-                    if not streaming:
-                        await self._start_sse(send)
-                        streaming = True
-                    while outbox:
-                        await _sse(send, outbox.popleft())
-                    continue
-                if task.done():
-                    response = task.result()
-                    if not streaming and session.modern:
+                if stream.reader is not me:
+                    return "replaced"
+                if cursor < stream.total:
+                    message = stream.event(cursor)
+                    cursor += 1
+                    last = stream.done and cursor == stream.total
+                    if last and not streaming and session.modern:
                         status = 200
-                        if "error" in response:
-                            status = _MODERN_STATUS.get(response["error"].get("code"), 200)
-                        await self._respond(send, status, dumps(response))
-                        return
+                        if "error" in message:
+                            status = _MODERN_STATUS.get(message["error"].get("code"), 200)
+                        await self._respond(send, status, dumps(message))
+                        return "done"
                     if not streaming:  # handshake era: answer on a stream, as the reference server does
                         await self._start_sse(send)
                         streaming = True
-                    while outbox:
-                        await _sse(send, outbox.popleft())
-                    await send({"type": "http.response.body", "body": _event(response), "more_body": False})
-                    return
+                    body = _event(message, f"{stream.id}:{cursor}" if stream.id is not None else None)
+                    await send({"type": "http.response.body", "body": body, "more_body": not last})
+                    if last:
+                        return "done"
+                    continue
+                if stream.done:  # ended without an answer (cancelled): close the stream
+                    if not streaming:
+                        await self._start_sse(send)
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    return "done"
                 if gone.done():
-                    task.cancel("client_disconnected")  # upstream gets notifications/cancelled; evidence says why
-                    return
-                left = deadline - time.monotonic()
+                    return "gone"
+                if stream.breaks != breaks and stream.id is not None:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    return "break"
+                left = stream.deadline - time.monotonic()
                 if left <= 0:
-                    exc = ProtocolError("The request took longer than the gateway allows.", code="deadline-exceeded",
-                                        http_status=504, jsonrpc_code=-32603)
-                    if streaming:
-                        await _sse(send, error_from(msg["id"], exc))
-                        await send({"type": "http.response.body", "body": b"", "more_body": False})
-                    else:
-                        await self._respond(send, 504, dumps(error_from(msg["id"], exc)))
-                    return
-                if ticked and left > 0:
+                    stream.expire(ProtocolError("The request took longer than the gateway allows.",
+                                                code="deadline-exceeded", http_status=504, jsonrpc_code=-32603))
+                    if not streaming:
+                        await self._respond(send, 504, dumps(stream.event(cursor)))
+                        return "done"
+                    continue
+                if ticked:
                     ticked = False
                     if not streaming:  # a silent call: commit to SSE so idle proxies keep the connection
                         await self._start_sse(send)
@@ -370,16 +521,28 @@ class McpEndpoint:
                     await send({"type": "http.response.body", "body": b": ping\n\n", "more_body": True})
                     continue
                 wake = loop.create_future()
+                stream.waiters.add(wake)
                 timer = loop.call_later(min(left, _KEEPALIVE_S), tick)
                 try:
                     await wake
                 finally:
                     timer.cancel()
-                    wake = None
+                    stream.waiters.discard(wake)
         finally:
-            for t in (task, gone):
-                if not t.done():
-                    t.cancel()
+            if stream.reader is me:
+                stream.reader = None
+            if not gone.done():
+                gone.cancel()
+
+    async def _resume(self, receive: Receive, send: ASGISend, session: ClientSession, last_event_id: str) -> None:
+        """GET with Last-Event-ID: replay what the client missed on one request's stream, then go on live."""
+        sid, _, number = last_event_id.strip().rpartition(":")
+        stream = session.streams.get(sid)
+        if stream is None or not number.isdigit() or not stream.dropped <= int(number) <= stream.total:
+            raise HttpError("Unknown or expired Last-Event-ID.", http_status=404, code="unknown-stream",
+                            hint="The call's events are gone; send the request again.")
+        stream.unpark()
+        self._after_pump(session, stream, await self._pump(receive, send, session, stream, int(number)))
 
     async def _start_sse(self, send: ASGISend) -> None:
         await send(
@@ -401,6 +564,10 @@ class McpEndpoint:
         if headers.get("mcp-protocol-version") == MODERN_VERSION:
             raise HttpError("GET streams do not exist in 2026-07-28.", http_status=405, code="method-not-allowed")
         session = self._session(headers, who)
+        last_event_id = header(headers, "last-event-id")
+        if last_event_id:
+            await self._resume(receive, send, session, last_event_id)
+            return
         if session.get_queue is not None:
             raise HttpError("This session already has a GET stream.", http_status=409, code="stream-conflict")
         queue: asyncio.Queue[JSON | None] = asyncio.Queue(maxsize=1000)
@@ -500,8 +667,10 @@ def _modern_error(msg_id: Any, code: int, message: str, data: Any = None) -> _Mo
     return _ModernError({"jsonrpc": "2.0", "id": msg_id, "error": err}, _MODERN_STATUS.get(code, 400))
 
 
-def _event(message: JSON) -> bytes:
-    return b"event: message\ndata: " + dumps(message) + b"\n\n"
+def _event(message: JSON, event_id: str | None = None) -> bytes:
+    if event_id is None:
+        return b"event: message\ndata: " + dumps(message) + b"\n\n"
+    return b"event: message\nid: " + event_id.encode() + b"\ndata: " + dumps(message) + b"\n\n"
 
 
 async def _sse(send: ASGISend, message: JSON) -> None:

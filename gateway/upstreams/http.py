@@ -19,7 +19,7 @@ import orjson
 
 from gateway import netguard
 from gateway.errors import UpstreamError
-from gateway.jsonrpc import JSON, modern_headers
+from gateway.jsonrpc import JSON, STREAM_BREAK, modern_headers
 from gateway.upstreams.base import Pending, UpstreamConnection
 from gateway.upstreams.h1 import H1Error, H1Pool, check_header
 
@@ -246,6 +246,8 @@ class HttpConnection(UpstreamConnection):
                     await resumed.aclose()
             if pending is None or pending.future.done() or not last_id:
                 return
+            if pending.sink is not None and attempt == 0:  # the upstream polls: let a resumable client poll too
+                await pending.sink(STREAM_BREAK)
 
     async def _resume(self, last_id: str) -> httpx2.Response | None:
         assert self._client is not None

@@ -104,3 +104,17 @@ def test_conformance_next_counts(relay_url: str, tmp_path: Path, spec: str) -> N
     print(f"conformance 0.2.0-alpha.12 --requirements {spec}: {passed} passed, {failed} failed (incl. unscored)")
     print("\n".join(failures))
     assert code == 0, output
+    if spec == "2025-11-25":  # SSE polling (SEP-1699): priming event, retry hint, resume after a mid-call close
+        statuses = check_statuses(tmp_path / "results")
+        for check in ("server-sse-priming-event", "server-sse-retry-field", "server-sse-disconnect-resume"):
+            assert statuses.get(check) == "SUCCESS", (check, statuses.get(check))
+        assert "WARNING" not in statuses.values(), statuses
+
+
+def check_statuses(results: Path) -> dict[str, str]:
+    """Check id -> status over a harness run (the last one wins; ids repeat only for INFO records)."""
+    out: dict[str, str] = {}
+    for checks in sorted(results.rglob("checks.json")):
+        for check in json.loads(checks.read_text()):
+            out[str(check.get("id") or check.get("name"))] = str(check.get("status", "")).upper()
+    return out
