@@ -122,7 +122,7 @@ class RawClient:
     def body(response: Any) -> dict[str, Any]:
         if response.headers.get("content-type", "").startswith("text/event-stream"):
             for line in response.text.splitlines():
-                if line.startswith("data:"):
+                if line.startswith("data:") and line[5:].strip():  # priming events carry no data
                     msg = json.loads(line[5:])
                     if "id" in msg and ("result" in msg or "error" in msg):
                         return dict(msg)

@@ -52,6 +52,17 @@ def call(tool: str, arguments: dict[str, Any], call_id: int = 1) -> dict[str, An
     return {"jsonrpc": "2.0", "id": call_id, "method": "tools/call", "params": {"name": tool, "arguments": arguments}}
 
 
+def drop_after_priming(http: httpx2.Client, url: str, headers: dict[str, str], body: dict[str, Any]) -> dict[str, str]:
+    """POST a call, read only its priming event, then go away mid-call (the connection closes)."""
+    with http.stream("POST", url, headers=headers, json=body) as r:
+        first = b""
+        for chunk in r.iter_raw():
+            first += chunk
+            if b"\n\n" in first:
+                break
+    return events(first.decode())[0]
+
+
 def test_priming_event_and_event_ids_only_on_resumable_sessions(tmp_path: Path) -> None:
     with gateway_with_fixture(tmp_path / "home") as gw, httpx2.Client(timeout=30) as http:
         token = gw.tokens[("acme", "alice")]
@@ -77,13 +88,7 @@ def test_a_dropped_call_goes_on_and_resumes_with_last_event_id(tmp_path: Path) -
     with gateway_with_fixture(home) as gw, httpx2.Client(timeout=30) as http:
         token = gw.tokens[("acme", "alice")]
         headers = open_session(http, gw.url, token, "2025-11-25")
-        with http.stream("POST", gw.url, headers=headers, json=call("tools__slow", {"seconds": 1.5}, 7)) as r:
-            first = b""
-            for chunk in r.iter_raw():
-                first += chunk
-                if b"\n\n" in first:
-                    break  # only the priming event: then the client goes away mid-call
-        priming = events(first.decode())[0]
+        priming = drop_after_priming(http, gw.url, headers, call("tools__slow", {"seconds": 1.5}, 7))
         assert priming["data"] == ""
 
         # the call was not cancelled: its answer waits for the client to come back
@@ -107,13 +112,7 @@ def test_a_dropped_call_goes_on_and_resumes_with_last_event_id(tmp_path: Path) -
         # a session of another actor cannot pick up this session's streams
         other = setup_tenant(home, "acme", "bob")
         bob = open_session(http, gw.url, other, "2025-11-25")
-        with http.stream("POST", gw.url, headers=headers, json=call("tools__slow", {"seconds": 1.0}, 8)) as r:
-            first = b""
-            for chunk in r.iter_raw():
-                first += chunk
-                if b"\n\n" in first:
-                    break
-        parked = events(first.decode())[0]["id"]
+        parked = drop_after_priming(http, gw.url, headers, call("tools__slow", {"seconds": 1.0}, 8))["id"]
         bob_get = {**bob, "Accept": "text/event-stream", "Last-Event-ID": parked}
         bob_get.pop("Content-Type")
         assert http.get(gw.url, headers=bob_get).status_code == 404
