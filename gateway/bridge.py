@@ -208,11 +208,11 @@ def _messages(body: bytes | str) -> list[JSON]:
 
 async def _sse_messages(response: httpx2.Response) -> AsyncIterator[JSON]:
     """JSON-RPC messages from an SSE stream: `data:` lines joined per event; comments, `id:`,
-    `retry:` and events other than `message` are skipped."""
+    `retry:`, events without data (priming events) and events other than `message` are skipped."""
     event, data = "message", []
     async for line in response.aiter_lines():
         if line == "":
-            if data and event == "message":
+            if event == "message" and "".join(data):  # an event without data primes resumption
                 for item in _messages("\n".join(data)):
                     yield item
             event, data = "message", []
@@ -225,7 +225,7 @@ async def _sse_messages(response: httpx2.Response) -> AsyncIterator[JSON]:
             data.append(value)
         elif name == "event":
             event = value or "message"
-    if data and event == "message":
+    if event == "message" and "".join(data):
         for item in _messages("\n".join(data)):
             yield item
 

@@ -176,3 +176,8 @@ STREAM_BREAK: JSON = {"method": "aegress/stream-break"}
 """Internal only, compared by identity: an HTTP upstream closed its stream mid-call (SSE polling).
 The gateway resumes that stream itself; a resumable client stream is closed too, so the client
 reconnects with Last-Event-ID as it would direct. Never sent on the wire."""
+
+STREAM_OPEN: JSON = {"method": "aegress/stream-open"}
+"""Internal only, compared by identity: the call's intent is durable and it is about to be forwarded,
+so nothing can turn into an HTTP status any more; a resumable client stream may open now (and hand
+the client an event id to come back with). Never sent on the wire."""

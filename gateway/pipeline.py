@@ -35,6 +35,7 @@ from gateway.jsonrpc import (
     METHOD_NOT_FOUND,
     MODERN_VERSIONS,
     REMOVED_IN_MODERN,
+    STREAM_OPEN,
     decorate_modern_result,
     error,
     error_from,
@@ -284,6 +285,7 @@ class Pipeline:
         """intent (durable) -> forward -> outcome (durable); returns the response and the receipt's record."""
         facts, intent = await self.record_intent(session, method, target, up, tool, decision, arguments, msg,
                                                  started_at)
+        await send(STREAM_OPEN)
         status, code, recorded = "failed", None, False
         up_started = time.perf_counter()
         try:

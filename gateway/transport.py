@@ -43,6 +43,7 @@ from gateway.jsonrpc import (
     MODERN_VERSIONS,
     NAME_BEARING,
     STREAM_BREAK,
+    STREAM_OPEN,
     UNSUPPORTED_VERSION,
     decode_header_value,
     dumps,
@@ -69,6 +70,7 @@ _KEEPALIVE_S = 15.0
 RESUMABLE_VERSIONS = ("2025-11-25",)
 _RESUME_GRACE_S = 30.0
 _RETRY_MS = 500
+_OPEN_AFTER_S = 0.05
 _MAX_EVENTS = 1000
 _MAX_PARKED = 64
 # 2026-07-28 maps these JSON-RPC errors onto HTTP statuses; everything else is 200.
@@ -124,6 +126,8 @@ class RequestStream:
         self.done = False
         self.breaks = 0
         self.reader: object | None = None  # the response currently writing this stream
+        self.error: AegressError | None = None
+        self.opened = False
         self.waiters: set[asyncio.Future[None]] = set()  # one per reader waiting for news
         self.deadline = float("inf")
         self.task: asyncio.Future[JSON] | None = None
@@ -159,6 +163,10 @@ class RequestStream:
         """The dispatch task's `send`: a message the request caused (or the upstream's stream break)."""
         if message is STREAM_BREAK:
             self.breaks += 1
+        elif message is STREAM_OPEN:  # a call that answers within moments needs no separate wake-up
+            self.opened = True
+            asyncio.get_running_loop().call_later(_OPEN_AFTER_S, self.poke)
+            return
         else:
             self._push(message)
         self.poke()
@@ -171,16 +179,20 @@ class RequestStream:
         if not self.done:
             if task.cancelled():
                 pass
-            elif (exc := task.exception()) is not None:
+            elif isinstance(exc := task.exception(), AegressError):
+                self.error = exc  # StoreUnavailable: answered as an HTTP status while nothing is streamed yet
+            elif exc is not None:
                 log.error("request failed inside the gateway: %s", type(exc).__name__)
                 self._push(error_from(self._msg_id, ProtocolError("The gateway failed to handle the request.",
                                                                   code="internal", jsonrpc_code=-32603)))
             else:
                 self._push(task.result())
             self.done = True
-        if self._parked is not None:
-            self._parked.cancel()
-        self.poke()
+        self.poke()  # a parked stream keeps its expiry: the answer waits there for the grace period
+
+    def final_error(self) -> JSON:
+        assert self.error is not None
+        return error_from(self._msg_id, self.error)
 
     def expire(self, exc: AegressError) -> None:
         """The deadline passed: the answer is this error, and the call is cancelled."""
@@ -446,7 +458,7 @@ class McpEndpoint:
         stream.park(asyncio.get_running_loop().call_later(_RESUME_GRACE_S, expire))
 
     async def _pump(self, receive: Receive, send: ASGISend, session: ClientSession, stream: RequestStream,
-                    cursor: int) -> str:
+                    cursor: int, *, resumed: bool = False) -> str:
         """Write `stream` from event `cursor` on to this response until the answer is out ("done"),
         the client goes away ("gone") or the upstream asked its clients to reconnect ("break").
 
@@ -467,20 +479,29 @@ class McpEndpoint:
         me = object()
         stream.reader = me
         stream.poke()  # a reader this one replaces stops at its next wake-up
-        try:
-            if stream.id is not None:  # resumable: SSE at once, primed with a cursor and a retry hint
-                await self._start_sse(send)
-                streaming = True
+
+        async def start() -> None:
+            """Commit to SSE. Not before there is something to say, so that a refusal (503 when the
+            evidence store cannot take the intent) can still be an HTTP status; a resumable stream
+            opens with a priming event (its id is where a reconnect starts) and a retry hint."""
+            nonlocal streaming
+            await self._start_sse(send)
+            streaming = True
+            if stream.id is not None:
                 await send({"type": "http.response.body", "more_body": True,
-                            "body": b"id: %s:%d\nretry: %d\ndata: \n\n" % (stream.id.encode(), cursor,
-                                                                          _RETRY_MS)})
+                            "body": b"id: %s:%d\nretry: %d\ndata: \n\n" % (stream.id.encode(), cursor, _RETRY_MS)})
+
+        try:
+            if resumed:
+                await start()
             while True:
                 if stream.reader is not me:
                     return "replaced"
+                if cursor < stream.dropped:  # more than _MAX_EVENTS came faster than they could be written
+                    cursor = stream.dropped
                 if cursor < stream.total:
                     message = stream.event(cursor)
-                    cursor += 1
-                    last = stream.done and cursor == stream.total
+                    last = stream.done and stream.error is None and cursor + 1 == stream.total
                     if last and not streaming and session.modern:
                         status = 200
                         if "error" in message:
@@ -488,21 +509,26 @@ class McpEndpoint:
                         await self._respond(send, status, dumps(message))
                         return "done"
                     if not streaming:  # handshake era: answer on a stream, as the reference server does
-                        await self._start_sse(send)
-                        streaming = True
+                        await start()
+                    cursor += 1
                     body = _event(message, f"{stream.id}:{cursor}" if stream.id is not None else None)
                     await send({"type": "http.response.body", "body": body, "more_body": not last})
                     if last:
                         return "done"
                     continue
-                if stream.done:  # ended without an answer (cancelled): close the stream
+                if stream.done:  # ended without an answer: an error the edge maps, or cancelled
+                    if stream.error is not None and not streaming:
+                        raise stream.error
                     if not streaming:
-                        await self._start_sse(send)
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                        await start()
+                    body = _event(stream.final_error()) if stream.error is not None else b""
+                    await send({"type": "http.response.body", "body": body, "more_body": False})
                     return "done"
                 if gone.done():
                     return "gone"
                 if stream.breaks != breaks and stream.id is not None:
+                    if not streaming:
+                        await start()
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                     return "break"
                 left = stream.deadline - time.monotonic()
@@ -513,11 +539,13 @@ class McpEndpoint:
                         await self._respond(send, 504, dumps(stream.event(cursor)))
                         return "done"
                     continue
+                if stream.opened and not streaming and stream.id is not None:
+                    await start()  # a forwarded call: the client has an event id from now on
+                    continue
                 if ticked:
                     ticked = False
                     if not streaming:  # a silent call: commit to SSE so idle proxies keep the connection
-                        await self._start_sse(send)
-                        streaming = True
+                        await start()
                     await send({"type": "http.response.body", "body": b": ping\n\n", "more_body": True})
                     continue
                 wake = loop.create_future()
@@ -542,7 +570,7 @@ class McpEndpoint:
             raise HttpError("Unknown or expired Last-Event-ID.", http_status=404, code="unknown-stream",
                             hint="The call's events are gone; send the request again.")
         stream.unpark()
-        self._after_pump(session, stream, await self._pump(receive, send, session, stream, int(number)))
+        self._after_pump(session, stream, await self._pump(receive, send, session, stream, int(number), resumed=True))
 
     async def _start_sse(self, send: ASGISend) -> None:
         await send(
