@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import secrets
 import time
@@ -232,6 +233,7 @@ class McpEndpoint:
         self.allowed_origins = allowed_origins
         self.sessions: dict[str, ClientSession] = {}
         self._closing: set[asyncio.Future[None]] = set()
+        self._stream_ids = itertools.count(1)
 
     # -- the ASGI entry point ----------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: ASGISend) -> None:
@@ -415,7 +417,8 @@ class McpEndpoint:
         client drops it, or the upstream closes its own stream mid-call (SSE polling, SEP-1699), the
         call goes on and the client reconnects with GET + Last-Event-ID (`_resume`)."""
         resumable = session.version in RESUMABLE_VERSIONS
-        stream = RequestStream(secrets.token_urlsafe(12) if resumable else None)
+        # ids only mean something inside their session (itself a secret bound to one identity)
+        stream = RequestStream(f"s{next(self._stream_ids)}" if resumable else None)
         task = asyncio.ensure_future(self.pipeline.dispatch(session, msg, stream.related))
         stream.start(task, msg["id"], time.monotonic() + (
             float("inf") if msg["method"] == "subscriptions/listen" else self.limits.request_deadline_s))
@@ -480,20 +483,29 @@ class McpEndpoint:
         stream.reader = me
         stream.poke()  # a reader this one replaces stops at its next wake-up
 
+        prefix = b""
+
         async def start() -> None:
             """Commit to SSE. Not before there is something to say, so that a refusal (503 when the
             evidence store cannot take the intent) can still be an HTTP status; a resumable stream
-            opens with a priming event (its id is where a reconnect starts) and a retry hint."""
-            nonlocal streaming
+            opens with a priming event (its id is where a reconnect starts) and a retry hint, which
+            goes out with the next write."""
+            nonlocal streaming, prefix
             await self._start_sse(send)
             streaming = True
             if stream.id is not None:
-                await send({"type": "http.response.body", "more_body": True,
-                            "body": b"id: %s:%d\nretry: %d\ndata: \n\n" % (stream.id.encode(), cursor, _RETRY_MS)})
+                prefix = b"id: %s:%d\nretry: %d\ndata: \n\n" % (stream.id.encode(), cursor, _RETRY_MS)
+
+        async def write(body: bytes, more: bool = True) -> None:
+            nonlocal prefix
+            if prefix:
+                body, prefix = prefix + body, b""
+            await send({"type": "http.response.body", "body": body, "more_body": more})
 
         try:
             if resumed:
                 await start()
+                await write(b"")
             while True:
                 if stream.reader is not me:
                     return "replaced"
@@ -512,7 +524,7 @@ class McpEndpoint:
                         await start()
                     cursor += 1
                     body = _event(message, f"{stream.id}:{cursor}" if stream.id is not None else None)
-                    await send({"type": "http.response.body", "body": body, "more_body": not last})
+                    await write(body, not last)
                     if last:
                         return "done"
                     continue
@@ -521,15 +533,14 @@ class McpEndpoint:
                         raise stream.error
                     if not streaming:
                         await start()
-                    body = _event(stream.final_error()) if stream.error is not None else b""
-                    await send({"type": "http.response.body", "body": body, "more_body": False})
+                    await write(_event(stream.final_error()) if stream.error is not None else b"", False)
                     return "done"
                 if gone.done():
                     return "gone"
                 if stream.breaks != breaks and stream.id is not None:
                     if not streaming:
                         await start()
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    await write(b"", False)
                     return "break"
                 left = stream.deadline - time.monotonic()
                 if left <= 0:
@@ -541,12 +552,13 @@ class McpEndpoint:
                     continue
                 if stream.opened and not streaming and stream.id is not None:
                     await start()  # a forwarded call: the client has an event id from now on
+                    await write(b"")
                     continue
                 if ticked:
                     ticked = False
                     if not streaming:  # a silent call: commit to SSE so idle proxies keep the connection
                         await start()
-                    await send({"type": "http.response.body", "body": b": ping\n\n", "more_body": True})
+                    await write(b": ping\n\n")
                     continue
                 wake = loop.create_future()
                 stream.waiters.add(wake)
