@@ -318,6 +318,10 @@ class H1Pool:
         handle = loop.call_later(timeout, _timeout_waiter, fut, "waiting for an upstream connection")
         try:
             await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._wake_one()  # we were handed a free slot but are leaving: pass it on
+            raise
         finally:
             handle.cancel()
             with contextlib.suppress(ValueError):
