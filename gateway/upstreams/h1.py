@@ -1,8 +1,8 @@
 """A lean HTTP/1.1 client for the one request the gateway sends most: a POST to a Streamable HTTP upstream.
 
 Why not httpx2/httpcore2 here: measured on this machine (docs/benchmarks.md), httpcore2 over anyio
-cost about 400 µs of gateway CPU per forwarded call, more than the rest of the pipeline together;
-this client costs a small fraction of that. The SDK's stack (httpx2) still does everything that is
+cost about 260 µs more event-loop CPU per forwarded call than this client, more than any other
+stage of the pipeline. The SDK's stack (httpx2) still does everything that is
 not per call: the GET stream, stream resumption and session teardown.
 
 What it is: asyncio protocols (uvloop in `aegress serve`) with httptools, the llhttp binding that
