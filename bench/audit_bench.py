@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.gateway_bench import RawClient, throughput  # noqa: E402
+from bench.gateway_bench import RawClient, emit, throughput  # noqa: E402
 from tests.procs import aegress, run_gateway, run_http_upstream, setup_tenant  # noqa: E402
 
 ALLOW = 'version = 1\ndefault = "allow"\n[builtin]\ndestructive = "off"\ntrusted_read_only = "allow"\n'
@@ -153,11 +153,7 @@ def main() -> None:
             args.calls, args.rounds, {"AEGRESS_AUDIT_AWAIT_OUTCOME": "off"})
     results["verify"] = bench_verify(args.records)
     results["targets"] = {"ratio_16_min": 0.8, "verify_records_per_s_min": 50_000}
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    emit(results, args.json)
 
 
 if __name__ == "__main__":

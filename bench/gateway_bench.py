@@ -176,11 +176,16 @@ def main() -> None:
     }
     results["audit"] = args.audit
     results["targets"] = {"added_p50_ms_max": 2.0, "throughput_ratio_16_min": 0.5, "idle_rss_mb_max": 120}
+    emit(results, args.json)
+
+
+def emit(results: dict, path: Path | None) -> None:
+    """Print the results as JSON and, with --json PATH, keep them there too."""
     text = json.dumps(results, indent=2)
     print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -203,26 +203,28 @@ def rotate_signing_key(home: Path, prefix: str, key_file: Path | None = None) ->
 _Waiter = concurrent.futures.Future[Sealed] | asyncio.Future[Sealed]
 
 
-def _settle_on_loop(items: list[tuple[asyncio.Future[Sealed], Sealed | None]], error: BaseException | None) -> None:
+def _resolve(future: _Waiter, item: Sealed | None, error: BaseException | None) -> None:
+    if future.done():  # the caller gave up (cancelled); the record is committed all the same
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(item)  # type: ignore[arg-type]
+
+
+def _settle_on_loop(items: list[tuple[_Waiter, Sealed | None]], error: BaseException | None) -> None:
     for future, item in items:
-        if future.done():  # the caller gave up (cancelled); the record is committed all the same
-            continue
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(item)  # type: ignore[arg-type]
+        _resolve(future, item, error)
 
 
 def _settle(items: list[tuple[_Waiter, Sealed | None]], error: BaseException | None) -> None:
     """Resolve a batch's waiters: thread futures directly, event-loop futures with one call per loop."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Sealed], Sealed | None]]] = {}
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Waiter, Sealed | None]]] = {}
     for future, item in items:
         if isinstance(future, asyncio.Future):
             by_loop.setdefault(future.get_loop(), []).append((future, item))
-        elif error is not None:
-            future.set_exception(error)
         else:
-            future.set_result(item)  # type: ignore[arg-type]
+            _resolve(future, item, error)
     for loop, pairs in by_loop.items():
         with contextlib.suppress(RuntimeError):  # the loop already closed (shutdown)
             loop.call_soon_threadsafe(_settle_on_loop, pairs, error)

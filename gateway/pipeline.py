@@ -556,13 +556,7 @@ class Pipeline:
         if client_token is not None:
             meta = {k: v for k, v in meta.items() if k != "progressToken"}
             params = {**params, "_meta": meta} if meta else {k: v for k, v in params.items() if k != "_meta"}
-        key = repr(msg["id"])
         upstream_id: list[int] = []
-
-        def sent(uid: int) -> None:
-            upstream_id.append(uid)
-            session.inflight[key] = (up, uid)
-
         try:
             return await up.conn.request(
                 method,
@@ -571,16 +565,14 @@ class Pipeline:
                 headers=session.param_headers if up.conn.modern and method == "tools/call" else None,
                 sink=session.sink_for(up, send, client_token),
                 progress_token=client_token,
-                on_sent=sent,
+                on_sent=upstream_id.append,
             )
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:  # the client cancelled, went away, or the deadline passed
             if upstream_id:
-                await up.conn.notify_quiet(
-                    "notifications/cancelled", {"requestId": upstream_id[0], "reason": "client went away"}
-                )
+                gone = "disconnect" in " ".join(map(str, exc.args))
+                await up.conn.notify_quiet("notifications/cancelled", {
+                    "requestId": upstream_id[0], "reason": "client went away" if gone else "cancelled"})
             raise
-        finally:
-            session.inflight.pop(key, None)
 
     # -- resources, prompts, completion ----------------------------------------------------------
     async def _aggregate(self, session: ClientSession, msg: JSON, cap: str, method: str, key: str,
@@ -774,15 +766,9 @@ class Pipeline:
         method = msg["method"]
         params = msg.get("params") or {}
         if method == "notifications/cancelled":
-            key = repr(params.get("requestId"))
-            stream = session.requests.get(key)
+            stream = session.requests.get(repr(params.get("requestId")))
             if stream is not None:  # stop the call here; `forward` tells the upstream
                 stream.cancel("cancelled")
-                return
-            entry = session.inflight.get(key)
-            if entry is not None:
-                up, upstream_id = entry
-                await up.conn.notify_quiet("notifications/cancelled", {**params, "requestId": upstream_id})
         elif method == "notifications/roots/list_changed" and session.tenant is not None:
             for up in list(session.tenant._live.values()):
                 if session in up.listeners:

@@ -237,7 +237,6 @@ class ClientSession:
         self.last_seen = time.monotonic()
         self.get_queue: asyncio.Queue[JSON | None] | None = None
         self.server_requests: dict[str, tuple[Upstream, Any]] = {}
-        self.inflight: dict[str, tuple[Upstream, int]] = {}
         self.subscriptions: set[str] = set()
         self.log_level: str | None = None
         self.closed = False

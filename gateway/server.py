@@ -41,7 +41,6 @@ class Gateway:
     app: Callable[[Scope, Receive, Send], Awaitable[None]]
     endpoint: McpEndpoint
     pipeline: Pipeline
-    starlette: Starlette
 
 
 def mcp_first(endpoint: McpEndpoint, rest: Starlette) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
@@ -109,7 +108,7 @@ def build_gateway(home: Path, settings: ServeSettings, *, database_url: str | No
         routes=[Route("/health", health, methods=["GET"]), Route("/mcp", endpoint, methods=None)],
         lifespan=lifespan,
     )
-    return Gateway(mcp_first(endpoint, app), endpoint, pipeline, app)
+    return Gateway(mcp_first(endpoint, app), endpoint, pipeline)
 
 
 def check_bind(host: str, allow_public: bool) -> None:

@@ -174,8 +174,8 @@ class HttpConnection(UpstreamConnection):
         timeout = self._read_timeout
         try:
             resp = await pool.post(wire, orjson.dumps(message), timeout=timeout)
-        except (H1Error, UnicodeEncodeError) as exc:
-            raise UpstreamError(f"Upstream {self.name!r} is unreachable ({type(exc).__name__}).") from exc
+        except H1Error as exc:
+            raise UpstreamError(f"Upstream {self.name!r} is unreachable ({exc}).") from exc
         drain = False
         try:
             status = resp.status
@@ -206,8 +206,8 @@ class HttpConnection(UpstreamConnection):
                     await self._dispatch(parsed, pending)
             else:
                 raise UpstreamError(f"Upstream {self.name!r} answered with content type {ctype.decode()!r}.")
-        except H1Error as exc:
-            raise UpstreamError(f"Upstream {self.name!r} is unreachable ({type(exc).__name__}).") from exc
+        except (H1Error, httpx2.HTTPError) as exc:  # httpx2: a resumed stream (`_read_stream`)
+            raise UpstreamError(f"Upstream {self.name!r} failed mid-answer ({exc}).") from exc
         finally:
             resp.release(drain=drain)
 
