@@ -41,6 +41,39 @@ class TokenInfo:
         return self.revoked_at is None
 
 
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamLimits:
+    """Bounds on what one upstream may cost the gateway; every upstream is untrusted.
+
+    Defaults are documented in docs/limits.md; `aegress upstream add` / `upstream set` change them
+    per upstream. They are kept in the upstream's stored config (only the values that differ).
+    """
+
+    max_message_bytes: int = 16 * MIB  # one JSON body, one SSE event, one stdio line, one streamed answer
+    connect_timeout_s: float = 30.0  # TCP/TLS connect, or spawning a stdio child
+    init_timeout_s: float = 30.0  # initialize (or server/discover) answered
+    call_timeout_s: float = 300.0  # one request answered in full
+    idle_timeout_s: float = 120.0  # longest silence between bytes of an answer still arriving
+    forward_error_data: bool = False  # pass an upstream error's `data` to the client
+
+    def changed(self) -> dict[str, int | float | bool]:
+        """The values that differ from the defaults, for storage and display."""
+        default = UpstreamLimits()
+        return {
+            name: getattr(self, name)
+            for name in self.__slots__  # type: ignore[attr-defined]
+            if getattr(self, name) != getattr(default, name)
+        }
+
+    @classmethod
+    def from_changed(cls, values: dict[str, object] | None) -> UpstreamLimits:
+        known = set(cls.__slots__)  # type: ignore[attr-defined]
+        return cls(**{k: v for k, v in (values or {}).items() if k in known})  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamSpec:
     """A registered upstream MCP server of one tenant.
@@ -60,6 +93,7 @@ class UpstreamSpec:
     prefix: bool = True
     allow_private: bool = False
     created_at: str = ""
+    limits: UpstreamLimits = UpstreamLimits()
 
 
 @dataclass(frozen=True, slots=True)

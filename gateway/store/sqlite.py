@@ -17,7 +17,7 @@ from typing import Any
 
 from gateway.errors import AlreadyExists, NotFound, StoreUnavailable
 from gateway.store.base import HeldCall, PinChange, PolicyVersion
-from gateway.types import Actor, CallRecord, Tenant, TokenInfo, UpstreamSpec
+from gateway.types import Actor, CallRecord, Tenant, TokenInfo, UpstreamLimits, UpstreamSpec
 
 
 def _m1(db: object) -> None:
@@ -357,6 +357,7 @@ class SQLiteStore:
             prefix=bool(prefix),
             allow_private=bool(allow_private),
             created_at=str(created_at),
+            limits=UpstreamLimits.from_changed(cfg.get("limits")),
         )
 
     _UP_COLS = "tenant_id, name, transport, config, prefix, allow_private, created_at"
@@ -369,6 +370,7 @@ class SQLiteStore:
             "cwd": spec.cwd,
             "url": spec.url,
             "headers": spec.headers,
+            "limits": spec.limits.changed(),
         }
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
