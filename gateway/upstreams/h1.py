@@ -1,9 +1,9 @@
-"""A lean HTTP/1.1 client for the one request the gateway sends most: a POST to a Streamable HTTP upstream.
+"""A lean HTTP/1.1 client for everything the gateway sends to a Streamable HTTP upstream.
 
 Why not httpx2/httpcore2 here: measured on this machine (docs/benchmarks.md), httpcore2 over anyio
 cost about 260 µs more event-loop CPU per forwarded call than this client, more than any other
-stage of the pipeline. The SDK's stack (httpx2) still does everything that is
-not per call: the GET stream, stream resumption and session teardown.
+stage of the pipeline. The GET stream, stream resumption and session teardown go through this
+client too, so every request of an upstream goes to the addresses checked when it connected.
 
 What it is: asyncio protocols (uvloop in `aegress serve`) with httptools, the llhttp binding that
 uvicorn already parses our own requests with, for the responses; TLS from the stdlib with httpx2's
@@ -37,6 +37,10 @@ class H1Error(Exception):
 
 class H1Timeout(H1Error):
     """Connect, pool or read inactivity timeout."""
+
+
+class H1TooLarge(H1Error):
+    """A body larger than the caller's limit; the connection is not reusable."""
 
 
 def _timeout_waiter(fut: asyncio.Future[None], what: str) -> None:
@@ -75,14 +79,15 @@ class Response:
         self._wake()
 
     # -- read by the caller ------------------------------------------------------------------------
-    async def _wait(self, timeout: float) -> None:
+    async def _wait(self, timeout: float | None) -> None:
         loop = asyncio.get_running_loop()
         fut = self._waiter = loop.create_future()
-        handle = loop.call_later(timeout, _timeout_waiter, fut, "upstream read")
+        handle = None if timeout is None else loop.call_later(timeout, _timeout_waiter, fut, "upstream read")
         try:
             await fut
         finally:
-            handle.cancel()
+            if handle is not None:
+                handle.cancel()
             self._waiter = None
 
     async def wait_headers(self, timeout: float) -> None:
@@ -91,8 +96,10 @@ class Response:
                 raise self.error
             await self._wait(timeout)
 
-    async def next_chunk(self, timeout: float) -> bytes | None:
-        """The body's next bytes as they arrive (de-chunked); None at the end of the message."""
+    async def next_chunk(self, timeout: float | None) -> bytes | None:
+        """The body's next bytes as they arrive (de-chunked); None at the end of the message.
+
+        `timeout` bounds the silence before the next bytes (None: a stream that may stay silent)."""
         while True:
             if self._chunks:
                 chunks = self._chunks
@@ -108,11 +115,15 @@ class Response:
             await self._wait(timeout)
 
     async def read(self, timeout: float, limit: int) -> bytes:
+        """The whole body, refused (H1TooLarge) as soon as it is known to exceed `limit` bytes."""
+        declared = self.headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            raise H1TooLarge("response body too large")
         out = bytearray()
         while (chunk := await self.next_chunk(timeout)) is not None:
             out += chunk
             if len(out) > limit:
-                raise H1Error("response body too large")
+                raise H1TooLarge("response body too large")
         return bytes(out)
 
     def release(self, *, drain: bool = False) -> None:
@@ -264,12 +275,15 @@ class H1Pool:
         self.tls = parts.scheme == "https"
         self.hostname = parts.hostname
         self.port = parts.port or (443 if self.tls else 80)
-        self.addresses = list(addresses) or [parts.hostname]
+        if not addresses:
+            raise ValueError("the checked addresses are required: the pool never resolves names itself")
+        self.addresses = list(addresses)
         self.ssl_context = ssl_context if self.tls else None
         path = parts.path or "/"
         target = path + (f"?{parts.query}" if parts.query else "")
         host = parts.netloc.rsplit("@", 1)[-1]
-        self._head = b"POST " + target.encode("ascii") + b" HTTP/1.1\r\nhost: " + host.encode("ascii") + b"\r\n"
+        rest = b" " + target.encode("ascii") + b" HTTP/1.1\r\nhost: " + host.encode("ascii") + b"\r\n"
+        self._heads = {method: method + rest for method in (b"POST", b"GET", b"DELETE")}
         check_header(b"host", host.encode("ascii"))
         self.max_connections = max_connections
         self.connect_timeout = connect_timeout
@@ -283,12 +297,21 @@ class H1Pool:
     # -- the request ---------------------------------------------------------------------------------
     async def post(self, headers: Sequence[tuple[bytes, bytes]], body: bytes, *, timeout: float) -> Response:
         """Send a POST and wait for the response headers (`timeout`: pool wait and read inactivity)."""
-        parts = [self._head]
+        return await self.request(b"POST", headers, body, timeout=timeout)
+
+    async def request(self, method: bytes, headers: Sequence[tuple[bytes, bytes]], body: bytes | None, *,
+                      timeout: float) -> Response:
+        """Send one request (POST, GET or DELETE; no body: no content-length) and wait for its headers."""
+        head = self._heads.get(method)
+        if head is None:
+            raise H1Error("unsupported method")
+        parts = [head]
         for name, value in headers:
             check_header(name, value)
             parts += (name, b": ", value, b"\r\n")
-        parts.append(b"content-length: %d\r\n\r\n" % len(body))
-        parts.append(body)
+        parts.append(b"\r\n" if body is None else b"content-length: %d\r\n\r\n" % len(body))
+        if body is not None:
+            parts.append(body)
         data = b"".join(parts)
         conn = await self._acquire(timeout)
         resp = conn.send(data)
