@@ -154,6 +154,7 @@ def main() -> None:
 
     app = RecordHeaders(server.streamable_http_app())
     sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart on the same --port
     sock.bind(("127.0.0.1", args.port))
     sock.listen(512)
     print(f"LISTENING http://127.0.0.1:{sock.getsockname()[1]}/mcp", flush=True)
