@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.upstreams.h1 import H1Error, H1Pool, H1Timeout
+from gateway.upstreams.h1 import H1Error, H1Pool, H1Timeout, H1TooLarge
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 
@@ -330,5 +330,62 @@ def test_tls_verifies_the_upstream_certificate(tmp_path: Path) -> None:
             with pytest.raises(H1Error, match="cannot connect"):
                 await untrusted.post([], b"{}", timeout=5)
             await untrusted.aclose()
+
+    run(main())
+
+
+def test_get_and_delete_go_to_the_given_address_without_resolving_the_name() -> None:
+    """The pool connects to the addresses it was given; the URL's name (here one that can never
+    resolve, RFC 2606) only goes into the Host header."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            state.requests.append(head)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+
+    async def main() -> None:
+        nonlocal state
+        async with serve(handler) as state:
+            port = state.url.split(":")[2].split("/")[0]
+            pool = H1Pool(f"http://pinned.invalid:{port}/mcp", ["127.0.0.1"])
+            for method in (b"GET", b"DELETE"):
+                resp = await pool.request(method, [(b"x-a", b"1")], None, timeout=5)
+                assert await resp.read(5, 10) == b"ok"
+                resp.release()
+            with pytest.raises(H1Error, match="unsupported"):
+                await pool.request(b"PUT", [], None, timeout=5)
+            await pool.aclose()
+        assert [r.split(b"\r\n")[0] for r in state.requests] == [b"GET /mcp HTTP/1.1", b"DELETE /mcp HTTP/1.1"]
+        assert all(b"host: pinned.invalid:" in r and b"content-length" not in r for r in state.requests)
+        with pytest.raises(ValueError, match="addresses"):
+            H1Pool("http://pinned.invalid/mcp", [])
+
+    state = Server()
+    run(main())
+
+
+def test_a_body_over_the_limit_is_refused_by_its_declared_length_or_as_it_arrives() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        request = await read_request(reader)
+        if b"declared" in request:
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 999999999\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            for _ in range(50):
+                writer.write(b"400\r\n" + b"x" * 1024 + b"\r\n")
+        await writer.drain()
+        await asyncio.sleep(2)
+
+    async def main() -> None:
+        async with serve(handler) as state:
+            pool = H1Pool(state.url, ["127.0.0.1"])
+            for body in (b'"declared"', b'"chunked"'):
+                resp = await pool.post([], body, timeout=5)
+                with pytest.raises(H1TooLarge):
+                    await resp.read(5, 10_000)
+                resp.release()
+            await pool.aclose()
 
     run(main())
