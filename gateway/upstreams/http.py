@@ -152,7 +152,6 @@ class HttpConnection(UpstreamConnection):
         async with self._renewing:
             if self._session_id != stale:
                 return  # another call renewed it already
-            self._session_id = None
             if self._listener is not None:
                 self._listener.cancel()
                 self._listener = None
@@ -160,7 +159,7 @@ class HttpConnection(UpstreamConnection):
                       "clientInfo": CLIENT_INFO}
             try:
                 response = await self.request("initialize", params, timeout=self.spec.limits.init_timeout_s)
-                if "error" in response or not self._session_id:
+                if "error" in response or self._session_id in (None, stale):
                     raise UpstreamError(f"Upstream {self.name!r} refused a new session.")
                 self.init_result = response.get("result") or {}
                 await self.notify("notifications/initialized")
@@ -175,6 +174,9 @@ class HttpConnection(UpstreamConnection):
         if pool is None:
             raise UpstreamError(f"Upstream {self.name!r} is not connected.")
         headers = self._headers()
+        if message.get("method") == "initialize":  # a new session: calls in flight keep the old id meanwhile
+            headers.pop("mcp-session-id", None)
+            headers.pop("mcp-protocol-version", None)
         if self.modern:
             headers.update(modern_headers(message))
             if pending is not None and pending.headers:
