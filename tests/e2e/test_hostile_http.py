@@ -106,7 +106,7 @@ def test_an_oversized_answer_ends_only_its_call(world: World, tool: str, args: d
 
     run(go(), timeout=60)
     # bounded by the limit, not by what the upstream sent (16 MiB limit, up to 200 MiB sent)
-    assert high_water_mb(world.gw.proc.popen.pid) < 300
+    assert high_water_mb(world.gw.proc.popen.pid) < 200
 
 
 def test_a_stalled_answer_ends_its_call(world: World) -> None:
@@ -155,7 +155,7 @@ def free_port() -> int:
 
 def test_a_restarted_upstream_gets_a_new_session_transparently(tmp_path_factory: pytest.TempPathFactory) -> None:
     """The SDK fixture server on a fixed port; killed and started again, it answers 404 for our old
-    session: the gateway initializes a new one and the very next call succeeds."""
+    session: the gateway initializes a new one and the very next calls (two at once) succeed."""
     home = tmp_path_factory.mktemp("restart") / "home"
     token = setup_tenant(home, "acme", "alice")
     allow_all(home, "acme")
@@ -171,7 +171,9 @@ def test_a_restarted_upstream_gets_a_new_session_transparently(tmp_path_factory:
                     assert (await c.call_tool("web__whoami", {})).content[0].text == "web"
                     upstream.stop()
                     _, upstream = start(argv)
-                    assert (await c.call_tool("web__echo", {"text": "again"})).content[0].text == "again"
+                    both = await asyncio.gather(c.call_tool("web__echo", {"text": "again"}),
+                                                c.call_tool("web__echo", {"text": "too"}))  # one renewal
+                    assert [r.content[0].text for r in both] == ["again", "too"]
                     assert (await c.call_tool("web__whoami", {})).content[0].text == "web"
 
             run(go(), timeout=90)
