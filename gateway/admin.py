@@ -86,6 +86,15 @@ def describe_tenant(store: Store, tenant_id: str) -> dict[str, Any]:
     }
 
 
+def require_log_filters(store: Store, tenant_id: str = "", actor_id: str = "") -> None:
+    """`audit query|tail` filters: each one given must name something that exists or left evidence, so a
+    typo is an error instead of an empty result (an existing tenant with no records still lists none)."""
+    if tenant_id:
+        require_log_tenant(store, tenant_id)
+    if actor_id:
+        require_log_actor(store, tenant_id, actor_id)
+
+
 # -- actors ----------------------------------------------------------------------------------------
 def add_actor(store: Store, tenant_id: str, actor_id: str, now: str) -> Actor:
     require_tenant(store, tenant_id)
