@@ -30,7 +30,10 @@ def create_tenant(store: Store, tenant_id: str, now: str) -> Tenant:
 
 
 def _hint(wanted: str, known: list[str], otherwise: str) -> str:
-    """`did you mean 'x'? <otherwise>` when a known name is close, else just `otherwise`."""
+    """`did you mean 'x'? <otherwise>` when a known name is close, else just `otherwise`.
+
+    Operator-side only: the suggestion may be any tenant's id, which the operator may see (`tenant
+    list`) but a gateway client must not, so the require_* helpers are never used on the wire."""
     near = naming.did_you_mean(wanted, known)
     return f"{near} {otherwise}" if near else otherwise
 
