@@ -204,6 +204,8 @@ def diff(file: FileArg, tenant: TenantOpt, json_out: JsonOpt = False) -> None:
     candidate = load_policy(text, str(file))
     s = store()
     changes, complete, old_version = policy_admin.plan_change(s, tenant, candidate)
+    warnings = policy_admin.warnings_for(s, tenant, candidate)
+    _warn(warnings)
     row = s.get_policy_version(tenant)
     old_text = row.text if row else BUILTIN_DEFAULT_TEXT
     label = f"{tenant} v{row.version}" if row else f"{tenant} (built-in default)"
@@ -211,7 +213,8 @@ def diff(file: FileArg, tenant: TenantOpt, json_out: JsonOpt = False) -> None:
                                       fromfile=label, tofile=str(file)))
     if json_out:
         print_json({"tenant": tenant, "version": old_version, "text_diff": "".join(lines),
-                    "changes": [_change_json(c) for c in changes], "complete": complete})
+                    "changes": [_change_json(c) for c in changes], "complete": complete,
+                    "warnings": [w.to_dict() for w in warnings]})
         return
     sys.stdout.write("".join(lines) if lines else "(texts are identical)\n")
     _show_plan(changes, complete, old_version)

@@ -235,6 +235,9 @@ def test_policy_naming_an_unknown_upstream_is_a_warning(home: Path, tmp_path: Pa
     # without --tenant there is nothing to compare with: no warnings
     assert aegress_json(home, "policy", "check", str(typo))["warnings"] == []
 
+    diffed = json.loads(aegress(home, "policy", "diff", str(typo), "--tenant", "warned", "--json").stdout)
+    assert len(diffed["warnings"]) == 3
+
     applied = aegress(home, "policy", "apply", str(typo), "--tenant", "warned", "--yes")
     assert sum(line.startswith("Warning: ") for line in applied.stderr.splitlines()) == 3
     assert "policy version 1" in applied.stdout  # a warning does not stop the apply
