@@ -29,6 +29,7 @@ from aegress_cli._common import (
     home,
     print_json,
     print_table,
+    store,
 )
 
 if TYPE_CHECKING:
@@ -138,8 +139,15 @@ def _request(url: str, tenant: str, actor: str, name: str) -> EntryRequest:
 
 
 def _require_token(tenant: str, actor: str) -> None:
+    """The tenant and actor exist in the store, and a token for them is kept on this machine."""
+    from gateway.admin import require_actor
     from gateway.errors import NotFound
 
+    try:
+        require_actor(store(), tenant, actor)
+    except NotFound as exc:
+        raise NotFound(exc.message, hint=f"{exc.hint} Then `aegress token issue --tenant T --actor A` keeps a "
+                       "token for the clients.") from None
     if stored_token(tenant, actor) is None:
         raise NotFound(
             f"no token is stored for actor {actor!r} in tenant {tenant!r}",

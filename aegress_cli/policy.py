@@ -83,17 +83,32 @@ def init(
     print(f"Wrote {path}. Edit it, then: aegress policy apply {path} --tenant TENANT")
 
 
+def _warn(warnings: list[Any]) -> None:
+    for w in warnings:
+        err(f"Warning: {w.message}")
+
+
 @app.command("check")
 @handle_errors
-def check(file: FileArg, json_out: JsonOpt = False) -> None:
-    """Validate a policy file without applying it (exit 1 listing every problem)."""
+def check(
+    file: FileArg,
+    tenant: Annotated[str | None, typer.Option("--tenant", "-t", help="Also warn about upstreams the policy "
+                                               "names that this tenant does not have.", show_default=False)] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Validate a policy file without applying it (exit 1 listing every problem; warnings keep exit 0)."""
+    from gateway import policy_admin
     from gateway.policy import load_policy
 
     policy = load_policy(_read(file), str(file))
+    warnings = policy_admin.warnings_for(store(), tenant, policy) if tenant is not None else []
+    _warn(warnings)
     if json_out:
-        print_json({"file": str(file), "valid": True, "rules": len(policy.rules)})
+        print_json({"file": str(file), "valid": True, "rules": len(policy.rules),
+                    "warnings": [w.to_dict() for w in warnings]})
     else:
-        print(f"{file}: valid ({len(policy.rules)} rules).")
+        print(f"{file}: valid ({len(policy.rules)} rules" + (f", {len(warnings)} warning(s)" if warnings else "")
+              + ").")
 
 
 @app.command("apply")
@@ -109,14 +124,17 @@ def apply(file: FileArg, tenant: TenantOpt, yes: YesOpt = False, as_: AsOpt = No
     candidate = load_policy(text, str(file))
     s = store()
     changes, complete, old_version = policy_admin.plan_change(s, tenant, candidate)
+    warnings = policy_admin.warnings_for(s, tenant, candidate)
     if not json_out:
         _show_plan(changes, complete, old_version)
+    _warn(warnings)
     if not json_out or not yes:
         confirm(f"Apply {file} to tenant {tenant!r}?", yes)
     row = policy_admin.apply_policy(s, tenant, text, str(file), now(), _operator(as_))
     if json_out:
         print_json({"tenant": tenant, "version": row.version, "replaces": old_version, "digest": row.digest,
-                    "changes": [_change_json(c) for c in changes], "complete": complete})
+                    "changes": [_change_json(c) for c in changes], "complete": complete,
+                    "warnings": [w.to_dict() for w in warnings]})
     else:
         print(f"Applied {file} to tenant {tenant} as policy version {row.version}.")
 
@@ -186,6 +204,8 @@ def diff(file: FileArg, tenant: TenantOpt, json_out: JsonOpt = False) -> None:
     candidate = load_policy(text, str(file))
     s = store()
     changes, complete, old_version = policy_admin.plan_change(s, tenant, candidate)
+    warnings = policy_admin.warnings_for(s, tenant, candidate)
+    _warn(warnings)
     row = s.get_policy_version(tenant)
     old_text = row.text if row else BUILTIN_DEFAULT_TEXT
     label = f"{tenant} v{row.version}" if row else f"{tenant} (built-in default)"
@@ -193,7 +213,8 @@ def diff(file: FileArg, tenant: TenantOpt, json_out: JsonOpt = False) -> None:
                                       fromfile=label, tofile=str(file)))
     if json_out:
         print_json({"tenant": tenant, "version": old_version, "text_diff": "".join(lines),
-                    "changes": [_change_json(c) for c in changes], "complete": complete})
+                    "changes": [_change_json(c) for c in changes], "complete": complete,
+                    "warnings": [w.to_dict() for w in warnings]})
         return
     sys.stdout.write("".join(lines) if lines else "(texts are identical)\n")
     _show_plan(changes, complete, old_version)
@@ -223,7 +244,12 @@ def test(
     if not isinstance(arguments, dict):
         raise InvalidInput("--args must be a JSON object.")
     candidate = load_policy(_read(file), str(file)) if file else None
-    res = policy_admin.decide_call(store(), tenant, tool, arguments, actor, candidate)
+    s = store()
+    if actor:
+        from gateway.admin import require_actor
+
+        require_actor(s, tenant, actor)
+    res = policy_admin.decide_call(s, tenant, tool, arguments, actor, candidate)
     d = res.decision
     if json_out:
         print_json({"tenant": tenant, "tool": tool, "upstream": res.upstream, "upstream_tool": res.tool,
@@ -323,8 +349,10 @@ def approve_tool(
 ) -> None:
     """Approve tools' current definitions: pin them so they leave `review` (rule `pin`)."""
     from gateway import policy_admin
+    from gateway.admin import require_upstream
 
     s = store()
+    require_upstream(s, tenant, upstream)
     pending = [r for r in policy_admin.pin_report(s, tenant) if r.upstream == upstream
                and ((tools is None and r.status in ("changed", "new", "unpinned")) or (tools and r.tool in tools))]
     if not json_out:

@@ -68,7 +68,16 @@ def list_(
     json_out: JsonOpt = False,
 ) -> None:
     """List tokens (ids and state only; the tokens themselves are never stored)."""
-    tokens = store().list_tokens(tenant, actor)
+    from gateway import admin
+
+    s = store()
+    if tenant is not None and actor is not None:
+        admin.require_actor(s, tenant, actor)
+    elif tenant is not None:
+        admin.require_tenant(s, tenant)
+    elif actor is not None:
+        admin.require_any_actor(s, actor)
+    tokens = s.list_tokens(tenant, actor)
     if json_out:
         print_json([
             {"id": t.id, "tenant": t.tenant_id, "actor": t.actor_id, "created_at": t.created_at,
@@ -88,7 +97,9 @@ def revoke(token_id: Annotated[str, typer.Argument(help="Token id (tok_...), fro
     """Revoke a token; the gateway refuses it from the next request on."""
     from gateway import admin
 
-    info = admin.revoke_token(store(), token_id, now())
+    s = store()
+    admin.require_token(s, token_id)
+    info = admin.revoke_token(s, token_id, now())
     if json_out:
         print_json({"id": info.id, "revoked_at": info.revoked_at})
     else:

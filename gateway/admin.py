@@ -29,11 +29,51 @@ def create_tenant(store: Store, tenant_id: str, now: str) -> Tenant:
     return store.create_tenant(naming.check_id("tenant", tenant_id), now)
 
 
+def _hint(wanted: str, known: list[str], otherwise: str) -> str:
+    """`did you mean 'x'? <otherwise>` when a known name is close, else just `otherwise`.
+
+    Operator-side only: the suggestion may be any tenant's id, which the operator may see (`tenant
+    list`) but a gateway client must not, so the require_* helpers are never used on the wire."""
+    near = naming.did_you_mean(wanted, known)
+    return f"{near} {otherwise}" if near else otherwise
+
+
 def require_tenant(store: Store, tenant_id: str) -> Tenant:
+    """The tenant, or NotFound naming it (with the closest existing id as a hint)."""
     tenant = store.get_tenant(tenant_id)
     if tenant is None:
-        raise NotFound(f"No tenant {tenant_id!r}.", hint="List tenants with `aegress tenant list`.")
+        raise NotFound(f"No tenant {tenant_id!r}.", hint=_hint(tenant_id, [t.id for t in store.list_tenants()],
+                                                                 "List tenants with `aegress tenant list`."))
     return tenant
+
+
+def require_log_tenant(store: Store, tenant_id: str) -> None:
+    """For evidence commands: a tenant that exists, `security`, or a deleted tenant whose records are kept."""
+    from gateway.store.base import EvidenceFilter
+
+    if tenant_id == "security" or store.get_tenant(tenant_id) is not None:
+        return
+    if store.query_evidence(EvidenceFilter(tenant=tenant_id), limit=1):
+        return
+    raise NotFound(f"No tenant {tenant_id!r}, and no evidence of one.",
+                   hint=_hint(tenant_id, [t.id for t in store.list_tenants()] + ["security"],
+                              "List tenants with `aegress tenant list`."))
+
+
+def require_log_actor(store: Store, tenant_id: str, actor_id: str) -> None:
+    """For evidence filters: an actor that exists (in `tenant_id`, or in any tenant when it is empty) or
+    that evidence records name (removed actors' records are kept)."""
+    from gateway.store.base import EvidenceFilter
+
+    tenants = [tenant_id] if tenant_id else [t.id for t in store.list_tenants()]
+    if any(store.get_actor(t, actor_id) is not None for t in tenants):
+        return
+    if store.query_evidence(EvidenceFilter(tenant=tenant_id, actor=actor_id), limit=1):
+        return
+    known = sorted({a.id for t in tenants for a in store.list_actors(t)})
+    where = f" in tenant {tenant_id!r}" if tenant_id else ""
+    raise NotFound(f"No actor {actor_id!r}{where}, and no evidence of one.",
+                   hint=_hint(actor_id, known, "List actors with `aegress actor list --tenant TENANT`."))
 
 
 def describe_tenant(store: Store, tenant_id: str) -> dict[str, Any]:
@@ -49,6 +89,15 @@ def describe_tenant(store: Store, tenant_id: str) -> dict[str, Any]:
     }
 
 
+def require_log_filters(store: Store, tenant_id: str = "", actor_id: str = "") -> None:
+    """`audit query|tail` filters: each one given must name something that exists or left evidence, so a
+    typo is an error instead of an empty result (an existing tenant with no records still lists none)."""
+    if tenant_id:
+        require_log_tenant(store, tenant_id)
+    if actor_id:
+        require_log_actor(store, tenant_id, actor_id)
+
+
 # -- actors ----------------------------------------------------------------------------------------
 def add_actor(store: Store, tenant_id: str, actor_id: str, now: str) -> Actor:
     require_tenant(store, tenant_id)
@@ -61,9 +110,20 @@ def require_actor(store: Store, tenant_id: str, actor_id: str) -> Actor:
     if actor is None:
         raise NotFound(
             f"No actor {actor_id!r} in tenant {tenant_id!r}.",
-            hint=f"Add it with `aegress actor add --tenant {tenant_id} {actor_id}`.",
+            hint=_hint(actor_id, [a.id for a in store.list_actors(tenant_id)],
+                       f"Add it with `aegress actor add --tenant {tenant_id} {actor_id}`."),
         )
     return actor
+
+
+def require_any_actor(store: Store, actor_id: str) -> None:
+    """For filters without a tenant (`token list --actor`): the actor exists in some tenant."""
+    tenants = [t.id for t in store.list_tenants()]
+    if any(store.get_actor(t, actor_id) is not None for t in tenants):
+        return
+    known = sorted({a.id for t in tenants for a in store.list_actors(t)})
+    raise NotFound(f"No actor {actor_id!r} in any tenant.",
+                   hint=_hint(actor_id, known, "List actors with `aegress actor list --tenant TENANT`."))
 
 
 # -- tokens ----------------------------------------------------------------------------------------
@@ -75,6 +135,15 @@ def issue_token(store: Store, master_key: bytes, tenant_id: str, actor_id: str, 
     info = TokenInfo(id=mint_id("tok_"), tenant_id=tenant_id, actor_id=actor_id, created_at=now, label=label)
     store.add_token(info, token_hash(derive_key(master_key, "token-hash"), token))
     return info, token
+
+
+def require_token(store: Store, token_id: str) -> TokenInfo:
+    """The token's record (never the token itself), or NotFound with the closest token id as a hint."""
+    info = store.get_token(token_id)
+    if info is None:
+        raise NotFound(f"No token {token_id!r}.", hint=_hint(token_id, [t.id for t in store.list_tokens()],
+                                                               "List tokens with `aegress token list`."))
+    return info
 
 
 def revoke_token(store: Store, token_id: str, now: str) -> TokenInfo:
@@ -170,6 +239,17 @@ async def probe(spec: UpstreamSpec, timeout: float = 30.0) -> ProbeResult:
         raise UpstreamError(f"Upstream {spec.name!r} did not initialize within {timeout:g} s.") from exc
     finally:
         await conn.close()
+
+
+def require_upstream(store: Store, tenant_id: str, name: str) -> UpstreamSpec:
+    """The tenant's upstream, or NotFound naming the tenant or the upstream that is missing."""
+    require_tenant(store, tenant_id)
+    spec = store.get_upstream(tenant_id, name)
+    if spec is None:
+        raise NotFound(f"No upstream {name!r} in tenant {tenant_id!r}.",
+                       hint=_hint(name, [u.name for u in store.list_upstreams(tenant_id)],
+                                  f"See `aegress upstream list --tenant {tenant_id}`."))
+    return spec
 
 
 def add_upstream(store: Store, spec: UpstreamSpec, probed: ProbeResult | None) -> list[str]:

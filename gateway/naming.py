@@ -7,7 +7,9 @@ templates as `<upstream>+<uri>` (a valid URI scheme prefix). Upstream names cann
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Iterable
 
 from gateway.errors import InvalidInput
 
@@ -74,3 +76,27 @@ def find_collisions(names_by_upstream: dict[str, list[str]], prefix_by_upstream:
                 clashes.add(exposed)
             owner.setdefault(exposed, upstream)
     return sorted(clashes)
+
+
+def same_id_ignoring_case(wanted: str, known: Iterable[str]) -> str | None:
+    """The known id that differs from `wanted` only by ASCII case (ids are unique that way), if any."""
+    folded = wanted.lower()
+    return next((k for k in known if k != wanted and k.lower() == folded), None)
+
+
+def closest(wanted: str, known: Iterable[str]) -> str | None:
+    """The known name an operator most likely meant: one equal ignoring case, else the closest by
+    `difflib` (compared lower-cased, so `ACME` finds `acme`), else None. Pure."""
+    names = sorted(set(known))
+    twin = same_id_ignoring_case(wanted, names)
+    if twin is not None:
+        return twin
+    by_lower = {n.lower(): n for n in reversed(names)}
+    found = difflib.get_close_matches(wanted.lower(), list(by_lower), n=1)
+    return by_lower[found[0]] if found else None
+
+
+def did_you_mean(wanted: str, known: Iterable[str]) -> str | None:
+    """`did you mean 'acme'?` for a name that is not there, or None when nothing is close."""
+    match = closest(wanted, known)
+    return None if match is None else f"did you mean {match!r}?"

@@ -23,6 +23,7 @@ from gateway.policy import (
     Kind,
     PinStatus,
     Policy,
+    PolicyWarning,
     RecordedCall,
     ReplayReport,
     Request,
@@ -34,6 +35,7 @@ from gateway.policy import (
     plan,
     removed_tools,
     replay,
+    upstream_warnings,
     visible,
 )
 from gateway.store.base import PolicyVersion, Store
@@ -99,6 +101,13 @@ def apply_policy(store: Store, tenant_id: str, text: str, filename: str, now: st
         body["previous_version"] = str(previous.version)
     record_event(store, tenant_id, "policy_changed", body, actor=by)
     return version
+
+
+def warnings_for(store: Store, tenant_id: str, policy: Policy) -> list[PolicyWarning]:
+    """What in `policy` refers to upstreams the tenant does not have (shown by check and apply; never
+    blocks: an upstream may be registered after its policy)."""
+    require_tenant(store, tenant_id)
+    return upstream_warnings(policy, [u.name for u in store.list_upstreams(tenant_id)])
 
 
 # -- policy test (decide one call) -------------------------------------------------------------------

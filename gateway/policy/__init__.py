@@ -41,6 +41,7 @@ from gateway.policy.parse import (
 )
 from gateway.policy.pinning import PinCheck, approve_pins, check_pins, removed_tools, tool_definition_hash
 from gateway.policy.plan import ActorRef, Change, RecordedCall, ReplayChange, ReplayReport, ToolRef, plan, replay
+from gateway.policy.references import PolicyWarning, upstream_warnings
 
 __all__ = [
     "ActorRef",
@@ -56,6 +57,7 @@ __all__ = [
     "PinStatus",
     "Policy",
     "PolicyInvalid",
+    "PolicyWarning",
     "Problem",
     "RateLimit",
     "RateLimits",
@@ -90,5 +92,6 @@ __all__ = [
     "replay",
     "starter_policy_text",
     "tool_definition_hash",
+    "upstream_warnings",
     "visible",
 ]

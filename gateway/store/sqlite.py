@@ -9,6 +9,7 @@ is imported only when a migration runs, so opening the store stays fast for CLI 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +19,8 @@ from typing import Any
 from gateway.errors import AlreadyExists, NotFound, StoreUnavailable
 from gateway.store.base import HeldCall, PinChange, PolicyVersion
 from gateway.types import Actor, CallRecord, Tenant, TokenInfo, UpstreamLimits, UpstreamSpec
+
+log = logging.getLogger("aegress.store")
 
 
 def _m1(db: object) -> None:
@@ -164,7 +167,32 @@ def _m3(db: object) -> None:
     )
 
 
-_MIGRATIONS: list[Callable[[object], None]] = [_m1, _m2, _m3]
+def _m4(db: object) -> None:
+    """Tenant ids unique ignoring ASCII case; actor ids too, within their tenant (issue 9).
+
+    `Acme` next to `acme` would look like one tenant to a person and be two to the gateway. New twins
+    are refused in code (`create_tenant`, `add_actor` check inside their write transaction); these
+    indexes (COLLATE NOCASE) are the backstop. A database that already holds two ids differing only
+    by case keeps opening and working: the index for that table is skipped and a warning logged, and
+    the check in code still refuses further twins. Lookups stay exact (binding compares exactly).
+    """
+    from sqlite_utils import Database
+
+    assert isinstance(db, Database)
+    for table, group, index in (
+        ("tenants", "id COLLATE NOCASE", "tenants_id_nocase"),
+        ("actors", "tenant_id, id COLLATE NOCASE", "actors_tenant_id_nocase"),
+    ):
+        twins = db.execute(f"SELECT group_concat(id, ', ') FROM {table} GROUP BY {group} HAVING count(*) > 1"
+                           " LIMIT 1").fetchone()
+        if twins:
+            log.warning("%s holds ids differing only by case (%s): their case-insensitive unique index is "
+                        "not created; new twins are still refused", table, twins[0])
+            continue
+        db.execute(f"CREATE UNIQUE INDEX {index} ON {table} ({group})")
+
+
+_MIGRATIONS: list[Callable[[object], None]] = [_m1, _m2, _m3, _m4]
 
 
 def _where(**filters: object) -> tuple[str, list[object]]:
@@ -173,6 +201,14 @@ def _where(**filters: object) -> tuple[str, list[object]]:
     if not used:
         return "", []
     return " WHERE " + " AND ".join(f"{k} = ?" for k in used), list(used.values())
+
+
+def _already_exists(kind: str, wanted: str, existing: str, where: str) -> AlreadyExists:
+    """Refuse an id that exists, or exists under another case (ids are unique ignoring case)."""
+    if existing == wanted:
+        return AlreadyExists(f"{kind} {wanted!r} already exists{where}.")
+    return AlreadyExists(f"{kind} {wanted!r} would differ from the existing {kind.lower()} {existing!r}{where} only "
+                         "by case.", hint=f"Use {existing!r}, or pick a name that differs by more than case.")
 
 
 class SQLiteStore:
@@ -240,10 +276,17 @@ class SQLiteStore:
 
     # -- tenants -----------------------------------------------------------------------------
     def create_tenant(self, tenant_id: str, now: str) -> Tenant:
+        conn = self._tx()
         try:
-            self._run("INSERT INTO tenants (id, created_at) VALUES (?, ?)", (tenant_id, now))
-        except sqlite3.IntegrityError as exc:
-            raise AlreadyExists(f"Tenant {tenant_id!r} already exists.") from exc
+            row = conn.execute("SELECT id FROM tenants WHERE id = ? COLLATE NOCASE ORDER BY id = ? DESC, id LIMIT 1",
+                               (tenant_id, tenant_id)).fetchone()
+            if row is not None:
+                raise _already_exists("Tenant", tenant_id, str(row[0]), "")
+            conn.execute("INSERT INTO tenants (id, created_at) VALUES (?, ?)", (tenant_id, now))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
         return Tenant(tenant_id, now)
 
     def get_tenant(self, tenant_id: str) -> Tenant | None:
@@ -271,14 +314,21 @@ class SQLiteStore:
 
     # -- actors ------------------------------------------------------------------------------
     def add_actor(self, tenant_id: str, actor_id: str, now: str) -> Actor:
+        conn = self._tx()
         try:
-            self._run(
-                "INSERT INTO actors (tenant_id, id, created_at) VALUES (?, ?, ?)", (tenant_id, actor_id, now)
-            )
-        except sqlite3.IntegrityError as exc:
-            if self.get_tenant(tenant_id) is None:
-                raise NotFound(f"No tenant {tenant_id!r}.", hint="Create it with `aegress tenant create`.") from exc
-            raise AlreadyExists(f"Actor {actor_id!r} already exists in tenant {tenant_id!r}.") from exc
+            if conn.execute("SELECT 1 FROM tenants WHERE id = ?", (tenant_id,)).fetchone() is None:
+                raise NotFound(f"No tenant {tenant_id!r}.", hint="Create it with `aegress tenant create`.")
+            row = conn.execute(
+                "SELECT id FROM actors WHERE tenant_id = ? AND id = ? COLLATE NOCASE ORDER BY id = ? DESC, id LIMIT 1",
+                (tenant_id, actor_id, actor_id),
+            ).fetchone()
+            if row is not None:
+                raise _already_exists("Actor", actor_id, str(row[0]), f" in tenant {tenant_id!r}")
+            conn.execute("INSERT INTO actors (tenant_id, id, created_at) VALUES (?, ?, ?)", (tenant_id, actor_id, now))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
         return Actor(tenant_id, actor_id, now)
 
     def get_actor(self, tenant_id: str, actor_id: str) -> Actor | None:
