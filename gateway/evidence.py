@@ -47,7 +47,7 @@ from gateway.audit.keys import (
     parse_verifier_keys,
     write_signing_key,
 )
-from gateway.audit.log import Columns, Entry, Sealed, security_origin, tenant_origin
+from gateway.audit.log import Columns, Entry, Sealed, expected_columns, security_origin, tenant_origin
 from gateway.audit.merkle import MerkleTree
 from gateway.audit.records import validate_body
 from gateway.audit.redact import derive_tenant_key, redact_text
@@ -325,16 +325,18 @@ def append_events(store: Store, entries: Sequence[Entry]) -> list[Sealed]:
 
 
 def event_entry(store: Store, tenant: str | None, kind: str, body: dict[str, Any], *,
-                actor: str = "", prefix: str | None = None) -> Entry:
-    """An entry for a tenant log (tenant given) or the deployment's security log (tenant None)."""
+                prefix: str | None = None) -> Entry:
+    """An entry for a tenant log (tenant given) or the deployment's security log (tenant None); its
+    columns are derived from the body (`expected_columns`), so `audit verify` can check them."""
     prefix = prefix or origin_prefix(store)
     origin = tenant_origin(prefix, tenant) if tenant else security_origin(prefix)
-    return Entry(origin, kind, now_time(), body, Columns(tenant=tenant or "", actor=actor, verdict=kind))
+    return Entry(origin, kind, now_time(), body, expected_columns(kind, body, tenant or ""))
 
 
-def record_event(store: Store, tenant: str | None, kind: str, body: dict[str, Any], *, actor: str = "") -> Sealed:
-    """Append one operator event durably (the CLI's hook: `token revoke`, `policy apply`, reviews)."""
-    return append_events(store, [event_entry(store, tenant, kind, body, actor=actor)])[0]
+def record_event(store: Store, tenant: str | None, kind: str, body: dict[str, Any]) -> Sealed:
+    """Append one event durably on its own (key rotation). An operator change to stored state is sealed
+    in its own transaction instead: `gateway.sealed_change.sealed_change`."""
+    return append_events(store, [event_entry(store, tenant, kind, body)])[0]
 
 
 def operator_name() -> str:
