@@ -363,6 +363,12 @@ def _slug(origin: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", origin)
 
 
+def published_checkpoint(directory: Path, origin: str) -> Path:
+    """Where the newest checkpoint of `origin` is published (outside the database): `audit verify`
+    checks the log against it, so a log truncated in the database is found without extra flags."""
+    return directory / _slug(origin) / "checkpoint"
+
+
 @dataclass
 class _LogState:
     tree: MerkleTree
@@ -455,7 +461,7 @@ class Checkpointer:
         directory = self.settings.publish_dir
         if directory is not None:
             try:
-                target = directory / _slug(origin)
+                target = published_checkpoint(directory, origin).parent
                 target.mkdir(parents=True, exist_ok=True)
                 (target / f"{size:012d}.note").write_text(note)
                 tmp = target / "checkpoint.tmp"
