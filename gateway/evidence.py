@@ -318,7 +318,8 @@ class EvidenceWriter:
 
 
 def append_events(store: Store, entries: Sequence[Entry]) -> list[Sealed]:
-    """Synchronous append for operator commands (token revoke, policy apply, review decisions, keys)."""
+    """Synchronous append of events that change no stored state (key rotation); operator changes to the
+    store are sealed in their own transaction (`gateway.sealed_change`)."""
     for entry in entries:
         validate_body(entry.kind, entry.body)
     return store.append_evidence(list(entries))
