@@ -569,6 +569,23 @@ def _published(origin: str) -> tuple[str, str] | None:
     return path.read_text(), f"published at {path}"
 
 
+def _published_origins() -> set[str]:
+    """Origins with a checkpoint published outside the database: a log deleted from the database entirely
+    is still verified (and found truncated)."""
+    from gateway.audit.checkpoint import parse_checkpoint, parse_note
+    from gateway.errors import AegressError
+    from gateway.evidence import EvidenceSettings
+
+    directory = EvidenceSettings.from_env(home()).publish_dir
+    found: set[str] = set()
+    for path in sorted(directory.glob("*/checkpoint")) if directory is not None and directory.is_dir() else []:
+        try:
+            found.add(parse_checkpoint(parse_note(path.read_text()).text).origin)
+        except (AegressError, OSError, ValueError):
+            continue  # not a checkpoint of ours; --against checks a file explicitly
+    return found
+
+
 def _verify_store(tenant: str, all_logs: bool, keys: list[str] | None, against: list[Path],
                   final: bool) -> list[dict[str, Any]]:
     """Each log's records, stored columns and checkpoints: those in the database, the newest one
@@ -583,7 +600,8 @@ def _verify_store(tenant: str, all_logs: bool, keys: list[str] | None, against: 
         raise UsageError("Give one of --tenant, --all or --bundle.")
     db = store()
     known = db.evidence_origins()
-    origins = [_origin_for(db, tenant)] if tenant else known
+    mine = {o for o in _published_origins() if o.startswith(_prefix(db) + "/")}
+    origins = [_origin_for(db, tenant)] if tenant else sorted(set(known) | mine)
     if tenant and origins[0] not in known:
         from gateway.errors import NotFound
 

@@ -400,6 +400,7 @@ def _check_roots(
     return None, full_root
 
 
+_COLUMNS = ("kind", "time", "tenant", "actor", "tool", "verdict", "status", "intent_seq", "leaf_hash")
 _FROM_INTENT = ("actor", "tool", "verdict")
 
 
@@ -415,12 +416,11 @@ def _check_columns(records: _Records, columns: Sequence[StoredColumns], tenant: 
             intents[record.seq] = record.body
         intent = intents.get(record.body["intent_seq"]) if record.kind == "outcome" else None
         want = expected_columns(record.kind, record.body, tenant, intent)
-        expected: dict[str, object] = {
-            "kind": record.kind, "time": record.time, "tenant": want.tenant, "actor": want.actor, "tool": want.tool,
-            "verdict": want.verdict, "status": want.status, "intent_seq": want.intent_seq,
-            "leaf_hash": records.hashes[p],
-        }
-        for name, value in expected.items():
+        expected = (record.kind, record.time, want.tenant, want.actor, want.tool, want.verdict, want.status,
+                    want.intent_seq, records.hashes[p])
+        if tuple(getattr(stored, name) for name in _COLUMNS) == expected:  # the common case, one comparison
+            continue
+        for name, value in zip(_COLUMNS, expected, strict=True):
             if record.kind == "outcome" and intent is None and name in _FROM_INTENT:
                 continue  # the intent precedes a partial log: nothing to compare with
             if getattr(stored, name) != value:

@@ -135,16 +135,21 @@ def test_the_untouched_log_verifies_with_its_columns(session: Path) -> None:
 
 
 # -- 2. plain `audit verify` checks the newest checkpoint published outside the database ---------------------
-def test_a_truncated_log_is_found_by_plain_verify(session: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("cut", [3, "all"])
+def test_a_truncated_log_is_found_by_plain_verify(session: Path, tmp_path: Path, cut: int | str) -> None:
     from gateway.audit.merkle import leaf_hash
 
     home = _copy(session, tmp_path)
     [(origin, size)] = _sql(home, "SELECT origin, size FROM evidence_heads WHERE origin LIKE '%/tenant/acme'")
-    keep = size - 3
-    [(last,)] = _sql(home, "SELECT data FROM evidence WHERE origin = ? AND seq = ?", (origin, keep - 1))
+    keep = 0 if cut == "all" else size - int(cut)
     _sql(home, "DELETE FROM evidence WHERE origin = ? AND seq >= ?", (origin, keep))
-    _sql(home, "UPDATE evidence_heads SET size = ?, last_hash = ? WHERE origin = ?", (keep, leaf_hash(last), origin))
     _sql(home, "DELETE FROM checkpoints WHERE origin = ? AND size > ?", (origin, keep))
+    if keep:
+        [(last,)] = _sql(home, "SELECT data FROM evidence WHERE origin = ? AND seq = ?", (origin, keep - 1))
+        _sql(home, "UPDATE evidence_heads SET size = ?, last_hash = ? WHERE origin = ?",
+             (keep, leaf_hash(last), origin))
+    else:  # the whole log gone from the database
+        _sql(home, "DELETE FROM evidence_heads WHERE origin = ?", (origin,))
     proc = aegress(home, "audit", "verify", check=False)
     assert proc.returncode == 3, proc.stdout + proc.stderr
     line = next(x for x in proc.stdout.splitlines() if "/tenant/acme" in x)
