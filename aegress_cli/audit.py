@@ -536,8 +536,9 @@ def verify(
                 cp = r["latest_checkpoint_size"]
                 signed = f"signed up to {cp}" if cp is not None else "NO signed checkpoint yet"
                 opened = f", {len(r['open_intents'])} call(s) in flight" if r["open_intents"] else ""
+                outside = ", none published outside the database" if r.get("published_checkpoint", "") is None else ""
                 print(f"verified  {r['origin']}: {r['size'] - r['start']} record(s), {r['checkpoints']} "
-                      f"checkpoint(s), {signed}{opened}")
+                      f"checkpoint(s), {signed}{opened}{outside}")
             else:
                 f = r["finding"]
                 where = f" at seq {f['seq']}" if f.get("seq") is not None else ""
