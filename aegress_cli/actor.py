@@ -51,7 +51,7 @@ def remove(name: Annotated[str, typer.Argument(help="Actor id.")], tenant: Tenan
     s = store()
     admin.require_actor(s, tenant, name)
     confirm(f"Remove actor {name!r} of tenant {tenant!r} and revoke its tokens?", yes)
-    s.remove_actor(tenant, name)
+    admin.remove_actor(s, tenant, name)
     if json_out:
         print_json({"removed": name, "tenant": tenant})
     else:

@@ -372,9 +372,14 @@ def export(
     until: UntilOpt = "",
     sign: Annotated[bool, typer.Option("--sign/--no-sign", help="Sign a fresh checkpoint first (if this host "
                                        "has the key) so the bundle covers every record.")] = True,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file (or bundle directory) at "
+                                        "--out. A symlink is never followed.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Export a tenant log: jsonl (exact record bytes), csv (queryable columns) or a verifiable bundle."""
+    """Export a tenant log: jsonl (exact record bytes), csv (queryable columns) or a verifiable bundle.
+
+    Files are created readable by the owner only (0600; a bundle directory 0700), never through a
+    symlink, and never over an existing file without --force."""
     from rich.progress import Progress
 
     from gateway.errors import UsageError
@@ -390,15 +395,17 @@ def export(
     with Progress(transient=True, disable=json_out or not sys.stderr.isatty()) as progress:
         task = progress.add_task(f"Exporting {origin}", total=max(1, len(records)))
         if fmt == "jsonl":
-            with out.open("wb") as handle:
+            from gateway.audit.bundle import open_private
+
+            with open_private(out, force=force) as handle:
                 for i, (_, data) in enumerate(records):
                     handle.write(data + b"\n")
                     if i % 1000 == 0:
                         progress.update(task, completed=i)
         elif fmt == "csv":
-            _export_csv(db, origin, first, end, out, progress, task)
+            _export_csv(db, origin, first, end, out, progress, task, force)
         else:
-            _export_bundle(db, origin, first, end, records, out, progress, task)
+            _export_bundle(db, origin, first, end, records, out, progress, task, force)
         progress.update(task, completed=max(1, len(records)))
     summary = {"origin": origin, "format": fmt, "out": str(out), "first_seq": first, "end_seq": end,
                "records": len(records)}
@@ -422,12 +429,15 @@ def _sign_if_possible(db: Any) -> None:
         sign_checkpoints(db, key, settings)
 
 
-def _export_csv(db: Any, origin: str, first: int, end: int, out: Path, progress: Any, task: Any) -> None:
+def _export_csv(db: Any, origin: str, first: int, end: int, out: Path, progress: Any, task: Any,
+                force: bool) -> None:
     import csv
+    import io
 
+    from gateway.audit.bundle import open_private
     from gateway.store.base import EvidenceFilter
 
-    with out.open("w", newline="") as handle:
+    with io.TextIOWrapper(open_private(out, force=force), encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "origin", "seq", "kind", "time", "tenant", "actor", "tool", "verdict", "outcome",
                          "intent_seq", "leaf_hash"])
@@ -446,7 +456,7 @@ def _export_csv(db: Any, origin: str, first: int, end: int, out: Path, progress:
 
 
 def _export_bundle(db: Any, origin: str, first: int, end: int, records: list[tuple[int, bytes]], out: Path,
-                   progress: Any, task: Any) -> None:
+                   progress: Any, task: Any, force: bool) -> None:
     from gateway.audit.bundle import build_bundle_files, write_bundle
     from gateway.audit.checkpoint import TlogProof
     from gateway.audit.merkle import MerkleTree
@@ -473,7 +483,7 @@ def _export_bundle(db: Any, origin: str, first: int, end: int, records: list[tup
         verifier_keys=[v.to_string() for v in _trusted(None)], consistency_proofs=proofs,
         inclusion_proofs=inclusion, start=start,
     )
-    write_bundle(out, files)
+    write_bundle(out, files, force=force)
 
 
 # -- verify -------------------------------------------------------------------------------------------
@@ -481,7 +491,8 @@ def _export_bundle(db: Any, origin: str, first: int, end: int, records: list[tup
 def verify(
     tenant: Annotated[str, typer.Option("--tenant", "-t", help="Verify this tenant's log (`security` for the "
                                         "security log).")] = "",
-    all_logs: Annotated[bool, typer.Option("--all", help="Verify every log in the database.")] = False,
+    all_logs: Annotated[bool, typer.Option("--all", help="Verify every log in the database (the default "
+                                           "without --tenant or --bundle).")] = False,
     bundle: Annotated[Path | None, typer.Option("--bundle", help="Verify an exported bundle directory (no "
                                                 "database, no network).")] = None,
     against: Annotated[list[Path] | None, typer.Option("--against", help="A signed checkpoint held elsewhere "
@@ -493,19 +504,20 @@ def verify(
                                         "intent must have an outcome.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Recompute every hash, link, Merkle root, signature and checkpoint; name the first problem.
+    """Recompute every hash, link, Merkle root, signature, checkpoint and stored column; name the first problem.
 
-    Exit 0 verified, 3 tampered or incomplete, 1 could not run.
+    Checks each log against its checkpoints in the database AND the newest one published outside it
+    (AEGRESS_CHECKPOINT_DIR), so a log cut short in the database is found. Exit 0 verified, 3 tampered
+    or incomplete, 1 could not run.
     """
     from gateway.errors import AegressError
 
     started = time.perf_counter()
     try:
-        notes = [p.read_text() for p in (against or [])]
         if bundle is not None:
-            reports = [_verify_bundle(bundle, key, notes, final)]
+            reports = [_verify_bundle(bundle, key, [p.read_text() for p in (against or [])], final)]
         else:
-            reports = _verify_store(tenant, all_logs, key, notes, final)
+            reports = _verify_store(tenant, all_logs, key, against or [], final)
     except (AegressError, OSError, ValueError, KeyError) as exc:
         message = exc.message if isinstance(exc, AegressError) else f"{type(exc).__name__}: {exc}"
         err(f"Error: could not verify: {message}")
@@ -524,8 +536,9 @@ def verify(
                 cp = r["latest_checkpoint_size"]
                 signed = f"signed up to {cp}" if cp is not None else "NO signed checkpoint yet"
                 opened = f", {len(r['open_intents'])} call(s) in flight" if r["open_intents"] else ""
+                outside = ", none published outside the database" if r.get("published_checkpoint", "") is None else ""
                 print(f"verified  {r['origin']}: {r['size'] - r['start']} record(s), {r['checkpoints']} "
-                      f"checkpoint(s), {signed}{opened}")
+                      f"checkpoint(s), {signed}{opened}{outside}")
             else:
                 f = r["finding"]
                 where = f" at seq {f['seq']}" if f.get("seq") is not None else ""
@@ -546,29 +559,72 @@ def _verify_bundle(path: Path, keys: list[str] | None, against: list[str], final
     return body
 
 
-def _verify_store(tenant: str, all_logs: bool, keys: list[str] | None, against: list[str],
-                  final: bool) -> list[dict[str, Any]]:
+def _published(origin: str) -> tuple[str, str] | None:
+    """(note, where) of the newest checkpoint the gateway published outside the database, if any."""
+    from gateway.evidence import EvidenceSettings, published_checkpoint
+
+    directory = EvidenceSettings.from_env(home()).publish_dir
+    path = published_checkpoint(directory, origin) if directory is not None else None
+    if path is None or not path.is_file():
+        return None
+    return path.read_text(), f"published at {path}"
+
+
+def _published_origins() -> set[str]:
+    """Origins with a checkpoint published outside the database: a log deleted from the database entirely
+    is still verified (and found truncated)."""
     from gateway.audit.checkpoint import parse_checkpoint, parse_note
+    from gateway.errors import AegressError
+    from gateway.evidence import EvidenceSettings
+
+    directory = EvidenceSettings.from_env(home()).publish_dir
+    found: set[str] = set()
+    for path in sorted(directory.glob("*/checkpoint")) if directory is not None and directory.is_dir() else []:
+        try:
+            found.add(parse_checkpoint(parse_note(path.read_text()).text).origin)
+        except (AegressError, OSError, ValueError):
+            continue  # not a checkpoint of ours; --against checks a file explicitly
+    return found
+
+
+def _verify_store(tenant: str, all_logs: bool, keys: list[str] | None, against: list[Path],
+                  final: bool) -> list[dict[str, Any]]:
+    """Each log's records, stored columns and checkpoints: those in the database, the newest one
+    published outside it, and any given with --against."""
+    from gateway.audit.checkpoint import parse_checkpoint, parse_note
+    from gateway.audit.log import tenant_of
     from gateway.audit.verify import verify_log
     from gateway.errors import UsageError
+    from gateway.store.base import EvidenceFilter
 
-    if bool(tenant) == all_logs:
-        raise UsageError("Give exactly one of --tenant, --all or --bundle.")
+    if tenant and all_logs:
+        raise UsageError("Give one of --tenant, --all or --bundle.")
     db = store()
     known = db.evidence_origins()
-    origins = known if all_logs else [_origin_for(db, tenant)]
-    if not all_logs and origins[0] not in known:
+    mine = {o for o in _published_origins() if o.startswith(_prefix(db) + "/")}
+    origins = [_origin_for(db, tenant)] if tenant else sorted(set(known) | mine)
+    if tenant and origins[0] not in known:
         from gateway.errors import NotFound
 
         raise NotFound(f"No evidence for {tenant!r} yet.", hint="Check the tenant id (`aegress tenant list`).")
     verifiers = _trusted(keys)
+    given = [(p.read_text(), f"--against {p}") for p in against]
+    prefix = _prefix(db)
     reports = []
     for origin in origins:
-        mine = [n for n in against if parse_checkpoint(parse_note(n).text).origin == origin]
-        records = db.evidence_records(origin)
-        notes = [note for _, note in db.list_checkpoints(origin)] + mine
-        report = verify_log(records, origin=origin, checkpoints=notes, verifiers=verifiers, final=final)
+        sources = [(note, "database") for _, note in db.list_checkpoints(origin)]
+        published = _published(origin)  # a file for this origin: a bad one is a finding, not skipped
+        sources += ([published] if published else [])
+        sources += [(n, where) for n, where in given if parse_checkpoint(parse_note(n).text).origin == origin]
+        rows = db.query_evidence(EvidenceFilter(origin=origin), limit=2**62, newest_first=False)
+        records = [(r.seq, r.data) for r in rows]
+        report = verify_log(records, origin=origin, checkpoints=[n for n, _ in sources], verifiers=verifiers,
+                            final=final, columns=rows, tenant=tenant_of(prefix, origin) or "")
         body = report.to_dict()
         body["records"] = len(records)
+        body["published_checkpoint"] = published[1].removeprefix("published at ") if published else None
+        finding = body["finding"]
+        if isinstance(finding, dict) and finding.get("checkpoint") is not None:
+            finding["message"] += f" (checkpoint {finding['checkpoint']}: {sources[finding['checkpoint']][1]})"
         reports.append(body)
     return reports

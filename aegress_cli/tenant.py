@@ -69,7 +69,7 @@ def delete(name: Annotated[str, typer.Argument(help="Tenant id.")], yes: YesOpt 
     s = store()
     admin.require_tenant(s, name)
     confirm(f"Delete tenant {name!r}, its actors, tokens and upstreams?", yes)
-    s.delete_tenant(name)
+    admin.delete_tenant(s, name)
     if json_out:
         print_json({"deleted": name})
     else:

@@ -120,7 +120,7 @@ def remove(name: Annotated[str, typer.Argument(help="Upstream name.")], tenant: 
 
         raise NotFound(f"No upstream {name!r} in tenant {tenant!r}.", hint="See `aegress upstream list`.")
     confirm(f"Remove upstream {name!r} from tenant {tenant!r}?", yes)
-    s.remove_upstream(tenant, name)
+    admin.remove_upstream(s, tenant, name)
     if json_out:
         print_json({"removed": name, "tenant": tenant})
     else:

@@ -6,7 +6,8 @@
    upstream; rounds alternate so machine noise hits both alike; the median round counts. Target >= 0.8.
 2. `audit verify` speed: a log of --records records is written through the store (group-commit batches),
    a checkpoint is signed, then `verify_log` runs over the stored bytes (library) and `aegress audit verify`
-   runs as a process (end to end, including reading SQLite). Target >= 50,000 records/s.
+   runs as a process (end to end, including reading SQLite). Target >= 50,000 records/s for `verify_log`:
+   the script exits 1 below it (the unit tests assert behaviour only, never speed).
 
     .venv/bin/python bench/audit_bench.py [--calls 2000] [--rounds 3] [--records 200000] [--json PATH]
 """
@@ -70,8 +71,14 @@ def bench_gateway(calls: int, rounds: int, sealed_env: dict[str, str] | None = N
     return result
 
 
+VERIFY_RECORDS_PER_S_MIN = 50_000
+"""`verify_log` over stored records must reach this (exit 1 below it)."""
+
+
 def bench_verify(records: int) -> dict:
-    from gateway.audit.log import Columns, Entry, tenant_origin
+    from dataclasses import replace
+
+    from gateway.audit.log import Entry, expected_columns, tenant_origin
     from gateway.audit.verify import verify_log
     from gateway.evidence import (
         EvidenceSettings,
@@ -95,11 +102,13 @@ def bench_verify(records: int) -> dict:
             "tenant": "acme", "actor": f"user-{i % 7}", "token_id": "tok_x", "client_name": "bench",
             "client_version": "1", "upstream": "github", "tool": "github__create_issue",
             "tool_def_hash": "sha256:" + "cd" * 32, "verdict": "allow", "policy_version": "3", "rule_id": "r1",
-            "args_digest": digest, "request_id": str(i), "args_preview": '{"title":"hello"}'},
-            Columns(tenant="acme", tool="github__create_issue", verdict="allow")))
+            "args_digest": digest, "request_id": str(i), "args_preview": '{"title":"hello"}'}))
         batch.append(Entry(origin, "outcome", "2026-01-02T03:04:05.100000Z", {
             "intent_seq": seq, "status": "completed", "result_digest": digest, "latency_ms": 12,
-            "upstream_latency_ms": 10}, Columns(tenant="acme", status="completed", intent_seq=seq)))
+            "upstream_latency_ms": 10}))
+        intent, outcome = batch[-2], batch[-1]  # the columns a gateway writes, which `audit verify` checks
+        batch[-2:] = [replace(intent, columns=expected_columns("intent", intent.body, "acme")),
+                      replace(outcome, columns=expected_columns("outcome", outcome.body, "acme", intent.body))]
         if len(batch) >= 5000:
             store.append_evidence(batch)
             batch = []
@@ -152,8 +161,11 @@ def main() -> None:
         results["throughput_16_in_flight_outcome_not_awaited"] = bench_gateway(
             args.calls, args.rounds, {"AEGRESS_AUDIT_AWAIT_OUTCOME": "off"})
     results["verify"] = bench_verify(args.records)
-    results["targets"] = {"ratio_16_min": 0.8, "verify_records_per_s_min": 50_000}
+    results["targets"] = {"ratio_16_min": 0.8, "verify_records_per_s_min": VERIFY_RECORDS_PER_S_MIN}
     emit(results, args.json)
+    rate = results["verify"]["verify_log_records_per_s"]
+    if rate < VERIFY_RECORDS_PER_S_MIN:  # the speed threshold lives here, not in the unit tests
+        sys.exit(f"verify_log: {rate:,} records/s is below the target of {VERIFY_RECORDS_PER_S_MIN:,}")
 
 
 if __name__ == "__main__":

@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from gateway import naming, netguard
 from gateway.errors import InvalidInput, NotFound, UpstreamError
+from gateway.evidence import operator_name
+from gateway.sealed_change import sealed_change
 from gateway.secrets import derive_key, mint_id, mint_token, token_hash
 from gateway.store.base import Store
 from gateway.types import Actor, Tenant, TokenInfo, UpstreamSpec
@@ -25,8 +28,21 @@ def now_iso() -> str:
 
 
 # -- tenants ---------------------------------------------------------------------------------------
-def create_tenant(store: Store, tenant_id: str, now: str) -> Tenant:
-    return store.create_tenant(naming.check_id("tenant", tenant_id), now)
+def create_tenant(store: Store, tenant_id: str, now: str, by: str | None = None) -> Tenant:
+    """Create a tenant; the creation is sealed in the tenant's log in the same transaction."""
+    naming.check_id("tenant", tenant_id)
+    with sealed_change(store) as change:
+        tenant = store.create_tenant(tenant_id, now)
+        change.operator_change(tenant_id, "tenant_created", tenant_id, by or operator_name())
+    return tenant
+
+
+def delete_tenant(store: Store, tenant_id: str, by: str | None = None) -> None:
+    """Delete a tenant with its actors, tokens, upstreams and policy state; its evidence log stays, and
+    records the deletion (same transaction)."""
+    with sealed_change(store) as change:
+        store.delete_tenant(tenant_id)
+        change.operator_change(tenant_id, "tenant_deleted", tenant_id, by or operator_name())
 
 
 def _hint(wanted: str, known: list[str], otherwise: str) -> str:
@@ -99,9 +115,21 @@ def require_log_filters(store: Store, tenant_id: str = "", actor_id: str = "") -
 
 
 # -- actors ----------------------------------------------------------------------------------------
-def add_actor(store: Store, tenant_id: str, actor_id: str, now: str) -> Actor:
+def add_actor(store: Store, tenant_id: str, actor_id: str, now: str, by: str | None = None) -> Actor:
     require_tenant(store, tenant_id)
-    return store.add_actor(tenant_id, naming.check_id("actor", actor_id), now)
+    naming.check_id("actor", actor_id)
+    with sealed_change(store) as change:
+        actor = store.add_actor(tenant_id, actor_id, now)
+        change.operator_change(tenant_id, "actor_added", actor_id, by or operator_name())
+    return actor
+
+
+def remove_actor(store: Store, tenant_id: str, actor_id: str, by: str | None = None) -> None:
+    """Remove an actor and its tokens (sealed in the same transaction)."""
+    require_tenant(store, tenant_id)
+    with sealed_change(store) as change:
+        store.remove_actor(tenant_id, actor_id)
+        change.operator_change(tenant_id, "actor_removed", actor_id, by or operator_name())
 
 
 def require_actor(store: Store, tenant_id: str, actor_id: str) -> Actor:
@@ -128,12 +156,15 @@ def require_any_actor(store: Store, actor_id: str) -> None:
 
 # -- tokens ----------------------------------------------------------------------------------------
 def issue_token(store: Store, master_key: bytes, tenant_id: str, actor_id: str, now: str,
-                label: str = "") -> tuple[TokenInfo, str]:
-    """Mint a token; the store keeps only its keyed hash. The caller shows the token once."""
+                label: str = "", by: str | None = None) -> tuple[TokenInfo, str]:
+    """Mint a token; the store keeps only its keyed hash. The caller shows the token once. The issue is
+    sealed (token id and actor, never the token) in the same transaction."""
     require_actor(store, tenant_id, actor_id)
     token = mint_token()
     info = TokenInfo(id=mint_id("tok_"), tenant_id=tenant_id, actor_id=actor_id, created_at=now, label=label)
-    store.add_token(info, token_hash(derive_key(master_key, "token-hash"), token))
+    with sealed_change(store) as change:
+        store.add_token(info, token_hash(derive_key(master_key, "token-hash"), token))
+        change.operator_change(tenant_id, "token_issued", info.id, by or operator_name(), subject_actor=actor_id)
     return info, token
 
 
@@ -146,14 +177,14 @@ def require_token(store: Store, token_id: str) -> TokenInfo:
     return info
 
 
-def revoke_token(store: Store, token_id: str, now: str) -> TokenInfo:
-    before = store.get_token(token_id)
-    info = store.revoke_token(token_id, now)
-    if before is not None and before.active:  # sealed evidence: the tenant's log records the revocation
-        from gateway.evidence import operator_name, record_event
-
-        record_event(store, info.tenant_id, "token_revoked", {"token_id": info.id, "actor": operator_name()},
-                     actor=info.actor_id)
+def revoke_token(store: Store, token_id: str, now: str, by: str | None = None) -> TokenInfo:
+    """Revoke a token; the revocation and its `token_revoked` record commit together (revoking a revoked
+    token changes nothing and records nothing)."""
+    with sealed_change(store) as change:
+        before = store.get_token(token_id)
+        info = store.revoke_token(token_id, now)
+        if before is not None and before.active:
+            change.seal(info.tenant_id, "token_revoked", {"token_id": info.id, "actor": by or operator_name()})
     return info
 
 
@@ -274,9 +305,28 @@ def add_upstream(store: Store, spec: UpstreamSpec, probed: ProbeResult | None) -
             hint="Keep the upstream prefixed (drop --no-prefix) or rename the other upstream.",
             code="tool-collision",
         )
-    store.add_upstream(spec)
-    store.set_upstream_tools(spec.tenant_id, spec.name, tool_names)
+    with sealed_change(store) as change:
+        store.add_upstream(spec)
+        store.set_upstream_tools(spec.tenant_id, spec.name, tool_names)
+        change.upstream(spec, "upstream_added", operator_name())
     return tool_names
+
+
+def remove_upstream(store: Store, tenant_id: str, name: str, by: str | None = None) -> None:
+    """Remove an upstream (sealed in the same transaction)."""
+    require_tenant(store, tenant_id)
+    with sealed_change(store) as change:
+        store.remove_upstream(tenant_id, name)
+        change.operator_change(tenant_id, "upstream_removed", name, by or operator_name())
+
+
+def change_upstream(store: Store, spec: UpstreamSpec, update: Callable[[], object], by: str | None = None) -> None:
+    """Run `update` (a store write that changes the registration to `spec`, e.g. `store.update_upstream`)
+    and seal `upstream_changed` in the same transaction. The store method must write through `_write()`
+    (or single `_run` statements), never its own BEGIN."""
+    with sealed_change(store) as change:
+        update()
+        change.upstream(spec, "upstream_changed", by or operator_name())
 
 
 # -- the demo ----------------------------------------------------------------------------------------
@@ -295,31 +345,30 @@ def ensure_demo(store: Store, master_key: bytes, now: str, have_token: bool) -> 
 
     Returns a newly issued token when the operator has none stored for demo-user, else None.
     """
+    by = "aegress serve --demo"
     if store.get_tenant(DEMO_TENANT) is None:
-        store.create_tenant(DEMO_TENANT, now)
+        create_tenant(store, DEMO_TENANT, now, by)
     if store.get_actor(DEMO_TENANT, DEMO_ACTOR) is None:
-        store.add_actor(DEMO_TENANT, DEMO_ACTOR, now)
+        add_actor(store, DEMO_TENANT, DEMO_ACTOR, now, by)
     current = store.get_upstream(DEMO_TENANT, DEMO_UPSTREAM)
     wanted = demo_upstream_spec(now)
     if current is None or current.command != wanted.command:
-        if current is not None:
-            store.remove_upstream(DEMO_TENANT, DEMO_UPSTREAM)
-        store.add_upstream(wanted)
-        store.set_upstream_tools(
-            DEMO_TENANT, DEMO_UPSTREAM,
-            ["echo", "add", "get_time", "write_note", "delete_note", "shell_preview", "count_slowly"],
-        )
+        with sealed_change(store) as change:
+            if current is not None:
+                store.remove_upstream(DEMO_TENANT, DEMO_UPSTREAM)
+            store.add_upstream(wanted)
+            store.set_upstream_tools(
+                DEMO_TENANT, DEMO_UPSTREAM,
+                ["echo", "add", "get_time", "write_note", "delete_note", "shell_preview", "count_slowly"],
+            )
+            change.upstream(wanted, "upstream_added" if current is None else "upstream_changed", by)
     if store.get_policy_version(DEMO_TENANT) is None:  # the demo policy: allow, review and block on `demo`
-        import hashlib
+        from gateway.policy import demo_policy_text
+        from gateway.policy_admin import apply_policy
 
-        from gateway.policy import demo_policy_text, load_policy
-
-        text = demo_policy_text()
-        load_policy(text, "demo.toml")
-        digest = "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
-        store.add_policy_version(DEMO_TENANT, text, "demo.toml", digest, now, "aegress serve --demo")
+        apply_policy(store, DEMO_TENANT, demo_policy_text(), "demo.toml", now, by)
     active = [t for t in store.list_tokens(DEMO_TENANT, DEMO_ACTOR) if t.active]
     if have_token and active:
         return None
-    _, token = issue_token(store, master_key, DEMO_TENANT, DEMO_ACTOR, now, label="demo")
+    _, token = issue_token(store, master_key, DEMO_TENANT, DEMO_ACTOR, now, label="demo", by=by)
     return token

@@ -47,7 +47,7 @@ from gateway.audit.keys import (
     parse_verifier_keys,
     write_signing_key,
 )
-from gateway.audit.log import Columns, Entry, Sealed, security_origin, tenant_origin
+from gateway.audit.log import Columns, Entry, Sealed, expected_columns, security_origin, tenant_origin
 from gateway.audit.merkle import MerkleTree
 from gateway.audit.records import validate_body
 from gateway.audit.redact import derive_tenant_key, redact_text
@@ -318,23 +318,26 @@ class EvidenceWriter:
 
 
 def append_events(store: Store, entries: Sequence[Entry]) -> list[Sealed]:
-    """Synchronous append for operator commands (token revoke, policy apply, review decisions, keys)."""
+    """Synchronous append of events that change no stored state (key rotation); operator changes to the
+    store are sealed in their own transaction (`gateway.sealed_change`)."""
     for entry in entries:
         validate_body(entry.kind, entry.body)
     return store.append_evidence(list(entries))
 
 
 def event_entry(store: Store, tenant: str | None, kind: str, body: dict[str, Any], *,
-                actor: str = "", prefix: str | None = None) -> Entry:
-    """An entry for a tenant log (tenant given) or the deployment's security log (tenant None)."""
+                prefix: str | None = None) -> Entry:
+    """An entry for a tenant log (tenant given) or the deployment's security log (tenant None); its
+    columns are derived from the body (`expected_columns`), so `audit verify` can check them."""
     prefix = prefix or origin_prefix(store)
     origin = tenant_origin(prefix, tenant) if tenant else security_origin(prefix)
-    return Entry(origin, kind, now_time(), body, Columns(tenant=tenant or "", actor=actor, verdict=kind))
+    return Entry(origin, kind, now_time(), body, expected_columns(kind, body, tenant or ""))
 
 
-def record_event(store: Store, tenant: str | None, kind: str, body: dict[str, Any], *, actor: str = "") -> Sealed:
-    """Append one operator event durably (the CLI's hook: `token revoke`, `policy apply`, reviews)."""
-    return append_events(store, [event_entry(store, tenant, kind, body, actor=actor)])[0]
+def record_event(store: Store, tenant: str | None, kind: str, body: dict[str, Any]) -> Sealed:
+    """Append one event durably on its own (key rotation). An operator change to stored state is sealed
+    in its own transaction instead: `gateway.sealed_change.sealed_change`."""
+    return append_events(store, [event_entry(store, tenant, kind, body)])[0]
 
 
 def operator_name() -> str:
@@ -359,6 +362,12 @@ def recover_open_intents(store: Store) -> int:
 # -- checkpoints -----------------------------------------------------------------------------------------
 def _slug(origin: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", origin)
+
+
+def published_checkpoint(directory: Path, origin: str) -> Path:
+    """Where the newest checkpoint of `origin` is published (outside the database): `audit verify`
+    checks the log against it, so a log truncated in the database is found without extra flags."""
+    return directory / _slug(origin) / "checkpoint"
 
 
 @dataclass
@@ -453,7 +462,7 @@ class Checkpointer:
         directory = self.settings.publish_dir
         if directory is not None:
             try:
-                target = directory / _slug(origin)
+                target = published_checkpoint(directory, origin).parent
                 target.mkdir(parents=True, exist_ok=True)
                 (target / f"{size:012d}.note").write_text(note)
                 tmp = target / "checkpoint.tmp"

@@ -510,12 +510,13 @@ class Pipeline:
             up, tool = await self.resolve_tool(session, name)
         except UnknownTarget:
             self.record(session, "tools/call", name, "", Decision("block", "unknown-tool"), "refused",
-                        started, started_at, INVALID_PARAMS)
+                        started, started_at, INVALID_PARAMS, arguments=arguments)
             raise
         limited = self.over_budget(session)
         if limited is not None:
             decision = GateDecision("block", "rate-limit", limited, audit_id=mint_id("aud_"))
-            self.record(session, "tools/call", name, up.spec.name, decision, "refused", started, started_at)
+            self.record(session, "tools/call", name, up.spec.name, decision, "refused", started, started_at,
+                        arguments=arguments, tool=tool)
             return result(msg["id"], tool_error(f"{limited} (audit id {decision.audit_id})"))
         decision = self.decide(session, up, tool, arguments or {})
         if decision.verdict == "review":
@@ -528,11 +529,13 @@ class Pipeline:
             )
             decision = replace(decision, audit_id=settled.held_id)
             if not settled.released:
-                self.record(session, "tools/call", name, up.spec.name, decision, settled.outcome, started, started_at)
+                self.record(session, "tools/call", name, up.spec.name, decision, settled.outcome, started, started_at,
+                            arguments=arguments, tool=tool)
                 return result(msg["id"], settled.result or tool_error("Not run."))
         elif decision.verdict != "allow":
             decision = replace(decision, audit_id=mint_id("aud_"))
-            self.record(session, "tools/call", name, up.spec.name, decision, "refused", started, started_at)
+            self.record(session, "tools/call", name, up.spec.name, decision, "refused", started, started_at,
+                        arguments=arguments, tool=tool)
             reason = decision.reason or "Policy does not allow this call."
             return result(msg["id"], tool_error(
                 f"Blocked by policy rule {decision.rule_id}: {reason} (audit id {decision.audit_id})"))

@@ -38,6 +38,7 @@ from gateway.policy import (
     upstream_warnings,
     visible,
 )
+from gateway.sealed_change import pins_digest, sealed_change
 from gateway.store.base import PolicyVersion, Store
 
 
@@ -89,17 +90,17 @@ def plan_change(store: Store, tenant_id: str, new: Policy) -> tuple[list[Change]
 
 
 def apply_policy(store: Store, tenant_id: str, text: str, filename: str, now: str, by: str) -> PolicyVersion:
-    """Validate (PolicyInvalid lists every problem, nothing stored) and store a new version."""
-    from gateway.evidence import record_event
-
+    """Validate (PolicyInvalid lists every problem, nothing stored) and store a new version, sealed as
+    `policy_changed` in the same transaction."""
     require_tenant(store, tenant_id)
     load_policy(text, filename)
-    previous = store.get_policy_version(tenant_id)
-    version = store.add_policy_version(tenant_id, text, filename, digest_text(text), now, by)
-    body = {"policy_version": str(version.version), "policy_digest": version.digest, "actor": by}
-    if previous is not None:
-        body["previous_version"] = str(previous.version)
-    record_event(store, tenant_id, "policy_changed", body, actor=by)
+    with sealed_change(store) as change:
+        previous = store.get_policy_version(tenant_id)
+        version = store.add_policy_version(tenant_id, text, filename, digest_text(text), now, by)
+        body = {"policy_version": str(version.version), "policy_digest": version.digest, "actor": by}
+        if previous is not None:
+            body["previous_version"] = str(previous.version)
+        change.seal(tenant_id, "policy_changed", body)
     return version
 
 
@@ -236,5 +237,9 @@ def approve_tools(store: Store, tenant_id: str, upstream: str, names: Iterable[s
                            hint="The gateway caches definitions when a client lists tools; see `aegress policy pins`.")
         chosen = [by_name[n] for n in wanted]
     if chosen:
-        store.set_pins(tenant_id, upstream, {r.tool: str(r.current_hash) for r in chosen}, by, now)
+        pins = {r.tool: str(r.current_hash) for r in chosen}
+        with sealed_change(store) as change:
+            store.set_pins(tenant_id, upstream, pins, by, now)
+            change.operator_change(tenant_id, "tools_approved", upstream, by, tools=sorted(pins),
+                                   config_digest=pins_digest(pins))
     return chosen

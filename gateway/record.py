@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gateway.audit.log import Columns, Entry, Sealed
+from gateway.audit.log import Entry, Sealed, expected_columns
 from gateway.audit.records import receipt
 from gateway.audit.redact import digest_value, redact_preview, redact_text
 from gateway.policy.pinning import tool_definition_hash
@@ -115,8 +115,7 @@ def call_entry(origin: str, key: bytes, facts: CallFacts, *, kind: str, verdict:
         body["args_preview"] = redact_preview(facts.arguments)
     if d.reason:
         body["reason"] = redact_text(d.reason, limit=500) or "-"
-    columns = Columns(tenant=facts.identity.tenant_id, actor=facts.identity.actor_id, tool=facts.tool,
-                      verdict=verdict, status="" if kind == "intent" else "not_forwarded")
+    columns = expected_columns(kind, body, facts.identity.tenant_id)
     call = None
     if kind == "decision":
         call = plain_call(facts, "refused", 0.0, None)
@@ -148,9 +147,10 @@ def outcome_entry(origin: str, key: bytes, facts: CallFacts, intent_seq: int, *,
         body["error_code"] = str(error_code)[:64]
     if result is not None:
         body["result_preview"] = redact_preview(result)
-    columns = Columns(tenant=facts.identity.tenant_id, actor=facts.identity.actor_id, tool=facts.tool,
-                      verdict=VERDICTS.get(facts.decision.verdict, facts.decision.verdict), status=status,
-                      intent_seq=intent_seq)
+    verdict = "review_approved" if facts.decision.verdict == "review" else VERDICTS.get(facts.decision.verdict,
+                                                                                        facts.decision.verdict)
+    columns = expected_columns("outcome", body, facts.identity.tenant_id,
+                               {"actor": facts.identity.actor_id, "tool": facts.tool or "(none)", "verdict": verdict})
     legacy = {"completed": "completed", "failed": "failed"}.get(status, status)
     if status == "failed" and error_code == "tool_error":
         legacy = "tool_error"
@@ -167,10 +167,11 @@ def elicitation_entry(origin: str, key: bytes, tenant: str, actor: str, request_
         "action": action if isinstance(action, str) and action else "unknown",
         "answer_digest": _digest(key, content),
     }
+    if actor:
+        body["actor"] = actor
     if content is not None:
         body["answer_preview"] = redact_preview(content)
-    return Entry(origin, "elicitation_answer", time, body,
-                 Columns(tenant=tenant, actor=actor, verdict="elicitation_answer", status=body["action"]))
+    return Entry(origin, "elicitation_answer", time, body, expected_columns("elicitation_answer", body, tenant))
 
 
 def with_receipt(result: Any, sealed: Sealed | None) -> Any:

@@ -29,6 +29,7 @@ from typing import Any
 
 from gateway.errors import NotFound, UsageError
 from gateway.policy import ReviewSettings, argument_digest, check_approver
+from gateway.sealed_change import SealedChange, sealed_change
 from gateway.secrets import mint_id
 from gateway.store.base import HeldCall, Store
 
@@ -232,9 +233,10 @@ def approve(store: Store, held_id: str, approver: str, now: float, lifetime_seco
         raise UsageError(f"Review {held_id} is already {held.status}.", hint="See `aegress review show`.",
                          code="already-decided")
     check_approver(approver, held.actor_id)
-    if not store.decide_held_call(held_id, "approved", approver, now, "", now + lifetime_seconds):
-        raise UsageError(f"Review {held_id} was decided meanwhile.", code="already-decided")
-    _record_review(store, held, "review_approved", approver, "")
+    with sealed_change(store) as change:
+        if not store.decide_held_call(held_id, "approved", approver, now, "", now + lifetime_seconds):
+            raise UsageError(f"Review {held_id} was decided meanwhile.", code="already-decided")
+        _seal_review(change, store, held, "review_approved", approver, "")
     return get_held(store, held_id)
 
 
@@ -243,15 +245,18 @@ def deny(store: Store, held_id: str, approver: str, now: float, reason: str) -> 
     if held.status != "pending":
         raise UsageError(f"Review {held_id} is already {held.status}.", hint="See `aegress review show`.",
                          code="already-decided")
-    if not store.decide_held_call(held_id, "denied", approver, now, reason, None):
-        raise UsageError(f"Review {held_id} was decided meanwhile.", code="already-decided")
-    _record_review(store, held, "review_denied", approver, reason)
+    with sealed_change(store) as change:
+        if not store.decide_held_call(held_id, "denied", approver, now, reason, None):
+            raise UsageError(f"Review {held_id} was decided meanwhile.", code="already-decided")
+        _seal_review(change, store, held, "review_denied", approver, reason)
     return get_held(store, held_id)
 
 
-def _record_review(store: Store, held: HeldCall, kind: str, reviewer: str, reason: str) -> None:
-    """Seal the operator's decision in the tenant's log, linked to the hold's own decision record."""
-    from gateway.evidence import decision_seq_for, record_event
+def _seal_review(change: SealedChange, store: Store, held: HeldCall, kind: str, reviewer: str,
+                 reason: str) -> None:
+    """Seal the operator's decision in the tenant's log (with the decision itself), linked to the hold's
+    own decision record."""
+    from gateway.evidence import decision_seq_for
 
     seq = decision_seq_for(store, held.tenant_id, held.id)
     body: dict[str, object] = {"review_id": held.id, "reviewer": reviewer}
@@ -259,4 +264,4 @@ def _record_review(store: Store, held: HeldCall, kind: str, reviewer: str, reaso
         body["decision_seq"] = seq
     if reason:
         body["reason"] = reason
-    record_event(store, held.tenant_id, kind, body, actor=reviewer)
+    change.seal(held.tenant_id, kind, body)

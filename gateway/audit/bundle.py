@@ -18,14 +18,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import shutil
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import BinaryIO
 
 from gateway.audit.canonical import canonicalize, parse_canonical
 from gateway.audit.checkpoint import Verifier, parse_checkpoint, parse_note, parse_tlog_proof, parse_verifier_key
-from gateway.audit.errors import InvalidRecord, MalformedNote, ProofInvalid
+from gateway.audit.errors import InvalidRecord, MalformedNote, ProofInvalid, UnsafeExportPath
 from gateway.audit.merkle import leaf_hash, verify_inclusion
 from gateway.audit.verify import ConsistencyProof, Finding, LogStart, Problem, VerifyReport, verify_log
 
@@ -88,14 +91,53 @@ def build_bundle_files(
     return files
 
 
-def write_bundle(directory: str | os.PathLike[str], files: Mapping[str, bytes]) -> None:
-    """Write bundle files into a new directory (refuses to reuse one, so old files cannot linger)."""
+def _existing(path: Path, force: bool, what: str) -> os.stat_result | None:
+    """The target's own status; refuse a symlink always and an existing target without `force`."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafeExportPath(f"{path} is a symbolic link; exports never write through one.",
+                               hint="Choose another --out path.")
+    if not force:
+        raise UnsafeExportPath(f"{path} already exists.", hint="Choose another --out path, or pass --force to "
+                               f"replace the {what}.")
+    return st
+
+
+def open_private(path: str | os.PathLike[str], *, force: bool = False) -> BinaryIO:
+    """A new file only the owner can read (0600), never opened through a symlink (O_NOFOLLOW, O_EXCL);
+    an existing regular file is replaced only with `force`. Exports hold the tenant's evidence."""
+    target = Path(path)
+    st = _existing(target, force, "file")
+    if st is not None:
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeExportPath(f"{target} exists and is not a regular file.", hint="Choose another --out path.")
+        target.unlink()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.fdopen(os.open(target, flags, 0o600), "wb")
+
+
+def write_bundle(directory: str | os.PathLike[str], files: Mapping[str, bytes], *, force: bool = False) -> None:
+    """Write bundle files into a new directory, 0700 with 0600 files (refuses to reuse one, so old files
+    cannot linger; with `force`, an existing bundle directory is replaced, never anything else)."""
     root = Path(directory)
-    root.mkdir(parents=True, exist_ok=False)
+    st = _existing(root, force, "bundle")
+    if st is not None:
+        if not stat.S_ISDIR(st.st_mode) or not (root / MANIFEST).is_file():
+            raise UnsafeExportPath(f"{root} exists and is not an evidence bundle; refusing to replace it.",
+                                   hint="Choose another --out path.")
+        shutil.rmtree(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    root.mkdir(mode=0o700)
+    os.chmod(root, 0o700)  # exactly 0700 whatever the umask
     for path, data in files.items():
         target = root / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+        for parent in reversed(target.relative_to(root).parents[:-1]):
+            (root / parent).mkdir(mode=0o700, exist_ok=True)
+        with open_private(target) as handle:
+            handle.write(data)
 
 
 def read_bundle(directory: str | os.PathLike[str]) -> dict[str, bytes]:

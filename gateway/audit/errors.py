@@ -3,6 +3,7 @@
     InvalidInput
     ├── InvalidRecord        invalid-record     a record or body that does not fit the evidence format
     ├── MalformedNote        malformed-note     a checkpoint, signed note, key string or proof that cannot be parsed
+    └── UnsafeExportPath     unsafe-export-path an export target that is a symlink, or exists (without --force)
     CheckFailed (exit 3)
     ├── ProofInvalid         proof-invalid      an inclusion or consistency proof that does not verify
     ├── BadSignature         bad-signature      a note signature that does not verify, or no trusted signature
@@ -22,6 +23,10 @@ class InvalidRecord(InvalidInput):
 
 class MalformedNote(InvalidInput):
     code = "malformed-note"
+
+
+class UnsafeExportPath(InvalidInput):
+    code = "unsafe-export-path"
 
 
 class ProofInvalid(CheckFailed):

@@ -47,6 +47,34 @@ class Columns:
     intent_seq: int | None = None
 
 
+_CALL_KINDS = frozenset({"intent", "decision"})
+_ANSWER_KINDS = frozenset({"outcome", "outcome_unknown"})
+
+
+def expected_columns(kind: str, body: Mapping[str, Any], tenant: str,
+                     intent: Mapping[str, Any] | None = None) -> Columns:
+    """The queryable copies a record's bytes imply, so writers and verifiers derive them alike.
+
+    `tenant` is the tenant of the record's log ("" for the security log). An outcome's actor, tool and
+    verdict are its intent's (`intent`: that intent record's body; None when it is not at hand, e.g. in
+    a partial export, and then those three are left empty). Every writer builds its columns with this
+    function, and `audit verify` compares each stored column with it: a column edited in the database
+    is found even though the hashed bytes are intact.
+    """
+    if kind in _CALL_KINDS:
+        return Columns(tenant=tenant, actor=str(body["actor"]), tool=str(body["tool"]), verdict=str(body["verdict"]),
+                       status="" if kind == "intent" else "not_forwarded")
+    if kind in _ANSWER_KINDS:
+        status = str(body["status"]) if kind == "outcome" else kind
+        if kind == "outcome" and intent is not None:
+            return Columns(tenant=tenant, actor=str(intent["actor"]), tool=str(intent["tool"]),
+                           verdict=str(intent["verdict"]), status=status, intent_seq=int(body["intent_seq"]))
+        return Columns(tenant=tenant, status=status, intent_seq=int(body["intent_seq"]))
+    actor = body.get("actor") or body.get("reviewer") or ""
+    status = str(body["action"]) if kind == "elicitation_answer" else ""
+    return Columns(tenant=tenant, actor=str(actor), verdict=kind, status=status)
+
+
 @dataclass(frozen=True)
 class Entry:
     origin: str

@@ -33,6 +33,13 @@ OUTCOME_STATUSES: Final = frozenset({"completed", "failed", "timeout", "cancelle
 MAX_PREVIEW_CHARS: Final = 512
 """Upper bound on any `*_preview` field; `redact.redact_preview` truncates to fit."""
 
+OPERATOR_CHANGES: Final = frozenset({
+    "tenant_created", "tenant_deleted", "actor_added", "actor_removed", "token_issued", "upstream_added",
+    "upstream_changed", "upstream_removed", "tools_approved",
+})
+"""`operator_change.change` values (other operator changes have kinds of their own: `token_revoked`,
+`policy_changed`, `review_approved`, `review_denied`, `key_event`)."""
+
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _DIGEST = re.compile(r"(?:sha256|hmac-sha256):[0-9a-f]{64}\Z")
 _TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z\Z")
@@ -88,12 +95,19 @@ KINDS: Final[Mapping[str, KindSpec]] = {
     "review_approved": KindSpec({"review_id": "str", "reviewer": "str"}, {"decision_seq": "int", "reason": "str"}),
     "review_denied": KindSpec({"review_id": "str", "reviewer": "str"}, {"decision_seq": "int", "reason": "str"}),
     "elicitation_answer": KindSpec(
-        {"request_id": "str", "action": "str", "answer_digest": "digest?"}, {"answer_preview": "preview"}
+        {"request_id": "str", "action": "str", "answer_digest": "digest?"},
+        {"answer_preview": "preview", "actor": "str"},
     ),
     "policy_changed": KindSpec(
         {"policy_version": "str", "policy_digest": "digest", "actor": "str"}, {"previous_version": "str"}
     ),
     "token_revoked": KindSpec({"token_id": "str", "actor": "str"}, {"reason": "str"}),
+    # Every other operator change, sealed in the transaction that makes it. change: one of
+    # OPERATOR_CHANGES; actor: the operator; subject: the tenant, actor, token or upstream changed.
+    "operator_change": KindSpec(
+        {"change": "str", "actor": "str", "subject": "str"},
+        {"subject_actor": "str", "config_digest": "digest", "tools": "strs"},
+    ),
     # event: "generated", "rotated", "retired"; key: the verifier key string (name+keyid+base64).
     "key_event": KindSpec({"event": "str", "key": "str"}, {"actor": "str", "previous_key": "str"}),
     # Deployment log only: failures counted over a window so a flood costs one record per window.

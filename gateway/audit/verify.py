@@ -9,17 +9,21 @@ being trustworthy and what happened to it. Order of checks (docs/evidence-format
    record's leaf hash (modified, gap, fork, reordered, malformed);
 3. the Merkle root of the records at each checkpoint size equals the signed root (modified, fork,
    inconsistent_checkpoint) and no checkpoint is larger than the log (truncated);
-4. every intent has an outcome, unless the call may still be in flight (orphan_intent).
+4. with a database's rows: every queryable column equals what the record's bytes imply (modified), so
+   an edit of a column `audit query` or an export shows is found although the hashed bytes are intact;
+5. every intent has an outcome, unless the call may still be in flight (orphan_intent).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from gateway.audit.checkpoint import Checkpoint, Verifier, open_checkpoint
 from gateway.audit.errors import BadSignature, InvalidRecord, MalformedNote, ProofInvalid
+from gateway.audit.log import expected_columns
 from gateway.audit.merkle import CompactRange, leaf_hash, root_from_leaf_hashes, verify_consistency
 from gateway.audit.records import GENESIS_PREV, ParsedRecord, parse_record
 
@@ -54,6 +58,20 @@ class Finding:
             "position": self.position,
             "checkpoint": self.checkpoint,
         }
+
+
+class StoredColumns(Protocol):
+    """The queryable copies a database keeps next to each record's bytes (store.base.EvidenceRow)."""
+
+    kind: str
+    time: str
+    tenant: str
+    actor: str
+    tool: str
+    verdict: str
+    status: str
+    intent_seq: int | None
+    leaf_hash: bytes
 
 
 @dataclass(frozen=True)
@@ -373,12 +391,47 @@ def _check_roots(
         index = max(beyond, key=lambda i: checkpoints[i].size)
         return Finding(
             Problem.TRUNCATED,
-            f"log ends at seq {end} but checkpoint {index} covers {checkpoints[index].size} records",
+            f"the log is shorter than a signed checkpoint: it ends at seq {end} but checkpoint {index} covers "
+            f"{checkpoints[index].size} records",
             seq=end,
             position=end - first,
             checkpoint=index,
         ), full_root
     return None, full_root
+
+
+_COLUMNS = ("kind", "time", "tenant", "actor", "tool", "verdict", "status", "intent_seq", "leaf_hash")
+_FROM_INTENT = ("actor", "tool", "verdict")
+
+
+def _check_columns(records: _Records, columns: Sequence[StoredColumns], tenant: str) -> Finding | None:
+    """Each stored column against the columns the record's bytes imply (`log.expected_columns`)."""
+    intents: dict[int, Mapping[str, Any]] = {}
+    for p, stored in enumerate(columns):
+        record = records.parsed(p)
+        if record is None:  # the chain scan reports unparseable records first
+            continue
+        e = records.start + p
+        if record.kind == "intent":
+            intents[record.seq] = record.body
+        intent = intents.get(record.body["intent_seq"]) if record.kind == "outcome" else None
+        want = expected_columns(record.kind, record.body, tenant, intent)
+        expected = (record.kind, record.time, want.tenant, want.actor, want.tool, want.verdict, want.status,
+                    want.intent_seq, records.hashes[p])
+        if tuple(getattr(stored, name) for name in _COLUMNS) == expected:  # the common case, one comparison
+            continue
+        for name, value in zip(_COLUMNS, expected, strict=True):
+            if record.kind == "outcome" and intent is None and name in _FROM_INTENT:
+                continue  # the intent precedes a partial log: nothing to compare with
+            if getattr(stored, name) != value:
+                return Finding(
+                    Problem.MODIFIED,
+                    f"record {e}: the stored {name!r} column does not match the sealed record (edited in the "
+                    "database; `audit query` and exports show the column)",
+                    seq=e,
+                    position=p,
+                )
+    return None
 
 
 def verify_log(
@@ -390,12 +443,16 @@ def verify_log(
     consistency_proofs: Sequence[ConsistencyProof] = (),
     start: LogStart | None = None,
     final: bool = False,
+    columns: Sequence[StoredColumns] | None = None,
+    tenant: str = "",
 ) -> VerifyReport:
     """Verify stored records `(seq column, exact bytes)` in storage order against signed checkpoints.
 
     `final=True` says no call can still be in flight (the gateway is stopped), so every intent must have
     an outcome; otherwise only intents left open across a recovery (an outcome_unknown written after
-    them) are orphans and the others are reported as `open_intents`.
+    them) are orphans and the others are reported as `open_intents`. `columns` (one per record, in the
+    same order) are a database's queryable copies, compared with the records; `tenant` is the log's
+    tenant ("" for the security log).
     """
     first = start.seq if start is not None else 0
     if start is not None and len(start.frontier) != first.bit_count():
@@ -410,6 +467,8 @@ def verify_log(
         finding, semantic, open_intents = _scan(recs, start, opened, final)
         if finding is None:
             finding, root = _check_roots(recs, start, opened)
+            if finding is None and columns is not None:
+                finding = _check_columns(recs, columns, tenant)
             finding = finding or semantic
     return VerifyReport(
         origin=origin,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -146,6 +147,11 @@ class Store(Protocol):
     # sealed evidence (issue 4): logs of exact record bytes, chain heads, signed checkpoints
     def evidence_prefix(self, default: str) -> str: ...
     def append_evidence(self, entries: Sequence[Any], before_commit: Any = None) -> list[Any]: ...
+    def sealed(self) -> AbstractContextManager[list[Any]]:
+        """An operator change and its evidence entries (appended to the yielded list) in ONE transaction:
+        store writes made on this thread inside the block commit together with the sealed records, or
+        not at all."""
+        ...
     def evidence_origins(self) -> list[str]: ...
     def evidence_size(self, origin: str) -> int: ...
     def evidence_records(self, origin: str, start: int = 0, end: int | None = None) -> list[tuple[int, bytes]]: ...

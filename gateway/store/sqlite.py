@@ -8,11 +8,12 @@ is imported only when a migration runs, so opening the store stays fast for CLI 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -297,9 +298,7 @@ class SQLiteStore:
         return [Tenant(*r) for r in self._run("SELECT id, created_at FROM tenants ORDER BY id")]
 
     def delete_tenant(self, tenant_id: str) -> None:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write() as conn:
             conn.execute("DELETE FROM upstreams WHERE tenant_id = ?", (tenant_id,))
             conn.execute("DELETE FROM tokens WHERE tenant_id = ?", (tenant_id,))
             conn.execute("DELETE FROM actors WHERE tenant_id = ?", (tenant_id,))
@@ -307,10 +306,6 @@ class SQLiteStore:
             if cur.rowcount == 0:
                 raise NotFound(f"No tenant {tenant_id!r}.", hint="List tenants with `aegress tenant list`.")
             self._bump_upstreams(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     # -- actors ------------------------------------------------------------------------------
     def add_actor(self, tenant_id: str, actor_id: str, now: str) -> Actor:
@@ -344,17 +339,11 @@ class SQLiteStore:
         return [Actor(*r) for r in rows]
 
     def remove_actor(self, tenant_id: str, actor_id: str) -> None:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write() as conn:
             conn.execute("DELETE FROM tokens WHERE tenant_id = ? AND actor_id = ?", (tenant_id, actor_id))
             cur = conn.execute("DELETE FROM actors WHERE tenant_id = ? AND id = ?", (tenant_id, actor_id))
             if cur.rowcount == 0:
                 raise NotFound(f"No actor {actor_id!r} in tenant {tenant_id!r}.")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     # -- tokens ------------------------------------------------------------------------------
     _TOKEN_COLS = "id, tenant_id, actor_id, created_at, revoked_at, label"
@@ -422,25 +411,22 @@ class SQLiteStore:
             "headers": spec.headers,
             "limits": spec.limits.changed(),
         }
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute(
-                f"INSERT INTO upstreams ({self._UP_COLS}, tools) VALUES (?, ?, ?, ?, ?, ?, ?, '[]')",
-                (
-                    spec.tenant_id,
-                    spec.name,
-                    spec.transport,
-                    json.dumps(config),
-                    int(spec.prefix),
-                    int(spec.allow_private),
-                    spec.created_at,
-                ),
-            )
-            self._bump_upstreams(conn)
-            conn.execute("COMMIT")
+            with self._write() as conn:
+                conn.execute(
+                    f"INSERT INTO upstreams ({self._UP_COLS}, tools) VALUES (?, ?, ?, ?, ?, ?, ?, '[]')",
+                    (
+                        spec.tenant_id,
+                        spec.name,
+                        spec.transport,
+                        json.dumps(config),
+                        int(spec.prefix),
+                        int(spec.allow_private),
+                        spec.created_at,
+                    ),
+                )
+                self._bump_upstreams(conn)
         except sqlite3.IntegrityError as exc:
-            conn.execute("ROLLBACK")
             if self.get_tenant(spec.tenant_id) is None:
                 raise NotFound(
                     f"No tenant {spec.tenant_id!r}.", hint="Create it with `aegress tenant create`."
@@ -449,9 +435,6 @@ class SQLiteStore:
                 f"Upstream {spec.name!r} already exists in tenant {spec.tenant_id!r}.",
                 hint="Remove it first with `aegress upstream remove`, or pick another name.",
             ) from exc
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def get_upstream(self, tenant_id: str, name: str) -> UpstreamSpec | None:
         row = self._run(
@@ -464,17 +447,11 @@ class SQLiteStore:
         return [self._to_spec(r) for r in rows]
 
     def remove_upstream(self, tenant_id: str, name: str) -> None:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write() as conn:
             cur = conn.execute("DELETE FROM upstreams WHERE tenant_id = ? AND name = ?", (tenant_id, name))
             if cur.rowcount == 0:
                 raise NotFound(f"No upstream {name!r} in tenant {tenant_id!r}.")
             self._bump_upstreams(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def set_upstream_tools(self, tenant_id: str, name: str, tool_names: Sequence[str]) -> None:
         self._run(
@@ -516,6 +493,50 @@ class SQLiteStore:
                                    "permissions.") from exc
         return conn
 
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT); inside `sealed()` (or another `_write`) on
+        this thread it is a SAVEPOINT of the open transaction instead, so the change commits with its seal."""
+        depth: int = getattr(self._local, "depth", 0)
+        conn = self._conn() if depth else self._tx()
+        if depth:
+            conn.execute(f"SAVEPOINT w{depth}")
+        self._local.depth = depth + 1
+        try:
+            yield conn
+        except BaseException:
+            if depth:
+                conn.execute(f"ROLLBACK TO w{depth}")
+                conn.execute(f"RELEASE w{depth}")
+            elif conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute(f"RELEASE w{depth}" if depth else "COMMIT")
+        finally:
+            self._local.depth = depth
+
+    @contextlib.contextmanager
+    def sealed(self) -> Iterator[list[Any]]:
+        """Run an operator change and seal it in ONE transaction.
+
+            with store.sealed() as seal:
+                info = store.revoke_token(token_id, now)     # any store writes, on this thread
+                seal.append(entry)                            # the evidence entries that describe them
+
+        The entries are chained and inserted after the change, before COMMIT: either both the change
+        and its records are durable, or neither (an evidence failure rolls the change back)."""
+        entries: list[Any] = []
+        with self._write() as conn:
+            yield entries
+            if entries:
+                try:
+                    self._insert_evidence(conn, entries)
+                except sqlite3.Error as exc:
+                    raise StoreUnavailable(f"Could not seal the change: {exc}.",
+                                           hint="Nothing was changed. Check disk space, file permissions and "
+                                                "locks, then run the command again.") from exc
+
     @staticmethod
     def _bump_policies(conn: sqlite3.Connection) -> None:
         conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'policies_version'")
@@ -524,8 +545,7 @@ class SQLiteStore:
 
     def add_policy_version(self, tenant_id: str, text: str, filename: str, digest: str, applied_at: str,
                            applied_by: str) -> PolicyVersion:
-        conn = self._tx()
-        try:
+        with self._write() as conn:
             if conn.execute("SELECT 1 FROM tenants WHERE id = ?", (tenant_id,)).fetchone() is None:
                 raise NotFound(f"No tenant {tenant_id!r}.", hint="List tenants with `aegress tenant list`.")
             (latest,) = conn.execute(
@@ -537,11 +557,7 @@ class SQLiteStore:
                 (row.tenant_id, row.version, row.text, row.filename, row.digest, row.applied_at, row.applied_by),
             )
             self._bump_policies(conn)
-            conn.execute("COMMIT")
             return row
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def get_policy_version(self, tenant_id: str, version: int | None = None) -> PolicyVersion | None:
         if version is None:
@@ -609,8 +625,7 @@ class SQLiteStore:
 
     def set_pins(self, tenant_id: str, upstream: str, pins: Mapping[str, str], by: str, now: str) -> None:
         """Approve definitions: upsert pins, mark the upstream as pinned, resolve matching change records."""
-        conn = self._tx()
-        try:
+        with self._write() as conn:
             conn.execute("INSERT OR IGNORE INTO pin_baselines (tenant_id, upstream, at) VALUES (?, ?, ?)",
                          (tenant_id, upstream, now))
             for tool, digest in pins.items():
@@ -624,10 +639,6 @@ class SQLiteStore:
                     (now, by, tenant_id, upstream, tool, digest),
                 )
             self._bump_policies(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def record_pin_changes(self, tenant_id: str, upstream: str, changes: Sequence[tuple[str, str, str]],
                            now: str) -> None:
@@ -732,45 +743,12 @@ class SQLiteStore:
         Heads are read inside the transaction (BEGIN IMMEDIATE serialises writers), so several processes
         can append to one log; the unique (origin, seq) index makes a fork impossible.
         """
-        from gateway.audit.log import seal
-        from gateway.audit.records import ChainHead
-
         if not entries:
             return []
         conn = self._conn()
         try:
             conn.execute("BEGIN IMMEDIATE")
-            heads: dict[str, ChainHead] = {}
-            for origin in {e.origin for e in entries}:
-                row = conn.execute("SELECT size, last_hash FROM evidence_heads WHERE origin = ?", (origin,)).fetchone()
-                heads[origin] = ChainHead(origin, int(row[0]), bytes(row[1])) if row else ChainHead.genesis(origin)
-            sealed, new_heads = seal(entries, heads)
-            conn.executemany(
-                "INSERT INTO evidence (origin, seq, kind, time, tenant, actor, tool, verdict, status, intent_seq,"
-                " leaf_hash, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (s.record.origin, s.record.seq, s.record.kind, s.entry.time, s.entry.columns.tenant,
-                     s.entry.columns.actor, s.entry.columns.tool, s.entry.columns.verdict, s.entry.columns.status,
-                     s.entry.columns.intent_seq, s.record.leaf_hash, s.record.canonical)
-                    for s in sealed
-                ],
-            )
-            conn.executemany(
-                "INSERT INTO evidence_heads (origin, size, last_hash) VALUES (?, ?, ?) ON CONFLICT (origin)"
-                " DO UPDATE SET size = excluded.size, last_hash = excluded.last_hash",
-                [(o, h.size, h.last_hash) for o, h in new_heads.items() if h.last_hash is not None],
-            )
-            calls = [s.entry.call for s in sealed if s.entry.call is not None]
-            if calls:
-                conn.executemany(
-                    f"INSERT INTO calls ({self._CALL_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (r.tenant_id, r.actor_id, r.token_id, r.method, r.target, r.upstream, r.verdict,
-                         r.rule_id, r.outcome, r.started_at, r.duration_ms, r.error_code, r.session_id,
-                         r.client_name)
-                        for r in calls
-                    ],
-                )
+            sealed = self._insert_evidence(conn, entries)
             if before_commit is not None:
                 before_commit(sealed)
             conn.execute("COMMIT")
@@ -785,6 +763,44 @@ class SQLiteStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    def _insert_evidence(self, conn: sqlite3.Connection, entries: Sequence[Any]) -> list[Any]:
+        """Chain `entries` onto the heads read inside the caller's open transaction and insert them."""
+        from gateway.audit.log import seal
+        from gateway.audit.records import ChainHead
+
+        heads: dict[str, ChainHead] = {}
+        for origin in {e.origin for e in entries}:
+            row = conn.execute("SELECT size, last_hash FROM evidence_heads WHERE origin = ?", (origin,)).fetchone()
+            heads[origin] = ChainHead(origin, int(row[0]), bytes(row[1])) if row else ChainHead.genesis(origin)
+        sealed, new_heads = seal(entries, heads)
+        conn.executemany(
+            "INSERT INTO evidence (origin, seq, kind, time, tenant, actor, tool, verdict, status, intent_seq,"
+            " leaf_hash, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (s.record.origin, s.record.seq, s.record.kind, s.entry.time, s.entry.columns.tenant,
+                 s.entry.columns.actor, s.entry.columns.tool, s.entry.columns.verdict, s.entry.columns.status,
+                 s.entry.columns.intent_seq, s.record.leaf_hash, s.record.canonical)
+                for s in sealed
+            ],
+        )
+        conn.executemany(
+            "INSERT INTO evidence_heads (origin, size, last_hash) VALUES (?, ?, ?) ON CONFLICT (origin)"
+            " DO UPDATE SET size = excluded.size, last_hash = excluded.last_hash",
+            [(o, h.size, h.last_hash) for o, h in new_heads.items() if h.last_hash is not None],
+        )
+        calls = [s.entry.call for s in sealed if s.entry.call is not None]
+        if calls:
+            conn.executemany(
+                f"INSERT INTO calls ({self._CALL_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (r.tenant_id, r.actor_id, r.token_id, r.method, r.target, r.upstream, r.verdict,
+                     r.rule_id, r.outcome, r.started_at, r.duration_ms, r.error_code, r.session_id,
+                     r.client_name)
+                    for r in calls
+                ],
+            )
+        return sealed
 
     def evidence_origins(self) -> list[str]:
         return [str(r[0]) for r in self._run("SELECT origin FROM evidence_heads ORDER BY origin")]

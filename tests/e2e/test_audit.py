@@ -71,8 +71,10 @@ def sealed(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
 def test_every_call_is_sealed_with_intent_then_outcome(sealed) -> None:  # type: ignore[no-untyped-def]
     rows = list(reversed(evidence_rows(sealed["home"], "--tenant", "acme")))
     kinds = [r["kind"] for r in rows]
-    assert kinds[0] == "policy_changed"  # the fixture applied the tenant's policy first
-    assert kinds[1:3] == ["intent", "outcome"]
+    changes = [r["record"]["body"]["change"] for r in rows if r["kind"] == "operator_change"]
+    assert changes == ["tenant_created", "actor_added", "token_issued", "upstream_added"]  # the fixture's set-up
+    assert kinds[4] == "policy_changed"  # then the tenant's policy
+    assert kinds[5:7] == ["intent", "outcome"]
     intents = [r for r in rows if r["kind"] == "intent"]
     outcomes = {r["intent_seq"]: r for r in rows if r["kind"] == "outcome"}
     assert len(intents) == 14 and set(outcomes) == {r["seq"] for r in intents}

@@ -42,9 +42,10 @@ KINDS = {
     "outcome_unknown": ("intent_seq:int reason:str", ""),
     "review_approved": REVIEW,
     "review_denied": REVIEW,
-    "elicitation_answer": ("request_id:str action:str answer_digest:digest?", "answer_preview:preview"),
+    "elicitation_answer": ("request_id:str action:str answer_digest:digest?", "answer_preview:preview actor:str"),
     "policy_changed": ("policy_version:str policy_digest:digest actor:str", "previous_version:str"),
     "token_revoked": ("token_id:str actor:str", "reason:str"),
+    "operator_change": ("change:str actor:str subject:str", "subject_actor:str config_digest:digest tools:strs"),
     "key_event": ("event:str key:str", "actor:str previous_key:str"),
     "auth_failures_aggregate": ("window_start:time window_end:time count:int reasons:strs", "distinct_sources:int"),
 }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from functools import cache
 from pathlib import Path
 
@@ -260,18 +259,14 @@ def test_signing_chain_matches_verifier() -> None:
     assert _verify(log.data, notes, final=True).ok
 
 
-def test_verify_speed_at_least_50k_records_per_second() -> None:
+def test_a_long_log_with_two_checkpoints_verifies() -> None:
+    """Functional only: the speed target (>= 50,000 records/s) is checked by bench/audit_bench.py."""
     log = make_log(10_000, extra_decisions=False)
     stored = log.stored()
     notes = _notes(log, [5000, len(stored)])
-    best = 0.0
-    for _ in range(3):
-        started = time.perf_counter()
-        report = verify_log(stored, origin=ORIGIN, checkpoints=notes, verifiers=[KEY.verifier], final=True)
-        best = max(best, len(stored) / (time.perf_counter() - started))
-        assert report.ok
-    print(f"verify: {best:,.0f} records/s")
-    assert best >= 50_000
+    report = verify_log(stored, origin=ORIGIN, checkpoints=notes, verifiers=[KEY.verifier], final=True)
+    assert report.ok and report.size == len(stored) and report.open_intents == ()
+    assert [c.size for c in report.checkpoints] == [5000, len(stored)]
 
 
 @pytest.mark.parametrize("problem", list(Problem))
