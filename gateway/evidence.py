@@ -320,7 +320,7 @@ class EvidenceWriter:
         while True:
             if self._held:  # the store refused records: wait a little (gathering new ones), then retry all
                 fresh, stop = self._take(None, self._retry_s)
-                batch, self._held = self._held + fresh, []
+                batch = self._held + fresh  # `_held` stays set until the attempt's result (readiness)
             elif stop:
                 break
             else:
@@ -333,6 +333,8 @@ class EvidenceWriter:
             if batch:
                 linger = len(batch) > 1  # concurrency seen: wait a little to gather the next group
                 self._commit(batch)
+            else:
+                self._held = []
             if stop and self._held:
                 log.error("evidence writer stopped with %d record(s) the store did not take; start-up recovery "
                           "marks their calls outcome_unknown", len(self._held))
@@ -355,6 +357,7 @@ class EvidenceWriter:
             return
         if not self._healthy:
             log.warning("evidence store takes commits again")
+        self._held = []
         self._healthy = True
         self.last_error = ""
         _settle([(future, item) for (_, future), item in zip(batch, sealed, strict=True)], None, self._on_orphan)
