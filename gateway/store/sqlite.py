@@ -192,7 +192,9 @@ def _create_private(path: Path) -> None:
 
 
 class SQLiteStore:
-    inline_safe = True
+    inline_safe = False
+    """A write can wait for another process's lock (busy timeout) or a full disk: the request path calls
+    the store in a worker thread (the review desk, /health), never on the event loop."""
 
     def __init__(self, path: Path, *, busy_timeout_s: float = 5.0) -> None:
         self.path = path
