@@ -539,6 +539,9 @@ def verify(
                 outside = ", none published outside the database" if r.get("published_checkpoint", "") is None else ""
                 print(f"verified  {r['origin']}: {r['size'] - r['start']} record(s), {r['checkpoints']} "
                       f"checkpoint(s), {signed}{opened}{outside}")
+                for fix in r.get("repairs") or []:
+                    print(f"notice    {r['origin']}: repair record {fix['seq']} acknowledges damage at seq(s) "
+                          f"{', '.join(map(str, fix['damaged_seqs']))} (see `aegress audit show`)")
             else:
                 f = r["finding"]
                 where = f" at seq {f['seq']}" if f.get("seq") is not None else ""
@@ -628,3 +631,76 @@ def _verify_store(tenant: str, all_logs: bool, keys: list[str] | None, against: 
             finding["message"] += f" (checkpoint {finding['checkpoint']}: {sources[finding['checkpoint']][1]})"
         reports.append(body)
     return reports
+
+
+# -- repair -------------------------------------------------------------------------------------------
+@app.command("repair")
+@handle_errors
+def repair(
+    tenant: Annotated[str, typer.Option("--tenant", "-t", help="The tenant whose log to repair.",
+                                        envvar="AEGRESS_TENANT_ID")],
+    reason: Annotated[str, typer.Option("--reason", help="Why, in the repair record (no secrets).")] =
+        "acknowledged by the operator after `aegress audit verify` named the damage",
+    yes: YesOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Seal a `repair` record for damage to a log's meaning that is not tampering.
+
+    Such damage (an intent answered twice, an intent a recovery skipped) came from two gateways serving one
+    data dir. Nothing is rewritten or deleted: the repair record names the damaged seqs and what was wrong,
+    `audit verify` then passes and reports the repair as a notice. Chain, root and signature problems
+    (tampering) are never repairable: exit 3. Refused while a gateway holds the data dir.
+    """
+    from gateway.audit.verify import verify_log
+    from gateway.datadir import hold
+    from gateway.errors import CheckFailed, NotFound
+    from gateway.evidence import operator_name, record_event
+
+    data = home()
+    lock = hold(data, purpose="audit repair")  # no gateway may append (or recover) while we look
+    try:
+        db = store()
+        origin = _origin_for(db, tenant)
+        if origin not in db.evidence_origins():
+            raise NotFound(f"No evidence for {tenant!r} yet.", hint="Check the tenant id (`aegress tenant list`).")
+        verifiers = _trusted(None)
+
+        def check() -> Any:
+            notes = [note for _, note in db.list_checkpoints(origin)]
+            return verify_log(db.evidence_records(origin), origin=origin, checkpoints=notes, verifiers=verifiers)
+
+        report = check()
+        if report.ok:
+            if json_out:
+                print_json({"repaired": False, "origin": origin, "verify": report.to_dict()})
+            else:
+                err(f"{origin} verifies: nothing to repair.")
+            return
+        if not report.problems:
+            f = report.finding
+            raise CheckFailed(
+                f"{origin}: {f.problem} at seq {f.seq}: {f.message}. This is not damage a repair may cover.",
+                hint="Chain, root and signature problems mean the stored evidence was altered: keep the database "
+                     "as it is for investigation and compare it with a backup or an exported bundle.",
+            )
+        damaged = {f.seq: f"seq {f.seq}: {f.problem}: {f.message}" for f in report.problems if f.seq is not None}
+        for line in damaged.values():
+            err(line)
+        confirm(f"Seal a repair record in {origin} acknowledging {len(damaged)} damaged record(s)?", yes)
+        sealed = record_event(db, tenant, "repair", {
+            "damaged_seqs": sorted(damaged), "problems": [damaged[s] for s in sorted(damaged)],
+            "actor": operator_name(), "reason": reason[:500] or "-"})
+        _sign_if_possible(db)
+        after = check()
+        if json_out:
+            print_json({"repaired": True, "origin": origin, "repair_seq": sealed.record.seq,
+                        "damaged_seqs": sorted(damaged), "verify": after.to_dict()})
+        else:
+            print(f"repair record {sealed.record.seq} sealed in {origin}: damaged seq(s) "
+                  f"{', '.join(map(str, sorted(damaged)))}")
+        if not after.ok:
+            f = after.finding
+            raise CheckFailed(f"{origin} still fails verification: {f.problem} at seq {f.seq}: {f.message}.",
+                              hint="Run `aegress audit verify --tenant " + tenant + "` and report it.")
+    finally:
+        lock.release()

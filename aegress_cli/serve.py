@@ -26,6 +26,9 @@ def serve(
                                  "--host.")] = False,
     log_level: Annotated[str, typer.Option(envvar="AEGRESS_LOG_LEVEL", help="debug, info, warning or "
                          "error.")] = "warning",
+    no_evidence: Annotated[bool, typer.Option("--no-evidence", help="Benchmarks only: turn the record stage "
+                           "off. Calls then leave NO sealed evidence (no intent, outcome, refusal or receipt) and "
+                           "nothing proves what the gateway forwarded. No env var does this.")] = False,
 ) -> None:
     """Run the gateway in the foreground until Ctrl-C."""
     import logging
@@ -39,7 +42,12 @@ def serve(
         raise ConfigError(f"MCP_AUTH_MODE={auth_mode!r} is not supported.", hint="Use MCP_AUTH_MODE=bearer.")
     check_bind(host, allow_public_bind)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if os.environ.get("AEGRESS_AUDIT", "on").lower() in ("off", "0", "false") and not no_evidence:
+        err("Warning: AEGRESS_AUDIT=off is ignored: evidence stays on. Pass --no-evidence to turn it off.")
     data = home()
+    from gateway.datadir import hold
+
+    lock = hold(data)  # before --demo or anything else touches the store: one gateway per data dir
     fresh_token: str | None = None
     if demo:
         from gateway import admin, credentials
@@ -56,13 +64,16 @@ def serve(
     def ready(url: str) -> None:
         print(f"Aegress gateway listening on {url}", flush=True)
         print(f"Data dir: {data}", flush=True)
+        if no_evidence:
+            print("EVIDENCE IS OFF (--no-evidence): calls are not recorded and carry no receipts.", flush=True)
         if demo:
             _print_demo(url, fresh_token)
         print("Press Ctrl-C to stop.", flush=True)
 
     from gateway.server import serve as run
 
-    run(data, settings, database_url=os.environ.get("DATABASE_URL") or None, on_ready=ready, log_level=log_level)
+    run(data, settings, database_url=os.environ.get("DATABASE_URL") or None, on_ready=ready, log_level=log_level,
+        evidence=not no_evidence, lock=lock)
 
 
 def _print_demo(url: str, fresh_token: str | None) -> None:

@@ -2,7 +2,7 @@
 
 1. Gateway throughput at 16 in flight, sealing ON (intent durably committed before forwarding, outcome
    after, SQLite WAL synchronous=FULL, group commit, checkpoints) versus the SAME gateway with the record
-   stage writing nothing (AEGRESS_AUDIT=off). Two gateways run side by side in front of one fixture HTTP
+   stage writing nothing (serve --no-evidence). Two gateways run side by side in front of one fixture HTTP
    upstream; rounds alternate so machine noise hits both alike; the median round counts. Target >= 0.8.
 2. `audit verify` speed: a log of --records records is written through the store (group-commit batches),
    a checkpoint is signed, then `verify_log` runs over the stored bytes (library) and `aegress audit verify`
@@ -60,8 +60,8 @@ def bench_gateway(calls: int, rounds: int, sealed_env: dict[str, str] | None = N
             tokens[name] = setup_tenant(home, "bench", "runner")
             aegress(home, "upstream", "add", "--tenant", "bench", "http", "--url", up_url, "--allow-private")
             aegress(home, "policy", "apply", str(policy), "--tenant", "bench", "--yes")
-        off = {"AEGRESS_AUDIT": "off"}
-        with run_gateway(homes["sealed"], env=sealed_env) as sealed, run_gateway(homes["no_record"], env=off) as gw_off:
+        with run_gateway(homes["sealed"], env=sealed_env) as sealed, \
+                run_gateway(homes["no_record"], "--no-evidence") as gw_off:
             targets = {"sealed": (sealed.url, tokens["sealed"]), "no_record": (gw_off.url, tokens["no_record"])}
             result = asyncio.run(gateway_rounds(targets, calls, rounds, 16))
         verify = aegress(homes["sealed"], "audit", "verify", "--all", "--final", "--json", check=False)

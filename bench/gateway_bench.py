@@ -150,7 +150,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per mode (default 3)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--audit", choices=("on", "off"), default="on",
-                        help="off: the record stage writes nothing (AEGRESS_AUDIT=off), to see what sealing costs")
+                        help="off: the record stage writes nothing (serve --no-evidence), to see what sealing costs")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="aegress-bench-")) / "home"
     os.environ["AEGRESS_HOME"] = str(home)
@@ -160,7 +160,7 @@ def main() -> None:
     with run_http_upstream("bench") as (up_url, _):
         aegress(home, "upstream", "add", "--tenant", "bench", "http", "--url", up_url, "--allow-private")
         add_stdio_fixture(home, "bench", "stdio")
-        with run_gateway(home, env={"AEGRESS_AUDIT": args.audit}) as gw:
+        with run_gateway(home, *(["--no-evidence"] if args.audit == "off" else [])) as gw:
             auth = {"Authorization": f"Bearer {token}"}
             targets = {
                 "direct": (up_url, {}, "echo"),

@@ -285,7 +285,8 @@ class PolicyDecider:
     def observe_tools(self, tenant_id: str, upstream: str, tools: Mapping[str, dict[str, Any]], now: str) -> None:
         """An upstream listed its tools: cache the definitions, pin on first use, record changes.
 
-        Writes only when the listing differs from the last one this process saw."""
+        Writes (one transaction) only when the listing differs from the last one this process saw. Blocks
+        on the store: the pipeline calls it in a worker thread."""
         state = self.tenant(tenant_id)
         listed = list(tools.values())
         hashes = tuple(state.definition_hash(upstream, t) for t in listed)
@@ -293,16 +294,16 @@ class PolicyDecider:
         flat = tuple(x for pair in fingerprint for x in pair)
         if state.observed.get(upstream) == flat:
             return
-        self.store.set_tool_definitions(tenant_id, upstream, listed, hashes, now)
         pins = state.pins_for(upstream)
+        first: dict[str, str] | None = None
         if pins is None:
             first = {str(t.get("name")): h for t, h in zip(listed, hashes, strict=True)}
-            self.store.record_pin_changes(tenant_id, upstream, [(n, "", h) for n, h in first.items()], now)
-            self.store.set_pins(tenant_id, upstream, first, FIRST_USE, now)
-            state.pins[upstream] = first
-            state.pinned.add(upstream)
+            changes = [(n, "", h) for n, h in first.items()]
         else:
             changes = [(c.name, c.pinned_hash or "", c.current_hash) for c in check_pins(pins, listed)
                        if c.status is not PinStatus.OK]
-            self.store.record_pin_changes(tenant_id, upstream, changes, now)
+        self.store.observe_tools(tenant_id, upstream, listed, hashes, first, changes, FIRST_USE, now)
+        if first is not None:
+            state.pins[upstream] = first
+            state.pinned.add(upstream)
         state.observed[upstream] = flat

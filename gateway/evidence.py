@@ -81,7 +81,8 @@ def now_time() -> str:
 # -- settings ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class EvidenceSettings:
-    enabled: bool = True
+    """Tuning of the record stage. Turning it off is not a setting: only `aegress serve --no-evidence`."""
+
     checkpoint_every: int = 1000
     checkpoint_interval_s: float = 10.0
     heartbeat_s: float = 300.0
@@ -105,7 +106,6 @@ class EvidenceSettings:
             return float(raw) if raw else default
 
         return cls(
-            enabled=e.get("AEGRESS_AUDIT", "on").lower() not in ("off", "0", "false"),
             checkpoint_every=int(num("AEGRESS_CHECKPOINT_EVERY", 1000)),
             checkpoint_interval_s=num("AEGRESS_CHECKPOINT_INTERVAL", 10.0),
             heartbeat_s=num("AEGRESS_CHECKPOINT_HEARTBEAT", 300.0),
@@ -201,10 +201,20 @@ def rotate_signing_key(home: Path, prefix: str, key_file: Path | None = None) ->
 
 # -- writing -------------------------------------------------------------------------------------------
 _Waiter = concurrent.futures.Future[Sealed] | asyncio.Future[Sealed]
+_Orphan = Callable[[Sealed], None]
+
+REFUSABLE = frozenset({"intent", "elicitation_answer"})
+"""Records whose caller is told when the store cannot take them (the call is refused, nothing forwarded).
+Every other record (outcomes, decisions, operator events) describes something that already happened: the
+writer keeps it and retries until the store takes it."""
+RETRY_S = 0.5
+"""How often a writer that holds records the store refused tries again."""
 
 
-def _resolve(future: _Waiter, item: Sealed | None, error: BaseException | None) -> None:
-    if future.done():  # the caller gave up (cancelled); the record is committed all the same
+def _resolve(future: _Waiter, item: Sealed | None, error: BaseException | None, orphan: _Orphan | None) -> None:
+    if future.done():  # the caller gave up (cancelled, timed out); the record is committed all the same
+        if item is not None and item.entry.kind == "intent" and orphan is not None:
+            orphan(item)  # nobody will forward this call: say so in the log
         return
     if error is not None:
         future.set_exception(error)
@@ -212,36 +222,51 @@ def _resolve(future: _Waiter, item: Sealed | None, error: BaseException | None) 
         future.set_result(item)  # type: ignore[arg-type]
 
 
-def _settle_on_loop(items: list[tuple[_Waiter, Sealed | None]], error: BaseException | None) -> None:
+def _settle_on_loop(items: list[tuple[_Waiter, Sealed | None]], error: BaseException | None,
+                    orphan: _Orphan | None) -> None:
     for future, item in items:
-        _resolve(future, item, error)
+        _resolve(future, item, error, orphan)
 
 
-def _settle(items: list[tuple[_Waiter, Sealed | None]], error: BaseException | None) -> None:
-    """Resolve a batch's waiters: thread futures directly, event-loop futures with one call per loop."""
+def _settle(items: list[tuple[_Waiter, Sealed | None]], error: BaseException | None,
+            orphan: _Orphan | None = None) -> None:
+    """Resolve a batch's waiters: thread futures directly, event-loop futures with one call per loop (where
+    cancellation happens too, so "the caller is gone" is decided without a race)."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Waiter, Sealed | None]]] = {}
     for future, item in items:
         if isinstance(future, asyncio.Future):
             by_loop.setdefault(future.get_loop(), []).append((future, item))
         else:
-            _resolve(future, item, error)
+            _resolve(future, item, error, orphan)
     for loop, pairs in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # the loop already closed (shutdown)
-            loop.call_soon_threadsafe(_settle_on_loop, pairs, error)
+        try:
+            loop.call_soon_threadsafe(_settle_on_loop, pairs, error, orphan)
+        except RuntimeError:  # the loop already closed (shutdown): nobody forwards these calls
+            for _, item in pairs:
+                if item is not None and item.entry.kind == "intent" and orphan is not None:
+                    orphan(item)
 
 
 class EvidenceWriter:
-    """One thread commits everything queued in one transaction: concurrent records share an fsync."""
+    """One thread commits everything queued in one transaction: concurrent records share an fsync.
+
+    When the store fails, waiting intents are refused at once (StoreUnavailable: 503, nothing forwarded)
+    and every other record is held and retried every RETRY_S, ahead of anything newer, until it commits:
+    a fault that clears needs no restart, and no call's outcome is lost to it."""
 
     def __init__(self, store: Store, *, commit_wait_s: float = 0.002, max_batch: int = 1024,
                  before_commit: Callable[[list[Sealed]], None] | None = None,
-                 on_commit: Callable[[list[Sealed]], None] | None = None) -> None:
+                 on_commit: Callable[[list[Sealed]], None] | None = None,
+                 on_orphan: _Orphan | None = None, retry_s: float = RETRY_S) -> None:
         self._store = store
         self._wait = commit_wait_s
         self._max = max_batch
         self._before = before_commit
         self._on_commit = on_commit
+        self._on_orphan = on_orphan
+        self._retry_s = retry_s
         self._queue: queue.SimpleQueue[tuple[Entry, _Waiter] | None] = queue.SimpleQueue()
+        self._held: list[tuple[Entry, _Waiter]] = []
         self._healthy = True
         self.last_error = ""
         self._thread = threading.Thread(target=self._run, name="aegress-evidence", daemon=True)
@@ -250,6 +275,11 @@ class EvidenceWriter:
     @property
     def healthy(self) -> bool:
         return self._healthy
+
+    @property
+    def held(self) -> int:
+        """Records the store refused that are waiting for the next attempt."""
+        return len(self._held)
 
     def submit(self, entry: Entry) -> concurrent.futures.Future[Sealed]:
         validate_body(entry.kind, entry.body)  # a bad body fails alone, never its whole batch
@@ -268,10 +298,10 @@ class EvidenceWriter:
         futures = [self.submit(e) for e in entries]
         return [f.result(timeout) for f in futures]
 
-    def _take(self, first: tuple[Entry, _Waiter], linger: bool) -> tuple[list[Any], bool]:
-        batch = [first]
+    def _take(self, first: tuple[Entry, _Waiter] | None, wait: float) -> tuple[list[Any], bool]:
+        batch = [first] if first is not None else []
         stop = False
-        deadline = time.monotonic() + (self._wait if linger else 0.0)
+        deadline = time.monotonic() + wait
         while len(batch) < self._max:
             try:
                 remaining = deadline - time.monotonic()
@@ -287,34 +317,69 @@ class EvidenceWriter:
     def _run(self) -> None:
         linger = False
         stop = False
-        while not stop:
-            first = self._queue.get()
-            if first is None:
+        while True:
+            if self._held:  # the store refused records: wait a little (gathering new ones), then retry all
+                fresh, stop = self._take(None, self._retry_s)
+                batch = self._held + fresh  # `_held` stays set until the attempt's result (readiness)
+            elif stop:
                 break
-            batch, stop = self._take(first, linger)
-            linger = len(batch) > 1  # concurrency seen: wait a little to gather the next group
-            entries = [entry for entry, _ in batch]
+            else:
+                first = self._queue.get()
+                if first is None:
+                    break
+                batch, stop = self._take(first, self._wait if linger else 0.0)
+            # an intent whose caller already gave up (refused after a bounded wait) is never committed
+            batch = [(e, f) for e, f in batch if not (e.kind in REFUSABLE and f.done())]
+            if batch:
+                linger = len(batch) > 1  # concurrency seen: wait a little to gather the next group
+                self._commit(batch)
+            else:
+                self._held = []
+            if stop and self._held:
+                log.error("evidence writer stopped with %d record(s) the store did not take; start-up recovery "
+                          "marks their calls outcome_unknown", len(self._held))
+                break
+
+    def _commit(self, batch: list[tuple[Entry, _Waiter]]) -> None:
+        entries = [entry for entry, _ in batch]
+        try:
+            sealed = self._store.append_evidence(entries, self._before)
+        except BaseException as exc:  # fail closed for intents; hold everything else for a retry
+            if self._healthy:
+                log.error("evidence commit failed for %d record(s): %s", len(batch),
+                          exc.message if isinstance(exc, AegressError) else type(exc).__name__)
+            self._healthy = False
+            self.last_error = exc.message if isinstance(exc, AegressError) else type(exc).__name__
+            failure = exc if isinstance(exc, AegressError) else StoreUnavailable(
+                "The evidence store failed.", hint="Check the gateway log and the data dir.")
+            _settle([(future, None) for entry, future in batch if entry.kind in REFUSABLE], failure)
+            self._held = [(entry, future) for entry, future in batch if entry.kind not in REFUSABLE]
+            return
+        if not self._healthy:
+            log.warning("evidence store takes commits again")
+        self._held = []
+        self._healthy = True
+        self.last_error = ""
+        _settle([(future, item) for (_, future), item in zip(batch, sealed, strict=True)], None, self._on_orphan)
+        if self._on_commit is not None:
             try:
-                sealed = self._store.append_evidence(entries, self._before)
-            except BaseException as exc:  # fail closed: every waiter hears about it
-                self._healthy = False
-                self.last_error = exc.message if isinstance(exc, AegressError) else type(exc).__name__
-                log.error("evidence commit failed for %d record(s): %s", len(batch), self.last_error)
-                failure = exc if isinstance(exc, AegressError) else StoreUnavailable(
-                    "The evidence store failed.", hint="Check the gateway log and the data dir.")
-                _settle([(future, None) for _, future in batch], failure)
-                continue
-            self._healthy = True
-            _settle([(future, item) for (_, future), item in zip(batch, sealed, strict=True)], None)
-            if self._on_commit is not None:
-                try:
-                    self._on_commit(sealed)
-                except Exception:  # never let a notification kill the writer
-                    log.exception("evidence commit listener failed")
+                self._on_commit(sealed)
+            except Exception:  # never let a notification kill the writer
+                log.exception("evidence commit listener failed")
 
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=30)
+
+
+def not_forwarded_entry(intent: Sealed, time_text: str) -> Entry:
+    """The final record of a committed intent whose call never left the gateway."""
+    seq = intent.record.seq
+    body = {"intent_seq": seq, "status": "not_forwarded", "result_digest": None, "latency_ms": 0}
+    columns = Columns(tenant=intent.entry.columns.tenant, actor=intent.entry.columns.actor,
+                      tool=intent.entry.columns.tool, verdict=intent.entry.columns.verdict,
+                      status="not_forwarded", intent_seq=seq)
+    return Entry(intent.record.origin, "outcome", time_text, body, columns)
 
 
 def append_events(store: Store, entries: Sequence[Entry]) -> list[Sealed]:
@@ -532,7 +597,7 @@ class Evidence:
         self.writer = EvidenceWriter(
             store, commit_wait_s=settings.commit_wait_s, max_batch=settings.max_batch,
             before_commit=self._before_commit if settings.crash_point == "during-outcome" else None,
-            on_commit=self._committed,
+            on_commit=self._committed, on_orphan=self._not_forwarded,
         )
         self.checkpointer = Checkpointer(store, self.key, settings)
         self.auth = AuthFailures()
@@ -558,19 +623,28 @@ class Evidence:
         return self.writer.healthy
 
     def check(self) -> bool:
-        """Readiness: after a failed commit, a real write must succeed before we say ready again."""
+        """Readiness (blocking: call it in a worker thread): after a failed commit, a real write must succeed
+        before we say ready again; records still held for a retry keep us unready."""
+        return self.unready_reason() is None
+
+    def unready_reason(self) -> str | None:
+        """Why intents cannot be taken now, or None (blocking: call it in a worker thread)."""
+        if self.writer.held:
+            return (f"the evidence store is not taking commits ({self.writer.last_error}); "
+                    f"{self.writer.held} record(s) held for retry")
         if self.writer.healthy:
-            return True
+            return None
         try:
             self.store.probe_write(now_time())
-        except StoreUnavailable:
-            return False
-        return True
+        except StoreUnavailable as exc:
+            return f"the evidence store is not taking commits ({exc.message})"
+        return None
 
     # appending
-    async def append(self, entry: Entry) -> Sealed:
-        """Durably commit one record (group commit); raise StoreUnavailable if the store cannot take it."""
-        return await self.writer.submit_async(entry)
+    def append(self, entry: Entry) -> asyncio.Future[Sealed]:
+        """Durably commit one record (group commit): await it; it raises StoreUnavailable if the store cannot
+        take an intent. A plain future (no task), so a bounded wait on it costs nothing extra."""
+        return self.writer.submit_async(entry)
 
     def submit(self, entry: Entry) -> concurrent.futures.Future[Sealed]:
         """Queue a record without waiting (a cancelled call's outcome): failures are logged, not raised."""
@@ -583,6 +657,14 @@ class Evidence:
 
     def crash(self, point: str) -> None:
         crash_here(self.settings, point)
+
+    def _not_forwarded(self, intent: Sealed) -> None:
+        """A committed intent nobody is waiting for (the caller left or was refused first): its call was never
+        forwarded, and the log says so now rather than `outcome_unknown` after a restart."""
+        try:
+            self.writer.submit(not_forwarded_entry(intent, now_time()))
+        except Exception:
+            log.exception("could not queue the not_forwarded outcome of intent %s", intent.record.seq)
 
     def _before_commit(self, sealed: list[Sealed]) -> None:
         if any(s.record.kind == "outcome" for s in sealed):
@@ -638,7 +720,8 @@ class Evidence:
 
 
 class NoEvidence:
-    """AEGRESS_AUDIT=off, for benchmarks only: the record stage writes nothing."""
+    """`aegress serve --no-evidence` (benchmarks only): the record stage writes nothing, so calls leave no
+    intent, outcome or receipt. /health and the start-up banner say so."""
 
     enabled = False
     await_outcome = False
@@ -654,6 +737,9 @@ class NoEvidence:
 
     def check(self) -> bool:
         return True
+
+    def unready_reason(self) -> str | None:
+        return None
 
     async def append(self, entry: Entry) -> None:
         return None

@@ -71,6 +71,12 @@ def _target_name(item: JSON) -> str:
             return value
     return ""
 MODERN_ONLY = ("server/discover", "subscriptions/listen")
+INTENT_WAIT_S = 3.0
+"""At most this long for the store to take a call's intent; then 503 + Retry-After, nothing forwarded (an
+intent committed after that is answered `not_forwarded` by the evidence writer)."""
+OUTCOME_WAIT_S = 3.0
+"""At most this long for an outcome's commit before answering without a receipt; the writer keeps the
+outcome and retries until the store takes it."""
 _LISTEN_TIMEOUT_S = 24 * 3600.0
 
 
@@ -111,7 +117,9 @@ class Pipeline:
         self._buckets: dict[tuple[str, str], ratelimit.Bucket] = {}
 
     # -- stage 1: authenticate -----------------------------------------------------------------
-    def authenticate(self, authorization: str | None) -> Identity:
+    async def authenticate(self, authorization: str | None) -> Identity:
+        """The token lookup runs in a worker thread: a store stalled by another process's lock or a full
+        disk must never stall the event loop (every other request, /health included)."""
         if not authorization:
             self.recorder.auth_failure("missing-token")
             raise AuthError("Missing bearer token.", hint="Send Authorization: Bearer <token>.")
@@ -120,7 +128,7 @@ class Pipeline:
         if scheme.lower() != "bearer" or not token:
             self.recorder.auth_failure("malformed-authorization")
             raise AuthError("Malformed Authorization header.", hint="Send Authorization: Bearer <token>.")
-        info = self.store.find_token(token_hash(self._token_key, token))
+        info = await asyncio.to_thread(self.store.find_token, token_hash(self._token_key, token))
         if info is None or not info.active:
             self.recorder.auth_failure("invalid-token" if info is None else "revoked-token")
             raise AuthError(
@@ -230,7 +238,12 @@ class Pipeline:
         verdict = "review_approved" if decision is not None and decision.verdict == "review" else "allow"
         entry = call_entry(self.recorder.origin(tenant), self.recorder.tenant_key(tenant), facts, kind="intent",
                            verdict=verdict)
-        sealed = await self.recorder.append(entry)
+        try:
+            sealed = await asyncio.wait_for(self.recorder.append(entry), INTENT_WAIT_S)
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"The evidence store did not take the call's intent within {INTENT_WAIT_S:g} s; nothing was "
+                "forwarded.", hint="Retry later; the gateway's /health says why it is not ready.") from None
         self.recorder.crash("after-intent")
         return facts, sealed
 
@@ -247,12 +260,17 @@ class Pipeline:
 
     async def record_outcome(self, facts: CallFacts, intent: Any, status: str, started: float,
                              up_started: float | None, res: Any = None, code: Any = None) -> Any:
-        """Commit the outcome; if the store fails now the call already ran: answer anyway (no receipt),
-        /health turns unready and start-up recovery marks the intent outcome_unknown."""
+        """Commit the outcome; if the store cannot take it now the call already ran: answer after at most
+        OUTCOME_WAIT_S without a receipt; the writer holds the outcome and retries until it commits."""
         if intent is None:
             return None
+        entry = self._outcome(facts, intent, status, started, up_started, res, code)
         try:
-            return await self.recorder.append(self._outcome(facts, intent, status, started, up_started, res, code))
+            return await asyncio.wait_for(self.recorder.append(entry), OUTCOME_WAIT_S)
+        except TimeoutError:
+            log.warning("the outcome of intent %s is not committed yet; answering without a receipt",
+                        intent.record.seq)
+            return None
         except AegressError as exc:
             log.error("could not record the outcome of intent %s: %s", intent.record.seq, exc.message)
             return None
@@ -275,9 +293,13 @@ class Pipeline:
         if msg.get("id") not in session.server_requests:
             return
         tenant = session.identity.tenant_id
-        await self.recorder.append(elicitation_entry(
-            self.recorder.origin(tenant), self.recorder.tenant_key(tenant), tenant, session.identity.actor_id,
-            str(msg.get("id")), res, now_time()))
+        entry = elicitation_entry(self.recorder.origin(tenant), self.recorder.tenant_key(tenant), tenant,
+                                  session.identity.actor_id, str(msg.get("id")), res, now_time())
+        try:
+            await asyncio.wait_for(self.recorder.append(entry), INTENT_WAIT_S)
+        except TimeoutError:
+            raise StoreUnavailable(f"The evidence store did not take the answer within {INTENT_WAIT_S:g} s; "
+                                   "it was not relayed.", hint="Retry later.") from None
 
     async def _sealed_forward(self, session: ClientSession, up: Upstream, method: str, params: JSON, msg: JSON,
                               send: Send, *, target: str, tool: JSON | None, decision: Decision | None,
@@ -285,10 +307,11 @@ class Pipeline:
         """intent (durable) -> forward -> outcome (durable); returns the response and the receipt's record."""
         facts, intent = await self.record_intent(session, method, target, up, tool, decision, arguments, msg,
                                                  started_at)
-        await send(STREAM_OPEN)
-        status, code, recorded = "failed", None, False
+        status, code, recorded, forwarding = "not_forwarded", None, False, False
         up_started = time.perf_counter()
         try:
+            await send(STREAM_OPEN)
+            status, forwarding = "failed", True
             response = await self.forward(session, up, method, params, msg, send)
             self.recorder.crash("after-forward")
             res: Any = response.get("result")
@@ -306,7 +329,8 @@ class Pipeline:
             sealed = await self.record_outcome(facts, intent, status, started, up_started, res, code)
             return response, sealed or intent
         except asyncio.CancelledError as exc:
-            status = "client_disconnected" if "disconnect" in " ".join(map(str, exc.args)) else "cancelled"
+            if forwarding:  # else it stays not_forwarded: the call never left the gateway
+                status = "client_disconnected" if "disconnect" in " ".join(map(str, exc.args)) else "cancelled"
             raise
         except UpstreamError as exc:
             status, code = ("timeout" if exc.code == "upstream-timeout" else "failed"), exc.code
@@ -465,7 +489,8 @@ class Pipeline:
             if isinstance(listed, BaseException):
                 log.warning("tools/list failed on upstream %s: %s", up.spec.name, listed)
                 continue
-            self.decider.observe_tools(session.identity.tenant_id, up.spec.name, listed, _now())
+            await asyncio.to_thread(self.decider.observe_tools, session.identity.tenant_id, up.spec.name, listed,
+                                    _now())
             for name, tool in listed.items():
                 exposed = naming.prefixed(up.spec.name, name) if up.spec.prefix else name
                 if exposed in seen or not self.decider.visible(session.identity, up.spec.name, tool):
@@ -494,7 +519,8 @@ class Pipeline:
             if tool is None:
                 tools = await self._tools(session, up, refresh=True)
                 tool = tools.get(tool_name)
-                self.decider.observe_tools(session.identity.tenant_id, upstream_name, tools, _now())
+                await asyncio.to_thread(self.decider.observe_tools, session.identity.tenant_id, upstream_name,
+                                        tools, _now())
             if tool is not None and self.decider.visible(session.identity, upstream_name, tool):
                 return up, tool
         raise UnknownTarget("tool", name)

@@ -22,6 +22,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from gateway.config import ServeSettings
+from gateway.datadir import DataDirLock, hold
 from gateway.decide import Decider, PolicyDecider
 from gateway.errors import ConfigError, StoreUnavailable
 from gateway.evidence import Evidence, EvidenceSettings, NoEvidence, install_log_redaction
@@ -57,15 +58,24 @@ def mcp_first(endpoint: McpEndpoint, rest: Starlette) -> Callable[[Scope, Receiv
     return app
 
 
+STORE_BUSY_S = 1.0
+"""How long one gateway statement waits for another process's database lock: intents are refused (503)
+within a few of these, and a locked store never holds a request for the lock's whole duration."""
+
+
 def build_gateway(home: Path, settings: ServeSettings, *, database_url: str | None = None,
-                  decider: Decider | None = None) -> Gateway:
-    store = open_store(home, database_url)
+                  decider: Decider | None = None, evidence: bool = True,
+                  lock: DataDirLock | None = None) -> Gateway:
+    """`lock`: the data dir's lock, taken here unless the caller holds it already; before any record
+    is read, since start-up recovery assumes no other gateway appends to these logs."""
+    lock = lock or hold(home)
+    store = open_store(home, database_url, busy_timeout_s=STORE_BUSY_S)
     master = load_master_key(home)
     runtime = Runtime(store, settings.limits)
     # sealed evidence: key loaded (a readable key file refuses start-up), open intents recovered, writer started
     evidence_settings = EvidenceSettings.from_env(home)
     recorder: Evidence | NoEvidence = (
-        Evidence(store, master, home, evidence_settings) if evidence_settings.enabled else NoEvidence()
+        Evidence(store, master, home, evidence_settings) if evidence else NoEvidence()
     )
     if decider is None:  # each tenant's stored policy; an invalid one stops start-up here (ConfigError)
         decider = PolicyDecider(store)
@@ -82,14 +92,18 @@ def build_gateway(home: Path, settings: ServeSettings, *, database_url: str | No
 
     async def health(request: Request) -> JSONResponse:
         try:
-            await asyncio.to_thread(store.ping) if not store.inline_safe else store.ping()
+            await asyncio.to_thread(store.ping)
             store_ok = True
         except StoreUnavailable:
             store_ok = False
-        evidence_ok = store_ok and await asyncio.to_thread(recorder.check)
-        ready = store_ok and evidence_ok
-        body = {"status": "ok" if ready else "unready", "live": True, "ready": ready,
-                "store": "ok" if store_ok else "unavailable", "recorder": "ok" if evidence_ok else "failing"}
+        reason = await asyncio.to_thread(recorder.unready_reason) if store_ok else "the store is unreachable"
+        ready = reason is None
+        body: dict[str, object] = {
+            "status": "ok" if ready else "unready", "live": True, "ready": ready,
+            "store": "ok" if store_ok else "unavailable", "recorder": "ok" if ready else "failing",
+            "evidence": "on" if recorder.enabled else "off (--no-evidence: calls are not recorded)"}
+        if reason is not None:
+            body["reason"] = reason
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @contextlib.asynccontextmanager
@@ -103,6 +117,7 @@ def build_gateway(home: Path, settings: ServeSettings, *, database_url: str | No
             await runtime.close()
             await asyncio.to_thread(recorder.close)
             store.close()
+            lock.release()
 
     app = Starlette(
         routes=[Route("/health", health, methods=["GET"]), Route("/mcp", endpoint, methods=None)],
@@ -121,11 +136,13 @@ def check_bind(host: str, allow_public: bool) -> None:
 
 
 def serve(home: Path, settings: ServeSettings, *, database_url: str | None = None,
-          on_ready: Callable[[str], None] | None = None, log_level: str = "warning") -> None:
+          on_ready: Callable[[str], None] | None = None, log_level: str = "warning", evidence: bool = True,
+          lock: DataDirLock | None = None) -> None:
     """Bind first (so port 0 works and the real URL can be printed), then run uvicorn on that socket."""
     import uvicorn
 
-    gateway = build_gateway(home, settings, database_url=database_url)
+    lock = lock or hold(home)
+    gateway = build_gateway(home, settings, database_url=database_url, evidence=evidence, lock=lock)
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -141,6 +158,7 @@ def serve(home: Path, settings: ServeSettings, *, database_url: str | None = Non
     port = sock.getsockname()[1]
     shown = f"[{settings.host}]" if family == socket.AF_INET6 else settings.host
     url = f"http://{shown}:{port}/mcp"
+    lock.set_url(url)
     config = uvicorn.Config(
         gateway.app,
         log_level=log_level,

@@ -247,7 +247,7 @@ class McpEndpoint:
             if method not in ("POST", "GET", "DELETE") or (modern and method != "POST"):
                 raise HttpError(f"Method {method} is not allowed.", http_status=405, code="method-not-allowed",
                                 hint="2026-07-28 uses POST only." if modern else None)
-            identity = self.pipeline.authenticate(headers.get("authorization"))
+            identity = await self.pipeline.authenticate(headers.get("authorization"))
             query = QueryParams(scope.get("query_string", b"").decode("latin-1"))
             identity = self.pipeline.bind(
                 identity,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = ROOT / "docs" / "cli-reference.md"
+sys.path.insert(0, str(ROOT))  # document this checkout's CLI, not whatever the venv installed
 
 
 def _help(args: list[str]) -> str:

@@ -29,7 +29,11 @@ FORMAT_VERSION: Final = 1
 GENESIS_PREV: Final = "0" * 64
 """`prev` of the record with seq 0."""
 
-OUTCOME_STATUSES: Final = frozenset({"completed", "failed", "timeout", "cancelled", "client_disconnected"})
+OUTCOME_STATUSES: Final = frozenset(
+    {"completed", "failed", "timeout", "cancelled", "client_disconnected", "not_forwarded"}
+)
+"""`not_forwarded`: the intent was committed but the call never left the gateway (the client left or the
+call was cancelled first, or the gateway had already refused it)."""
 MAX_PREVIEW_CHARS: Final = 512
 """Upper bound on any `*_preview` field; `redact.redact_preview` truncates to fit."""
 
@@ -47,7 +51,8 @@ _TOP_KEYS: Final = frozenset({"v", "origin", "seq", "prev", "kind", "time", "bod
 
 # Field types: "str" non-empty string, "str?" string or null, "int" non-negative int,
 # "digest" "sha256:<hex>" / "hmac-sha256:<hex>", "digest?" digest or null, "time" RFC 3339 UTC,
-# "preview" string of at most MAX_PREVIEW_CHARS, "status" an OUTCOME_STATUSES member, "strs" list of str.
+# "preview" string of at most MAX_PREVIEW_CHARS, "status" an OUTCOME_STATUSES member, "strs" list of str,
+# "ints" non-empty list of non-negative ints.
 _CALL: Final = {
     "tenant": "str",
     "actor": "str",
@@ -110,6 +115,11 @@ KINDS: Final[Mapping[str, KindSpec]] = {
     ),
     # event: "generated", "rotated", "retired"; key: the verifier key string (name+keyid+base64).
     "key_event": KindSpec({"event": "str", "key": "str"}, {"actor": "str", "previous_key": "str"}),
+    # An operator's repair of damage that is not tampering (`aegress audit repair`): names the earlier records
+    # that broke the log's meaning (a second answer to one intent, an intent a recovery skipped) and what was
+    # wrong with each (`problems`, one line per seq). Nothing is rewritten or deleted; verifiers accept the
+    # named damage after this record and report the repair as a notice.
+    "repair": KindSpec({"damaged_seqs": "ints", "problems": "strs", "actor": "str", "reason": "str"}, {}),
     # Deployment log only: failures counted over a window so a flood costs one record per window.
     "auth_failures_aggregate": KindSpec(
         {"window_start": "time", "window_end": "time", "count": "int", "reasons": "strs"},
@@ -136,6 +146,8 @@ _CHECKS: Final[Mapping[str, Any]] = {
     "preview": lambda v: isinstance(v, str) and len(v) <= MAX_PREVIEW_CHARS,
     "status": lambda v: isinstance(v, str) and v in OUTCOME_STATUSES,
     "strs": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "ints": lambda v: isinstance(v, list) and bool(v)
+    and all(type(x) is int and 0 <= x <= MAX_SAFE_INTEGER for x in v),
 }
 
 

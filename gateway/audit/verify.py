@@ -12,6 +12,12 @@ being trustworthy and what happened to it. Order of checks (docs/evidence-format
 4. with a database's rows: every queryable column equals what the record's bytes imply (modified), so
    an edit of a column `audit query` or an export shows is found although the hashed bytes are intact;
 5. every intent has an outcome, unless the call may still be in flight (orphan_intent).
+
+Damage to a log's meaning that is not tampering (a second answer to one intent, an intent a recovery
+skipped: what two gateways on one data dir used to cause) can be acknowledged by a later sealed `repair`
+record naming the damaged seqs (`aegress audit repair`). Those findings are then not reported as problems
+but as notices (`VerifyReport.repairs`); the damaged records stay where they are. A repair never covers a
+chain, root or signature finding.
 """
 
 from __future__ import annotations
@@ -100,6 +106,10 @@ class VerifyReport:
     checkpoints: tuple[Checkpoint, ...]
     finding: Finding | None
     open_intents: tuple[int, ...] = field(default=())
+    repairs: tuple[tuple[int, tuple[int, ...]], ...] = field(default=())
+    """Notices: (seq of a `repair` record, the damaged seqs it names)."""
+    problems: tuple[Finding, ...] = field(default=())
+    """Every unrepaired finding about meaning (what `aegress audit repair` may acknowledge), in log order."""
 
     @property
     def ok(self) -> bool:
@@ -121,6 +131,7 @@ class VerifyReport:
             "latest_checkpoint_size": None if latest is None else latest.size,
             "finding": None if self.finding is None else self.finding.to_dict(),
             "open_intents": list(self.open_intents),
+            "repairs": [{"seq": seq, "damaged_seqs": list(damaged)} for seq, damaged in self.repairs],
         }
 
 
@@ -272,19 +283,27 @@ def _link_break(
     )
 
 
-def _scan(
-    records: _Records, start: LogStart | None, checkpoints: Sequence[Checkpoint], final: bool
-) -> tuple[Finding | None, Finding | None, tuple[int, ...]]:
+@dataclass(frozen=True)
+class _Scan:
+    chain: Finding | None = None
+    semantic: tuple[Finding, ...] = ()
+    open_intents: tuple[int, ...] = ()
+    repairs: tuple[tuple[int, tuple[int, ...]], ...] = ()
+
+
+def _scan(records: _Records, start: LogStart | None, checkpoints: Sequence[Checkpoint], final: bool) -> _Scan:
     """Walk records in storage order.
 
-    Returns the first chain finding (bytes, seq, links), the first finding about meaning (outcomes that
-    answer nothing, orphan intents: reported only if the chain and roots hold, since an edit can fake
-    one), and the intents still open.
+    Returns the first chain finding (bytes, seq, links), the findings about meaning that no later `repair`
+    record acknowledges (outcomes that answer nothing, orphan intents: reported only if the chain and roots
+    hold, since an edit can fake one), the intents still open, and the repairs seen.
     """
     first = start.seq if start is not None else 0
     expected_prev = start.prev.hex() if start is not None else GENESIS_PREV
     open_intents: dict[int, int] = {}  # intent seq -> position
-    semantic: Finding | None = None
+    candidates: list[Finding] = []
+    repaired: set[int] = set()
+    repairs: list[tuple[int, tuple[int, ...]]] = []
     last_unknown = -1
     items = records.items
     hashes = records.hashes
@@ -292,54 +311,58 @@ def _scan(
         e = first + p
         record = records.parsed(p)
         if record is None:
-            return _invalid_record(records, p, expected_prev), None, ()
+            return _Scan(_invalid_record(records, p, expected_prev))
         s, pv = record.seq, record.prev
         if s == e:
             if pv != expected_prev:
-                return _link_break(records, p, record, start, checkpoints), None, ()
+                return _Scan(_link_break(records, p, record, start, checkpoints))
             if items[p][0] != e:
                 message = f"stored sequence column says {items[p][0]} for record {e}"
-                return Finding(Problem.MODIFIED, message, seq=e, position=p), None, ()
+                return _Scan(Finding(Problem.MODIFIED, message, seq=e, position=p))
         elif pv == expected_prev:
             message = f"record {e} was altered: its seq reads {s}"
-            return Finding(Problem.MODIFIED, message, seq=e, position=p), None, ()
+            return _Scan(Finding(Problem.MODIFIED, message, seq=e, position=p))
         elif s < e or len(records.positions_of(s)) > 1:
-            return Finding(Problem.FORK, f"a second record claims seq {s}", seq=s, position=p), None, ()
+            return _Scan(Finding(Problem.FORK, f"a second record claims seq {s}", seq=s, position=p))
         elif any(q > p for q in records.positions_of(e)):
             if records.has_hash(pv) or (s == 0 and pv == GENESIS_PREV):
                 message = f"record {s} is stored where record {e} belongs"
-                return Finding(Problem.REORDERED, message, seq=e, position=p), None, ()
+                return _Scan(Finding(Problem.REORDERED, message, seq=e, position=p))
             message = f"an extra record claiming seq {s} sits before seq {e}"
-            return Finding(Problem.FORK, message, seq=e, position=p), None, ()
+            return _Scan(Finding(Problem.FORK, message, seq=e, position=p))
         else:
             missing = f"{e}" if s == e + 1 else f"{e}..{s - 1}"
-            return Finding(Problem.GAP, f"record(s) {missing} are missing", seq=e, position=p), None, ()
+            return _Scan(Finding(Problem.GAP, f"record(s) {missing} are missing", seq=e, position=p))
         expected_prev = hashes[p].hex()
         kind = record.kind
         if kind == "intent":
             open_intents[s] = p
         elif kind in ("outcome", "outcome_unknown"):
             target = record.body["intent_seq"]
-            if target >= first and open_intents.pop(target, None) is None and semantic is None:
-                semantic = Finding(
+            if target >= first and open_intents.pop(target, None) is None:
+                candidates.append(Finding(
                     Problem.MALFORMED,
                     f"record {s} answers {target}, which is not an earlier intent awaiting an outcome",
                     seq=s,
                     position=p,
-                )
+                ))
             if kind == "outcome_unknown":
                 last_unknown = s
-    if semantic is None:
-        for seq, p in sorted(open_intents.items()):
-            if final or seq < last_unknown:
-                semantic = Finding(
-                    Problem.ORPHAN_INTENT,
-                    f"intent {seq} has no outcome and recovery did not mark it outcome_unknown",
-                    seq=seq,
-                    position=p,
-                )
-                break
-    return None, semantic, tuple(sorted(open_intents))
+        elif kind == "repair":
+            named = tuple(x for x in record.body["damaged_seqs"] if x < s)
+            repaired.update(named)
+            repairs.append((s, named))
+    semantic = [f for f in candidates if f.seq not in repaired]
+    for seq, p in sorted(open_intents.items()):
+        if seq not in repaired and (final or seq < last_unknown):
+            semantic.append(Finding(
+                Problem.ORPHAN_INTENT,
+                f"intent {seq} has no outcome and recovery did not mark it outcome_unknown",
+                seq=seq,
+                position=p,
+            ))
+    still_open = tuple(sorted(seq for seq in open_intents if seq not in repaired))
+    return _Scan(None, tuple(semantic), still_open, tuple(repairs))
 
 
 def _check_roots(
@@ -461,15 +484,16 @@ def verify_log(
     recs = _Records(origin, records, first)
     if finding is None:
         finding = _check_checkpoints_agree(opened, consistency_proofs)
-    open_intents: tuple[int, ...] = ()
+    scan = _Scan()
     root = b""
     if finding is None:
-        finding, semantic, open_intents = _scan(recs, start, opened, final)
+        scan = _scan(recs, start, opened, final)
+        finding = scan.chain
         if finding is None:
             finding, root = _check_roots(recs, start, opened)
+            finding = finding or (scan.semantic[0] if scan.semantic else None)
             if finding is None and columns is not None:
                 finding = _check_columns(recs, columns, tenant)
-            finding = finding or semantic
     return VerifyReport(
         origin=origin,
         start=first,
@@ -477,5 +501,7 @@ def verify_log(
         root=root,
         checkpoints=tuple(opened),
         finding=finding,
-        open_intents=open_intents,
+        open_intents=scan.open_intents,
+        repairs=scan.repairs,
+        problems=scan.semantic if finding is not None and finding in scan.semantic else (),
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -204,6 +205,21 @@ def _where(**filters: object) -> tuple[str, list[object]]:
     return " WHERE " + " AND ".join(f"{k} = ?" for k in used), list(used.values())
 
 
+def _create_private(path: Path) -> None:
+    """A new database file is created 0600 (SQLite gives -wal and -shm the same mode) and its dir, the
+    data dir, made 0700: evidence, token hashes and upstream secrets are nobody else's business."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process created it first
+        return
+    os.close(fd)
+    if path.parent.stat().st_uid == os.getuid():
+        os.chmod(path.parent, 0o700)
+
+
 def _already_exists(kind: str, wanted: str, existing: str, where: str) -> AlreadyExists:
     """Refuse an id that exists, or exists under another case (ids are unique ignoring case)."""
     if existing == wanted:
@@ -213,12 +229,21 @@ def _already_exists(kind: str, wanted: str, existing: str, where: str) -> Alread
 
 
 class SQLiteStore:
-    inline_safe = True
+    inline_safe = False
+    """A write can wait for another process's lock (busy timeout) or a full disk: the request path calls
+    the store in a worker thread (the review desk, /health), never on the event loop."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, busy_timeout_s: float = 5.0) -> None:
         self.path = path
+        self.busy_timeout_s = busy_timeout_s
         self._local = threading.local()
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            _create_private(path)
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"Cannot create the database {path}: {exc.strerror}.",
+                hint="Check the data dir exists and is writable (AEGRESS_HOME or --data-dir).",
+            ) from exc
         self._migrate()
 
     # -- connections -------------------------------------------------------------------------
@@ -226,11 +251,12 @@ class SQLiteStore:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             try:
-                conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=True)
+                conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,
+                                       check_same_thread=True)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.execute("PRAGMA foreign_keys=ON")
-                conn.execute("PRAGMA busy_timeout=5000")
+                conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
             except sqlite3.Error as exc:
                 raise StoreUnavailable(
                     f"Cannot open the database {self.path}: {exc}.",
@@ -598,6 +624,49 @@ class SQLiteStore:
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
+            raise
+
+    def observe_tools(self, tenant_id: str, upstream: str, tools: Sequence[Mapping[str, Any]],
+                      hashes: Sequence[str], first_pins: Mapping[str, str] | None,
+                      changes: Sequence[tuple[str, str, str]], by: str, now: str) -> None:
+        """An upstream's tool listing, in ONE transaction: definitions replaced, pin changes recorded and,
+        on first use (`first_pins`), pins set; a crash or a lock never leaves half of it."""
+        conn = self._tx()
+        try:
+            conn.execute("DELETE FROM tool_definitions WHERE tenant_id = ? AND upstream = ?", (tenant_id, upstream))
+            conn.executemany(
+                "INSERT OR REPLACE INTO tool_definitions (tenant_id, upstream, name, definition, hash, seen_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(tenant_id, upstream, str(t.get("name")), json.dumps(dict(t)), h, now)
+                 for t, h in zip(tools, hashes, strict=True)],
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO pin_changes (tenant_id, upstream, tool, old_hash, new_hash, seen_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)", [(tenant_id, upstream, t, o, n, now) for t, o, n in changes],
+            )
+            if first_pins is not None:
+                conn.execute("INSERT OR IGNORE INTO pin_baselines (tenant_id, upstream, at) VALUES (?, ?, ?)",
+                             (tenant_id, upstream, now))
+                for tool, digest in first_pins.items():
+                    conn.execute(
+                        "INSERT OR REPLACE INTO pins (tenant_id, upstream, tool, hash, approved_by, approved_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?)", (tenant_id, upstream, tool, digest, by, now),
+                    )
+                    conn.execute(
+                        "UPDATE pin_changes SET resolved_at = ?, resolved_by = ? WHERE tenant_id = ?"
+                        " AND upstream = ? AND tool = ? AND new_hash = ? AND resolved_at IS NULL",
+                        (now, by, tenant_id, upstream, tool, digest),
+                    )
+                self._bump_policies(conn)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise StoreUnavailable(f"Could not store tool definitions: {exc}.",
+                                   hint="Check disk space, file permissions and locks.") from exc
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
 
     def get_tool_definitions(self, tenant_id: str) -> dict[str, list[dict[str, Any]]]:

@@ -7,9 +7,12 @@ test can change a definition under a running gateway (a "rug pull").
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -137,9 +140,15 @@ def test_applied_policy_is_live_within_a_second_and_bad_versions_never_apply(gw)
             assert _text(await c.call_tool("rug__count", {})) == "ran count"
 
     run(go())
-    # ... and at start-up an invalid stored policy stops the gateway with a clear message
+    # ... and at start-up an invalid stored policy stops the gateway with a clear message (on a copy of the
+    # data dir: the running gateway holds this one, and a second gateway on it is refused)
+    copy = gw.work / "copy-home"
+    shutil.copytree(gw.home / "secrets", copy / "secrets")
+    with contextlib.closing(sqlite3.connect(gw.home / "aegress.db")) as src, \
+            contextlib.closing(sqlite3.connect(copy / "aegress.db")) as dst:
+        src.backup(dst)
     proc = subprocess.run([sys.executable, "-m", "aegress_cli.main", "serve", "--port", "0"], capture_output=True,
-                          text=True, env=cli_env(gw.home), cwd=ROOT, timeout=60)
+                          text=True, env=cli_env(copy), cwd=ROOT, timeout=60)
     assert proc.returncode == 1
     assert "stored policy of tenant 'pin' is invalid" in proc.stderr and "tampered.toml" in proc.stderr
     assert "aegress policy apply" in proc.stderr

@@ -127,22 +127,26 @@ def test_a_key_file_others_can_read_is_refused(tmp_path: Path) -> None:
     assert "chmod 600" in (info.value.hint or "")
 
 
-def test_a_locked_store_fails_every_waiter(store: SQLiteStore) -> None:
+def test_a_locked_store_fails_every_intent_and_holds_everything_else(store: SQLiteStore) -> None:
     store.append_evidence([revoked(0)])
     locker = sqlite3.connect(store.path, timeout=1, isolation_level=None)
     locker.execute("BEGIN EXCLUSIVE")
-    writer = EvidenceWriter(store)
+    writer = EvidenceWriter(SQLiteStore(store.path, busy_timeout_s=0.2), retry_s=0.05)
     try:
-        futures = [writer.submit(revoked(i)) for i in range(3)]
+        futures = [writer.submit(intent(i)) for i in range(3)]
         for f in futures:
             with pytest.raises(StoreUnavailable):
                 f.result(30)
-        assert not writer.healthy
+        held = writer.submit(revoked(1))  # an event that already happened: kept until the store takes it
+        with pytest.raises(TimeoutError):
+            held.result(1.0)  # a few attempts, each refused
+        assert not writer.healthy and writer.held == 1
     finally:
         locker.execute("ROLLBACK")
         locker.close()
-    assert writer.submit(revoked(5)).result(30).record.seq == 1  # nothing half-written: no gap
-    assert writer.healthy
+    assert held.result(30).record.seq == 1  # committed after the fault, without a restart; no gap
+    assert writer.submit(revoked(5)).result(30).record.seq == 2
+    assert writer.healthy and writer.held == 0
     writer.close()
 
 

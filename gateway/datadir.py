@@ -1,0 +1,87 @@
+"""One gateway per data dir: an OS lock on `<data dir>/aegress.lock`, held for the process's lifetime.
+
+Two gateways on one data dir would each run start-up recovery over the other's calls in flight (marking
+them `outcome_unknown` while they are still running, so their real outcomes later answer an intent that
+is already answered: a chain that fails verification). `fcntl.flock` is released by the kernel when the
+process dies, SIGKILL included, so a crashed gateway never leaves a stale lock. The file holds the
+holder's pid and, once bound, its URL, so a refused start can say who holds the dir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from pathlib import Path
+
+from gateway.errors import ConfigError
+
+LOCK_FILE = "aegress.lock"
+
+
+def _holder(fd: int) -> str:
+    """'pid 123 at http://...' from the lock file's contents, as far as they can be read."""
+    try:
+        raw = os.pread(fd, 4096, 0)
+        info = json.loads(raw.decode() or "{}")
+    except (OSError, ValueError):
+        info = {}
+    pid = info.get("pid") if isinstance(info, dict) else None
+    url = info.get("url") if isinstance(info, dict) else None
+    text = f"pid {pid}" if isinstance(pid, int) else "another process"
+    if isinstance(url, str) and url:
+        text += f" at {url}"
+    return text
+
+
+class DataDirLock:
+    """The held lock. `set_url` records where the gateway listens; `release` (or process exit) frees it."""
+
+    def __init__(self, path: Path, fd: int, purpose: str) -> None:
+        self.path = path
+        self._fd: int | None = fd
+        self._purpose = purpose
+        self._write(None)
+
+    def _write(self, url: str | None) -> None:
+        if self._fd is None:
+            return
+        data = json.dumps({"pid": os.getpid(), "purpose": self._purpose, "url": url}).encode()
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, data, 0)
+
+    def set_url(self, url: str) -> None:
+        self._write(url)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing the only descriptor drops the flock
+            self._fd = None
+
+
+def hold(home: Path, purpose: str = "serve") -> DataDirLock:
+    """Take the data dir's lock or refuse (ConfigError `data-dir-in-use`, naming the holder) at once.
+
+    Call it before anything reads or writes records: start-up recovery assumes nobody else is appending.
+    """
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = home / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _holder(fd)
+        os.close(fd)
+        raise ConfigError(
+            f"The data dir {home} is in use by a running gateway ({holder}).",
+            hint="Stop that gateway first, or use another data dir (--data-dir or AEGRESS_HOME). One data dir "
+                 "serves one gateway.",
+            code="data-dir-in-use",
+        ) from None
+    except OSError:
+        os.close(fd)
+        raise
+    return DataDirLock(path, fd, purpose)
