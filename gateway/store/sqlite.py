@@ -303,17 +303,12 @@ class SQLiteStore:
 
     # -- tenants -----------------------------------------------------------------------------
     def create_tenant(self, tenant_id: str, now: str) -> Tenant:
-        conn = self._tx()
-        try:
+        with self._write() as conn:
             row = conn.execute("SELECT id FROM tenants WHERE id = ? COLLATE NOCASE ORDER BY id = ? DESC, id LIMIT 1",
                                (tenant_id, tenant_id)).fetchone()
             if row is not None:
                 raise _already_exists("Tenant", tenant_id, str(row[0]), "")
             conn.execute("INSERT INTO tenants (id, created_at) VALUES (?, ?)", (tenant_id, now))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return Tenant(tenant_id, now)
 
     def get_tenant(self, tenant_id: str) -> Tenant | None:
@@ -335,8 +330,7 @@ class SQLiteStore:
 
     # -- actors ------------------------------------------------------------------------------
     def add_actor(self, tenant_id: str, actor_id: str, now: str) -> Actor:
-        conn = self._tx()
-        try:
+        with self._write() as conn:
             if conn.execute("SELECT 1 FROM tenants WHERE id = ?", (tenant_id,)).fetchone() is None:
                 raise NotFound(f"No tenant {tenant_id!r}.", hint="Create it with `aegress tenant create`.")
             row = conn.execute(
@@ -346,10 +340,6 @@ class SQLiteStore:
             if row is not None:
                 raise _already_exists("Actor", actor_id, str(row[0]), f" in tenant {tenant_id!r}")
             conn.execute("INSERT INTO actors (tenant_id, id, created_at) VALUES (?, ?, ?)", (tenant_id, actor_id, now))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return Actor(tenant_id, actor_id, now)
 
     def get_actor(self, tenant_id: str, actor_id: str) -> Actor | None:
