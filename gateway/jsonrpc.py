@@ -240,3 +240,71 @@ STREAM_OPEN: JSON = {"method": "aegress/stream-open"}
 """Internal only, compared by identity: the call's intent is durable and it is about to be forwarded,
 so nothing can turn into an HTTP status any more; a resumable client stream may open now (and hand
 the client an event id to come back with). Never sent on the wire."""
+
+
+# -- 2026-07-28 Mcp-Param-* headers: tool arguments a client mirrors into headers (`x-mcp-header`) --------
+X_MCP_HEADER = "x-mcp-header"
+PARAM_HEADER_PREFIX = "mcp-param-"
+_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+
+
+def _declared_params(schema: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], str, JSON]]:
+    """(argument path, header token, property schema) for every property annotated with `x-mcp-header`."""
+    out: list[tuple[tuple[str, ...], str, JSON]] = []
+    props = schema.get("properties") if isinstance(schema, dict) else None
+    if not isinstance(props, dict) or len(path) > 16:
+        return out
+    for key, sub in props.items():
+        if not isinstance(sub, dict):
+            continue
+        token = sub.get(X_MCP_HEADER)
+        if isinstance(token, str) and token:
+            out.append(((*path, key), token, sub))
+        out.extend(_declared_params(sub, (*path, key)))
+    return out
+
+
+def _render_param(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, str | int | float) else None
+
+
+def _argument_at(arguments: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(arguments, dict):
+            return None
+        arguments = arguments.get(key)
+    return arguments
+
+
+def param_header_mismatch(schema: Any, arguments: JSON, headers: dict[str, str]) -> tuple[str | None, dict[str, str]]:
+    """Pure: compare a tools/call's `Mcp-Param-*` headers (lowercase names) with its arguments.
+
+    The 2026-07-28 revision lets intermediaries route on these headers, so a header that disagrees
+    with the body (or is present without its argument, or missing with it) must be refused with
+    -32020: otherwise what was routed on and what runs could differ. Returns (the first mismatch or
+    None, the declared headers to forward); undeclared `Mcp-Param-*` headers are not forwarded."""
+    forward: dict[str, str] = {}
+    for path, token, prop in _declared_params(schema):
+        name = PARAM_HEADER_PREFIX + token.lower()
+        raw = headers.get(name)
+        value = _argument_at(arguments, path)
+        rendered = _render_param(value) if value is not None else None
+        argument = ".".join(path)
+        if raw is None:
+            if rendered is not None:
+                return f"Mcp-Param-{token} is missing but argument {argument!r} is present.", forward
+            continue
+        decoded = decode_header_value(raw)
+        if rendered is None or decoded is None:
+            return f"Mcp-Param-{token} does not match argument {argument!r}.", forward
+        same = decoded == rendered
+        if not same and prop.get("type") == "integer" and _DECIMAL.fullmatch(decoded) and not isinstance(value, bool):
+            whole, _, fraction = decoded.partition(".")
+            same = set(fraction) <= {"0"} and isinstance(value, int | float) and float(value).is_integer() \
+                and int(whole) == int(value)
+        if not same:
+            return f"Mcp-Param-{token} does not match argument {argument!r}.", forward
+        forward[name] = raw
+    return None, forward
