@@ -45,11 +45,11 @@ def serve(
                                    "flight per actor (then 429).")] = _D.max_calls_per_actor,
     max_calls_per_tenant: Annotated[int, typer.Option(envvar="AEGRESS_MAX_CALLS_PER_TENANT", help="Requests in "
                                     "flight per tenant (then 429).")] = _D.max_calls_per_tenant,
-    auth_failures: Annotated[int, typer.Option(envvar="AEGRESS_AUTH_FAILURES", help="Failed authentications "
-                             "per client address and --auth-failure-window before 429 (valid tokens still "
+    auth_throttle: Annotated[int, typer.Option(envvar="AEGRESS_AUTH_THROTTLE", help="Failed authentications "
+                             "per client address and --auth-throttle-window before 429 (valid tokens still "
                              "pass).")] = _D.auth_failures,
-    auth_failure_window: Annotated[float, typer.Option(envvar="AEGRESS_AUTH_FAILURE_WINDOW", help="Seconds over "
-                                   "which --auth-failures are counted.")] = _D.auth_failure_window_s,
+    auth_throttle_window: Annotated[float, typer.Option(envvar="AEGRESS_AUTH_THROTTLE_WINDOW", help="Seconds "
+                                    "over which --auth-throttle counts failures.")] = _D.auth_failure_window_s,
 ) -> None:
     """Run the gateway in the foreground until Ctrl-C (SIGTERM drains calls in flight first)."""
     import logging
@@ -77,8 +77,8 @@ def serve(
     limits = Limits(drain_grace_s=drain_grace, max_connections=max_connections, header_timeout_s=header_timeout,
                     body_idle_timeout_s=body_timeout, max_sessions_per_actor=max_sessions_per_actor,
                     max_sessions_per_tenant=max_sessions_per_tenant, max_calls_per_actor=max_calls_per_actor,
-                    max_calls_per_tenant=max_calls_per_tenant, auth_failures=auth_failures,
-                    auth_failure_window_s=auth_failure_window)
+                    max_calls_per_tenant=max_calls_per_tenant, auth_failures=auth_throttle,
+                    auth_failure_window_s=auth_throttle_window)
     settings = ServeSettings(host=host, port=port, allowed_hosts=tuple(allowed_host or ()),
                              allowed_origins=tuple(allowed_origin or ()), auth_mode=auth_mode, limits=limits)
 

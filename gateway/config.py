@@ -43,7 +43,7 @@ class Limits:
     max_calls_per_actor: int = 32  # requests in flight
     max_calls_per_tenant: int = 256
     # authentication failures per client address: beyond `auth_failures` in `auth_failure_window_s` -> 429
-    auth_failures: int = 20
+    auth_failures: int = 60
     auth_failure_window_s: float = 60.0
     drain_grace_s: float = 20.0  # on SIGTERM, how long calls in flight may still run
 
