@@ -53,7 +53,7 @@ def _count_keys(value: Any) -> int:
             for v in item.values():
                 if type(v) is dict or type(v) is list:
                     push(v)
-        else:
+        elif type(item) is list:
             for v in item:
                 if type(v) is dict or type(v) is list:
                     push(v)
