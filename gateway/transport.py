@@ -105,6 +105,17 @@ def host_allowed(host: str | None, allowed: tuple[str, ...]) -> bool:
     return False
 
 
+def version_fits(header_version: str, negotiated: str) -> bool:
+    """Pure: may a request on a session negotiated at `negotiated` carry this MCP-Protocol-Version?
+
+    The negotiated one, or an older handshake-era one: clients (and the conformance suite) send older
+    values on newer sessions. A newer one is refused: it would claim behaviour (resumable streams,
+    say) that initialize never agreed to."""
+    if header_version == negotiated:
+        return True
+    return header_version in HANDSHAKE_VERSIONS and header_version < negotiated
+
+
 def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
     if origin is None:
         return True  # non-browser clients send no Origin
@@ -465,8 +476,8 @@ class McpEndpoint:
                 code="unknown-session", jsonrpc_code=-32001,
             )
         version = header(headers, "mcp-protocol-version")
-        if version is not None and version != session.version:
-            raise HttpError(f"MCP-Protocol-Version {version[:40]} differs from this session's {session.version}.",
+        if version is not None and not version_fits(version, session.version):
+            raise HttpError(f"MCP-Protocol-Version {version[:40]} is newer than this session's {session.version}.",
                             hint="Send the version initialize negotiated.", code="version-mismatch")
         if session.identity != who:
             session.identity = who  # same tenant and actor, rotated token: keep the session

@@ -72,14 +72,18 @@ def test_a_request_id_in_flight_cannot_be_reused(gw) -> None:  # type: ignore[no
     run(go(), timeout=60)
 
 
-def test_a_version_header_other_than_the_sessions_is_refused(gw) -> None:  # type: ignore[no-untyped-def]
-    hdrs = _session(gw)
+def test_a_version_header_newer_than_the_sessions_is_refused(gw) -> None:  # type: ignore[no-untyped-def]
+    init = {**INIT, "params": {**INIT["params"], "protocolVersion": "2025-06-18"}}
+    r = httpx2.post(gw.url, content=json.dumps(init), headers=_headers(gw), timeout=30)
+    assert r.json()["result"]["protocolVersion"] == "2025-06-18"
+    hdrs = _headers(gw, **{"Mcp-Session-Id": r.headers["mcp-session-id"]})
     body = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
-    r = httpx2.post(gw.url, content=body, headers={**hdrs, "MCP-Protocol-Version": "2025-06-18"}, timeout=30)
+    r = httpx2.post(gw.url, content=body, headers={**hdrs, "MCP-Protocol-Version": "2025-11-25"}, timeout=30)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["data"]["code"] == "version-mismatch"
-    r = httpx2.post(gw.url, content=body, headers=hdrs, timeout=30)
-    assert r.status_code == 200
+    for fits in ("2025-06-18", "2025-03-26"):  # the negotiated one, or older (clients and the conformance suite)
+        r = httpx2.post(gw.url, content=body, headers={**hdrs, "MCP-Protocol-Version": fits}, timeout=30)
+        assert r.status_code == 200
 
 
 @pytest.mark.parametrize("param", ["access_token", "token", "api_key", "authorization", "Access_Token"])

@@ -98,3 +98,12 @@ def test_caps_name_what_is_full() -> None:
     assert over_cap(1, 5, 2, 10) is None
     assert over_cap(2, 5, 2, 10) == "actor"
     assert over_cap(1, 10, 2, 10) == "tenant"
+
+
+def test_version_header_may_be_the_sessions_or_older() -> None:
+    from gateway.transport import version_fits
+
+    assert version_fits("2025-11-25", "2025-11-25")
+    assert version_fits("2025-03-26", "2025-11-25")
+    assert not version_fits("2025-11-25", "2025-06-18")
+    assert not version_fits("2025-99-99", "2025-11-25")
