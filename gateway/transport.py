@@ -777,8 +777,9 @@ class McpEndpoint:
         self.draining = True
         running = [s.task for s in self._running if s.task is not None and not s.task.done()]
         log.warning("draining %d calls (grace %g s)", len(running), grace)
-        if running:
-            await asyncio.wait(running, timeout=grace)
+        finite = [s.task for s in self._running if s.task in running and s.deadline != float("inf")]
+        if finite:  # subscriptions/listen never ends by itself: it is not waited for
+            await asyncio.wait(finite, timeout=grace)
         cut = [s for s in self._running if s.task is not None and not s.task.done()]
         for stream in cut:
             stream.expire(ProtocolError("gateway shutting down", code="shutting-down", http_status=503,
