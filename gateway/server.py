@@ -18,9 +18,11 @@ import logging
 import signal
 import socket
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -38,6 +40,9 @@ from gateway.proxy import Runtime
 from gateway.secrets import load_master_key
 from gateway.store import open_store
 from gateway.transport import McpEndpoint, default_allowed
+
+if TYPE_CHECKING:
+    import uvicorn
 
 log = logging.getLogger("aegress.server")
 
@@ -162,8 +167,9 @@ def serve(home: Path, settings: ServeSettings, *, database_url: str | None = Non
     )
     server = draining_server(config, gateway.endpoint, settings.limits.drain_grace_s)
     install_log_redaction()
-    # uvicorn re-raises the SIGTERM it handled once it has shut down; a drained gateway exits 0
-    signal.signal(signal.SIGTERM, _exit_cleanly)
+    if threading.current_thread() is threading.main_thread():
+        # uvicorn re-raises the SIGTERM it handled once it has shut down; a drained gateway exits 0
+        signal.signal(signal.SIGTERM, _exit_cleanly)
 
     async def run() -> None:
         serving = asyncio.create_task(server.serve(sockets=[sock]))
@@ -186,7 +192,7 @@ def _exit_cleanly(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-def draining_server(config: object, endpoint: McpEndpoint, grace: float) -> object:
+def draining_server(config: uvicorn.Config, endpoint: McpEndpoint, grace: float) -> uvicorn.Server:
     """A uvicorn.Server whose shutdown first stops listening and drains the endpoint (see `McpEndpoint.drain`)."""
     import uvicorn
 
@@ -199,7 +205,7 @@ def draining_server(config: object, endpoint: McpEndpoint, grace: float) -> obje
             await endpoint.drain(grace)
             await super().shutdown(sockets)
 
-    return DrainingServer(config)  # type: ignore[arg-type]
+    return DrainingServer(config)
 
 
 def _refusal(status: int, reason: bytes, code: str, message: str) -> bytes:
@@ -212,15 +218,16 @@ def bounded_protocol(limits: Limits) -> type:
     """uvicorn's httptools protocol with a header deadline and header count/size caps.
 
     The deadline starts with a connection (or with the first byte of a later request on it) and ends
-    when the headers are complete: a client dribbling headers gets 408 and a closed connection, one
-    that never sends a byte is closed. Too many or too large headers get 431 as soon as they arrive,
-    before they are buffered further. Body pace is the endpoint's job (it reads the body)."""
+    when the headers are complete: a client dribbling headers (or sending none) gets 408 and a closed
+    connection. Too many or too large headers get 431, a target over the header bound 414, as soon as
+    they arrive, before they are buffered further. Body pace is the endpoint's job (it reads the body)."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class BoundedHttpToolsProtocol(HttpToolsProtocol):
         _timer: asyncio.TimerHandle | None = None
         _count = 0
         _size = 0
+        _pending = 0  # raw bytes received while the current request's headers are incomplete
         _refused = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -236,6 +243,7 @@ def bounded_protocol(limits: Limits) -> type:
                 self._timer = self.loop.call_later(limits.header_timeout_s, self._late)
 
         def _disarm(self) -> None:
+            self._pending = 0
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
@@ -252,8 +260,16 @@ def bounded_protocol(limits: Limits) -> type:
                 self.transport.close()
 
         def data_received(self, data: bytes) -> None:
-            if not self._refused:
-                super().data_received(data)
+            if self._refused:
+                return
+            if self._timer is not None:
+                self._pending += len(data)
+            super().data_received(data)
+            # httptools holds an unfinished header line in memory: bound it before it ends
+            if self._timer is not None and self._pending > 2 * limits.max_header_bytes + 4096:
+                self._disarm()
+                self._refuse(431, b"Request Header Fields Too Large", "headers-too-large",
+                             f"Request headers are over {limits.max_header_bytes} bytes.")
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -261,12 +277,21 @@ def bounded_protocol(limits: Limits) -> type:
             self._arm()
 
         def on_url(self, url: bytes) -> None:
-            if not self._refused:
-                super().on_url(url)
+            if self._refused:
+                return
+            self._size += len(url)
+            if self._size > limits.max_header_bytes:
+                self._disarm()
+                self._refuse(414, b"URI Too Long", "uri-too-long",
+                             f"The request target is over {limits.max_header_bytes} bytes.")
+                return
+            super().on_url(url)
 
         def on_header(self, name: bytes, value: bytes) -> None:
             if self._refused:
                 return
+            if self._count == 0:
+                self._size = 0  # the target had its own check
             self._count += 1
             self._size += len(name) + len(value)
             if self._count > limits.max_header_count or self._size > limits.max_header_bytes:

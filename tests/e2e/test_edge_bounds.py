@@ -7,6 +7,7 @@ Raw sockets where the point is what happens on the wire; the raw HTTP client els
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -143,6 +144,26 @@ def test_too_many_headers_get_431(gw) -> None:  # type: ignore[no-untyped-def]
     r = httpx2.post(gw.url, content=json.dumps(INIT), headers=_headers(gw), timeout=10)  # still serving
     assert r.status_code == 200
     _delete(gw, r.headers["mcp-session-id"], "t1", "a1")
+
+
+def test_a_header_flood_is_refused_before_the_headers_end(gw) -> None:  # type: ignore[no-untyped-def]
+    host, port = _addr(gw.url)
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(f"POST /mcp HTTP/1.1\r\nHost: {host}:{port}\r\n".encode())
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the server may hang up mid-send
+            sock.sendall(b"X-Flood: " + b"y" * 64_000)  # far over 16 KiB, and the header line never ends
+        data, closed = _read_response(sock, 5)
+    assert _status(data) == 431, data
+    assert closed
+
+
+def test_an_overlong_target_gets_414(gw) -> None:  # type: ignore[no-untyped-def]
+    host, port = _addr(gw.url)
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(b"GET /mcp?" + b"a" * 20_000 + b" HTTP/1.1\r\n")
+        data, closed = _read_response(sock, 5)
+    assert _status(data) == 414, data
+    assert closed
 
 
 def test_open_connections_are_capped_with_503(tmp_path) -> None:  # type: ignore[no-untyped-def]
