@@ -112,11 +112,8 @@ def test_duplicate_json_keys_are_refused(gw, name: str, body: bytes) -> None:  #
     assert r.status_code == 400, r.text
     assert r.json()["error"]["code"] == -32700
     assert r.json()["error"]["data"]["code"] == "duplicate-key"
-
-
-def test_a_quoted_colon_inside_a_string_is_not_a_duplicate(gw) -> None:  # type: ignore[no-untyped-def]
-    body = json.dumps(INIT).replace('"name": "raw"', '"name": "raw \\": x\\":"').encode()
-    r = httpx2.post(gw.url, content=body, headers=_headers(gw), timeout=30)
+    lookalike = json.dumps(INIT).replace('"name": "raw"', '"name": "raw \\": x\\":"').encode()
+    r = httpx2.post(gw.url, content=lookalike, headers=_headers(gw), timeout=30)  # quoted colons are no keys
     assert r.status_code == 200, r.text
 
 
