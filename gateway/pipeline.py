@@ -518,6 +518,8 @@ class Pipeline:
             mismatch, session.param_headers = param_header_mismatch(tool.get("inputSchema"), arguments or {},
                                                                     session.param_headers)
             if mismatch is not None:
+                self.record(session, "tools/call", name, up.spec.name, Decision("block", "header-mismatch"),
+                            "refused", started, started_at, HEADER_MISMATCH)
                 return error(msg["id"], HEADER_MISMATCH, mismatch)
         limited = self.over_budget(session)
         if limited is not None:
