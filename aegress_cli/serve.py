@@ -9,6 +9,9 @@ from typing import Annotated
 import typer
 
 from aegress_cli._common import err, handle_errors, home, master_key, now, store
+from gateway.config import Limits
+
+_D = Limits()  # the flags' defaults are the library's
 
 
 @handle_errors
@@ -29,8 +32,29 @@ def serve(
     no_evidence: Annotated[bool, typer.Option("--no-evidence", help="Benchmarks only: turn the record stage "
                            "off. Calls then leave NO sealed evidence (no intent, outcome, refusal or receipt) and "
                            "nothing proves what the gateway forwarded. No env var does this.")] = False,
+    drain_grace: Annotated[float, typer.Option(envvar="AEGRESS_DRAIN_GRACE", help="On SIGTERM, seconds calls in "
+                           "flight may still run before they are cut with an error.")] = _D.drain_grace_s,
+    max_connections: Annotated[int, typer.Option(envvar="AEGRESS_MAX_CONNECTIONS", help="Open HTTP connections; "
+                               "beyond it requests get 503.")] = _D.max_connections,
+    header_timeout: Annotated[float, typer.Option(envvar="AEGRESS_HEADER_TIMEOUT", help="Seconds a client may "
+                              "take to send a request's headers (then 408).")] = _D.header_timeout_s,
+    body_timeout: Annotated[float, typer.Option(envvar="AEGRESS_BODY_TIMEOUT", help="Longest pause, in seconds, "
+                            "while a request body arrives (then 408).")] = _D.body_idle_timeout_s,
+    max_sessions_per_actor: Annotated[int, typer.Option(envvar="AEGRESS_MAX_SESSIONS_PER_ACTOR", help="Open "
+                                      "sessions per actor (then 429).")] = _D.max_sessions_per_actor,
+    max_sessions_per_tenant: Annotated[int, typer.Option(envvar="AEGRESS_MAX_SESSIONS_PER_TENANT", help="Open "
+                                       "sessions per tenant (then 429).")] = _D.max_sessions_per_tenant,
+    max_calls_per_actor: Annotated[int, typer.Option(envvar="AEGRESS_MAX_CALLS_PER_ACTOR", help="Requests in "
+                                   "flight per actor (then 429).")] = _D.max_calls_per_actor,
+    max_calls_per_tenant: Annotated[int, typer.Option(envvar="AEGRESS_MAX_CALLS_PER_TENANT", help="Requests in "
+                                    "flight per tenant (then 429).")] = _D.max_calls_per_tenant,
+    auth_throttle: Annotated[int, typer.Option(envvar="AEGRESS_AUTH_THROTTLE", help="Failed authentications "
+                             "per client address and --auth-throttle-window before 429 (valid tokens still "
+                             "pass).")] = _D.auth_failures,
+    auth_throttle_window: Annotated[float, typer.Option(envvar="AEGRESS_AUTH_THROTTLE_WINDOW", help="Seconds "
+                                    "over which --auth-throttle counts failures.")] = _D.auth_failure_window_s,
 ) -> None:
-    """Run the gateway in the foreground until Ctrl-C."""
+    """Run the gateway in the foreground until Ctrl-C (SIGTERM drains calls in flight first)."""
     import logging
 
     from gateway.config import ServeSettings
@@ -58,8 +82,13 @@ def serve(
             from aegress_cli.token import keep_token
 
             keep_token(admin.DEMO_TENANT, admin.DEMO_ACTOR, fresh_token)
+    limits = Limits(drain_grace_s=drain_grace, max_connections=max_connections, header_timeout_s=header_timeout,
+                    body_idle_timeout_s=body_timeout, max_sessions_per_actor=max_sessions_per_actor,
+                    max_sessions_per_tenant=max_sessions_per_tenant, max_calls_per_actor=max_calls_per_actor,
+                    max_calls_per_tenant=max_calls_per_tenant, auth_failures=auth_throttle,
+                    auth_failure_window_s=auth_throttle_window)
     settings = ServeSettings(host=host, port=port, allowed_hosts=tuple(allowed_host or ()),
-                             allowed_origins=tuple(allowed_origin or ()), auth_mode=auth_mode)
+                             allowed_origins=tuple(allowed_origin or ()), auth_mode=auth_mode, limits=limits)
 
     def ready(url: str) -> None:
         print(f"Aegress gateway listening on {url}", flush=True)

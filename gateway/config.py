@@ -32,6 +32,20 @@ class Limits:
     max_sessions: int = 10_000
     session_idle_timeout_s: float = 1800.0
     max_inflight_per_session: int = 256
+    # the HTTP edge (docs/operations.md "Limits and failure behaviour")
+    header_timeout_s: float = 10.0  # a request's headers must be complete this long after its first byte
+    body_idle_timeout_s: float = 30.0  # longest silence while a request body is being received
+    max_header_count: int = 100
+    max_connections: int = 1000  # open HTTP connections; beyond it new requests get 503
+    # fairness: one actor (or tenant) cannot use up what others need
+    max_sessions_per_actor: int = 64
+    max_sessions_per_tenant: int = 1000
+    max_calls_per_actor: int = 32  # requests in flight
+    max_calls_per_tenant: int = 256
+    # authentication failures per client address: beyond `auth_failures` in `auth_failure_window_s` -> 429
+    auth_failures: int = 60
+    auth_failure_window_s: float = 60.0
+    drain_grace_s: float = 20.0  # on SIGTERM, how long calls in flight may still run
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@
     ├── ProtocolError               protocol        1     400   -32600 (or a specific code)
     ├── UpstreamError               upstream        1     502   -32603
     ├── StoreUnavailable            store-unavailable 1   503   -32004
+    ├── RateLimited                 rate-limited    1     429   -32005 (+ Retry-After)
     └── CheckFailed                 check-failed    3     -     -      ("a check ran and found a problem")
 
 Messages say what was wrong; `hint` says what to do. Neither may hold a secret or another tenant's data:
@@ -133,3 +134,15 @@ class CheckFailed(AegressError):
     code = "check-failed"
     exit_code = 3
     http_status = 500
+
+
+class RateLimited(AegressError):
+    """A fair-share cap or throttle was hit (sessions, calls in flight, failed authentications): try later."""
+
+    code = "rate-limited"
+    http_status = 429
+    jsonrpc_code = -32005
+
+    def __init__(self, message: str, *, retry_after: float, hint: str | None = None, code: str | None = None) -> None:
+        super().__init__(message, hint=hint, code=code)
+        self.retry_after = max(1, int(retry_after + 0.999))

@@ -28,6 +28,7 @@ from gateway.decide import CLIENT_REQUESTS, AllowAll, Decider, GateDecision
 from gateway.errors import AegressError, AuthError, ProtocolError, StoreUnavailable, UpstreamError
 from gateway.evidence import now_time
 from gateway.jsonrpc import (
+    HEADER_MISMATCH,
     INVALID_PARAMS,
     JSON,
     LATEST_LEGACY,
@@ -40,6 +41,7 @@ from gateway.jsonrpc import (
     error,
     error_from,
     notification,
+    param_header_mismatch,
     result,
 )
 from gateway.proxy import ClientSession, Runtime, UnknownTarget, Upstream, list_all
@@ -538,6 +540,13 @@ class Pipeline:
             self.record(session, "tools/call", name, "", Decision("block", "unknown-tool"), "refused",
                         started, started_at, INVALID_PARAMS, arguments=arguments)
             raise
+        if session.modern:  # Mcp-Param-* headers must mirror the arguments (2026-07-28); only declared ones go on
+            mismatch, session.param_headers = param_header_mismatch(tool.get("inputSchema"), arguments or {},
+                                                                    session.param_headers)
+            if mismatch is not None:
+                self.record(session, "tools/call", name, up.spec.name, Decision("block", "header-mismatch"),
+                            "refused", started, started_at, HEADER_MISMATCH)
+                return error(msg["id"], HEADER_MISMATCH, mismatch)
         limited = self.over_budget(session)
         if limited is not None:
             decision = GateDecision("block", "rate-limit", limited, audit_id=mint_id("aud_"))

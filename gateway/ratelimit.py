@@ -1,4 +1,4 @@
-"""Per-actor call budgets (the policy's `rate_limits`), as a pure token bucket.
+"""Per-actor call budgets (the policy's `rate_limits`) as a pure token bucket; the edge's caps and auth throttle.
 
 A bucket holds at most `calls` tokens and refills at `calls / per_seconds` tokens per second; a call
 takes one. State lives in the gateway process: with several replicas each enforces its own budget
@@ -25,3 +25,35 @@ def admit(bucket: Bucket | None, limit: RateLimit, now: float) -> tuple[bool, Bu
     if tokens >= 1.0:
         return True, Bucket(tokens - 1.0, now), 0.0
     return False, Bucket(tokens, now), (1.0 - tokens) / rate
+
+
+# -- failed authentications per client address (the HTTP edge's throttle) --------------------------------
+@dataclass(frozen=True, slots=True)
+class FailureWindow:
+    """Failures counted since `started` (a fixed window per client address)."""
+
+    count: int
+    started: float
+
+
+def note_failure(window: FailureWindow | None, limit: int, per_seconds: float,
+                 now: float) -> tuple[FailureWindow, float | None]:
+    """Pure: count one failed authentication; (the window after it, seconds to wait when over `limit`, else None).
+
+    A window older than `per_seconds` starts over. The caller applies this only after a token failed
+    to verify, so the holder of a valid token is never throttled by someone else's failures."""
+    if window is None or now - window.started >= per_seconds:
+        window = FailureWindow(0, now)
+    window = FailureWindow(window.count + 1, window.started)
+    if window.count > limit:
+        return window, max(window.started + per_seconds - now, 1.0)
+    return window, None
+
+
+def over_cap(actor_open: int, tenant_open: int, per_actor: int, per_tenant: int) -> str | None:
+    """Pure: which cap one more session or call would exceed ("actor", "tenant"), or None."""
+    if actor_open >= per_actor:
+        return "actor"
+    if tenant_open >= per_tenant:
+        return "tenant"
+    return None

@@ -2,6 +2,12 @@
 
 The app is built once, explicitly: error handling is the endpoint's outermost layer, startup and
 shutdown go through the host app's lifespan (upstream processes are stopped there).
+
+Below ASGI, `bounded_protocol` adds what uvicorn's httptools protocol lacks: a deadline for a
+request's headers (slowloris) and a cap on their count and size, answered before any app code runs.
+uvicorn's `limit_concurrency` caps open connections (503). On SIGTERM `DrainingServer` stops
+listening, lets calls in flight finish within the drain grace, cuts the rest with an error event,
+then shuts down as uvicorn does and the process exits 0.
 """
 
 from __future__ import annotations
@@ -9,11 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -21,16 +30,20 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from gateway.config import ServeSettings
+from gateway.config import Limits, ServeSettings
 from gateway.datadir import DataDirLock, hold
 from gateway.decide import Decider, PolicyDecider
 from gateway.errors import ConfigError, StoreUnavailable
 from gateway.evidence import Evidence, EvidenceSettings, NoEvidence, install_log_redaction
+from gateway.jsonrpc import dumps
 from gateway.pipeline import Pipeline
 from gateway.proxy import Runtime
 from gateway.secrets import load_master_key
 from gateway.store import open_store
 from gateway.transport import McpEndpoint, default_allowed
+
+if TYPE_CHECKING:
+    import uvicorn
 
 log = logging.getLogger("aegress.server")
 
@@ -165,12 +178,16 @@ def serve(home: Path, settings: ServeSettings, *, database_url: str | None = Non
         access_log=False,
         lifespan="on",
         loop="uvloop" if sys.platform != "win32" else "asyncio",
-        http="httptools",
-        timeout_graceful_shutdown=5,
+        http=bounded_protocol(settings.limits),
+        limit_concurrency=settings.limits.max_connections,
+        timeout_graceful_shutdown=5,  # after the drain: for responses still being written
         server_header=False,
     )
-    server = uvicorn.Server(config)
+    server = draining_server(config, gateway.endpoint, settings.limits.drain_grace_s)
     install_log_redaction()
+    if threading.current_thread() is threading.main_thread():
+        # uvicorn re-raises the SIGTERM it handled once it has shut down; a drained gateway exits 0
+        signal.signal(signal.SIGTERM, _exit_cleanly)
 
     async def run() -> None:
         serving = asyncio.create_task(server.serve(sockets=[sock]))
@@ -187,3 +204,134 @@ def _run_uvloop(main: Callable[[], object]) -> None:
     import uvloop
 
     uvloop.run(main())  # type: ignore[arg-type]
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def draining_server(config: uvicorn.Config, endpoint: McpEndpoint, grace: float) -> uvicorn.Server:
+    """A uvicorn.Server whose shutdown first stops listening and drains the endpoint (see `McpEndpoint.drain`)."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            for server in self.servers:
+                server.close()  # no new connections; requests on open ones get 503 while draining
+            for sock in sockets or []:
+                sock.close()
+            await endpoint.drain(grace)
+            await super().shutdown(sockets)
+
+    return DrainingServer(config)
+
+
+def _refusal(status: int, reason: bytes, code: str, message: str) -> bytes:
+    body = dumps({"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": message, "data": {"code": code}}})
+    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+            % (status, reason, len(body))) + body
+
+
+def bounded_protocol(limits: Limits) -> type:
+    """uvicorn's httptools protocol with a header deadline and header count/size caps.
+
+    The deadline starts with a connection (or with the first byte of a later request on it) and ends
+    when the headers are complete: a client dribbling headers (or sending none) gets 408 and a closed
+    connection. Too many or too large headers get 431, a target over the header bound 414, as soon as
+    they arrive, before they are buffered further. Body pace is the endpoint's job (it reads the body)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class BoundedHttpToolsProtocol(HttpToolsProtocol):
+        _timer: asyncio.TimerHandle | None = None
+        _count = 0
+        _size = 0
+        _pending = 0  # raw bytes received while the current request's headers are incomplete
+        _refused = False
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._timer is None:
+                self._timer = self.loop.call_later(limits.header_timeout_s, self._late)
+
+        def _disarm(self) -> None:
+            self._pending = 0
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def _late(self) -> None:
+            self._timer = None
+            self._refuse(408, b"Request Timeout", "header-timeout",
+                         f"Request headers were not complete within {limits.header_timeout_s:g} s.")
+
+        def _refuse(self, status: int, reason: bytes, code: str, message: str) -> None:
+            self._refused = True
+            if not self.transport.is_closing():
+                self.transport.write(_refusal(status, reason, code, message))
+                self.transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return
+            if self._timer is not None:
+                self._pending += len(data)
+            super().data_received(data)
+            # httptools holds an unfinished header line in memory: bound it before it ends
+            if self._timer is not None and self._pending > 2 * limits.max_header_bytes + 4096:
+                self._disarm()
+                self._refuse(431, b"Request Header Fields Too Large", "headers-too-large",
+                             f"Request headers are over {limits.max_header_bytes} bytes.")
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._count = self._size = 0
+            self._arm()
+
+        def on_url(self, url: bytes) -> None:
+            if self._refused:
+                return
+            self._size += len(url)
+            if self._size > limits.max_header_bytes:
+                self._disarm()
+                self._refuse(414, b"URI Too Long", "uri-too-long",
+                             f"The request target is over {limits.max_header_bytes} bytes.")
+                return
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            if self._refused:
+                return
+            if self._count == 0:
+                self._size = 0  # the target had its own check
+            self._count += 1
+            self._size += len(name) + len(value)
+            if self._count > limits.max_header_count or self._size > limits.max_header_bytes:
+                self._disarm()
+                self._refuse(431, b"Request Header Fields Too Large", "headers-too-large",
+                             f"At most {limits.max_header_count} request headers of "
+                             f"{limits.max_header_bytes} bytes in all are accepted.")
+                return
+            super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            if self._refused:
+                return
+            self._disarm()
+            super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            if not self._refused:
+                super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            if not self._refused:
+                super().on_message_complete()
+
+    return BoundedHttpToolsProtocol

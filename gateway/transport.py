@@ -1,13 +1,17 @@
 """The HTTP edge: MCP Streamable HTTP at /mcp, written against raw ASGI.
 
 Order of checks for every request (cheapest and least trusting first):
-  1. header size, Host and Origin (DNS-rebinding protection)   -> 431 / 421 / 403
-  2. HTTP method (POST, GET, DELETE)                             -> 405
-  3. authenticate (bearer token)                                 -> 401 + WWW-Authenticate
+  0. draining after SIGTERM                                      -> 503
+  1. header size, Content-Length, Host and Origin                -> 431 / 413 / 421 / 403
+  2. HTTP method (POST, GET, DELETE); credentials in the query   -> 405 / 400
+  3. authenticate (bearer token); repeated failures per address  -> 401 + WWW-Authenticate / 429
   4. bind (tenant/actor claims in headers and query)             -> 403
-  5. POST: Content-Type, Accept, body size, JSON, envelope        -> 415 / 406 / 413 / 400
-  6. protocol revision and session                               -> 400 / 404
+  5. POST: Content-Type, Accept, body size and pace, JSON         -> 415 / 406 / 413 / 408 / 400
+     (duplicate keys refused), envelope
+  6. protocol revision and session; per actor/tenant caps        -> 400 / 404 / 409 / 429
   7. dispatch: decide -> forward -> record (gateway.pipeline)
+
+Header deadlines, header count and the connection cap sit below ASGI, in `gateway.server`.
 
 Handshake-era (2025-06-18, 2025-11-25) requests are answered on an SSE stream, as the reference
 server does. A 2026-07-28 request is answered with JSON when nothing related (progress, a log)
@@ -28,9 +32,9 @@ from typing import Any
 
 from starlette.datastructures import Headers, QueryParams
 
-from gateway import binding
+from gateway import binding, ratelimit
 from gateway.config import Limits
-from gateway.errors import AegressError, AuthError, ProtocolError
+from gateway.errors import AegressError, AuthError, ProtocolError, RateLimited
 from gateway.jsonrpc import (
     HANDSHAKE_VERSIONS,
     HEADER_MISMATCH,
@@ -51,7 +55,7 @@ from gateway.jsonrpc import (
     error_from,
     is_notification,
     is_request,
-    loads,
+    loads_strict,
     result,
     validate_message,
 )
@@ -76,6 +80,11 @@ _MAX_EVENTS = 1000
 _MAX_PARKED = 64
 # 2026-07-28 maps these JSON-RPC errors onto HTTP statuses; everything else is 200.
 _MODERN_STATUS = {-32700: 400, -32600: 400, -32602: 400, -32020: 400, -32021: 400, -32022: 400, -32601: 404}
+# Query parameters that look like credentials: never read as such, and refused so they stop leaking into logs.
+CREDENTIAL_PARAMS = frozenset({"access_token", "token", "api_key", "apikey", "api-key", "authorization", "bearer",
+                               "id_token", "key", "auth", "password", "secret", "client_secret"})
+_MAX_THROTTLED_PEERS = 10_000
+SHUTTING_DOWN = -32000
 
 
 def header(headers: Headers, name: str) -> str | None:
@@ -94,6 +103,17 @@ def host_allowed(host: str | None, allowed: tuple[str, ...]) -> bool:
         if pattern.endswith(":*") and host.startswith(pattern[:-1]) and host[len(pattern) - 1 :].isdigit():
             return True
     return False
+
+
+def version_fits(header_version: str, negotiated: str) -> bool:
+    """Pure: may a request on a session negotiated at `negotiated` carry this MCP-Protocol-Version?
+
+    The negotiated one, or an older handshake-era one: clients (and the conformance suite) send older
+    values on newer sessions. A newer one is refused: it would claim behaviour (resumable streams,
+    say) that initialize never agreed to."""
+    if header_version == negotiated:
+        return True
+    return header_version in HANDSHAKE_VERSIONS and header_version < negotiated
 
 
 def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
@@ -195,12 +215,12 @@ class RequestStream:
         assert self.error is not None
         return error_from(self._msg_id, self.error)
 
-    def expire(self, exc: AegressError) -> None:
-        """The deadline passed: the answer is this error, and the call is cancelled."""
+    def expire(self, exc: AegressError, reason: str | None = None) -> None:
+        """The deadline passed (or the drain grace did): the answer is this error, and the call is cancelled."""
         if not self.done:
             self._push(error_from(self._msg_id, exc))
             self.done = True
-        self.cancel()
+        self.cancel(reason)
 
     def cancel(self, reason: str | None = None) -> None:
         if self._parked is not None:
@@ -234,12 +254,21 @@ class McpEndpoint:
         self.sessions: dict[str, ClientSession] = {}
         self._closing: set[asyncio.Future[None]] = set()
         self._stream_ids = itertools.count(1)
+        # fair shares: open sessions and requests in flight per (tenant, actor) and per tenant
+        self._sessions_open: collections.Counter[Any] = collections.Counter()
+        self._calls_open: collections.Counter[Any] = collections.Counter()
+        self._running: set[RequestStream] = set()  # every request being dispatched, for the drain
+        self._auth_failures: dict[str, ratelimit.FailureWindow] = {}
+        self.draining = False
 
     # -- the ASGI entry point ----------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: ASGISend) -> None:
         headers = Headers(scope=scope)
         modern = False
         try:
+            if self.draining:
+                raise HttpError("The gateway is shutting down.", hint="Retry against another replica or shortly.",
+                                http_status=503, code="shutting-down")
             self._check_edge(scope, headers)
             method = scope["method"]
             version = header(headers, "mcp-protocol-version")
@@ -247,8 +276,11 @@ class McpEndpoint:
             if method not in ("POST", "GET", "DELETE") or (modern and method != "POST"):
                 raise HttpError(f"Method {method} is not allowed.", http_status=405, code="method-not-allowed",
                                 hint="2026-07-28 uses POST only." if modern else None)
-            identity = await self.pipeline.authenticate(headers.get("authorization"))
             query = QueryParams(scope.get("query_string", b"").decode("latin-1"))
+            if any(k.lower() in CREDENTIAL_PARAMS for k in query):
+                raise HttpError("Credentials are not accepted in the URL query.", code="credentials-in-query",
+                                hint="Send the token only as Authorization: Bearer <token>, and drop it from the URL.")
+            identity = await self._authenticate(scope, headers)
             identity = self.pipeline.bind(
                 identity,
                 binding.Claims(
@@ -279,10 +311,34 @@ class McpEndpoint:
         except AegressError as exc:
             await self._send_error(send, exc, modern=modern)
 
+    async def _authenticate(self, scope: Scope, headers: Headers) -> Identity:
+        """The token first, then the throttle: a valid token is never refused for other callers' failures
+        from the same address (a shared NAT or proxy), and a guesser's failures soon get 429 instead of 401."""
+        try:
+            return await self.pipeline.authenticate(headers.get("authorization"))
+        except AuthError:
+            peer = str((scope.get("client") or ("",))[0])
+            now = time.monotonic()
+            if len(self._auth_failures) >= _MAX_THROTTLED_PEERS:  # bounded memory under a spray of addresses
+                window = self.limits.auth_failure_window_s
+                self._auth_failures = {k: w for k, w in self._auth_failures.items() if now - w.started < window}
+                if len(self._auth_failures) >= _MAX_THROTTLED_PEERS:
+                    self._auth_failures.clear()
+            self._auth_failures[peer], wait = ratelimit.note_failure(
+                self._auth_failures.get(peer), self.limits.auth_failures, self.limits.auth_failure_window_s, now)
+            if wait is not None:
+                raise RateLimited("Too many failed authentications from this address.", retry_after=wait,
+                                  code="auth-throttled", hint="Check the token; wait before trying again.") from None
+            raise
+
     def _check_edge(self, scope: Scope, headers: Headers) -> None:
         size = sum(len(k) + len(v) for k, v in scope["headers"])
-        if size > self.limits.max_header_bytes:
+        if size > self.limits.max_header_bytes or len(scope["headers"]) > self.limits.max_header_count:
             raise HttpError("Request headers are too large.", http_status=431, code="headers-too-large")
+        length = headers.get("content-length")
+        if length is not None and (not length.strip().isdigit() or int(length) > self.limits.max_body_bytes):
+            raise HttpError(f"Request body exceeds {self.limits.max_body_bytes} bytes.", http_status=413,
+                            code="body-too-large")
         if not host_allowed(headers.get("host"), self.allowed_hosts):
             raise HttpError(
                 "Invalid Host header.",
@@ -297,7 +353,6 @@ class McpEndpoint:
         if is_request(msg) and msg["method"] == "initialize":
             await self._initialize(send, who, msg)
             return
-        # Any handshake-era version header is accepted on a session (clients send older ones).
         session = self._session(headers, who)
         session.last_seen = time.monotonic()
         if is_request(msg):
@@ -318,7 +373,8 @@ class McpEndpoint:
                 return
             raise HttpError("Only requests and notifications can be sent in 2026-07-28.")
         msg_id = msg["id"]
-        for name in ("mcp-protocol-version", "mcp-method", "mcp-name"):
+        for name in ("mcp-protocol-version", "mcp-method", "mcp-name", *{k for k, _ in headers.items()
+                                                                          if k.startswith("mcp-param-")}):
             if len(headers.getlist(name)) > 1:
                 raise _modern_error(msg_id, HEADER_MISMATCH, f"The {name} header appears more than once.")
         params = msg.get("params") or {}
@@ -362,13 +418,19 @@ class McpEndpoint:
         if not ("*/*" in accept or ("application/json" in accept and "text/event-stream" in accept)):
             raise HttpError("Accept must include application/json and text/event-stream.", http_status=406,
                             code="not-acceptable")
-        return validate_message(loads(await self._read_body(receive)))
+        return validate_message(loads_strict(await self._read_body(receive)))
 
     async def _read_body(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []
         size = 0
+        idle = self.limits.body_idle_timeout_s
         while True:
-            message = await receive()
+            try:
+                async with asyncio.timeout(idle):
+                    message = await receive()
+            except TimeoutError:
+                raise HttpError(f"The request body stalled for {idle:g} s.", http_status=408, code="body-timeout",
+                                hint="Send the whole body without pauses.") from None
             if message["type"] == "http.disconnect":
                 raise HttpError("Client disconnected.", http_status=400)
             chunk = message.get("body", b"")
@@ -389,10 +451,18 @@ class McpEndpoint:
             self._reap(force=True)
             if len(self.sessions) >= self.limits.max_sessions:
                 raise HttpError("Too many sessions.", http_status=503, code="too-many-sessions")
+        actor = (who.tenant_id, who.actor_id)
+        cap = ratelimit.over_cap(self._sessions_open[actor], self._sessions_open[who.tenant_id],
+                                 self.limits.max_sessions_per_actor, self.limits.max_sessions_per_tenant)
+        if cap is not None:
+            raise RateLimited(f"Too many open sessions for this {cap}.", retry_after=30, code="too-many-sessions",
+                              hint="End sessions you no longer use (DELETE /mcp) or wait for idle ones to expire.")
         version = self.pipeline.negotiate(params.get("protocolVersion"))
         session = ClientSession(secrets.token_urlsafe(24), who, version, caps, info, self.runtime)
         body = result(msg["id"], await self.pipeline.initialize_result(session))
         self.sessions[session.id] = session
+        self._sessions_open[actor] += 1
+        self._sessions_open[who.tenant_id] += 1
         await self._respond(send, 200, dumps(body), extra=[(b"mcp-session-id", session.id.encode())])
 
     def _session(self, headers: Headers, who: Identity) -> ClientSession:
@@ -405,9 +475,22 @@ class McpEndpoint:
                 "Session not found.", hint="Start a new session with initialize.", http_status=404,
                 code="unknown-session", jsonrpc_code=-32001,
             )
+        version = header(headers, "mcp-protocol-version")
+        if version is not None and not version_fits(version, session.version):
+            raise HttpError(f"MCP-Protocol-Version {version[:40]} is newer than this session's {session.version}.",
+                            hint="Send the version initialize negotiated.", code="version-mismatch")
         if session.identity != who:
             session.identity = who  # same tenant and actor, rotated token: keep the session
         return session
+
+    def _forget(self, session: ClientSession) -> None:
+        """Take a session out of the table and out of its actor's and tenant's counts."""
+        if self.sessions.pop(session.id, None) is session:
+            who = session.identity
+            for key in ((who.tenant_id, who.actor_id), who.tenant_id):
+                self._sessions_open[key] -= 1
+                if self._sessions_open[key] <= 0:
+                    del self._sessions_open[key]
 
     async def _stream_request(self, receive: Receive, send: ASGISend, session: ClientSession, msg: JSON) -> None:
         """Run one request and answer it; what it causes (progress, logs, upstream requests) goes first.
@@ -417,12 +500,34 @@ class McpEndpoint:
         client drops it, or the upstream closes its own stream mid-call (SSE polling, SEP-1699), the
         call goes on and the client reconnects with GET + Last-Event-ID (`_resume`)."""
         resumable = session.version in RESUMABLE_VERSIONS
+        key = repr(msg["id"])
+        if key in session.requests:
+            raise HttpError("A request with this id is still in flight on this session.", http_status=409,
+                            code="duplicate-request-id", hint="Use a new id for every request of a session.")
+        who = session.identity
+        actor = (who.tenant_id, who.actor_id)
+        cap = ratelimit.over_cap(self._calls_open[actor], self._calls_open[who.tenant_id],
+                                 self.limits.max_calls_per_actor, self.limits.max_calls_per_tenant)
+        if cap is not None:
+            raise RateLimited(f"Too many requests in flight for this {cap}.", retry_after=2, code="too-many-calls",
+                              hint="Wait for running calls to finish before starting more.")
         # ids only mean something inside their session (itself a secret bound to one identity)
         stream = RequestStream(f"s{next(self._stream_ids)}" if resumable else None)
         task = asyncio.ensure_future(self.pipeline.dispatch(session, msg, stream.related))
         stream.start(task, msg["id"], time.monotonic() + (
             float("inf") if msg["method"] == "subscriptions/listen" else self.limits.request_deadline_s))
-        key = repr(msg["id"])
+        self._calls_open[actor] += 1
+        self._calls_open[who.tenant_id] += 1
+        self._running.add(stream)
+
+        def finished(_: object) -> None:
+            self._running.discard(stream)
+            for k in (actor, who.tenant_id):
+                self._calls_open[k] -= 1
+                if self._calls_open[k] <= 0:
+                    del self._calls_open[k]
+
+        task.add_done_callback(finished)
         session.requests[key] = stream  # so notifications/cancelled can reach it, attached or not
         task.add_done_callback(lambda _: session.requests.pop(key, None) if session.requests.get(key) is stream
                                else None)
@@ -639,16 +744,16 @@ class McpEndpoint:
     # -- DELETE ------------------------------------------------------------------------------------
     async def _delete(self, send: ASGISend, headers: Headers, who: Identity) -> None:
         session = self._session(headers, who)
-        self.sessions.pop(session.id, None)
+        self._forget(session)
         await session.close()
         await self._respond(send, 200, b"")
 
     # -- housekeeping --------------------------------------------------------------------------------
     def _reap(self, force: bool = False) -> None:
         cutoff = time.monotonic() - (60.0 if force else self.limits.session_idle_timeout_s)
-        for sid, session in list(self.sessions.items()):
+        for session in list(self.sessions.values()):
             if session.last_seen < cutoff and session.get_queue is None:
-                self.sessions.pop(sid, None)
+                self._forget(session)
                 task = asyncio.ensure_future(session.close())
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
@@ -661,8 +766,33 @@ class McpEndpoint:
     async def close(self) -> None:
         sessions = list(self.sessions.values())
         self.sessions.clear()
+        self._sessions_open.clear()
         for s in sessions:
             await s.close()
+
+    async def drain(self, grace: float) -> tuple[int, int]:
+        """SIGTERM: refuse new requests (503), give the calls in flight `grace` seconds, then answer each
+        one still running with a JSON-RPC error (-32000 "gateway shutting down") as its last event and
+        cancel it, so its outcome is recorded before the recorder closes. Returns (completed, cut)."""
+        self.draining = True
+        running = [s.task for s in self._running if s.task is not None and not s.task.done()]
+        log.warning("draining %d calls (grace %g s)", len(running), grace)
+        finite = [s.task for s in self._running if s.task in running and s.deadline != float("inf")]
+        if finite:  # subscriptions/listen never ends by itself: it is not waited for
+            await asyncio.wait(finite, timeout=grace)
+        cut = [s for s in self._running if s.task is not None and not s.task.done()]
+        for stream in cut:
+            stream.expire(ProtocolError("gateway shutting down", code="shutting-down", http_status=503,
+                                        jsonrpc_code=SHUTTING_DOWN), "gateway_shutdown")
+        if cut:  # the cancelled calls queue their outcome records on the way out
+            await asyncio.wait([s.task for s in cut if s.task is not None], timeout=5)
+        for session in list(self.sessions.values()):  # standalone GET streams end; their clients reconnect elsewhere
+            if session.get_queue is not None:
+                with contextlib.suppress(asyncio.QueueFull):
+                    session.get_queue.put_nowait(None)
+        done = len(running) - len(cut)
+        log.warning("drained: %d completed, %d cut", done, len(cut))
+        return done, len(cut)
 
     # -- responses -----------------------------------------------------------------------------------
     async def _respond(
@@ -686,6 +816,10 @@ class McpEndpoint:
             extra.append((b"www-authenticate", value.encode()))
         if exc.code == "store-unavailable":
             extra.append((b"retry-after", b"2"))  # sealed evidence: the store could not take the intent
+        if isinstance(exc, RateLimited):
+            extra.append((b"retry-after", str(exc.retry_after).encode()))
+        if exc.http_status in (408, 413) or exc.code == "shutting-down":  # a body may be left unread
+            extra.append((b"connection", b"close"))
         if exc.http_status == 405:
             extra.append((b"allow", b"POST" if modern else b"GET, POST, DELETE"))
         with contextlib.suppress(RuntimeError, OSError):
