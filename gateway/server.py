@@ -110,6 +110,8 @@ def build_gateway(home: Path, settings: ServeSettings, *, database_url: str | No
         except StoreUnavailable:
             store_ok = False
         reason = await asyncio.to_thread(recorder.unready_reason) if store_ok else "the store is unreachable"
+        if endpoint.draining:  # a load balancer stops sending new requests while calls in flight finish
+            reason = "draining: the gateway is shutting down"
         ready = reason is None
         body: dict[str, object] = {
             "status": "ok" if ready else "unready", "live": True, "ready": ready,
