@@ -33,6 +33,7 @@ log = logging.getLogger("aegress.upstream")
 Sink = Callable[[JSON], Awaitable[None]]
 
 CLIENT_INFO = {"name": "aegress-gateway", "version": "0.1.0"}
+_COURTESY_TIMEOUT_S = 2.0
 
 
 @dataclass(slots=True)
@@ -192,7 +193,8 @@ class UpstreamConnection:
                 await self._send(message, pending)
                 return await pending.future
         except TimeoutError as exc:
-            await self.notify_quiet("notifications/cancelled", {"requestId": msg_id, "reason": "gateway timeout"})
+            if method != "initialize":  # MCP: initialize is never cancelled
+                await self.notify_quiet("notifications/cancelled", {"requestId": msg_id, "reason": "gateway timeout"})
             raise UpstreamError(
                 f"Upstream {self.name!r} did not answer {method} within {timeout or self.timeout:g} s.",
                 hint=f"Raise it with `aegress upstream set --tenant {self.spec.tenant_id} {self.name} "
@@ -208,8 +210,10 @@ class UpstreamConnection:
         await self._send(notification(method, params), None)
 
     async def notify_quiet(self, method: str, params: JSON | None = None) -> None:
+        """A best-effort courtesy (cancel): bounded, so an upstream that stopped reading cannot hold us."""
         try:
-            await self.notify(method, params)
+            async with asyncio.timeout(_COURTESY_TIMEOUT_S):
+                await self.notify(method, params)
         except Exception:  # a best-effort courtesy (cancel) must not mask the real error
             log.debug("could not send %s to %s", method, self.name)
 

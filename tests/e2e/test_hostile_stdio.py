@@ -71,7 +71,7 @@ def test_an_oversized_line_fails_its_call_and_the_upstream_keeps_working(gw) -> 
         async with mcp_client(gw.url, gw.tokens[("acme", "alice")]) as c:
             pid = (await c.call_tool("bad__pid", {})).content[0].text
             with pytest.raises(MCPError) as too_large:
-                await asyncio.wait_for(c.call_tool("bad__huge", {"mib": 50}), 60)
+                await asyncio.wait_for(c.call_tool("bad__huge", {"kib": 50 * 1024}), 60)
             assert _code(too_large.value) == "upstream-answer-too-large"
             assert "--max-message-bytes" in too_large.value.error.message
             assert (await c.call_tool("bad__pid", {})).content[0].text == pid  # the same process, still working

@@ -1,6 +1,6 @@
 """A hostile stdio MCP upstream, raw newline-delimited JSON-RPC (no SDK, so it can break the rules).
 
-Tools: `huge` answers with one line of `mib` MiB; `pid` names the process (tests prove it survived);
+Tools: `huge` answers with one line of `kib` KiB; `pid` names the process (tests prove it survived);
 `wrong_id` answers under an id it was never sent; `fail` answers with a long error message and a `data`
 holding a stack trace and an internal host name; `env` echoes an environment variable back; `slow`
 sleeps before answering. With `--never-init` it reads everything and answers nothing (a black hole).
@@ -27,12 +27,12 @@ def _text(msg_id: int, text: str) -> None:
     _write({"jsonrpc": "2.0", "id": msg_id, "result": {"content": [{"type": "text", "text": text}]}})
 
 
-def _huge(msg_id: int, mib: int) -> None:
-    """One line of `mib` MiB, written in pieces so this process never holds it whole either."""
+def _huge(msg_id: int, kib: int) -> None:
+    """One line of `kib` KiB, written in pieces so this process never holds it whole either."""
     out = sys.stdout.buffer
     out.write(b'{"jsonrpc":"2.0","id":%d,"result":{"content":[{"type":"text","text":"' % msg_id)
-    piece = b"x" * (1024 * 1024)
-    for _ in range(mib):
+    piece = b"x" * 1024
+    for _ in range(kib):
         out.write(piece)
     out.write(b'"}]}}\n')
     out.flush()
@@ -40,7 +40,7 @@ def _huge(msg_id: int, mib: int) -> None:
 
 def _call(msg_id: int, name: str, args: dict) -> None:
     if name == "huge":
-        _huge(msg_id, int(args.get("mib", 50)))
+        _huge(msg_id, int(args.get("kib", 1024)))
     elif name == "pid":
         _text(msg_id, str(os.getpid()))
     elif name == "wrong_id":
