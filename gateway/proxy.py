@@ -350,8 +350,9 @@ class ClientSession:
         results = await asyncio.gather(*(rt.upstream(n, self.profile) for n in names), return_exceptions=True)
         ups: list[Upstream] = []
         for name, res in zip(names, results, strict=True):
-            if isinstance(res, BaseException):
-                log.warning("tenant upstream %s unavailable: %s", name, res)
+            if isinstance(res, BaseException):  # in backoff: already logged when it failed, so quieter here
+                marked = isinstance(res, UpstreamError) and res.code == "upstream-unavailable"
+                log.log(logging.INFO if marked else logging.WARNING, "tenant upstream %s left out: %s", name, res)
                 continue
             res.listeners.add(self)
             ups.append(res)
