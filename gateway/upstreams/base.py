@@ -252,8 +252,10 @@ class UpstreamConnection:
     def fail_oversize(self, msg_id: int | None) -> None:
         """An answer over `max_message_bytes` was discarded: fail the call it answered (by id, else the
         only call in flight) at once, instead of leaving it to the call timeout."""
-        pending = self._state.pending.get(msg_id) if msg_id is not None else None
-        if pending is None or pending.future.done():
+        if msg_id is not None and 0 < msg_id <= self._last_id:  # an id we sent: that call, if still waiting
+            pending = self._state.pending.get(msg_id)
+            pending = pending if pending is not None and not pending.future.done() else None
+        else:
             pending = self._only_call()
         limit = self.spec.limits.max_message_bytes
         log.warning("upstream %s sent a message over %d bytes; discarded%s", self.name, limit,

@@ -31,6 +31,7 @@ _CHUNK = 64 * 1024
 _KEEP = 256  # bytes kept of each end of an oversized line, to find its id
 _STDERR_LINE = 4096
 _ID_HEAD = re.compile(rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*(\d{1,18})\s*[,}]')
+_METHOD_HEAD = re.compile(rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?(?:"id"\s*:\s*[^,{}]{1,40},\s*)?"method"\s*:')
 _ID_TAIL = re.compile(rb',\s*"id"\s*:\s*(\d{1,18})\s*(?:,\s*"jsonrpc"\s*:\s*"2\.0"\s*)?\}\s*$')
 
 
@@ -40,6 +41,10 @@ class Oversize:
 
     head: bytes
     tail: bytes
+
+    def is_request(self) -> bool:
+        """Pure: the line visibly starts a request or notification (not an answer to any call of ours)."""
+        return _METHOD_HEAD.match(self.head) is not None
 
     def id_hint(self) -> int | None:
         """Pure: the top-level id of the JSON-RPC message, when its first or last bytes show it."""
@@ -133,7 +138,11 @@ class StdioConnection(UpstreamConnection):
 
     async def _line(self, line: bytes | Oversize) -> None:
         if isinstance(line, Oversize):
-            self.fail_oversize(line.id_hint())
+            if line.is_request():  # a huge notification or request: nobody's answer, so nobody's failure
+                log.warning("upstream %s sent a message over %d bytes that is no answer; discarded", self.name,
+                            self.spec.limits.max_message_bytes)
+            else:
+                self.fail_oversize(line.id_hint())
             return
         if not line.strip():
             return

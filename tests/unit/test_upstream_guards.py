@@ -53,6 +53,12 @@ def test_the_id_of_an_oversized_answer_comes_from_its_ends(head: bytes, tail: by
     assert Oversize(head, tail).id_hint() == expected
 
 
+def test_an_oversized_notification_is_told_from_an_answer() -> None:
+    assert Oversize(b'{"jsonrpc":"2.0","method":"notifications/message","params":{', b"").is_request()
+    assert Oversize(b'{"jsonrpc":"2.0","id":"s1","method":"sampling/createMessage",', b"").is_request()
+    assert not Oversize(b'{"jsonrpc":"2.0","id":3,"result":{"method":"x"', b"").is_request()
+
+
 def test_backoff_doubles_from_one_second_to_a_cap() -> None:
     delays = [next_backoff(None)]
     for _ in range(10):
