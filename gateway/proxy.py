@@ -35,8 +35,10 @@ from gateway.jsonrpc import (
     LATEST_LEGACY,
     LOG_LEVELS,
     META_LOG_LEVEL,
+    MISSING_CAPABILITY,
     MODERN_VERSION,
     STREAM_BREAK,
+    UNSUPPORTED_VERSION,
 )
 from gateway.store.base import Store
 from gateway.types import Identity, UpstreamSpec
@@ -58,9 +60,15 @@ def next_backoff(previous: float | None) -> float:
     return BACKOFF_FIRST_S if previous is None else min(previous * 2, BACKOFF_MAX_S)
 
 
+# Errors whose `data` MCP defines and clients act on: missing capability (requiredCapabilities), unsupported
+# version (supported/requested), URL elicitation required (elicitations). Their data always passes.
+PROTOCOL_DATA_CODES = frozenset({MISSING_CAPABILITY, UNSUPPORTED_VERSION, -32042})
+
+
 def client_error(err: object, *, forward_data: bool) -> JSON:
     """Pure: the error object a client sees for an upstream's error: its code and a bounded message;
-    `data` (stack traces, internal names) only when the upstream is registered with forward_error_data."""
+    `data` (stack traces, internal names) only when the upstream is registered with forward_error_data,
+    or when MCP defines that code's data (`PROTOCOL_DATA_CODES`)."""
     if not isinstance(err, dict):
         return {"code": -32603, "message": "The upstream sent a malformed error."}
     code = err.get("code")
@@ -70,7 +78,7 @@ def client_error(err: object, *, forward_data: bool) -> JSON:
         "message": truncate(message, MAX_ERROR_MESSAGE_CHARS) if isinstance(message, str) and message
         else "The upstream gave no message.",
     }
-    if forward_data and "data" in err:
+    if "data" in err and (forward_data or out["code"] in PROTOCOL_DATA_CODES):
         out["data"] = err["data"]
     return out
 

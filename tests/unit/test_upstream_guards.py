@@ -74,6 +74,8 @@ def test_client_errors_keep_the_code_bound_the_message_and_drop_data() -> None:
     assert client_error("nonsense", forward_data=True) == {"code": -32603,
                                                            "message": "The upstream sent a malformed error."}
     assert client_error({"code": True, "message": 5}, forward_data=False)["code"] == -32603
+    needs = {"code": -32021, "message": "m", "data": {"requiredCapabilities": {"sampling": {}}}}
+    assert client_error(needs, forward_data=False)["data"] == needs["data"]  # MCP defines this data
 
 
 def test_injected_secrets_are_scrubbed_wherever_they_reappear() -> None:
