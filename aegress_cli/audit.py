@@ -82,7 +82,11 @@ def query(tenant: TenantFilter = "", actor: ActorFilter = "", tool: ToolFilter =
           limit: Annotated[int, typer.Option(help="At most this many records, newest first.")] = 50,
           json_out: JsonOpt = False) -> None:
     """List evidence records (newest first) matching the filters."""
-    rows = store().query_evidence(
+    from gateway.admin import require_log_filters
+
+    db = store()
+    require_log_filters(db, tenant, actor)  # a typo is an error, not an empty result
+    rows = db.query_evidence(
         _filter(tenant, actor, tool, verdict, outcome, kind, since, until, digest), limit=limit)
     if json_out:
         print_json([_row_dict(r) for r in rows])
@@ -104,7 +108,10 @@ def tail(tenant: TenantFilter = "", actor: ActorFilter = "", tool: ToolFilter = 
                                                     hidden=True)] = 0.0,
          json_out: JsonOpt = False) -> None:
     """Show the latest records; with -f, keep following new ones (one JSON object per line with --json)."""
+    from gateway.admin import require_log_filters
+
     db = store()
+    require_log_filters(db, tenant, actor)
     where = _filter(tenant, actor, tool, verdict, outcome, kind)
     rows = list(reversed(db.query_evidence(where, limit=lines)))
 
@@ -140,6 +147,9 @@ def _find(db: Any, record_id: str) -> Any:
         row = db.get_evidence(int(record_id))
     elif ":" in record_id:
         tenant, _, seq = record_id.rpartition(":")
+        from gateway.admin import require_log_tenant
+
+        require_log_tenant(db, tenant)
         if seq.isdigit():
             row = db.get_evidence_at(_origin_for(db, tenant), int(seq))
     if row is None:
@@ -270,6 +280,9 @@ def hash_(value: Annotated[str, typer.Argument(help="The value (a string unless 
             parsed = json.loads(value)
         except ValueError as exc:
             raise UsageError("VALUE is not JSON.", hint="Drop --json-value to hash it as a string.") from exc
+    from gateway.admin import require_log_tenant
+
+    require_log_tenant(store(), tenant)
     digest = digest_value(derive_tenant_key(master_key(), tenant), parsed)
     if json_out:
         print_json({"tenant": tenant, "digest": digest})
@@ -321,6 +334,9 @@ def proof(
         except (ValueError, KeyError, TypeError) as exc:
             raise UsageError("The receipt is not {\"origin\", \"seq\", \"leaf_hash\"} JSON.") from exc
     elif tenant and seq >= 0:
+        from gateway.admin import require_log_tenant
+
+        require_log_tenant(db, tenant)
         origin, index, leaf = _origin_for(db, tenant), seq, ""
     else:
         raise UsageError("Give --receipt, or --tenant and --seq.")
@@ -386,7 +402,10 @@ def export(
 
     if fmt not in ("jsonl", "csv", "bundle"):
         raise UsageError(f"Unknown format {fmt!r}.", hint="Use jsonl, csv or bundle.")
+    from gateway.admin import require_log_tenant
+
     db = store()
+    require_log_tenant(db, tenant)  # never an empty export for a misspelt tenant
     origin = _origin_for(db, tenant)
     if sign and fmt == "bundle":
         _sign_if_possible(db)
@@ -603,6 +622,10 @@ def _verify_store(tenant: str, all_logs: bool, keys: list[str] | None, against: 
     if tenant and all_logs:
         raise UsageError("Give one of --tenant, --all or --bundle.")
     db = store()
+    if tenant:
+        from gateway.admin import require_log_tenant
+
+        require_log_tenant(db, tenant)
     known = db.evidence_origins()
     mine = {o for o in _published_origins() if o.startswith(_prefix(db) + "/")}
     origins = [_origin_for(db, tenant)] if tenant else sorted(set(known) | mine)

@@ -18,11 +18,45 @@ from aegress_cli._common import (
     print_table,
     store,
 )
+from gateway.types import MIB, UpstreamLimits
 
-app = typer.Typer(help="Register, list, test and remove a tenant's upstream MCP servers.", no_args_is_help=True)
+app = typer.Typer(help="Register, list, test, change and remove a tenant's upstream MCP servers.",
+                  no_args_is_help=True)
+
+_D = UpstreamLimits()
+MaxBytesOpt = Annotated[int | None, typer.Option(
+    "--max-message-bytes",
+    help="Largest message accepted from the upstream (one JSON body, SSE event or stdio line); a larger answer "
+    f"fails its call. Default: {_D.max_message_bytes} ({_D.max_message_bytes // MIB} MiB).")]
+ConnectOpt = Annotated[float | None, typer.Option(
+    "--connect-timeout",
+    help=f"Seconds to connect (TCP/TLS) or spawn the process. Default: {_D.connect_timeout_s:g}.")]
+InitOpt = Annotated[float | None, typer.Option(
+    "--init-timeout", help=f"Seconds for the upstream to answer initialize. Default: {_D.init_timeout_s:g}.")]
+CallOpt = Annotated[float | None, typer.Option(
+    "--call-timeout", help=f"Seconds for one request to be answered in full. Default: {_D.call_timeout_s:g}.")]
+IdleOpt = Annotated[float | None, typer.Option(
+    "--idle-timeout",
+    help=f"Longest silence in seconds while an HTTP answer is still arriving. Default: {_D.idle_timeout_s:g}.")]
+ErrorDataOpt = Annotated[bool | None, typer.Option(
+    "--forward-error-data/--no-forward-error-data",
+    help="Pass the `data` of the upstream's errors (stack traces, internal names) to clients. Default: off.",
+    show_default=False)]
+
+
+def _limit_changes(max_message_bytes: int | None, connect_timeout: float | None, init_timeout: float | None,
+                   call_timeout: float | None, idle_timeout: float | None,
+                   forward_error_data: bool | None) -> dict[str, int | float | bool]:
+    """The limits given on the command line, by their UpstreamLimits field names."""
+    given = {"max_message_bytes": max_message_bytes, "connect_timeout_s": connect_timeout,
+             "init_timeout_s": init_timeout, "call_timeout_s": call_timeout, "idle_timeout_s": idle_timeout,
+             "forward_error_data": forward_error_data}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def _spec_json(spec) -> dict:  # type: ignore[no-untyped-def]
+    from gateway.admin import limits_view
+
     return {
         "tenant": spec.tenant_id,
         "name": spec.name,
@@ -35,6 +69,7 @@ def _spec_json(spec) -> dict:  # type: ignore[no-untyped-def]
         "prefix": spec.prefix,
         "allow_private": spec.allow_private,
         "created_at": spec.created_at,
+        "limits": limits_view(spec.limits),
     }
 
 
@@ -62,6 +97,12 @@ def add(
     probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Connect and list tools before saving "
                                         "(needed for --no-prefix).")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the probe.")] = 30.0,
+    max_message_bytes: MaxBytesOpt = None,
+    connect_timeout: ConnectOpt = None,
+    init_timeout: InitOpt = None,
+    call_timeout: CallOpt = None,
+    idle_timeout: IdleOpt = None,
+    forward_error_data: ErrorDataOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Register an upstream MCP server for a tenant."""
@@ -73,6 +114,8 @@ def add(
     spec = admin.make_upstream_spec(
         tenant, name, command=command, url=url, headers=admin.parse_headers(header or []),
         env=admin.parse_env(env or []), cwd=cwd, prefix=not no_prefix, allow_private=allow_private, now=now(),
+        limits=UpstreamLimits(**_limit_changes(max_message_bytes, connect_timeout, init_timeout, call_timeout,
+                                                idle_timeout, forward_error_data)),  # type: ignore[arg-type]
     )
     s = store()
     admin.require_tenant(s, tenant)
@@ -106,6 +149,47 @@ def list_(tenant: TenantOpt, json_out: JsonOpt = False) -> None:
     print_table(f"Upstreams of {tenant}", ["name", "transport", "target", "prefixed"], rows, "No upstreams yet.")
 
 
+@app.command("show")
+@handle_errors
+def show(name: Annotated[str, typer.Argument(help="Upstream name.")], tenant: TenantOpt,
+         json_out: JsonOpt = False) -> None:
+    """Show one upstream's registration and its limits (secrets are never shown)."""
+    from gateway import admin
+
+    spec = admin.require_upstream(store(), tenant, name)
+    view = _spec_json(spec)
+    if json_out:
+        print_json(view)
+        return
+    rows = [(k, str(v)) for k, v in view.items() if k != "limits"] + [(k, str(v)) for k, v in view["limits"].items()]
+    print_table(f"Upstream {name} of {tenant}", ["setting", "value"], rows, "")
+
+
+@app.command("set")
+@handle_errors
+def set_(
+    name: Annotated[str, typer.Argument(help="Upstream name.")],
+    tenant: TenantOpt,
+    max_message_bytes: MaxBytesOpt = None,
+    connect_timeout: ConnectOpt = None,
+    init_timeout: InitOpt = None,
+    call_timeout: CallOpt = None,
+    idle_timeout: IdleOpt = None,
+    forward_error_data: ErrorDataOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Change an upstream's limits (only those given); a running gateway applies them within a second."""
+    from gateway import admin
+
+    spec = admin.set_upstream_limits(store(), tenant, name, _limit_changes(
+        max_message_bytes, connect_timeout, init_timeout, call_timeout, idle_timeout, forward_error_data))
+    if json_out:
+        print_json(_spec_json(spec))
+    else:
+        changed = ", ".join(f"{k}={v}" for k, v in spec.limits.changed().items()) or "all defaults"
+        print(f"Updated upstream {name} of tenant {tenant}: {changed}.")
+
+
 @app.command("remove")
 @handle_errors
 def remove(name: Annotated[str, typer.Argument(help="Upstream name.")], tenant: TenantOpt, yes: YesOpt = False,
@@ -114,11 +198,7 @@ def remove(name: Annotated[str, typer.Argument(help="Upstream name.")], tenant: 
     from gateway import admin
 
     s = store()
-    admin.require_tenant(s, tenant)
-    if s.get_upstream(tenant, name) is None:
-        from gateway.errors import NotFound
-
-        raise NotFound(f"No upstream {name!r} in tenant {tenant!r}.", hint="See `aegress upstream list`.")
+    admin.require_upstream(s, tenant, name)
     confirm(f"Remove upstream {name!r} from tenant {tenant!r}?", yes)
     admin.remove_upstream(s, tenant, name)
     if json_out:
@@ -135,12 +215,9 @@ def test(name: Annotated[str, typer.Argument(help="Upstream name.")], tenant: Te
     import asyncio
 
     from gateway import admin
-    from gateway.errors import NotFound
 
     s = store()
-    spec = s.get_upstream(tenant, name)
-    if spec is None:
-        raise NotFound(f"No upstream {name!r} in tenant {tenant!r}.", hint="See `aegress upstream list`.")
+    spec = admin.require_upstream(s, tenant, name)
     result = asyncio.run(admin.probe(spec, timeout))
     s.set_upstream_tools(tenant, name, [str(t.get("name")) for t in result.tools])
     if json_out:

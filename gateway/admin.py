@@ -7,6 +7,8 @@ comes in as `now` so callers and tests control it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import math
 import shlex
 import sys
 from collections.abc import Callable
@@ -20,7 +22,7 @@ from gateway.evidence import operator_name
 from gateway.sealed_change import sealed_change
 from gateway.secrets import derive_key, mint_id, mint_token, token_hash
 from gateway.store.base import Store
-from gateway.types import Actor, Tenant, TokenInfo, UpstreamSpec
+from gateway.types import Actor, Tenant, TokenInfo, UpstreamLimits, UpstreamSpec
 
 
 def now_iso() -> str:
@@ -233,8 +235,10 @@ def make_upstream_spec(
     prefix: bool,
     allow_private: bool,
     now: str,
+    limits: UpstreamLimits | None = None,
 ) -> UpstreamSpec:
     naming.check_upstream_name(name)
+    limits = check_limits(limits or UpstreamLimits())
     if bool(command) == bool(url):
         raise InvalidInput("Give exactly one of --command or --url.", hint="See `aegress upstream add --help`.")
     if command:
@@ -243,13 +247,43 @@ def make_upstream_spec(
         if headers:
             raise InvalidInput("--header applies to --url upstreams only.", hint="Use --env for stdio upstreams.")
         return UpstreamSpec(tenant_id, name, "stdio", command=tuple(command), env=env, cwd=cwd, prefix=prefix,
-                            allow_private=allow_private, created_at=now)
+                            allow_private=allow_private, created_at=now, limits=limits)
     assert url is not None
     if env:
         raise InvalidInput("--env applies to --command upstreams only.")
     netguard.check_url(url, netguard.resolve(url), allow_private=allow_private)
     return UpstreamSpec(tenant_id, name, "http", url=url, headers=headers, prefix=prefix,
-                        allow_private=allow_private, created_at=now)
+                        allow_private=allow_private, created_at=now, limits=limits)
+
+
+MIN_MESSAGE_BYTES = 1024
+
+
+def check_limits(limits: UpstreamLimits) -> UpstreamLimits:
+    """Pure: refuse limits that cannot work (a timeout that is not a positive number, a tiny size)."""
+    for name in ("connect_timeout_s", "init_timeout_s", "call_timeout_s", "idle_timeout_s"):
+        value = getattr(limits, name)
+        if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+            flag = "--" + name.removesuffix("_s").replace("_", "-")
+            raise InvalidInput(f"{flag} must be a positive number of seconds, not {value!r}.")
+    if limits.max_message_bytes < MIN_MESSAGE_BYTES:
+        raise InvalidInput(f"--max-message-bytes must be at least {MIN_MESSAGE_BYTES}.")
+    return limits
+
+
+def limits_view(limits: UpstreamLimits) -> dict[str, int | float | bool]:
+    """Every limit's effective value, for `upstream show` / `list --json`."""
+    return {f.name: getattr(limits, f.name) for f in dataclasses.fields(limits)}
+
+
+def set_upstream_limits(store: Store, tenant_id: str, name: str, changes: dict[str, Any]) -> UpstreamSpec:
+    """Change some of an upstream's limits; a running gateway picks them up within a second."""
+    spec = require_upstream(store, tenant_id, name)
+    if not changes:
+        raise InvalidInput("Nothing to change.", hint="See `aegress upstream set --help` for the settings.")
+    updated = dataclasses.replace(spec, limits=check_limits(dataclasses.replace(spec.limits, **changes)))
+    change_upstream(store, updated, lambda: store.update_upstream(updated))  # sealed with the change
+    return updated
 
 
 async def probe(spec: UpstreamSpec, timeout: float = 30.0) -> ProbeResult:
@@ -258,7 +292,8 @@ async def probe(spec: UpstreamSpec, timeout: float = 30.0) -> ProbeResult:
     from gateway.proxy import Upstream, list_all
     from gateway.upstreams import connect
 
-    conn = connect(spec, protocol_version=LATEST_LEGACY, capabilities={}, timeout=timeout)
+    conn = connect(spec, protocol_version=LATEST_LEGACY, capabilities={},
+                   timeout=min(timeout, spec.limits.call_timeout_s))
     try:
         await asyncio.wait_for(conn.start(), timeout)
         tools: list[dict[str, Any]] = []

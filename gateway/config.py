@@ -27,8 +27,6 @@ class Limits:
     max_body_bytes: int = 4 * 1024 * 1024
     max_header_bytes: int = 16 * 1024
     request_deadline_s: float = 300.0
-    upstream_connect_timeout_s: float = 30.0
-    upstream_call_timeout_s: float = 300.0
     max_sessions: int = 10_000
     session_idle_timeout_s: float = 1800.0
     max_inflight_per_session: int = 256

@@ -235,8 +235,8 @@ class Pipeline:
                             msg: JSON, started_at: str) -> tuple[CallFacts, Any]:
         """Commit the intent durably; raises StoreUnavailable (fail closed) when the store cannot take it."""
         tenant = session.identity.tenant_id
-        facts = self._facts(session, method, target, up.spec.name, tool, decision, arguments, msg.get("id"),
-                            started_at)
+        facts = replace(self._facts(session, method, target, up.spec.name, tool, decision, arguments, msg.get("id"),
+                                    started_at), secrets=up.conn.secrets)
         verdict = "review_approved" if decision is not None and decision.verdict == "review" else "allow"
         entry = call_entry(self.recorder.origin(tenant), self.recorder.tenant_key(tenant), facts, kind="intent",
                            verdict=verdict)
@@ -580,6 +580,8 @@ class Pipeline:
             session, up, "tools/call", forwarded, msg, guarded, target=name, tool=tool, decision=decision,
             arguments=arguments, started=started, started_at=started_at)
         out = {"jsonrpc": "2.0", "id": msg["id"], **{k: response[k] for k in ("result", "error") if k in response}}
+        if "error" in out:
+            out["error"] = up.client_error("tools/call", out["error"])
         if "result" in out:
             out["result"] = with_receipt(out["result"], sealed)
         return out
@@ -680,7 +682,7 @@ class Pipeline:
         fix: Callable[[Upstream, JSON], JSON] | None = None,
     ) -> JSON:
         started, started_at = time.perf_counter(), _now()
-        last: JSON | None = None
+        last: tuple[Upstream, JSON] | None = None
         sealed_method = method in ("resources/read", "prompts/get")
         # decide: what policy does not allow answers exactly like what does not exist
         routes = [
@@ -702,10 +704,10 @@ class Pipeline:
             if "result" in response:
                 res = response["result"]
                 return result(msg["id"], with_receipt(fix(up, res) if fix else res, receipt_of))
-            last = response
+            last = (up, response)
         if last is None or len(routes) > 1:
             raise UnknownTarget(kind, label)
-        return {"jsonrpc": "2.0", "id": msg["id"], "error": last["error"]}
+        return {"jsonrpc": "2.0", "id": msg["id"], "error": last[0].client_error(method, last[1].get("error"))}
 
     async def _read_resource(self, session: ClientSession, msg: JSON, send: Send) -> JSON:
         params = msg.get("params") or {}
@@ -776,9 +778,9 @@ class Pipeline:
         responses = await asyncio.gather(
             *(u.conn.request("logging/setLevel", params) for u in ups), return_exceptions=True
         )
-        for r in responses:
+        for up, r in zip(ups, responses, strict=True):
             if isinstance(r, dict) and "error" in r:
-                return {"jsonrpc": "2.0", "id": msg["id"], "error": r["error"]}
+                return {"jsonrpc": "2.0", "id": msg["id"], "error": up.client_error("logging/setLevel", r["error"])}
         session.log_level = level
         return result(msg["id"], {})
 

@@ -4,6 +4,12 @@
 sessions that declared the same capabilities and protocol revision (the profile), so the gateway
 declares upstream exactly what its client declared. `ClientSession` is one client's view: routing
 by namespaced name, id and progress-token remapping, and the server-to-client requests in flight.
+
+Health: an upstream that fails to connect or initialize is marked unavailable with exponential
+backoff (1 s doubling to 60 s; a successful connect clears it). While marked, requests to it fail at
+once with `upstream-unavailable`, and listings leave it out; once the backoff has passed, the next
+request starts a retry in the background and does not wait for it, so a black hole costs one connect
+or init timeout, not one per request.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 import orjson
 
 from gateway import naming
+from gateway.audit.redact import truncate
 from gateway.config import Limits
 from gateway.errors import ProtocolError, UpstreamError
 from gateway.jsonrpc import (
@@ -28,8 +35,10 @@ from gateway.jsonrpc import (
     LATEST_LEGACY,
     LOG_LEVELS,
     META_LOG_LEVEL,
+    MISSING_CAPABILITY,
     MODERN_VERSION,
     STREAM_BREAK,
+    UNSUPPORTED_VERSION,
 )
 from gateway.store.base import Store
 from gateway.types import Identity, UpstreamSpec
@@ -40,6 +49,38 @@ log = logging.getLogger("aegress.proxy")
 Send = Callable[[JSON], Awaitable[None]]
 _MAX_PAGES = 100
 _CLIENT_CAP_KEYS = ("sampling", "elicitation", "roots")
+BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 60.0
+MAX_ERROR_MESSAGE_CHARS = 1000
+_MAX_LOGGED_ERROR_CHARS = 16_000
+
+
+def next_backoff(previous: float | None) -> float:
+    """Pure: how long an upstream stays marked unavailable after a failed connect."""
+    return BACKOFF_FIRST_S if previous is None else min(previous * 2, BACKOFF_MAX_S)
+
+
+# Errors whose `data` MCP defines and clients act on: missing capability (requiredCapabilities), unsupported
+# version (supported/requested), URL elicitation required (elicitations). Their data always passes.
+PROTOCOL_DATA_CODES = frozenset({MISSING_CAPABILITY, UNSUPPORTED_VERSION, -32042})
+
+
+def client_error(err: object, *, forward_data: bool) -> JSON:
+    """Pure: the error object a client sees for an upstream's error: its code and a bounded message;
+    `data` (stack traces, internal names) only when the upstream is registered with forward_error_data,
+    or when MCP defines that code's data (`PROTOCOL_DATA_CODES`)."""
+    if not isinstance(err, dict):
+        return {"code": -32603, "message": "The upstream sent a malformed error."}
+    code = err.get("code")
+    message = err.get("message")
+    out: JSON = {
+        "code": code if isinstance(code, int) and not isinstance(code, bool) else -32603,
+        "message": truncate(message, MAX_ERROR_MESSAGE_CHARS) if isinstance(message, str) and message
+        else "The upstream gave no message.",
+    }
+    if "data" in err and (forward_data or out["code"] in PROTOCOL_DATA_CODES):
+        out["data"] = err["data"]
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +119,21 @@ class Upstream:
     tools: dict[str, JSON] | None = None
     listeners: set[ClientSession] = field(default_factory=set)
 
+    def client_error(self, method: str, err: object) -> JSON:
+        """Log an upstream's error in full (bounded, injected credentials scrubbed); return what the
+        client may see of it (see `client_error`)."""
+        text = orjson.dumps(err, default=str).decode()[:_MAX_LOGGED_ERROR_CHARS]
+        log.warning("upstream %s answered %s with an error: %s", self.spec.name, method, self.conn.scrub(text))
+        return client_error(err, forward_data=self.spec.limits.forward_error_data)
+
+
+@dataclass(frozen=True, slots=True)
+class _Down:
+    """An upstream marked unavailable: until `retry_at` (monotonic) nothing waits on it."""
+
+    delay: float
+    retry_at: float
+
 
 class TenantRuntime:
     def __init__(self, tenant_id: str, specs: list[UpstreamSpec], limits: Limits) -> None:
@@ -87,22 +143,53 @@ class TenantRuntime:
         self._live: dict[tuple[str, Profile], Upstream] = {}
         self._starting: dict[tuple[str, Profile], asyncio.Task[Upstream]] = {}
         self._legacy_only: set[str] = set()
+        self._down: dict[str, _Down] = {}
         self.sessions: set[ClientSession] = set()
 
     async def upstream(self, name: str, profile: Profile) -> Upstream:
+        """The live connection, connecting first if needed; an upstream marked unavailable fails at once."""
         key = (name, profile)
         live = self._live.get(key)
         if live is not None and not live.conn.closed:
             return live
         task = self._starting.get(key)
-        if task is None:
-            task = asyncio.ensure_future(self._start(name, profile))
+        down = self._down.get(name)
+        if task is None and (down is None or time.monotonic() >= down.retry_at):
+            task = asyncio.ensure_future(self._start_tracked(name, profile))
             self._starting[key] = task
+            task.add_done_callback(lambda t: self._started(key, t))
+        if down is not None:  # a retry, if any, runs in the background: nobody waits on a known-bad upstream
+            raise self._unavailable(name, down)
+        assert task is not None
+        return await asyncio.shield(task)
+
+    def _started(self, key: tuple[str, Profile], task: asyncio.Task[Upstream]) -> None:
+        if self._starting.get(key) is task:
+            self._starting.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here: a background retry's failure is logged by _start_tracked
+
+    def _unavailable(self, name: str, down: _Down) -> UpstreamError:
+        wait = max(0.0, down.retry_at - time.monotonic())
+        return UpstreamError(
+            f"Upstream {name!r} is unavailable; the gateway retries it in {wait:.0f} s (backoff {down.delay:g} s).",
+            hint=f"Check it with `aegress upstream test --tenant {self.tenant_id} {name}`.",
+            code="upstream-unavailable",
+        )
+
+    async def _start_tracked(self, name: str, profile: Profile) -> Upstream:
+        """Connect, keeping the backoff: a failure marks the upstream, a success clears the mark."""
         try:
-            return await asyncio.shield(task)
-        finally:
-            if task.done():
-                self._starting.pop(key, None)
+            up = await self._start(name, profile)
+        except Exception as exc:
+            previous = self._down.get(name)
+            delay = next_backoff(previous.delay if previous else None)
+            self._down[name] = _Down(delay, time.monotonic() + delay)
+            log.warning("tenant %s upstream %s unavailable, retried in %g s: %s", self.tenant_id, name, delay,
+                        exc.message if isinstance(exc, UpstreamError) else type(exc).__name__)
+            raise
+        self._down.pop(name, None)
+        return up
 
     async def _start(self, name: str, profile: Profile) -> Upstream:
         """Speak the client's revision upstream; a 2026-07-28 client whose upstream only knows the
@@ -118,22 +205,20 @@ class TenantRuntime:
         return await self._connect(name, profile, version)
 
     async def _connect(self, name: str, profile: Profile, version: str) -> Upstream:
+        """Open and initialize within the upstream's own connect and init timeouts; calls then get its
+        call timeout."""
         spec = self.specs[name]
-        conn = connect(
-            spec,
-            protocol_version=version,
-            capabilities=profile.caps(),
-            timeout=self.limits.upstream_connect_timeout_s,
-        )
-        conn.timeout = self.limits.upstream_connect_timeout_s
+        lim = spec.limits
+        conn = connect(spec, protocol_version=version, capabilities=profile.caps(), timeout=lim.call_timeout_s)
+        conn.secrets = await asyncio.to_thread(injected_secrets, spec)
         try:
-            await asyncio.wait_for(conn.start(), self.limits.upstream_connect_timeout_s)
+            async with asyncio.timeout(lim.connect_timeout_s + lim.init_timeout_s):  # a backstop only
+                await conn.start()
         except BaseException as exc:
             await conn.close()
             if isinstance(exc, TimeoutError):
-                raise UpstreamError(f"Upstream {name!r} did not initialize in time.") from exc
+                raise UpstreamError(f"Upstream {name!r} did not initialize in time.", code="upstream-timeout") from exc
             raise
-        conn.timeout = self.limits.upstream_call_timeout_s
         up = Upstream(spec, conn)
         conn.on_unsolicited = lambda msg: self._unsolicited(up, msg)
         key = (name, profile)
@@ -164,6 +249,21 @@ class TenantRuntime:
         live = list(self._live.values())
         self._live.clear()
         await asyncio.gather(*(u.conn.close() for u in live), return_exceptions=True)
+
+
+def injected_secrets(spec: UpstreamSpec) -> tuple[str, ...]:
+    """The credential values the gateway sends this upstream (resolved headers, stdio environment),
+    for scrubbing; a reference that does not resolve is simply not known (connecting reports it)."""
+    from gateway.audit.redact import secret_values
+    from gateway.upstreams.http import resolve_header_value
+
+    values = list(spec.env.values())
+    for value in spec.headers.values():
+        try:
+            values.append(resolve_header_value(value))
+        except UpstreamError:
+            continue
+    return secret_values(values)
 
 
 class Runtime:
@@ -258,8 +358,9 @@ class ClientSession:
         results = await asyncio.gather(*(rt.upstream(n, self.profile) for n in names), return_exceptions=True)
         ups: list[Upstream] = []
         for name, res in zip(names, results, strict=True):
-            if isinstance(res, BaseException):
-                log.warning("tenant upstream %s unavailable: %s", name, res)
+            if isinstance(res, BaseException):  # in backoff: already logged when it failed, so quieter here
+                marked = isinstance(res, UpstreamError) and res.code == "upstream-unavailable"
+                log.log(logging.INFO if marked else logging.WARNING, "tenant upstream %s left out: %s", name, res)
                 continue
             res.listeners.add(self)
             ups.append(res)

@@ -92,6 +92,7 @@ class CallFacts:
     request_id: str
     started_at: str  # RFC 3339, microseconds
     time: str
+    secrets: tuple[str, ...] = ()  # credentials the gateway injects towards this upstream: never previewed
 
 
 def call_entry(origin: str, key: bytes, facts: CallFacts, *, kind: str, verdict: str | None = None) -> Entry:
@@ -114,9 +115,9 @@ def call_entry(origin: str, key: bytes, facts: CallFacts, *, kind: str, verdict:
         "request_id": facts.request_id[:200] or "-",
     }
     if facts.arguments is not None:
-        body["args_preview"] = redact_preview(facts.arguments)
+        body["args_preview"] = redact_preview(facts.arguments, secrets=facts.secrets)
     if d.reason:
-        body["reason"] = redact_text(d.reason, limit=500) or "-"
+        body["reason"] = redact_text(d.reason, limit=500, secrets=facts.secrets) or "-"
     columns = expected_columns(kind, body, facts.identity.tenant_id)
     call = None
     if kind == "decision":
@@ -148,7 +149,7 @@ def outcome_entry(origin: str, key: bytes, facts: CallFacts, intent_seq: int, *,
     if error_code is not None:
         body["error_code"] = str(error_code)[:64]
     if result is not None:
-        body["result_preview"] = redact_preview(result)
+        body["result_preview"] = redact_preview(result, secrets=facts.secrets)
     verdict = "review_approved" if facts.decision.verdict == "review" else VERDICTS.get(facts.decision.verdict,
                                                                                         facts.decision.verdict)
     columns = expected_columns("outcome", body, facts.identity.tenant_id,

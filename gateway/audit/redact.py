@@ -3,7 +3,9 @@
 Values are stored only as `hmac-sha256:<hex>` over their RFC 8785 bytes, keyed per tenant (HKDF from a
 master secret kept outside the database), so equal values can be searched for without being readable,
 and one tenant's digests say nothing about another's. Previews are redacted by key name and by
-detectors, then truncated.
+detectors, then truncated. The credentials the gateway itself injects towards an upstream (header
+values, stdio environment values) are known exactly, so they are scrubbed wherever they reappear,
+even echoed back inside an answer (`secrets=`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import math
 import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from typing import Final
 
 from cryptography.hazmat.primitives import hashes
@@ -64,6 +67,8 @@ _DETECTORS: Final = [
     re.compile(r"(?i)\b(?:password|passwd|pwd|secret|token|api[_-]?key)\s*[=:]\s*[^\s&,;\"']+"),
     re.compile(r"(?i)(?<=://)[^/\s:@]+:[^/\s@]+(?=@)"),  # user:password@ in URLs
 ]
+MIN_SECRET_CHARS: Final = 6
+"""Injected values shorter than this are not scrubbed: they would blank out ordinary words."""
 _CANDIDATE: Final = re.compile(r"[A-Za-z0-9+/=_.~-]{24,}")
 _OWN_DIGEST: Final = re.compile(r"(?:sha256|hmac-sha256):[0-9a-f]{64}")
 
@@ -104,8 +109,29 @@ def _looks_random(token: str) -> bool:
     return classes >= 2 and _entropy(token) >= 3.5
 
 
-def redact_text(text: str, *, limit: int | None = None) -> str:
+def secret_values(values: Iterable[str]) -> tuple[str, ...]:
+    """Pure: what to scrub for the credentials injected towards one upstream: each value, and for a
+    `Scheme credential` value the credential alone; longest first, so a value is replaced whole."""
+    found: set[str] = set()
+    for value in values:
+        value = value.strip()
+        for part in (value, value.rpartition(" ")[2]):
+            if len(part) >= MIN_SECRET_CHARS:
+                found.add(part)
+    return tuple(sorted(found, key=lambda v: (-len(v), v)))
+
+
+def scrub(text: str, secrets: Sequence[str]) -> str:
+    """Replace every occurrence of a known secret value (see `secret_values`) with REDACTED."""
+    for value in secrets:
+        if value in text:
+            text = text.replace(value, REDACTED)
+    return text
+
+
+def redact_text(text: str, *, limit: int | None = None, secrets: Sequence[str] = ()) -> str:
     """Replace recognisable secrets in free text (log lines, error messages); optionally truncate."""
+    text = scrub(text, secrets)
     for pattern in _DETECTORS:
         text = pattern.sub(REDACTED, text)
     protected = {m.span() for m in _OWN_DIGEST.finditer(text)}
@@ -128,22 +154,28 @@ def truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def redact_value(value: JsonValue, *, _depth: int = 0) -> JsonValue:
-    """A copy of a JSON value with secret-named fields and detected secrets replaced by REDACTED."""
+def redact_value(value: JsonValue, *, secrets: Sequence[str] = (), _depth: int = 0) -> JsonValue:
+    """A copy of a JSON value with secret-named fields, known secret values and detected secrets
+    replaced by REDACTED."""
     if _depth > 64:
         return REDACTED
     if isinstance(value, dict):
         return {
-            k: REDACTED if is_secret_key(str(k)) else redact_value(v, _depth=_depth + 1) for k, v in value.items()
+            scrub(str(k), secrets) if secrets else k:
+            REDACTED if is_secret_key(str(k)) else redact_value(v, secrets=secrets, _depth=_depth + 1)
+            for k, v in value.items()
         }
     if isinstance(value, list):
-        return [redact_value(v, _depth=_depth + 1) for v in value]
+        return [redact_value(v, secrets=secrets, _depth=_depth + 1) for v in value]
     if isinstance(value, str):
-        return redact_text(value)
+        return redact_text(value, secrets=secrets)
     return value
 
 
-def redact_preview(value: JsonValue, *, limit: int = MAX_PREVIEW_CHARS) -> str:
+def redact_preview(value: JsonValue, *, limit: int = MAX_PREVIEW_CHARS, secrets: Sequence[str] = ()) -> str:
     """Redacted, compact JSON text of a value, at most `limit` characters: the `*_preview` fields."""
-    text = json.dumps(redact_value(value), ensure_ascii=False, separators=(",", ":"), sort_keys=True, default=str)
+    text = json.dumps(redact_value(value, secrets=secrets), ensure_ascii=False, separators=(",", ":"),
+                      sort_keys=True, default=str)
+    if secrets:  # a secret split across escaped JSON text (a quote, a backslash) is caught here as well
+        text = scrub(text, [json.dumps(v, ensure_ascii=False)[1:-1] for v in secrets])
     return truncate(text, min(limit, MAX_PREVIEW_CHARS))

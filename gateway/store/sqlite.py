@@ -417,8 +417,9 @@ class SQLiteStore:
 
     _UP_COLS = "tenant_id, name, transport, config, prefix, allow_private, created_at"
 
-    def add_upstream(self, spec: UpstreamSpec) -> None:
-        config = {
+    @staticmethod
+    def _config(spec: UpstreamSpec) -> dict[str, object]:
+        return {
             "transport": spec.transport,
             "command": list(spec.command),
             "env": spec.env,
@@ -427,6 +428,21 @@ class SQLiteStore:
             "headers": spec.headers,
             "limits": spec.limits.changed(),
         }
+
+    def update_upstream(self, spec: UpstreamSpec) -> None:
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE upstreams SET transport = ?, config = ?, prefix = ?, allow_private = ?"
+                " WHERE tenant_id = ? AND name = ?",
+                (spec.transport, json.dumps(self._config(spec)), int(spec.prefix), int(spec.allow_private),
+                 spec.tenant_id, spec.name),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"No upstream {spec.name!r} in tenant {spec.tenant_id!r}.")
+            self._bump_upstreams(conn)
+
+    def add_upstream(self, spec: UpstreamSpec) -> None:
+        config = self._config(spec)
         try:
             with self._write() as conn:
                 conn.execute(

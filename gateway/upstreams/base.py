@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.audit.redact import scrub
 from gateway.errors import UpstreamError
 from gateway.jsonrpc import (
     JSON,
@@ -32,6 +33,7 @@ log = logging.getLogger("aegress.upstream")
 Sink = Callable[[JSON], Awaitable[None]]
 
 CLIENT_INFO = {"name": "aegress-gateway", "version": "0.1.0"}
+_COURTESY_TIMEOUT_S = 2.0
 
 
 @dataclass(slots=True)
@@ -63,7 +65,9 @@ class UpstreamConnection:
         self.closed = False
         self.on_unsolicited: Callable[[JSON], Awaitable[None]] | None = None
         self.on_closed: Callable[[], None] | None = None
+        self.secrets: tuple[str, ...] = ()  # credentials injected towards this upstream, scrubbed from logs
         self._ids = itertools.count(1)
+        self._last_id = 0  # ids above this were never sent: an answer bearing one is not late, it is wrong
         self._state = _State()
         self._progress_ids = itertools.count(1)
 
@@ -78,6 +82,10 @@ class UpstreamConnection:
     async def _close(self) -> None:
         raise NotImplementedError
 
+    def scrub(self, text: str) -> str:
+        """Text for our logs with this upstream's injected credentials replaced."""
+        return scrub(text, self.secrets)
+
     # -- public API ----------------------------------------------------------------------------
     @property
     def capabilities(self) -> JSON:
@@ -85,7 +93,18 @@ class UpstreamConnection:
         return caps if isinstance(caps, dict) else {}
 
     async def start(self) -> None:
-        await self._open()
+        """Open (bounded by the upstream's connect timeout), then handshake (bounded by its init timeout)."""
+        limits = self.spec.limits
+        try:
+            async with asyncio.timeout(limits.connect_timeout_s):
+                await self._open()
+        except TimeoutError as exc:
+            raise UpstreamError(
+                f"Upstream {self.name!r} did not connect within {limits.connect_timeout_s:g} s.",
+                hint=f"Raise it with `aegress upstream set --tenant {self.spec.tenant_id} {self.name} "
+                     "--connect-timeout SECONDS`.",
+                code="upstream-timeout",
+            ) from exc
         if self.modern:
             await self._discover()
             return
@@ -94,7 +113,7 @@ class UpstreamConnection:
             "capabilities": self.client_capabilities,
             "clientInfo": CLIENT_INFO,
         }
-        response = await self.request("initialize", params, timeout=self.timeout)
+        response = await self.request("initialize", params, timeout=limits.init_timeout_s)
         if "error" in response:
             raise UpstreamError(f"Upstream {self.name!r} refused to initialize: {response['error'].get('message')}")
         self.init_result = response.get("result") or {}
@@ -103,7 +122,7 @@ class UpstreamConnection:
     async def _discover(self) -> None:
         """2026-07-28 has no handshake: ask what the upstream supports; legacy-only ones are refused here."""
         try:
-            response = await self.request("server/discover", {}, timeout=min(self.timeout, 10.0))
+            response = await self.request("server/discover", {}, timeout=min(self.spec.limits.init_timeout_s, 10.0))
         except UpstreamError as exc:
             raise UpstreamError(
                 f"Upstream {self.name!r} does not speak 2026-07-28.", code="upstream-legacy-only"
@@ -151,7 +170,7 @@ class UpstreamConnection:
         if self.closed:
             raise UpstreamError(f"Upstream {self.name!r} is not connected.")
         params = self._envelope(params, meta)
-        msg_id = next(self._ids)
+        msg_id = self._last_id = next(self._ids)
         loop = asyncio.get_running_loop()
         pending = Pending(loop.create_future(), sink, method=method, headers=headers)
         message: JSON = {"jsonrpc": "2.0", "id": msg_id, "method": method}
@@ -174,9 +193,13 @@ class UpstreamConnection:
                 await self._send(message, pending)
                 return await pending.future
         except TimeoutError as exc:
-            await self.notify_quiet("notifications/cancelled", {"requestId": msg_id, "reason": "gateway timeout"})
+            if method != "initialize":  # MCP: initialize is never cancelled
+                await self.notify_quiet("notifications/cancelled", {"requestId": msg_id, "reason": "gateway timeout"})
             raise UpstreamError(
-                f"Upstream {self.name!r} did not answer {method} in time.", code="upstream-timeout"
+                f"Upstream {self.name!r} did not answer {method} within {timeout or self.timeout:g} s.",
+                hint=f"Raise it with `aegress upstream set --tenant {self.spec.tenant_id} {self.name} "
+                     f"--{'init' if method in ('initialize', 'server/discover') else 'call'}-timeout SECONDS`.",
+                code="upstream-timeout",
             ) from exc
         finally:
             self._state.pending.pop(msg_id, None)
@@ -187,8 +210,10 @@ class UpstreamConnection:
         await self._send(notification(method, params), None)
 
     async def notify_quiet(self, method: str, params: JSON | None = None) -> None:
+        """A best-effort courtesy (cancel): bounded, so an upstream that stopped reading cannot hold us."""
         try:
-            await self.notify(method, params)
+            async with asyncio.timeout(_COURTESY_TIMEOUT_S):
+                await self.notify(method, params)
         except Exception:  # a best-effort courtesy (cancel) must not mask the real error
             log.debug("could not send %s to %s", method, self.name)
 
@@ -208,6 +233,40 @@ class UpstreamConnection:
                 self.on_closed()
 
     # -- routing what comes back ---------------------------------------------------------------
+    def _only_call(self) -> Pending | None:
+        """The one request in flight, if exactly one is: the only call an unattributable answer can be for."""
+        live = [p for p in self._state.pending.values() if not p.future.done()]
+        return live[0] if len(live) == 1 else None
+
+    def _bad_answer(self, msg_id: object) -> None:
+        """An answer bearing an id we never sent: fail the only call in flight at once; with several in
+        flight it cannot be attributed, so it is dropped and their call timeouts bound the wait."""
+        only = self._only_call()
+        log.warning("upstream %s answered with an id it was never sent (%s); %s", self.name,
+                    str(msg_id)[:40], "failing the call in flight" if only else "dropped")
+        if only is not None:
+            only.future.set_exception(UpstreamError(
+                f"Upstream {self.name!r} sent an answer that matches no request of ours.",
+                hint="The upstream server is misbehaving; check its logs or version.", code="upstream-bad-answer"))
+
+    def fail_oversize(self, msg_id: int | None) -> None:
+        """An answer over `max_message_bytes` was discarded: fail the call it answered (by id, else the
+        only call in flight) at once, instead of leaving it to the call timeout."""
+        if msg_id is not None and 0 < msg_id <= self._last_id:  # an id we sent: that call, if still waiting
+            pending = self._state.pending.get(msg_id)
+            pending = pending if pending is not None and not pending.future.done() else None
+        else:
+            pending = self._only_call()
+        limit = self.spec.limits.max_message_bytes
+        log.warning("upstream %s sent a message over %d bytes; discarded%s", self.name, limit,
+                    "" if pending else " (no call to fail)")
+        if pending is not None:
+            pending.future.set_exception(UpstreamError(
+                f"Upstream {self.name!r} sent an answer larger than {limit} bytes; it was discarded.",
+                hint=f"Raise the limit with `aegress upstream set --tenant {self.spec.tenant_id} {self.name} "
+                     "--max-message-bytes N`.",
+                code="upstream-answer-too-large"))
+
     def _fail_all(self, exc: Exception) -> None:
         for pending in list(self._state.pending.values()):
             if not pending.future.done():
@@ -219,8 +278,11 @@ class UpstreamConnection:
             pending = self._state.pending.get(msg_id) if isinstance(msg_id, int) else None
             if pending is not None and not pending.future.done():
                 pending.future.set_result(msg)
-            else:
-                log.debug("dropping a response for an unknown id from %s", self.name)
+                return
+            if isinstance(msg_id, int) and not isinstance(msg_id, bool) and 0 < msg_id <= self._last_id:
+                log.debug("dropping a late answer from %s to finished call %d", self.name, msg_id)
+                return
+            self._bad_answer(msg_id)
             return
         method = msg["method"]
         target = related

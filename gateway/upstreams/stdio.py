@@ -3,6 +3,10 @@
 The command is an argument list, never a shell. The child gets an explicit environment: a few
 harmless variables from the gateway's own (so it can find programs) plus what the operator
 registered, never the gateway's secrets or database URL.
+
+Output is read in bounded chunks: a line longer than the upstream's `max_message_bytes` is dropped
+as it streams past (only its first and last bytes are kept, to find which call it answered), so a
+hostile child cannot make the gateway hold more than about one limit's worth of its output.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
+from dataclasses import dataclass
 
 import orjson
 
@@ -21,7 +27,65 @@ from gateway.upstreams.base import Pending, UpstreamConnection
 log = logging.getLogger("aegress.upstream.stdio")
 
 INHERITED_ENV = ("HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")
-_MAX_LINE = 16 * 1024 * 1024
+_CHUNK = 64 * 1024
+_KEEP = 256  # bytes kept of each end of an oversized line, to find its id
+_STDERR_LINE = 4096
+_ID_HEAD = re.compile(rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*(\d{1,18})\s*[,}]')
+_METHOD_HEAD = re.compile(rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?(?:"id"\s*:\s*[^,{}]{1,40},\s*)?"method"\s*:')
+_ID_TAIL = re.compile(rb',\s*"id"\s*:\s*(\d{1,18})\s*(?:,\s*"jsonrpc"\s*:\s*"2\.0"\s*)?\}\s*$')
+
+
+@dataclass(frozen=True, slots=True)
+class Oversize:
+    """A line over the limit, of which only the ends were kept."""
+
+    head: bytes
+    tail: bytes
+
+    def is_request(self) -> bool:
+        """Pure: the line visibly starts a request or notification (not an answer to any call of ours)."""
+        return _METHOD_HEAD.match(self.head) is not None
+
+    def id_hint(self) -> int | None:
+        """Pure: the top-level id of the JSON-RPC message, when its first or last bytes show it."""
+        match = _ID_HEAD.match(self.head) or _ID_TAIL.search(self.tail)
+        return int(match.group(1)) if match else None
+
+
+class LineSplitter:
+    """Pure: cut a byte stream into lines of at most `limit` bytes; a longer line comes out as an
+    `Oversize` and is never held whole (at most `limit` plus one chunk is buffered)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._buf = bytearray()
+        self._discarding = False
+        self._head = b""
+        self._tail = b""
+
+    def feed(self, chunk: bytes) -> list[bytes | Oversize]:
+        out: list[bytes | Oversize] = []
+        start = 0
+        while True:
+            nl = chunk.find(b"\n", start)
+            piece = chunk[start: nl if nl >= 0 else len(chunk)]
+            if self._discarding:
+                self._tail = (self._tail + piece)[-_KEEP:]
+            else:
+                self._buf += piece
+                if len(self._buf) > self.limit:
+                    self._discarding = True
+                    self._head, self._tail = bytes(self._buf[:_KEEP]), bytes(self._buf[-_KEEP:])
+                    self._buf = bytearray()
+            if nl < 0:
+                return out
+            if self._discarding:
+                out.append(Oversize(self._head, self._tail))
+                self._discarding, self._head, self._tail = False, b"", b""
+            else:
+                out.append(bytes(self._buf))
+                self._buf = bytearray()
+            start = nl + 1
 
 
 def child_env(registered: dict[str, str], parent: dict[str, str]) -> dict[str, str]:
@@ -47,7 +111,6 @@ class StdioConnection(UpstreamConnection):
                 stderr=asyncio.subprocess.PIPE,
                 env=child_env(self.spec.env, dict(os.environ)),
                 cwd=self.spec.cwd or None,
-                limit=_MAX_LINE,
                 start_new_session=True,
             )
         except OSError as exc:
@@ -61,33 +124,49 @@ class StdioConnection(UpstreamConnection):
     async def _read_loop(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
         stdout = self._proc.stdout
+        lines = LineSplitter(self.spec.limits.max_message_bytes)
         try:
-            while True:
-                line = await stdout.readline()
-                if not line:
-                    break
-                try:
-                    msg = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    log.warning("upstream %s wrote a line that is not JSON; ignored", self.name)
-                    continue
-                if isinstance(msg, dict):
-                    try:
-                        await self._dispatch(msg)
-                    except Exception:
-                        log.exception("error routing a message from upstream %s", self.name)
-        except (asyncio.IncompleteReadError, ValueError, ConnectionError):
+            while chunk := await stdout.read(_CHUNK):
+                for line in lines.feed(chunk):
+                    await self._line(line)
+        except (ValueError, ConnectionError):
             log.warning("upstream %s: broken stdout", self.name)
         finally:
             if not self.closed:
                 log.warning("upstream %s exited", self.name)
                 asyncio.get_running_loop().create_task(self.close())
 
+    async def _line(self, line: bytes | Oversize) -> None:
+        if isinstance(line, Oversize):
+            if line.is_request():  # a huge notification or request: nobody's answer, so nobody's failure
+                log.warning("upstream %s sent a message over %d bytes that is no answer; discarded", self.name,
+                            self.spec.limits.max_message_bytes)
+            else:
+                self.fail_oversize(line.id_hint())
+            return
+        if not line.strip():
+            return
+        try:
+            msg = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            log.warning("upstream %s wrote a line that is not JSON; ignored", self.name)
+            return
+        if isinstance(msg, dict):
+            try:
+                await self._dispatch(msg)
+            except Exception:
+                log.exception("error routing a message from upstream %s", self.name)
+
     async def _drain_stderr(self) -> None:
+        """Keep the child's stderr flowing (a full pipe would stall it); lines go to the debug log."""
         assert self._proc is not None and self._proc.stderr is not None
+        lines = LineSplitter(_STDERR_LINE)
         with contextlib.suppress(Exception):
-            while line := await self._proc.stderr.readline():
-                log.debug("upstream %s stderr: %s", self.name, line[:500].decode(errors="replace").rstrip())
+            while chunk := await self._proc.stderr.read(_CHUNK):
+                for line in lines.feed(chunk):
+                    text = "(a long line, dropped)" if isinstance(line, Oversize) else line[:500].decode(
+                        errors="replace").rstrip()
+                    log.debug("upstream %s stderr: %s", self.name, self.scrub(text))
 
     async def _send(self, message: JSON, pending: Pending | None) -> None:
         proc = self._proc
