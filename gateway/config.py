@@ -29,7 +29,6 @@ class Limits:
     request_deadline_s: float = 300.0
     max_sessions: int = 10_000
     session_idle_timeout_s: float = 1800.0
-    max_inflight_per_session: int = 256
     # the HTTP edge (docs/operations.md "Limits and failure behaviour")
     header_timeout_s: float = 10.0  # a request's headers must be complete this long after its first byte
     body_idle_timeout_s: float = 30.0  # longest silence while a request body is being received
