@@ -143,7 +143,7 @@ async def _json(writer: asyncio.StreamWriter, message: dict[str, Any], extra: di
 async def _big(writer: asyncio.StreamWriter, request_id: Any, nonce: str, mb: int, sse: bool) -> bool:
     """Stream an answer of `mb` MiB without holding it in memory here."""
     prefix = json.dumps({"jsonrpc": "2.0", "id": request_id}).encode()[:-1]
-    prefix += b', "result": {"isError": false, "content": [{"type": "text", "text": "' + nonce.encode() + b" "
+    prefix += b', "result": {"isError": false, "content": [{"type": "text", "text": "ok ' + nonce.encode() + b" "
     suffix = b'"}]}}'
     if sse:
         prefix, suffix = b"event: message\ndata: " + prefix, suffix + b"\n\n"
