@@ -475,48 +475,57 @@ class Soak:
         return {"ok": out.returncode == 0, "exit": out.returncode,
                 "problem": f"{finding.get('problem')}: {finding.get('message')}" if bad else ""}
 
-    def healthy(self) -> bool:
-        """The gateway answers /health with 200 and a fresh session per tenant can call each of its upstreams."""
+    def unhealthy(self) -> str:
+        """Why the gateway cannot serve (exited, /health not 200, a fresh session per tenant cannot call each
+        of its upstreams), or '' when it can."""
         if self.gateway is None or self.gateway.popen.poll() is not None:
-            return False
+            return f"gateway exited ({self.gateway.popen.returncode if self.gateway else 'not running'})"
         try:
-            if httpx2.get(self.base + "/health", timeout=10).status_code != 200:
-                return False
-        except httpx2.HTTPError:
-            return False
+            status = httpx2.get(self.base + "/health", timeout=10).status_code
+        except httpx2.HTTPError as exc:
+            return f"/health: {type(exc).__name__}"
+        if status != 200:
+            return f"/health answered {status}"
 
-        async def probe() -> bool:
-            clients = [Client(self, t, "probe" + letters(self.next_seq())) for t in TENANTS for _ in range(2)]
+        async def probe() -> list[str]:
             tools = ("rec__record", "web__record")
+            calls = [(t, tool, Client(self, t, "probe" + letters(self.next_seq()))) for t in TENANTS for tool in tools]
             try:
-                results = await asyncio.gather(*(self.one_call(c, tools[i % 2], {}, 15) for i, c in enumerate(clients)))
-                return all(r[0] == "ok" for r in results)
+                results = await asyncio.gather(*(self.one_call(c, tool, {}, 15) for _, tool, c in calls))
+                return [f"{t} {tool}: {r[0]} {r[1]}".strip() for (t, tool, _), r in zip(calls, results, strict=True)
+                        if r[0] != "ok"]
             finally:
-                for c in clients:
+                for _, _, c in calls:
                     await c.aclose()
 
-        return bool(self.in_loop(probe(), 30))
+        return "; ".join(self.in_loop(probe(), 30)[:3])
 
     def run_fault(self, name: str, action: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Load, the fault, a clean interval; then, with the load stopped (so every call is accounted for and
+        verify reads a quiet log): the health probe, the evidence accounting and verify."""
         print(f"fault {name} ...", file=sys.stderr, flush=True)
         started = time.monotonic()
         self.phase = name
         self.plans_default()
+        self.start_load(self.settings.clients)
+        time.sleep(1.0)
         hwm_before = proc_kb(self.gateway_pid(), "VmHWM")
         notes = action()
         self.plans_default()
         self.phase = name + "+after"
         time.sleep(self.settings.clean_s)
-        self.phase = "between"
-        restart_needed = not self.healthy()
-        if restart_needed:
+        self.stop_load()
+        self.phase = "probe"
+        restart_reason = self.unhealthy()
+        if restart_reason:
             self.stop_gateway()
             self.start_gateway()
         accounting = self.settle(name)
         verify = self.verify()
         during, after = self.tally(name), self.tally(name + "+after")
         row = {"fault": name, **during.as_dict(), "after": after.as_dict(), **accounting, "verify": verify,
-               "restart_needed": restart_needed, "seconds": round(time.monotonic() - started, 1), "notes": notes}
+               "restart_needed": bool(restart_reason), "restart_reason": restart_reason,
+               "seconds": round(time.monotonic() - started, 1), "notes": notes}
         if hwm_before and name == "big-answer":
             row["notes"]["gateway_hwm_mb_before"] = round(hwm_before / 1024, 1)
         return row
@@ -713,7 +722,6 @@ class Soak:
 
     def clean_soak(self, minutes: int) -> dict[str, Any]:
         """16 clients, no fault; the gateway RSS each minute and its least-squares slope."""
-        self.stop_load()
         self.phase = "clean"
         self.start_load(16)
         samples = [(0.0, proc_kb(self.gateway_pid(), "VmRSS") / 1024)]
@@ -744,7 +752,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             continue
         lost = f"{r['lost']} ({r['executed_without_intent']} no intent, {r['intent_without_final']} open, " \
                f"{r['intent_with_several_finals']} doubled)"
-        verify = "pass" if r["verify"]["ok"] else f"FAIL {r['verify']['problem'][:60]}"
+        verify = "pass" if r["verify"]["ok"] else f"FAIL {r['verify']['problem'][:100]}"
         lines.append(" | ".join(str(x) for x in (
             r["fault"], r["tried"], r["ok"], r["refused"], r["unclear"], r["wrong"], lost, verify,
             "NEEDED" if r["restart_needed"] else "no", f"{r['after']['ok']}/{r['after']['tried']}")))
@@ -759,6 +767,7 @@ def details(rows: list[dict[str, Any]]) -> str:
         after = r["after"]
         out.append(f"- {r['fault']}: refusals {r['refusals']}, unclear {r['unclears']}; after: refusals "
                    f"{after['refusals']}, unclear {after['unclears']}; notes {r['notes']}"
+                   + (f"; restart because: {r['restart_reason']}" if r["restart_needed"] else "")
                    + (f", e.g. {r['examples']}" if r["examples"] else ""))
     return "\n".join(out)
 
@@ -778,8 +787,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stack.callback(soak.stop_all)
         mount_problem = soak.mount_tmpfs() if "disk-full" in faults else "not requested"
         soak.setup()
-        soak.start_load(settings.clients)
-        time.sleep(1.0)
         for name in faults:
             if name == "disk-full" and mount_problem:
                 results["faults"].append({"fault": name, "not_run": f"needs root/mount ({mount_problem})"})
