@@ -1,8 +1,8 @@
 """A recording stdio MCP upstream for the fault soak (stdlib only, starts in milliseconds).
 
 Each `tools/call` appends its `mark` argument (a nonce; not called `nonce`, a name evidence previews
-redact) to `$REC_LOG` (fsynced) before it answers, so the soak
-can compare what ran upstream with what the gateway recorded. On start it appends its pid to
+redact) to `$REC_LOG` (fsynced) before it answers, so the soak can compare what ran upstream with what
+the gateway recorded. On start it appends its pid to
 `$REC_PIDS`, so the soak can kill it mid-call. Calls run on threads: several can be in flight.
 
 Tools: `record(mark)`, `slow_record(mark, seconds)` (at most 30 s).

@@ -3,8 +3,8 @@
 Why raw asyncio and not the SDK: the soak needs an upstream that can misbehave on purpose (answer
 200 MB, never answer, forget its sessions when restarted), and one whose every executed call is
 written down before it answers, so the soak can tell "executed upstream" from "recorded by the
-gateway". Each `tools/call` appends its `mark` argument (a
-nonce; not called `nonce`, a name evidence previews redact) to `--log` (fsynced) before anything else.
+gateway". Each `tools/call` appends its `mark` argument (a nonce; not called `nonce`, a name evidence
+previews redact) to `--log` (fsynced) before anything else.
 
 Tools: `record(mark)` answers at once; `slow_record(mark, seconds)` answers after at most 30 s;
 `big(mark, mb, sse)` answers `mb` MiB of text as JSON or as one SSE event. With `--hang`, every
