@@ -68,7 +68,7 @@ def test_database_and_data_dir_are_owner_only(tmp_path: Path) -> None:
 _DAMAGE = """
 import sys
 from pathlib import Path
-from gateway.audit.log import Columns, Entry, tenant_origin
+from gateway.audit.log import Entry, expected_columns, tenant_origin
 from gateway.evidence import now_time, origin_prefix, recover_open_intents
 from gateway.store.sqlite import SQLiteStore
 
@@ -77,13 +77,13 @@ origin = tenant_origin(origin_prefix(store), "acme")
 body = {"tenant": "acme", "actor": "alice", "token_id": None, "client_name": None, "client_version": None,
         "upstream": "rec", "tool": "rec__record", "tool_def_hash": None, "verdict": "allow",
         "policy_version": "1", "rule_id": None, "args_digest": None}
-cols = Columns(tenant="acme", actor="alice", tool="rec__record", verdict="allow")
-[intent] = store.append_evidence([Entry(origin, "intent", now_time(), body, cols)])  # gateway A: a call in flight
+[intent] = store.append_evidence([Entry(origin, "intent", now_time(), body,  # gateway A: a call in flight
+                                        expected_columns("intent", body, "acme"))])  # gateway A: a call in flight
 recover_open_intents(store)  # gateway B starts on the same data dir: marks it outcome_unknown
 seq = intent.record.seq
-store.append_evidence([Entry(origin, "outcome", now_time(),  # gateway A: the real outcome arrives
-                             {"intent_seq": seq, "status": "completed", "result_digest": None, "latency_ms": 3},
-                             Columns(tenant="acme", status="completed", intent_seq=seq))])
+answer = {"intent_seq": seq, "status": "completed", "result_digest": None, "latency_ms": 3}
+store.append_evidence([Entry(origin, "outcome", now_time(), answer,  # gateway A: the real outcome arrives
+                             expected_columns("outcome", answer, "acme", body))])
 print(seq)
 """
 

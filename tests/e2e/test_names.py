@@ -110,7 +110,7 @@ TENANT_COMMANDS = [
     ("policy pins --history --tenant {t}", True),
     ("policy approve-tool --tenant {t} files --yes", False),
     ("review list --tenant {t}", True),
-    ("audit query --tenant {t}", True),
+    ("audit query --tenant {t}", "sealed"),
     ("audit tail --tenant {t}", False),
     ("audit hash --tenant {t} value", False),
     ("audit proof --tenant {t} --seq 0", False),
@@ -123,13 +123,17 @@ TENANT_COMMANDS = [
 
 
 @pytest.mark.parametrize(("command", "listing"), TENANT_COMMANDS)
-def test_unknown_tenant_is_refused_with_a_hint(home: Path, tmp_path: Path, command: str, listing: bool) -> None:
+def test_unknown_tenant_is_refused_with_a_hint(home: Path, tmp_path: Path, command: str, listing: bool | str) -> None:
     out = tmp_path / "export.jsonl"
     argv = command.format(t="acm", policy=_policy(home), out=out).split()
     _refused(aegress(home, *argv, check=False), "tenant 'acm'", "acme")
     assert not out.exists()  # an export of a tenant that does not exist writes nothing
     if listing:  # an existing tenant with nothing in it is not an error
-        assert aegress_json(home, *command.format(t="empty").split()) == []
+        rows = aegress_json(home, *command.format(t="empty").split())
+        if listing == "sealed":  # its log holds only its own sealed creation
+            assert [(r["kind"], r["record"]["body"]["change"]) for r in rows] == [("operator_change", "tenant_created")]
+        else:
+            assert rows == []
     aegress(home, "tenant", "show", "acme")  # nothing was deleted by a refused command
 
 
