@@ -637,43 +637,25 @@ class SQLiteStore:
                       changes: Sequence[tuple[str, str, str]], by: str, now: str) -> None:
         """An upstream's tool listing, in ONE transaction: definitions replaced, pin changes recorded and,
         on first use (`first_pins`), pins set; a crash or a lock never leaves half of it."""
-        conn = self._tx()
         try:
-            conn.execute("DELETE FROM tool_definitions WHERE tenant_id = ? AND upstream = ?", (tenant_id, upstream))
-            conn.executemany(
-                "INSERT OR REPLACE INTO tool_definitions (tenant_id, upstream, name, definition, hash, seen_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [(tenant_id, upstream, str(t.get("name")), json.dumps(dict(t)), h, now)
-                 for t, h in zip(tools, hashes, strict=True)],
-            )
-            conn.executemany(
-                "INSERT OR IGNORE INTO pin_changes (tenant_id, upstream, tool, old_hash, new_hash, seen_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)", [(tenant_id, upstream, t, o, n, now) for t, o, n in changes],
-            )
-            if first_pins is not None:
-                conn.execute("INSERT OR IGNORE INTO pin_baselines (tenant_id, upstream, at) VALUES (?, ?, ?)",
-                             (tenant_id, upstream, now))
-                for tool, digest in first_pins.items():
-                    conn.execute(
-                        "INSERT OR REPLACE INTO pins (tenant_id, upstream, tool, hash, approved_by, approved_at)"
-                        " VALUES (?, ?, ?, ?, ?, ?)", (tenant_id, upstream, tool, digest, by, now),
-                    )
-                    conn.execute(
-                        "UPDATE pin_changes SET resolved_at = ?, resolved_by = ? WHERE tenant_id = ?"
-                        " AND upstream = ? AND tool = ? AND new_hash = ? AND resolved_at IS NULL",
-                        (now, by, tenant_id, upstream, tool, digest),
-                    )
-                self._bump_policies(conn)
-            conn.execute("COMMIT")
+            with self._write() as conn:
+                conn.execute("DELETE FROM tool_definitions WHERE tenant_id = ? AND upstream = ?",
+                             (tenant_id, upstream))
+                conn.executemany(
+                    "INSERT OR REPLACE INTO tool_definitions (tenant_id, upstream, name, definition, hash, seen_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    [(tenant_id, upstream, str(t.get("name")), json.dumps(dict(t)), h, now)
+                     for t, h in zip(tools, hashes, strict=True)],
+                )
+                conn.executemany(
+                    "INSERT OR IGNORE INTO pin_changes (tenant_id, upstream, tool, old_hash, new_hash, seen_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)", [(tenant_id, upstream, t, o, n, now) for t, o, n in changes],
+                )
+                if first_pins is not None:
+                    self._pin(conn, tenant_id, upstream, first_pins, by, now)
         except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
             raise StoreUnavailable(f"Could not store tool definitions: {exc}.",
                                    hint="Check disk space, file permissions and locks.") from exc
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
 
     def get_tool_definitions(self, tenant_id: str) -> dict[str, list[dict[str, Any]]]:
         out: dict[str, list[dict[str, Any]]] = {}
@@ -701,19 +683,23 @@ class SQLiteStore:
     def set_pins(self, tenant_id: str, upstream: str, pins: Mapping[str, str], by: str, now: str) -> None:
         """Approve definitions: upsert pins, mark the upstream as pinned, resolve matching change records."""
         with self._write() as conn:
-            conn.execute("INSERT OR IGNORE INTO pin_baselines (tenant_id, upstream, at) VALUES (?, ?, ?)",
-                         (tenant_id, upstream, now))
-            for tool, digest in pins.items():
-                conn.execute(
-                    "INSERT OR REPLACE INTO pins (tenant_id, upstream, tool, hash, approved_by, approved_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)", (tenant_id, upstream, tool, digest, by, now),
-                )
-                conn.execute(
-                    "UPDATE pin_changes SET resolved_at = ?, resolved_by = ? WHERE tenant_id = ? AND upstream = ?"
-                    " AND tool = ? AND new_hash = ? AND resolved_at IS NULL",
-                    (now, by, tenant_id, upstream, tool, digest),
-                )
-            self._bump_policies(conn)
+            self._pin(conn, tenant_id, upstream, pins, by, now)
+
+    def _pin(self, conn: sqlite3.Connection, tenant_id: str, upstream: str, pins: Mapping[str, str], by: str,
+             now: str) -> None:
+        conn.execute("INSERT OR IGNORE INTO pin_baselines (tenant_id, upstream, at) VALUES (?, ?, ?)",
+                     (tenant_id, upstream, now))
+        for tool, digest in pins.items():
+            conn.execute(
+                "INSERT OR REPLACE INTO pins (tenant_id, upstream, tool, hash, approved_by, approved_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)", (tenant_id, upstream, tool, digest, by, now),
+            )
+            conn.execute(
+                "UPDATE pin_changes SET resolved_at = ?, resolved_by = ? WHERE tenant_id = ? AND upstream = ?"
+                " AND tool = ? AND new_hash = ? AND resolved_at IS NULL",
+                (now, by, tenant_id, upstream, tool, digest),
+            )
+        self._bump_policies(conn)
 
     def record_pin_changes(self, tenant_id: str, upstream: str, changes: Sequence[tuple[str, str, str]],
                            now: str) -> None:
