@@ -118,6 +118,8 @@ class Upstream:
     conn: UpstreamConnection
     tools: dict[str, JSON] | None = None
     listeners: set[ClientSession] = field(default_factory=set)
+    on_unresponsive: Callable[[Exception], None] | None = None
+    """Set by the tenant runtime: a listing that times out marks the upstream unavailable (backoff)."""
 
     def client_error(self, method: str, err: object) -> JSON:
         """Log an upstream's error in full (bounded, injected credentials scrubbed); return what the
@@ -150,10 +152,10 @@ class TenantRuntime:
         """The live connection, connecting first if needed; an upstream marked unavailable fails at once."""
         key = (name, profile)
         live = self._live.get(key)
-        if live is not None and not live.conn.closed:
+        down = self._down.get(name)
+        if down is None and live is not None and not live.conn.closed:
             return live
         task = self._starting.get(key)
-        down = self._down.get(name)
         if task is None and (down is None or time.monotonic() >= down.retry_at):
             task = asyncio.ensure_future(self._start_tracked(name, profile))
             self._starting[key] = task
@@ -178,18 +180,55 @@ class TenantRuntime:
         )
 
     async def _start_tracked(self, name: str, profile: Profile) -> Upstream:
-        """Connect, keeping the backoff: a failure marks the upstream, a success clears the mark."""
+        """Connect, keeping the backoff: a failure marks the upstream, a success clears the mark. A retry
+        after a backoff must also answer a listing: an upstream that takes the handshake and then stays
+        silent is not healthy, and would otherwise hold the next listing for its whole timeout."""
+        previous = self._down.get(name)
         try:
-            up = await self._start(name, profile)
+            live = self._live.get((name, profile))
+            up = live if live is not None and not live.conn.closed else await self._start(name, profile)
+            if previous is not None:
+                await self._probe(up)
         except Exception as exc:
-            previous = self._down.get(name)
-            delay = next_backoff(previous.delay if previous else None)
-            self._down[name] = _Down(delay, time.monotonic() + delay)
-            log.warning("tenant %s upstream %s unavailable, retried in %g s: %s", self.tenant_id, name, delay,
-                        exc.message if isinstance(exc, UpstreamError) else type(exc).__name__)
+            self._mark_down(name, exc)
             raise
         self._down.pop(name, None)
         return up
+
+    async def _probe(self, up: Upstream) -> None:
+        try:
+            async with asyncio.timeout(up.spec.limits.init_timeout_s):
+                if "tools" in up.conn.capabilities:
+                    await _list_pages(up, "tools/list", "tools", None, None)
+                else:
+                    await up.conn.request("ping", None)
+        except TimeoutError as exc:
+            self._drop(up)
+            raise UpstreamError(f"Upstream {up.spec.name!r} connected but did not answer within "
+                                f"{up.spec.limits.init_timeout_s:g} s.", code="upstream-timeout") from exc
+        except BaseException:
+            self._drop(up)
+            raise
+
+    def _mark_down(self, name: str, exc: Exception) -> None:
+        previous = self._down.get(name)
+        delay = next_backoff(previous.delay if previous else None)
+        self._down[name] = _Down(delay, time.monotonic() + delay)
+        log.warning("tenant %s upstream %s unavailable, retried in %g s: %s", self.tenant_id, name, delay,
+                    exc.message if isinstance(exc, UpstreamError) else type(exc).__name__)
+
+    def _unresponsive(self, up: Upstream, exc: Exception) -> None:
+        """Connected but silent (a black hole after the handshake): back off and drop the connection, so
+        listings and calls stop waiting on it; the next try after the backoff connects afresh."""
+        self._mark_down(up.spec.name, exc)
+        self._drop(up)
+
+    def _drop(self, up: Upstream) -> None:
+        for key, live in list(self._live.items()):
+            if live is up:
+                self._live.pop(key, None)
+        task = asyncio.ensure_future(up.conn.close())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _start(self, name: str, profile: Profile) -> Upstream:
         """Speak the client's revision upstream; a 2026-07-28 client whose upstream only knows the
@@ -220,6 +259,7 @@ class TenantRuntime:
                 raise UpstreamError(f"Upstream {name!r} did not initialize in time.", code="upstream-timeout") from exc
             raise
         up = Upstream(spec, conn)
+        up.on_unresponsive = lambda exc: self._unresponsive(up, exc)
         conn.on_unsolicited = lambda msg: self._unsolicited(up, msg)
         key = (name, profile)
         conn.on_closed = lambda: self._live.pop(key, None) if self._live.get(key) is up else None
@@ -466,7 +506,25 @@ class ClientSession:
 
 async def list_all(up: Upstream, method: str, key: str, params: JSON | None = None,
                    meta: JSON | None = None) -> list[JSON]:
-    """Follow an upstream's pagination to the end (bounded), so clients get one merged page."""
+    """Follow an upstream's pagination to the end (bounded), so clients get one merged page.
+
+    A listing is metadata: one that takes longer than the upstream's init timeout means the upstream is
+    not answering, and it is marked unavailable rather than holding every later listing for the whole
+    call timeout."""
+    try:
+        async with asyncio.timeout(up.spec.limits.init_timeout_s):
+            return await _list_pages(up, method, key, params, meta)
+    except TimeoutError as exc:
+        err = UpstreamError(f"Upstream {up.spec.name!r} did not answer {method} within "
+                            f"{up.spec.limits.init_timeout_s:g} s.", code="upstream-timeout",
+                            hint="It is left out and retried with backoff; raise `--init-timeout` with "
+                                 "`aegress upstream set` if it is only slow.")
+        if up.on_unresponsive is not None:
+            up.on_unresponsive(err)
+        raise err from exc
+
+
+async def _list_pages(up: Upstream, method: str, key: str, params: JSON | None, meta: JSON | None) -> list[JSON]:
     items: list[JSON] = []
     cursor: str | None = None
     for _ in range(_MAX_PAGES):

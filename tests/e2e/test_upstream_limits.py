@@ -83,11 +83,12 @@ def test_limits_are_per_upstream_shown_and_changed_while_running(tmp_path: Path)
     assert bad.returncode == 1 and "--call-timeout" in bad.stderr
 
 
-@pytest.mark.parametrize("dead", ["stdio", "http"])
+@pytest.mark.parametrize("dead", ["stdio", "http", "silent-after-init"])
 def test_a_dead_upstream_is_marked_unavailable_and_stalls_nothing(tmp_path: Path, dead: str) -> None:
     """The first listing may wait out the dead upstream's init timeout (3 s); afterwards listings and
     calls to the healthy upstream return before that timeout could have passed, and calls to the dead one
-    fail at once with `upstream-unavailable`, across backoff retries."""
+    fail at once with `upstream-unavailable`, across backoff retries. `silent-after-init` answers the
+    handshake and then nothing: its silent listing is what marks it."""
     from mcp.shared.exceptions import MCPError
 
     home = tmp_path / "home"
@@ -95,9 +96,10 @@ def test_a_dead_upstream_is_marked_unavailable_and_stalls_nothing(tmp_path: Path
     allow_all(home, "acme")
     add_hostile(home, "acme", "good")
     with black_hole() as hole_url:
-        if dead == "stdio":
+        if dead != "http":
+            flag = "--never-init" if dead == "stdio" else "--silent-after-init"
             aegress(home, "upstream", "add", "--tenant", "acme", "dead", *[x for a in HOSTILE for x in ("-c", a)],
-                    "-c", "--never-init", "--env", f"PYTHONPATH={ROOT}", "--cwd", str(ROOT), "--no-probe",
+                    "-c", flag, "--env", f"PYTHONPATH={ROOT}", "--cwd", str(ROOT), "--no-probe",
                     "--init-timeout", "3")
         else:
             aegress(home, "upstream", "add", "--tenant", "acme", "dead", "--url", hole_url, "--allow-private",

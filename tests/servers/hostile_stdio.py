@@ -3,7 +3,8 @@
 Tools: `huge` answers with one line of `kib` KiB; `pid` names the process (tests prove it survived);
 `wrong_id` answers under an id it was never sent; `fail` answers with a long error message and a `data`
 holding a stack trace and an internal host name; `env` echoes an environment variable back; `slow`
-sleeps before answering. With `--never-init` it reads everything and answers nothing (a black hole).
+sleeps before answering. With `--never-init` it reads everything and answers nothing (a black hole);
+with `--silent-after-init` it answers the handshake and then nothing (a black hole that looks alive).
 It exits when its stdin closes.
 """
 
@@ -60,13 +61,14 @@ def _call(msg_id: int, name: str, args: dict) -> None:
 
 def main() -> None:
     never_init = "--never-init" in sys.argv
+    silent_after_init = "--silent-after-init" in sys.argv
     for line in sys.stdin:
         if never_init or not line.strip():
             continue
         msg = json.loads(line)
         method, msg_id = msg.get("method"), msg.get("id")
-        if msg_id is None:
-            continue  # notifications
+        if msg_id is None or (silent_after_init and method != "initialize"):
+            continue  # notifications; or playing dead after the handshake
         if method == "initialize":
             _write({"jsonrpc": "2.0", "id": msg_id, "result": {
                 "protocolVersion": msg["params"]["protocolVersion"], "capabilities": {"tools": {}},
