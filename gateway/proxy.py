@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from gateway import naming
-from gateway.audit.redact import truncate
+from gateway.audit.redact import REDACTED, scrub, truncate
 from gateway.config import Limits
 from gateway.errors import ProtocolError, UpstreamError
 from gateway.jsonrpc import (
@@ -48,7 +48,14 @@ log = logging.getLogger("aegress.proxy")
 
 Send = Callable[[JSON], Awaitable[None]]
 _MAX_PAGES = 100
-_CLIENT_CAP_KEYS = ("sampling", "elicitation", "roots")
+# The client capability flags the gateway declares upstream, and nothing else: a profile is built from this
+# finite set, so a client cannot mint unlimited distinct profiles (each one its own upstream connection).
+_CLIENT_CAP_FLAGS: dict[str, tuple[str, ...]] = {
+    "sampling": ("context", "tools"),
+    "elicitation": ("form", "url"),
+    "roots": ("listChanged",),
+}
+MAX_PROFILES_PER_UPSTREAM = 16
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 60.0
 MAX_ERROR_MESSAGE_CHARS = 1000
@@ -83,6 +90,42 @@ def client_error(err: object, *, forward_data: bool) -> JSON:
     return out
 
 
+def known_capabilities(client_caps: JSON) -> JSON:
+    """Pure: the client's sampling / elicitation / roots capabilities reduced to the flags MCP defines
+    (`roots.listChanged` true, every other flag `{}`); anything else a client puts there is dropped."""
+    out: JSON = {}
+    for key, flags in _CLIENT_CAP_FLAGS.items():
+        declared = client_caps.get(key)
+        if not isinstance(declared, dict):
+            continue
+        kept: JSON = {}
+        for flag in flags:
+            value = declared.get(flag)
+            if flag == "listChanged":
+                if value is True:
+                    kept[flag] = True
+            elif isinstance(value, dict):
+                kept[flag] = {}
+        out[key] = kept
+    return out
+
+
+def scrub_value(value: Any, secrets: tuple[str, ...], _depth: int = 0) -> Any:
+    """Pure: a copy of a JSON value with every injected credential value (`secrets`) replaced in its
+    strings and keys; too deep a value is replaced whole rather than passed unexamined."""
+    if not secrets:
+        return value
+    if _depth > 64:
+        return REDACTED
+    if isinstance(value, str):
+        return scrub(value, secrets)
+    if isinstance(value, dict):
+        return {scrub(str(k), secrets): scrub_value(v, secrets, _depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub_value(v, secrets, _depth + 1) for v in value]
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Profile:
     """What the gateway declares upstream on behalf of a client: its revision and capabilities."""
@@ -92,8 +135,7 @@ class Profile:
 
     @classmethod
     def of(cls, version: str, client_caps: JSON) -> Profile:
-        caps = {k: client_caps[k] for k in _CLIENT_CAP_KEYS if isinstance(client_caps.get(k), dict)}
-        return cls(version, orjson.dumps(caps, option=orjson.OPT_SORT_KEYS).decode())
+        return cls(version, orjson.dumps(known_capabilities(client_caps), option=orjson.OPT_SORT_KEYS).decode())
 
     def caps(self) -> JSON:
         return orjson.loads(self.capabilities)
@@ -126,7 +168,7 @@ class Upstream:
         client may see of it (see `client_error`)."""
         text = orjson.dumps(err, default=str).decode()[:_MAX_LOGGED_ERROR_CHARS]
         log.warning("upstream %s answered %s with an error: %s", self.spec.name, method, self.conn.scrub(text))
-        return client_error(err, forward_data=self.spec.limits.forward_error_data)
+        return client_error(scrub_value(err, self.conn.secrets), forward_data=self.spec.limits.forward_error_data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +188,7 @@ class TenantRuntime:
         self._starting: dict[tuple[str, Profile], asyncio.Task[Upstream]] = {}
         self._legacy_only: set[str] = set()
         self._down: dict[str, _Down] = {}
+        self._retiring: dict[asyncio.Task[None], Upstream] = {}
         self.sessions: set[ClientSession] = set()
 
     async def upstream(self, name: str, profile: Profile) -> Upstream:
@@ -157,6 +200,7 @@ class TenantRuntime:
             return live
         task = self._starting.get(key)
         if task is None and (down is None or time.monotonic() >= down.retry_at):
+            self._make_room(name, profile)
             task = asyncio.ensure_future(self._start_tracked(name, profile))
             self._starting[key] = task
             task.add_done_callback(lambda t: self._started(key, t))
@@ -164,6 +208,24 @@ class TenantRuntime:
             raise self._unavailable(name, down)
         assert task is not None
         return await asyncio.shield(task)
+
+    def _make_room(self, name: str, profile: Profile) -> None:
+        """At most MAX_PROFILES_PER_UPSTREAM connections per upstream (one per distinct profile): a new
+        profile first closes one no session uses and nothing is pending on; if every one is in use, it
+        is refused rather than opening yet another connection or process."""
+        profiles = {p for (n, p) in [*self._live, *self._starting] if n == name}
+        if profile in profiles or len(profiles) < MAX_PROFILES_PER_UPSTREAM:
+            return
+        for (n, _), up in list(self._live.items()):
+            if n == name and not up.listeners and not up.conn.busy and not up.conn.closed:
+                self._drop(up)
+                return
+        raise UpstreamError(
+            f"Upstream {name!r} already has {MAX_PROFILES_PER_UPSTREAM} connections in use, one per distinct "
+            "combination of client protocol version and capabilities; no more are opened.",
+            hint="Retry once other sessions have ended; clients that declare the same capabilities share one.",
+            code="upstream-profiles-exhausted",
+        )
 
     def _started(self, key: tuple[str, Profile], task: asyncio.Task[Upstream]) -> None:
         if self._starting.get(key) is task:
@@ -224,11 +286,24 @@ class TenantRuntime:
         self._drop(up)
 
     def _drop(self, up: Upstream) -> None:
+        """Take a connection out of use: nothing new starts on it at once, but it is closed only once
+        the calls already on it have finished (bounded by its call timeout), so a slow listing on a
+        shared connection does not fail another session's legitimate call."""
         for key, live in list(self._live.items()):
             if live is up:
                 self._live.pop(key, None)
-        task = asyncio.ensure_future(up.conn.close())
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        task = asyncio.ensure_future(self._retire(up))
+        self._retiring[task] = up
+        task.add_done_callback(self._retired)
+
+    async def _retire(self, up: Upstream) -> None:
+        await up.conn.settle(up.spec.limits.call_timeout_s)
+        await up.conn.close()
+
+    def _retired(self, task: asyncio.Task[None]) -> None:
+        self._retiring.pop(task, None)
+        if not task.cancelled():
+            task.exception()
 
     async def _start(self, name: str, profile: Profile) -> Upstream:
         """Speak the client's revision upstream; a 2026-07-28 client whose upstream only knows the
@@ -286,7 +361,10 @@ class TenantRuntime:
     async def close(self) -> None:
         for task in self._starting.values():
             task.cancel()
-        live = list(self._live.values())
+        retiring = list(self._retiring.items())
+        for task, _ in retiring:
+            task.cancel()
+        live = [*self._live.values(), *(up for _, up in retiring)]
         self._live.clear()
         await asyncio.gather(*(u.conn.close() for u in live), return_exceptions=True)
 

@@ -92,6 +92,17 @@ class UpstreamConnection:
         caps = self.init_result.get("capabilities")
         return caps if isinstance(caps, dict) else {}
 
+    @property
+    def busy(self) -> bool:
+        """Whether any request is waiting on an answer from this upstream."""
+        return any(not p.future.done() for p in self._state.pending.values())
+
+    async def settle(self, timeout: float) -> None:
+        """Wait, at most `timeout` seconds, until the requests in flight now have their answers."""
+        waiting = [p.future for p in self._state.pending.values() if not p.future.done()]
+        if waiting:
+            await asyncio.wait(waiting, timeout=timeout)
+
     async def start(self) -> None:
         """Open (bounded by the upstream's connect timeout), then handshake (bounded by its init timeout)."""
         limits = self.spec.limits

@@ -208,14 +208,16 @@ class HttpConnection(UpstreamConnection):
         got = resp.headers
         if status in (301, 302, 303, 307, 308):
             raise UpstreamError(f"Upstream {self.name!r} answered with a redirect, which is refused.")
-        if status == 404 and self._session_id:
-            raise UpstreamError(f"Upstream {self.name!r} ended the session.", code="upstream-session-gone")
         if status >= 400:
+            # The bounded body first: a JSON-RPC response to our very request means the request was
+            # processed (a proxy or framework answering 404 with it), so it is delivered, never re-sent.
             with contextlib.suppress(H1TooLarge, orjson.JSONDecodeError):  # an error body is a courtesy
                 parsed = orjson.loads(await resp.read(self._idle, _ERROR_BODY))
-                if isinstance(parsed, dict) and "error" in parsed and _same_id(parsed.get("id"), expected):
+                if _answers(parsed, expected):
                     await self._dispatch(parsed, pending)
                     return False
+            if status == 404 and self._session_id:  # spec: the session is gone; the request never ran
+                raise UpstreamError(f"Upstream {self.name!r} ended the session.", code="upstream-session-gone")
             raise UpstreamError(f"Upstream {self.name!r} answered HTTP {status}.")
         if status == 202:
             if expected is not None:
@@ -358,6 +360,12 @@ class HttpConnection(UpstreamConnection):
 
 def _same_id(got: object, expected: object) -> bool:
     return type(got) is type(expected) and got == expected
+
+
+def _answers(parsed: object, expected: object) -> bool:
+    """Pure: whether a decoded body is a JSON-RPC response (result or error) to the request with id `expected`."""
+    return (expected is not None and isinstance(parsed, dict) and ("error" in parsed or "result" in parsed)
+            and "method" not in parsed and _same_id(parsed.get("id"), expected))
 
 
 def _tls_context() -> ssl.SSLContext:
