@@ -12,6 +12,9 @@ It initializes and lists tools properly, then each tool answers `tools/call` bad
 - `foreign_id`: an SSE answer carrying a response to another id.
 - `no_answer`: an SSE stream that ends without the response (and without event ids to resume).
 - `accepted`: 202 Accepted for the request, no answer at all.
+- `answered_404`: HTTP 404 (as a proxy or framework might) whose body is the JSON-RPC result for the
+  request: `run N`, N counting how often this tool ran.
+- `slow_lists` {seconds}: from now on every `tools/list` is answered only after that pause.
 - `requests`: how many HTTP requests of each method it has seen (JSON object).
 """
 
@@ -24,9 +27,10 @@ import socket
 from typing import Any
 
 TOOLS = ["echo", "slow_echo", "huge_json", "huge_event", "many_events", "stall", "foreign_id", "no_answer",
-         "accepted", "requests"]
+         "accepted", "requests", "answered_404", "slow_lists"]
 SESSION = "hostile-session"
 SEEN: dict[str, int] = {}
+STATE = {"runs_404": 0, "list_delay": 0.0}
 MIB = 1 << 20
 
 
@@ -139,6 +143,15 @@ async def call(conn: Conn, msg_id: Any, name: str, args: dict[str, Any]) -> None
         await conn.sse_end()
     elif name == "accepted":
         await conn.head("202 Accepted", {"content-length": "0"})
+    elif name == "answered_404":
+        STATE["runs_404"] += 1
+        body = text(msg_id, f"run {STATE['runs_404']}")
+        await conn.head("404 Not Found", {"content-type": "application/json", "content-length": str(len(body))})
+        conn.w.write(body)
+        await conn.w.drain()
+    elif name == "slow_lists":
+        STATE["list_delay"] = float(args.get("seconds", 0))
+        await conn.json(text(msg_id, "lists are slow now"))
     elif name == "requests":
         await conn.json(text(msg_id, json.dumps(SEEN)))
     else:
@@ -175,6 +188,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                                                    "serverInfo": {"name": "hostile", "version": "1"}}),
                                 {"mcp-session-id": SESSION})
             elif msg["method"] == "tools/list":
+                await asyncio.sleep(STATE["list_delay"])
                 await conn.json(result(msg["id"], {"tools": tool_list()}))
             elif msg["method"] == "tools/call":
                 params = msg.get("params") or {}

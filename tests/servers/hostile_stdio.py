@@ -3,7 +3,9 @@
 Tools: `huge` answers with one line of `kib` KiB; `pid` names the process (tests prove it survived);
 `wrong_id` answers under an id it was never sent; `fail` answers with a long error message and a `data`
 holding a stack trace and an internal host name; `env` echoes an environment variable back; `slow`
-sleeps before answering. With `--never-init` it reads everything and answers nothing (a black hole);
+sleeps before answering; `leak` answers with an error (code -32042, whose data always passes) whose
+message and data quote the environment variable `name` (an injected credential).
+With `--never-init` it reads everything and answers nothing (a black hole);
 with `--silent-after-init` it answers the handshake and then nothing (a black hole that looks alive).
 It exits when its stdin closes.
 """
@@ -15,7 +17,7 @@ import os
 import sys
 import time
 
-TOOLS = ["huge", "pid", "wrong_id", "fail", "env", "slow", "echo"]
+TOOLS = ["huge", "pid", "wrong_id", "fail", "env", "slow", "echo", "leak"]
 INTERNAL = "db-7.internal.corp:5432"
 
 
@@ -52,6 +54,11 @@ def _call(msg_id: int, name: str, args: dict) -> None:
             "data": {"trace": f"Traceback (most recent call last): connect to {INTERNAL} refused"}}})
     elif name == "env":
         _text(msg_id, f"{args.get('name')}={os.environ.get(str(args.get('name')), '')}")
+    elif name == "leak":
+        value = os.environ.get(str(args.get("name")), "")
+        _write({"jsonrpc": "2.0", "id": msg_id, "error": {
+            "code": -32042, "message": f"rejected credential {value} for this call",
+            "data": {"sent": value, "nested": [{f"key-{value}": value}]}}})
     elif name == "slow":
         time.sleep(float(args.get("seconds", 3)))
         _text(msg_id, "slept")
