@@ -12,7 +12,8 @@ of one call's answer to `max_message_bytes`, the silence between bytes of an ans
 `idle_timeout_s`. Crossing one ends that call and closes that one HTTP connection; other calls go on.
 A call's stream belongs to its request: a response with another id, or a stream that ends without
 the response, fails the call at once. An upstream that forgot our session (404, it restarted) gets a
-new `initialize` and the request once more: it never processed it.
+new `initialize` and the request once more: it never processed it. A 404 whose body is the response
+to that very request (a proxy or framework in front) was processed: it is delivered, never resent.
 """
 
 from __future__ import annotations
