@@ -2,14 +2,16 @@
 
 `TenantRuntime` owns a tenant's upstream connections. Connections are shared by the tenant's client
 sessions that declared the same capabilities and protocol revision (the profile), so the gateway
-declares upstream exactly what its client declared. `ClientSession` is one client's view: routing
+declares upstream what its client declared, reduced to the capability flags MCP defines (a finite set;
+at most `MAX_PROFILES_PER_UPSTREAM` connections per upstream). `ClientSession` is one client's view: routing
 by namespaced name, id and progress-token remapping, and the server-to-client requests in flight.
 
 Health: an upstream that fails to connect or initialize is marked unavailable with exponential
 backoff (1 s doubling to 60 s; a successful connect clears it). While marked, requests to it fail at
 once with `upstream-unavailable`, and listings leave it out; once the backoff has passed, the next
 request starts a retry in the background and does not wait for it, so a black hole costs one connect
-or init timeout, not one per request.
+or init timeout, not one per request. A connection taken out of use is closed once the calls on it
+have finished (bounded by its call timeout), never under another session's call.
 """
 
 from __future__ import annotations
