@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audit.checkpoint import Checkpoint, Verifier, parse_checkpoint, parse_note, sign_checkpoint
-from gateway.audit.errors import InconsistentCheckpoint, KeyFileError
+from gateway.audit.errors import KeyFileError
 from gateway.audit.keys import (
     SigningKey,
     generate_signing_key,
@@ -48,7 +48,7 @@ from gateway.audit.keys import (
     write_signing_key,
 )
 from gateway.audit.log import Columns, Entry, Sealed, expected_columns, security_origin, tenant_origin
-from gateway.audit.merkle import MerkleTree
+from gateway.audit.merkle import CompactRange
 from gateway.audit.records import validate_body
 from gateway.audit.redact import derive_tenant_key, redact_text
 from gateway.errors import AegressError, StoreUnavailable
@@ -437,10 +437,16 @@ def published_checkpoint(directory: Path, origin: str) -> Path:
 
 @dataclass
 class _LogState:
-    tree: MerkleTree
+    """A log as the checkpointer knows it: only its right edge (O(log n) hashes), so memory stays flat
+    however long the log grows. The edge was checked against the last signed checkpoint when it was read
+    from the store and has only been extended since, so every later root extends what was signed."""
+
+    origin: str
+    edge: CompactRange
     signed: Checkpoint | None
     signed_at: float
     published_at: float
+    forked: str | None = None
 
 
 class Checkpointer:
@@ -477,12 +483,25 @@ class Checkpointer:
         if state is None:
             stored = self.store.list_checkpoints(origin)
             signed = parse_checkpoint(parse_note(stored[-1][1]).text) if stored else None
-            state = _LogState(MerkleTree(self.store.evidence_leaf_hashes(origin)), signed, time.monotonic(), 0.0)
+            state = _LogState(origin, CompactRange(), signed, time.monotonic(), 0.0)
+            self._extend(state)
+            if signed is not None and state.edge.size < signed.size:
+                state.forked = (f"the log holds {state.edge.size} records but checkpoint {signed.size} was signed; "
+                                "refusing to sign")
             self._logs[origin] = state
         else:
-            for h in self.store.evidence_leaf_hashes(origin, state.tree.size):
-                state.tree.append(h)
+            self._extend(state)
         return state
+
+    def _extend(self, state: _LogState) -> None:
+        """Append the leaves stored since; on the way past the signed size, check the root there: a stored
+        history that no longer hashes to what was signed has been rewritten, and is never signed again."""
+        signed = state.signed
+        for h in self.store.evidence_leaf_hashes(state.origin, state.edge.size):
+            state.edge.append(h)
+            if signed is not None and state.edge.size == signed.size and state.edge.root() != signed.root:
+                state.forked = (f"the stored log's first {signed.size} records do not hash to the signed "
+                                "checkpoint's root; refusing to sign")
 
     def tick(self, *, force: bool = False, now: float | None = None) -> list[str]:
         """Sign what is due (force: everything that grew); republish idle logs' checkpoints as a heartbeat."""
@@ -491,7 +510,7 @@ class Checkpointer:
         notes: list[str] = []
         for origin in self.store.evidence_origins():
             state = self._state(origin)
-            size = state.tree.size
+            size = state.edge.size
             signed_size = state.signed.size if state.signed else 0
             grown = size - signed_size
             due = grown > 0 and (
@@ -510,13 +529,13 @@ class Checkpointer:
         return notes
 
     def _sign(self, origin: str, state: _LogState, now: float) -> str | None:
-        cp = Checkpoint(origin=origin, size=state.tree.size, root=state.tree.root())
-        try:
-            note = sign_checkpoint(cp, self.key.name, self.key.private_key, previous=state.signed, tree=state.tree)
-        except InconsistentCheckpoint as exc:
+        cp = Checkpoint(origin=origin, size=state.edge.size, root=state.edge.root())
+        if state.forked is not None:
             self.healthy = False
-            log.error("refusing to sign %s at size %d: %s", origin, cp.size, exc.message)
+            log.error("refusing to sign %s at size %d: %s", origin, cp.size, state.forked)
             return None
+        # consistency with state.signed holds by construction (see _LogState), so no proof is passed
+        note = sign_checkpoint(cp, self.key.name, self.key.private_key, previous=None)
         self.store.add_checkpoint(origin, cp.size, cp.root, note, now_time())
         state.signed, state.signed_at = cp, now
         self._publish(origin, cp.size, note)

@@ -116,6 +116,29 @@ def test_checkpointer_signs_publishes_and_refuses_a_rewritten_history(tmp_path: 
     assert report.ok  # the bytes are intact; only the derived leaf_hash column was damaged
 
 
+def test_the_checkpointer_keeps_only_the_logs_right_edge(tmp_path: Path, store: SQLiteStore) -> None:
+    """Its memory must stay flat however long a log grows (a 10-minute soak showed linear growth when it
+    kept the whole Merkle tree): O(log n) hashes per log, and every root still verifies."""
+    from gateway.audit.merkle import root_from_leaf_hashes
+
+    settings = EvidenceSettings.from_env(tmp_path, {"AEGRESS_CHECKPOINT_EVERY": "100"})
+    key, _ = load_signing_key_for(tmp_path, "aegress.test", settings.key_file, create=True)
+    assert key is not None
+    cp = Checkpointer(store, key, settings)
+    for batch in range(5):
+        store.append_evidence([revoked(batch * 1000 + i) for i in range(1000)])
+        assert len(cp.tick()) == 1
+    held = [v for state in cp._logs.values() for v in vars(state).values() if isinstance(v, list | tuple)]
+    assert held == []  # no per-record list kept on the state itself
+    state = cp._logs[ORIGIN]
+    assert state.edge.size == 5000 and len(state.edge._stack) == (5000).bit_count()
+    assert state.edge.root() == root_from_leaf_hashes(store.evidence_leaf_hashes(ORIGIN))
+    notes = [n for _, n in store.list_checkpoints(ORIGIN)]
+    report = verify_log(store.evidence_records(ORIGIN), origin=ORIGIN, checkpoints=notes,
+                        verifiers=trusted_verifiers(tmp_path))
+    assert report.ok and len(report.checkpoints) == 5
+
+
 def test_a_key_file_others_can_read_is_refused(tmp_path: Path) -> None:
     from gateway.audit.errors import KeyFileError
 
