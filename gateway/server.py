@@ -222,8 +222,8 @@ def draining_server(config: uvicorn.Config, endpoint: McpEndpoint, grace: float)
                 server.close()  # no new connections; requests on open ones get 503 while draining
             for sock in sockets or []:
                 sock.close()
-            await endpoint.drain(grace)
-            await super().shutdown(sockets)
+            await endpoint.drain(grace, lambda: self.force_exit)  # a second Ctrl-C cuts the calls now
+            await super().shutdown(sockets)  # skips its own waits once force_exit is set
 
     return DrainingServer(config)
 

@@ -770,22 +770,24 @@ class McpEndpoint:
         for s in sessions:
             await s.close()
 
-    async def drain(self, grace: float) -> tuple[int, int]:
+    async def drain(self, grace: float, forced: Callable[[], bool] = lambda: False) -> tuple[int, int]:
         """SIGTERM: refuse new requests (503), give the calls in flight `grace` seconds, then answer each
         one still running with a JSON-RPC error (-32000 "gateway shutting down") as its last event and
-        cancel it, so its outcome is recorded before the recorder closes. Returns (completed, cut)."""
+        cancel it, so its outcome is recorded before the recorder closes. Returns (completed, cut).
+
+        `forced()` turning true (a second Ctrl-C) ends the grace at once: the calls are cut now."""
         self.draining = True
         running = [s.task for s in self._running if s.task is not None and not s.task.done()]
         log.warning("draining %d calls (grace %g s)", len(running), grace)
-        finite = [s.task for s in self._running if s.task in running and s.deadline != float("inf")]
-        if finite:  # subscriptions/listen never ends by itself: it is not waited for
-            await asyncio.wait(finite, timeout=grace)
+        finite = {s.task for s in self._running if s.task in running and s.deadline != float("inf")}
+        # subscriptions/listen never ends by itself: it is not waited for
+        await _wait_until(finite, grace, forced)
         cut = [s for s in self._running if s.task is not None and not s.task.done()]
         for stream in cut:
             stream.expire(ProtocolError("gateway shutting down", code="shutting-down", http_status=503,
                                         jsonrpc_code=SHUTTING_DOWN), "gateway_shutdown")
         if cut:  # the cancelled calls queue their outcome records on the way out
-            await asyncio.wait([s.task for s in cut if s.task is not None], timeout=5)
+            await _wait_until({s.task for s in cut if s.task is not None}, 5.0, forced)
         for session in list(self.sessions.values()):  # standalone GET streams end; their clients reconnect elsewhere
             if session.get_queue is not None:
                 with contextlib.suppress(asyncio.QueueFull):
@@ -849,6 +851,18 @@ def _event(message: JSON, event_id: str | None = None) -> bytes:
 
 async def _sse(send: ASGISend, message: JSON) -> None:
     await send({"type": "http.response.body", "body": _event(message), "more_body": True})
+
+
+async def _wait_until(tasks: set[asyncio.Future[Any]], timeout: float, forced: Callable[[], bool]) -> None:
+    """Wait for `tasks` at most `timeout` seconds, looking at `forced` every 0.1 s (bounded)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    pending = {t for t in tasks if not t.done()}
+    while pending and not forced():
+        left = end - loop.time()
+        if left <= 0:
+            return
+        _, pending = await asyncio.wait(pending, timeout=min(0.1, left))
 
 
 async def _wait_disconnect(receive: Receive) -> None:
