@@ -50,6 +50,28 @@ def note_failure(window: FailureWindow | None, limit: int, per_seconds: float,
     return window, None
 
 
+class FailureTable:
+    """Failure windows for at most `max_peers` client addresses (bounded memory under a spray of addresses).
+
+    When full, the address that failed least recently is forgotten, one at a time: a spray of new
+    addresses cannot wipe the window of an address that keeps guessing (it stays most recent)."""
+
+    def __init__(self, max_peers: int) -> None:
+        self.max_peers = max_peers
+        self._windows: dict[str, FailureWindow] = {}  # least recently failed first
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+    def note(self, peer: str, limit: int, per_seconds: float, now: float) -> float | None:
+        """Count one failure from `peer`; seconds to wait when over `limit`, else None (see `note_failure`)."""
+        window, wait = note_failure(self._windows.pop(peer, None), limit, per_seconds, now)
+        while len(self._windows) >= self.max_peers:
+            del self._windows[next(iter(self._windows))]
+        self._windows[peer] = window
+        return wait
+
+
 def over_cap(actor_open: int, tenant_open: int, per_actor: int, per_tenant: int) -> str | None:
     """Pure: which cap one more session or call would exceed ("actor", "tenant"), or None."""
     if actor_open >= per_actor:

@@ -258,7 +258,7 @@ class McpEndpoint:
         self._sessions_open: collections.Counter[Any] = collections.Counter()
         self._calls_open: collections.Counter[Any] = collections.Counter()
         self._running: set[RequestStream] = set()  # every request being dispatched, for the drain
-        self._auth_failures: dict[str, ratelimit.FailureWindow] = {}
+        self._auth_failures = ratelimit.FailureTable(_MAX_THROTTLED_PEERS)
         self.draining = False
 
     # -- the ASGI entry point ----------------------------------------------------------------------
@@ -318,14 +318,8 @@ class McpEndpoint:
             return await self.pipeline.authenticate(headers.get("authorization"))
         except AuthError:
             peer = str((scope.get("client") or ("",))[0])
-            now = time.monotonic()
-            if len(self._auth_failures) >= _MAX_THROTTLED_PEERS:  # bounded memory under a spray of addresses
-                window = self.limits.auth_failure_window_s
-                self._auth_failures = {k: w for k, w in self._auth_failures.items() if now - w.started < window}
-                if len(self._auth_failures) >= _MAX_THROTTLED_PEERS:
-                    self._auth_failures.clear()
-            self._auth_failures[peer], wait = ratelimit.note_failure(
-                self._auth_failures.get(peer), self.limits.auth_failures, self.limits.auth_failure_window_s, now)
+            wait = self._auth_failures.note(peer, self.limits.auth_failures, self.limits.auth_failure_window_s,
+                                            time.monotonic())
             if wait is not None:
                 raise RateLimited("Too many failed authentications from this address.", retry_after=wait,
                                   code="auth-throttled", hint="Check the token; wait before trying again.") from None
