@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,40 @@ STORE_BUSY_S = 1.0
 within a few of these, and a locked store never holds a request for the lock's whole duration."""
 
 
+HEALTH_TTL_S = 1.0
+"""How long one store/recorder check answers /health: it needs no token, so a flood of it must not fill
+the worker threads that token lookups need."""
+
+
+class HealthCache:
+    """`probe()`'s answer (store ok, unready reason), computed by one probe at a time (single flight):
+    requests arriving while a probe runs share its answer. An unready answer is reused for `ttl`
+    seconds (the slow case: a locked or full store makes each probe wait); a ready one only by the
+    requests that shared its probe, so a fault shows at the next /health."""
+
+    def __init__(self, probe: Callable[[], Awaitable[tuple[bool, str | None]]], ttl: float = HEALTH_TTL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._probe, self._ttl, self._clock = probe, ttl, clock
+        self._value: tuple[bool, str | None] | None = None
+        self._at = 0.0
+        self._running: asyncio.Future[tuple[bool, str | None]] | None = None
+
+    async def get(self) -> tuple[bool, str | None]:
+        if self._value is not None and self._value[1] is not None and self._clock() - self._at < self._ttl:
+            return self._value
+        if self._running is None:
+            self._running = asyncio.ensure_future(self._refresh())
+        return await asyncio.shield(self._running)  # a caller that goes away does not cancel the others' probe
+
+    async def _refresh(self) -> tuple[bool, str | None]:
+        try:
+            value = await self._probe()
+            self._value, self._at = value, self._clock()
+            return value
+        finally:
+            self._running = None
+
+
 def build_gateway(home: Path, settings: ServeSettings, *, database_url: str | None = None,
                   decider: Decider | None = None, evidence: bool = True,
                   lock: DataDirLock | None = None) -> Gateway:
@@ -103,13 +138,17 @@ def build_gateway(home: Path, settings: ServeSettings, *, database_url: str | No
         allowed_origins=origins + settings.allowed_origins,
     )
 
-    async def health(request: Request) -> JSONResponse:
+    async def probe() -> tuple[bool, str | None]:
         try:
             await asyncio.to_thread(store.ping)
-            store_ok = True
         except StoreUnavailable:
-            store_ok = False
-        reason = await asyncio.to_thread(recorder.unready_reason) if store_ok else "the store is unreachable"
+            return False, "the store is unreachable"
+        return True, await asyncio.to_thread(recorder.unready_reason)
+
+    checked = HealthCache(probe)
+
+    async def health(request: Request) -> JSONResponse:
+        store_ok, reason = await checked.get()
         if endpoint.draining:  # a load balancer stops sending new requests while calls in flight finish
             reason = "draining: the gateway is shutting down"
         ready = reason is None
