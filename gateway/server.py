@@ -5,14 +5,16 @@ shutdown go through the host app's lifespan (upstream processes are stopped ther
 
 Below ASGI, `bounded_protocol` adds what uvicorn's httptools protocol lacks: a deadline for a
 request's headers (slowloris) and a cap on their count and size, answered before any app code runs.
-uvicorn's `limit_concurrency` caps open connections (503). On SIGTERM `DrainingServer` stops
-listening, lets calls in flight finish within the drain grace, cuts the rest with an error event,
-then shuts down as uvicorn does and the process exits 0.
+uvicorn's `limit_concurrency` caps open connections (503), and no one client address may hold more
+than its share of them. On SIGTERM `DrainingServer` stops listening, lets calls in flight finish
+within the drain grace (a second Ctrl-C ends it at once), cuts the rest with an error event, then
+shuts down as uvicorn does and the process exits 0.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import signal
@@ -274,7 +276,11 @@ def _refusal(status: int, reason: bytes, code: str, message: str) -> bytes:
 
 
 def bounded_protocol(limits: Limits) -> type:
-    """uvicorn's httptools protocol with a header deadline and header count/size caps.
+    """uvicorn's httptools protocol with a per-address connection cap, a header deadline and header
+    count/size caps.
+
+    A client address over `max_connections_per_address` open connections gets 503 and a closed
+    connection at once (uvicorn's `limit_concurrency` counts every connection, before authentication).
 
     The deadline starts with a connection (or with the first byte of a later request on it) and ends
     when the headers are complete: a client dribbling headers (or sending none) gets 408 and a closed
@@ -282,18 +288,33 @@ def bounded_protocol(limits: Limits) -> type:
     they arrive, before they are buffered further. Body pace is the endpoint's job (it reads the body)."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+    per_address: collections.Counter[str] = collections.Counter()  # open connections per client address
+
     class BoundedHttpToolsProtocol(HttpToolsProtocol):
         _timer: asyncio.TimerHandle | None = None
         _count = 0
         _size = 0
         _pending = 0  # raw bytes received while the current request's headers are incomplete
         _refused = False
+        _peer: str | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            self._peer = str(self.client[0]) if self.client else ""
+            per_address[self._peer] += 1
+            if per_address[self._peer] > limits.max_connections_per_address:
+                # one address cannot hold the whole --max-connections (before any header is read)
+                self._refuse(503, b"Service Unavailable", "too-many-connections",
+                             f"At most {limits.max_connections_per_address} open connections per client address.")
+                return
             self._arm()
 
         def connection_lost(self, exc: Exception | None) -> None:
+            if self._peer is not None:
+                per_address[self._peer] -= 1
+                if per_address[self._peer] <= 0:
+                    del per_address[self._peer]
+                self._peer = None
             self._disarm()
             super().connection_lost(exc)
 

@@ -6,12 +6,12 @@ Order of checks for every request (cheapest and least trusting first):
   2. HTTP method (POST, GET, DELETE); credentials in the query   -> 405 / 400
   3. authenticate (bearer token); repeated failures per address  -> 401 + WWW-Authenticate / 429
   4. bind (tenant/actor claims in headers and query)             -> 403
-  5. POST: Content-Type, Accept, body size and pace, JSON         -> 415 / 406 / 413 / 408 / 400
+  5. POST: Content-Type, Accept, body size, pace and deadline     -> 415 / 406 / 413 / 408 / 400
      (duplicate keys refused), envelope
   6. protocol revision and session; per actor/tenant caps        -> 400 / 404 / 409 / 429
   7. dispatch: decide -> forward -> record (gateway.pipeline)
 
-Header deadlines, header count and the connection cap sit below ASGI, in `gateway.server`.
+Header deadlines, header count and the connection caps sit below ASGI, in `gateway.server`.
 
 Handshake-era (2025-06-18, 2025-11-25) requests are answered on an SSE stream, as the reference
 server does. A 2026-07-28 request is answered with JSON when nothing related (progress, a log)
@@ -415,14 +415,22 @@ class McpEndpoint:
         return validate_message(loads_strict(await self._read_body(receive)))
 
     async def _read_body(self, receive: Receive) -> bytes:
+        """The body within its bounds: size, longest pause, and a total deadline (a byte every few seconds
+        would otherwise hold a connection for ever)."""
         chunks: list[bytes] = []
         size = 0
-        idle = self.limits.body_idle_timeout_s
+        idle, total = self.limits.body_idle_timeout_s, self.limits.body_deadline_s
+        loop = asyncio.get_running_loop()
+        end = loop.time() + total
         while True:
+            wait = min(idle, end - loop.time())
             try:
-                async with asyncio.timeout(idle):
+                async with asyncio.timeout(wait):
                     message = await receive()
             except TimeoutError:
+                if wait < idle:
+                    raise HttpError(f"The request body was not complete within {total:g} s.", http_status=408,
+                                    code="body-deadline", hint="Send the whole body at once.") from None
                 raise HttpError(f"The request body stalled for {idle:g} s.", http_status=408, code="body-timeout",
                                 hint="Send the whole body without pauses.") from None
             if message["type"] == "http.disconnect":

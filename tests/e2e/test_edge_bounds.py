@@ -36,7 +36,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def
     for tenant in ("t1", "t2"):
         allow_all(home, tenant)
         add_stdio_fixture(home, tenant, "tools")
-    flags = ["--header-timeout", "1", "--body-timeout", "1", "--max-sessions-per-actor", "2",
+    flags = ["--header-timeout", "1", "--body-timeout", "1", "--body-deadline", "3", "--max-sessions-per-actor", "2",
              "--max-sessions-per-tenant", "3", "--max-calls-per-actor", "2", "--max-calls-per-tenant", "3",
              "--auth-throttle", "3", "--auth-throttle-window", "60"]
     with run_gateway(home, *flags) as g:
@@ -125,6 +125,34 @@ def test_stalled_body_gets_408(gw) -> None:  # type: ignore[no-untyped-def]
     assert b"body-timeout" in data
 
 
+def test_a_body_dribbled_below_the_idle_timeout_is_cut_at_the_body_deadline(gw) -> None:  # type: ignore[no-untyped-def]
+    """Review finding 3b: one byte every half second never trips the 1 s idle timeout; the 3 s deadline ends it."""
+    host, port = _addr(gw.url)
+    head = "".join(f"{k}: {v}\r\n" for k, v in _headers(gw).items())
+    data = b""
+    closed = False
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(f"POST /mcp HTTP/1.1\r\nHost: {host}:{port}\r\n{head}Content-Length: 200\r\n\r\n".encode())
+        sock.settimeout(0.5)
+        for _ in range(30):  # bounded: 15 s of dribbling, far more than the deadline
+            try:
+                sock.sendall(b" ")
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            data += chunk
+            if not chunk or b"\r\n\r\n" in data:
+                break
+        more, closed_after = _read_response(sock, 3)
+        data += more
+    assert _status(data) == 408, data
+    assert closed or closed_after
+    assert b'"body-deadline"' in data, data
+
+
 def test_huge_content_length_is_refused_before_the_body(gw) -> None:  # type: ignore[no-untyped-def]
     host, port = _addr(gw.url)
     with socket.create_connection((host, port), timeout=5) as sock:
@@ -183,6 +211,35 @@ def test_open_connections_are_capped_with_503(tmp_path) -> None:  # type: ignore
         headers = {"Authorization": f"Bearer {token}", "Accept": ACCEPT, "Content-Type": "application/json"}
         for _ in range(50):  # bounded: up to 5 s for the server to notice the closed connections
             r = httpx2.post(g.url, content=json.dumps(INIT), headers=headers, timeout=10)
+            if r.status_code != 503:
+                break
+            time.sleep(0.1)
+        assert r.status_code == 200, r.text
+
+
+def test_one_address_cannot_hold_all_connections(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Review finding 3a: connections are counted per client address before any header is read."""
+    home = tmp_path / "home"
+    token = setup_tenant(home, "acme", "alice")
+    with run_gateway(home, "--max-connections-per-address", "3") as g:
+        host, port = _addr(g.url)
+        idle = [socket.create_connection((host, port), timeout=5) for _ in range(3)]
+        try:
+            with socket.create_connection((host, port), timeout=5) as extra:
+                data, closed = _read_response(extra, 5)
+            assert _status(data) == 503, data
+            assert closed
+            assert json.loads(data.split(b"\r\n\r\n", 1)[1])["error"]["data"]["code"] == "too-many-connections"
+        finally:
+            for s in idle:
+                s.close()
+        headers = {"Authorization": f"Bearer {token}", "Accept": ACCEPT, "Content-Type": "application/json"}
+        for _ in range(50):  # bounded: up to 5 s for the server to notice the closed connections
+            try:
+                r = httpx2.post(g.url, content=json.dumps(INIT), headers=headers, timeout=10)
+            except httpx2.TransportError:
+                time.sleep(0.1)
+                continue
             if r.status_code != 503:
                 break
             time.sleep(0.1)

@@ -117,3 +117,13 @@ def test_duplicate_check_fast_path_cases() -> None:
         (b'{"a": "\xc3\xa9:", "b": {"c": [":", {"d": ":"}]}}', False),
     ]:
         assert has_duplicate_keys(body, orjson.loads(body)) is expected, body
+
+
+def test_one_tenant_cannot_hold_every_connection_with_sessions() -> None:
+    """Review finding 3c: the tenant session cap was equal to the connection cap."""
+    from gateway.config import Limits
+
+    limits = Limits()
+    assert limits.max_sessions_per_tenant <= limits.max_connections // 2
+    assert limits.max_connections_per_address < limits.max_connections
+    assert limits.body_deadline_s >= limits.body_idle_timeout_s
