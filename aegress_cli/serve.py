@@ -50,6 +50,10 @@ def serve(
                                       "sessions per actor (then 429).")] = _D.max_sessions_per_actor,
     max_sessions_per_tenant: Annotated[int, typer.Option(envvar="AEGRESS_MAX_SESSIONS_PER_TENANT", help="Open "
                                        "sessions per tenant (then 429).")] = _D.max_sessions_per_tenant,
+    session_reclaim_idle: Annotated[float, typer.Option(envvar="AEGRESS_SESSION_RECLAIM_IDLE", help="When a "
+                                    "session cap is reached, that actor's (tenant's) sessions idle this many "
+                                    "seconds with nothing in flight are closed to make room."
+                                    )] = _D.session_reclaim_idle_s,
     max_calls_per_actor: Annotated[int, typer.Option(envvar="AEGRESS_MAX_CALLS_PER_ACTOR", help="Requests in "
                                    "flight per actor (then 429).")] = _D.max_calls_per_actor,
     max_calls_per_tenant: Annotated[int, typer.Option(envvar="AEGRESS_MAX_CALLS_PER_TENANT", help="Requests in "
@@ -92,7 +96,7 @@ def serve(
                     body_idle_timeout_s=body_timeout, body_deadline_s=body_deadline,
                     max_connections_per_address=max_connections_per_address,
                     max_sessions_per_actor=max_sessions_per_actor, max_sessions_per_tenant=max_sessions_per_tenant,
-                    max_calls_per_actor=max_calls_per_actor,
+                    session_reclaim_idle_s=session_reclaim_idle, max_calls_per_actor=max_calls_per_actor,
                     max_calls_per_tenant=max_calls_per_tenant, auth_failures=auth_throttle,
                     auth_failure_window_s=auth_throttle_window)
     settings = ServeSettings(host=host, port=port, allowed_hosts=tuple(allowed_host or ()),

@@ -38,6 +38,8 @@ class Limits:
     max_connections_per_address: int = 100  # open HTTP connections from one client address; then 503
     # fairness: one actor (or tenant) cannot use up what others need
     max_sessions_per_actor: int = 64
+    # when a cap is reached, sessions idle this long with nothing in flight are closed to make room
+    session_reclaim_idle_s: float = 60.0
     max_sessions_per_tenant: int = 256  # well below max_connections: one tenant cannot take them all
     max_calls_per_actor: int = 32  # requests in flight
     max_calls_per_tenant: int = 256

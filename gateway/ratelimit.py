@@ -7,6 +7,7 @@ takes one. State lives in the gateway process: with several replicas each enforc
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gateway.policy.model import RateLimit
@@ -79,3 +80,12 @@ def over_cap(actor_open: int, tenant_open: int, per_actor: int, per_tenant: int)
     if tenant_open >= per_tenant:
         return "tenant"
     return None
+
+
+def to_reclaim(sessions: Iterable[tuple[str, float, bool]], now: float, min_idle: float, need: int) -> list[str]:
+    """Pure: which sessions to close so that `need` more fit under a cap: (id, last seen, busy) in,
+    up to `need` ids out, longest idle first. Only sessions idle for `min_idle` seconds with nothing
+    in flight qualify: clients killed without DELETE free their slots within a minute, while a
+    session in use is never taken from its client."""
+    idle = sorted((seen, sid) for sid, seen, busy in sessions if not busy and now - seen >= min_idle)
+    return [sid for _, sid in idle[:max(0, need)]]

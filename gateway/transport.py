@@ -255,7 +255,8 @@ class McpEndpoint:
         self._closing: set[asyncio.Future[None]] = set()
         self._stream_ids = itertools.count(1)
         # fair shares: open sessions and requests in flight per (tenant, actor) and per tenant
-        self._sessions_open: collections.Counter[Any] = collections.Counter()
+        self._sessions_open: collections.Counter[Any] = collections.Counter()  # with initializes under way
+        self._initializing = 0
         self._calls_open: collections.Counter[Any] = collections.Counter()
         self._running: set[RequestStream] = set()  # every request being dispatched, for the drain
         self._auth_failures = ratelimit.FailureTable(_MAX_THROTTLED_PEERS)
@@ -449,23 +450,58 @@ class McpEndpoint:
         params = msg.get("params") or {}
         caps = params.get("capabilities") if isinstance(params.get("capabilities"), dict) else {}
         info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else {}
-        if len(self.sessions) >= self.limits.max_sessions:
+        if len(self.sessions) + self._initializing >= self.limits.max_sessions:
             self._reap(force=True)
-            if len(self.sessions) >= self.limits.max_sessions:
+            if len(self.sessions) + self._initializing >= self.limits.max_sessions:
                 raise HttpError("Too many sessions.", http_status=503, code="too-many-sessions")
         actor = (who.tenant_id, who.actor_id)
-        cap = ratelimit.over_cap(self._sessions_open[actor], self._sessions_open[who.tenant_id],
-                                 self.limits.max_sessions_per_actor, self.limits.max_sessions_per_tenant)
+        cap = self._session_cap(who)
+        if cap is not None:  # make room from this actor's (tenant's) own idle sessions first
+            key, limit = ((actor, self.limits.max_sessions_per_actor) if cap == "actor"
+                          else (who.tenant_id, self.limits.max_sessions_per_tenant))
+            self._reclaim(key, self._sessions_open[key] - limit + 1)
+            cap = self._session_cap(who)
         if cap is not None:
             raise RateLimited(f"Too many open sessions for this {cap}.", retry_after=30, code="too-many-sessions",
-                              hint="End sessions you no longer use (DELETE /mcp) or wait for idle ones to expire.")
-        version = self.pipeline.negotiate(params.get("protocolVersion"))
-        session = ClientSession(secrets.token_urlsafe(24), who, version, caps, info, self.runtime)
-        body = result(msg["id"], await self.pipeline.initialize_result(session))
-        self.sessions[session.id] = session
+                              hint="End sessions you no longer use (DELETE /mcp); sessions idle for "
+                              f"{self.limits.session_reclaim_idle_s:g} s make room for new ones.")
+        # counted before the await, so concurrent initializes cannot all pass the cap
         self._sessions_open[actor] += 1
         self._sessions_open[who.tenant_id] += 1
+        self._initializing += 1
+        try:
+            version = self.pipeline.negotiate(params.get("protocolVersion"))
+            session = ClientSession(secrets.token_urlsafe(24), who, version, caps, info, self.runtime)
+            body = result(msg["id"], await self.pipeline.initialize_result(session))
+        except BaseException:
+            self._release((actor, who.tenant_id))
+            raise
+        finally:
+            self._initializing -= 1
+        self.sessions[session.id] = session
         await self._respond(send, 200, dumps(body), extra=[(b"mcp-session-id", session.id.encode())])
+
+    def _session_cap(self, who: Identity) -> str | None:
+        return ratelimit.over_cap(self._sessions_open[(who.tenant_id, who.actor_id)],
+                                  self._sessions_open[who.tenant_id],
+                                  self.limits.max_sessions_per_actor, self.limits.max_sessions_per_tenant)
+
+    def _reclaim(self, key: Any, need: int) -> None:
+        """Close up to `need` of an actor's ((tenant, actor) key) or a tenant's (tenant id key) sessions
+        that sit idle with nothing in flight, oldest first."""
+        mine = [s for s in self.sessions.values()
+                if key in ((s.identity.tenant_id, s.identity.actor_id), s.identity.tenant_id)]
+        ids = ratelimit.to_reclaim(
+            ((s.id, s.last_seen, bool(s.requests or s.streams) or s.get_queue is not None) for s in mine),
+            time.monotonic(), self.limits.session_reclaim_idle_s, need)
+        for sid in ids:
+            self._close_later(self.sessions[sid])
+
+    def _release(self, keys: tuple[Any, ...]) -> None:
+        for key in keys:
+            self._sessions_open[key] -= 1
+            if self._sessions_open[key] <= 0:
+                del self._sessions_open[key]
 
     def _session(self, headers: Headers, who: Identity) -> ClientSession:
         sid = headers.get("mcp-session-id")
@@ -489,10 +525,7 @@ class McpEndpoint:
         """Take a session out of the table and out of its actor's and tenant's counts."""
         if self.sessions.pop(session.id, None) is session:
             who = session.identity
-            for key in ((who.tenant_id, who.actor_id), who.tenant_id):
-                self._sessions_open[key] -= 1
-                if self._sessions_open[key] <= 0:
-                    del self._sessions_open[key]
+            self._release(((who.tenant_id, who.actor_id), who.tenant_id))
 
     async def _stream_request(self, receive: Receive, send: ASGISend, session: ClientSession, msg: JSON) -> None:
         """Run one request and answer it; what it causes (progress, logs, upstream requests) goes first.
@@ -524,6 +557,7 @@ class McpEndpoint:
 
         def finished(_: object) -> None:
             self._running.discard(stream)
+            session.last_seen = time.monotonic()  # idle from the end of its last call, not its start
             for k in (actor, who.tenant_id):
                 self._calls_open[k] -= 1
                 if self._calls_open[k] <= 0:
@@ -752,13 +786,17 @@ class McpEndpoint:
 
     # -- housekeeping --------------------------------------------------------------------------------
     def _reap(self, force: bool = False) -> None:
-        cutoff = time.monotonic() - (60.0 if force else self.limits.session_idle_timeout_s)
+        cutoff = time.monotonic() - (self.limits.session_reclaim_idle_s if force
+                                     else self.limits.session_idle_timeout_s)
         for session in list(self.sessions.values()):
             if session.last_seen < cutoff and session.get_queue is None:
-                self._forget(session)
-                task = asyncio.ensure_future(session.close())
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
+                self._close_later(session)
+
+    def _close_later(self, session: ClientSession) -> None:
+        self._forget(session)
+        task = asyncio.ensure_future(session.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def reaper(self) -> None:
         while True:

@@ -296,6 +296,39 @@ def test_session_caps_per_actor_and_tenant(gw) -> None:  # type: ignore[no-untyp
     _delete(gw, r.headers["mcp-session-id"], "t1", "a3")
 
 
+def test_the_session_cap_holds_under_concurrent_initializes_and_reclaims_abandoned_sessions(
+        tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Review finding 4: the cap is counted before initialize awaits the upstreams (a burst cannot all
+    pass), and clients killed without DELETE do not lock their actor out until the 30 min idle reap."""
+    home = tmp_path / "home"
+    token = setup_tenant(home, "acme", "alice")
+    allow_all(home, "acme")
+    add_stdio_fixture(home, "acme", "tools")
+    headers = {"Authorization": f"Bearer {token}", "Accept": ACCEPT, "Content-Type": "application/json"}
+    with run_gateway(home, "--max-sessions-per-actor", "2", "--session-reclaim-idle", "1") as g:
+        async def burst() -> list[httpx2.Response]:
+            async with httpx2.AsyncClient(timeout=30) as http:  # all wait on the upstream starting
+                return list(await asyncio.gather(*[http.post(g.url, content=json.dumps(INIT), headers=headers)
+                                                   for _ in range(8)]))
+
+        answers = run(burst(), timeout=60)
+        assert sorted(r.status_code for r in answers) == [200, 200] + [429] * 6
+        first, second = [r.headers["mcp-session-id"] for r in answers if r.status_code == 200]
+
+        def ping(sid: str) -> httpx2.Response:
+            return httpx2.post(g.url, content=json.dumps({"jsonrpc": "2.0", "id": 5, "method": "ping"}), timeout=30,
+                               headers={**headers, "Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"})
+
+        assert ping(first).status_code == 200
+        time.sleep(0.2)
+        assert ping(second).status_code == 200
+        time.sleep(2.0)  # both idle past --session-reclaim-idle; their clients are gone without a DELETE
+        r = httpx2.post(g.url, content=json.dumps(INIT), headers=headers, timeout=30)
+        assert r.status_code == 200, r.text  # room made from the actor's own idle sessions
+        assert ping(first).status_code == 404  # the longest idle one was closed
+        assert ping(second).status_code == 200
+
+
 def test_calls_in_flight_are_capped_per_actor_and_tenant(gw) -> None:  # type: ignore[no-untyped-def]
     sessions = {}
     for tenant, actor in ACTORS:
