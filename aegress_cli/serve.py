@@ -36,14 +36,24 @@ def serve(
                            "flight may still run before they are cut with an error.")] = _D.drain_grace_s,
     max_connections: Annotated[int, typer.Option(envvar="AEGRESS_MAX_CONNECTIONS", help="Open HTTP connections; "
                                "beyond it requests get 503.")] = _D.max_connections,
+    max_connections_per_address: Annotated[int, typer.Option(envvar="AEGRESS_MAX_CONNECTIONS_PER_ADDRESS",
+                                           help="Open HTTP connections from one client address; beyond it "
+                                           "new connections get 503 (raise it behind a reverse proxy)."
+                                           )] = _D.max_connections_per_address,
     header_timeout: Annotated[float, typer.Option(envvar="AEGRESS_HEADER_TIMEOUT", help="Seconds a client may "
                               "take to send a request's headers (then 408).")] = _D.header_timeout_s,
     body_timeout: Annotated[float, typer.Option(envvar="AEGRESS_BODY_TIMEOUT", help="Longest pause, in seconds, "
                             "while a request body arrives (then 408).")] = _D.body_idle_timeout_s,
+    body_deadline: Annotated[float, typer.Option(envvar="AEGRESS_BODY_DEADLINE", help="Seconds a request body "
+                             "may take in all, once its headers are in (then 408).")] = _D.body_deadline_s,
     max_sessions_per_actor: Annotated[int, typer.Option(envvar="AEGRESS_MAX_SESSIONS_PER_ACTOR", help="Open "
                                       "sessions per actor (then 429).")] = _D.max_sessions_per_actor,
     max_sessions_per_tenant: Annotated[int, typer.Option(envvar="AEGRESS_MAX_SESSIONS_PER_TENANT", help="Open "
                                        "sessions per tenant (then 429).")] = _D.max_sessions_per_tenant,
+    session_reclaim_idle: Annotated[float, typer.Option(envvar="AEGRESS_SESSION_RECLAIM_IDLE", help="When a "
+                                    "session cap is reached, that actor's (tenant's) sessions idle this many "
+                                    "seconds with nothing in flight are closed to make room."
+                                    )] = _D.session_reclaim_idle_s,
     max_calls_per_actor: Annotated[int, typer.Option(envvar="AEGRESS_MAX_CALLS_PER_ACTOR", help="Requests in "
                                    "flight per actor (then 429).")] = _D.max_calls_per_actor,
     max_calls_per_tenant: Annotated[int, typer.Option(envvar="AEGRESS_MAX_CALLS_PER_TENANT", help="Requests in "
@@ -83,8 +93,10 @@ def serve(
 
             keep_token(admin.DEMO_TENANT, admin.DEMO_ACTOR, fresh_token)
     limits = Limits(drain_grace_s=drain_grace, max_connections=max_connections, header_timeout_s=header_timeout,
-                    body_idle_timeout_s=body_timeout, max_sessions_per_actor=max_sessions_per_actor,
-                    max_sessions_per_tenant=max_sessions_per_tenant, max_calls_per_actor=max_calls_per_actor,
+                    body_idle_timeout_s=body_timeout, body_deadline_s=body_deadline,
+                    max_connections_per_address=max_connections_per_address,
+                    max_sessions_per_actor=max_sessions_per_actor, max_sessions_per_tenant=max_sessions_per_tenant,
+                    session_reclaim_idle_s=session_reclaim_idle, max_calls_per_actor=max_calls_per_actor,
                     max_calls_per_tenant=max_calls_per_tenant, auth_failures=auth_throttle,
                     auth_failure_window_s=auth_throttle_window)
     settings = ServeSettings(host=host, port=port, allowed_hosts=tuple(allowed_host or ()),

@@ -32,11 +32,15 @@ class Limits:
     # the HTTP edge (docs/operations.md "Limits and failure behaviour")
     header_timeout_s: float = 10.0  # a request's headers must be complete this long after its first byte
     body_idle_timeout_s: float = 30.0  # longest silence while a request body is being received
+    body_deadline_s: float = 60.0  # a request body must be complete this long after its headers
     max_header_count: int = 100
     max_connections: int = 1000  # open HTTP connections; beyond it new requests get 503
+    max_connections_per_address: int = 100  # open HTTP connections from one client address; then 503
     # fairness: one actor (or tenant) cannot use up what others need
     max_sessions_per_actor: int = 64
-    max_sessions_per_tenant: int = 1000
+    # when a cap is reached, sessions idle this long with nothing in flight are closed to make room
+    session_reclaim_idle_s: float = 60.0
+    max_sessions_per_tenant: int = 256  # well below max_connections: one tenant cannot take them all
     max_calls_per_actor: int = 32  # requests in flight
     max_calls_per_tenant: int = 256
     # authentication failures per client address: beyond `auth_failures` in `auth_failure_window_s` -> 429

@@ -7,6 +7,7 @@ takes one. State lives in the gateway process: with several replicas each enforc
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gateway.policy.model import RateLimit
@@ -50,6 +51,28 @@ def note_failure(window: FailureWindow | None, limit: int, per_seconds: float,
     return window, None
 
 
+class FailureTable:
+    """Failure windows for at most `max_peers` client addresses (bounded memory under a spray of addresses).
+
+    When full, the address that failed least recently is forgotten, one at a time: a spray of new
+    addresses cannot wipe the window of an address that keeps guessing (it stays most recent)."""
+
+    def __init__(self, max_peers: int) -> None:
+        self.max_peers = max_peers
+        self._windows: dict[str, FailureWindow] = {}  # least recently failed first
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+    def note(self, peer: str, limit: int, per_seconds: float, now: float) -> float | None:
+        """Count one failure from `peer`; seconds to wait when over `limit`, else None (see `note_failure`)."""
+        window, wait = note_failure(self._windows.pop(peer, None), limit, per_seconds, now)
+        while len(self._windows) >= self.max_peers:
+            del self._windows[next(iter(self._windows))]
+        self._windows[peer] = window
+        return wait
+
+
 def over_cap(actor_open: int, tenant_open: int, per_actor: int, per_tenant: int) -> str | None:
     """Pure: which cap one more session or call would exceed ("actor", "tenant"), or None."""
     if actor_open >= per_actor:
@@ -57,3 +80,12 @@ def over_cap(actor_open: int, tenant_open: int, per_actor: int, per_tenant: int)
     if tenant_open >= per_tenant:
         return "tenant"
     return None
+
+
+def to_reclaim(sessions: Iterable[tuple[str, float, bool]], now: float, min_idle: float, need: int) -> list[str]:
+    """Pure: which sessions to close so that `need` more fit under a cap: (id, last seen, busy) in,
+    up to `need` ids out, longest idle first. Only sessions idle for `min_idle` seconds with nothing
+    in flight qualify: clients killed without DELETE free their slots within a minute, while a
+    session in use is never taken from its client."""
+    idle = sorted((seen, sid) for sid, seen, busy in sessions if not busy and now - seen >= min_idle)
+    return [sid for _, sid in idle[:max(0, need)]]

@@ -5,20 +5,23 @@ shutdown go through the host app's lifespan (upstream processes are stopped ther
 
 Below ASGI, `bounded_protocol` adds what uvicorn's httptools protocol lacks: a deadline for a
 request's headers (slowloris) and a cap on their count and size, answered before any app code runs.
-uvicorn's `limit_concurrency` caps open connections (503). On SIGTERM `DrainingServer` stops
-listening, lets calls in flight finish within the drain grace, cuts the rest with an error event,
-then shuts down as uvicorn does and the process exits 0.
+uvicorn's `limit_concurrency` caps open connections (503), and no one client address may hold more
+than its share of them. On SIGTERM `DrainingServer` stops listening, lets calls in flight finish
+within the drain grace (a second Ctrl-C ends it at once), cuts the rest with an error event, then
+shuts down as uvicorn does and the process exits 0.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +79,40 @@ STORE_BUSY_S = 1.0
 within a few of these, and a locked store never holds a request for the lock's whole duration."""
 
 
+HEALTH_TTL_S = 1.0
+"""How long one store/recorder check answers /health: it needs no token, so a flood of it must not fill
+the worker threads that token lookups need."""
+
+
+class HealthCache:
+    """`probe()`'s answer (store ok, unready reason), computed by one probe at a time (single flight):
+    requests arriving while a probe runs share its answer. An unready answer is reused for `ttl`
+    seconds (the slow case: a locked or full store makes each probe wait); a ready one only by the
+    requests that shared its probe, so a fault shows at the next /health."""
+
+    def __init__(self, probe: Callable[[], Awaitable[tuple[bool, str | None]]], ttl: float = HEALTH_TTL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._probe, self._ttl, self._clock = probe, ttl, clock
+        self._value: tuple[bool, str | None] | None = None
+        self._at = 0.0
+        self._running: asyncio.Future[tuple[bool, str | None]] | None = None
+
+    async def get(self) -> tuple[bool, str | None]:
+        if self._value is not None and self._value[1] is not None and self._clock() - self._at < self._ttl:
+            return self._value
+        if self._running is None:
+            self._running = asyncio.ensure_future(self._refresh())
+        return await asyncio.shield(self._running)  # a caller that goes away does not cancel the others' probe
+
+    async def _refresh(self) -> tuple[bool, str | None]:
+        try:
+            value = await self._probe()
+            self._value, self._at = value, self._clock()
+            return value
+        finally:
+            self._running = None
+
+
 def build_gateway(home: Path, settings: ServeSettings, *, database_url: str | None = None,
                   decider: Decider | None = None, evidence: bool = True,
                   lock: DataDirLock | None = None) -> Gateway:
@@ -103,13 +140,17 @@ def build_gateway(home: Path, settings: ServeSettings, *, database_url: str | No
         allowed_origins=origins + settings.allowed_origins,
     )
 
-    async def health(request: Request) -> JSONResponse:
+    async def probe() -> tuple[bool, str | None]:
         try:
             await asyncio.to_thread(store.ping)
-            store_ok = True
         except StoreUnavailable:
-            store_ok = False
-        reason = await asyncio.to_thread(recorder.unready_reason) if store_ok else "the store is unreachable"
+            return False, "the store is unreachable"
+        return True, await asyncio.to_thread(recorder.unready_reason)
+
+    checked = HealthCache(probe)
+
+    async def health(request: Request) -> JSONResponse:
+        store_ok, reason = await checked.get()
         if endpoint.draining:  # a load balancer stops sending new requests while calls in flight finish
             reason = "draining: the gateway is shutting down"
         ready = reason is None
@@ -222,8 +263,8 @@ def draining_server(config: uvicorn.Config, endpoint: McpEndpoint, grace: float)
                 server.close()  # no new connections; requests on open ones get 503 while draining
             for sock in sockets or []:
                 sock.close()
-            await endpoint.drain(grace)
-            await super().shutdown(sockets)
+            await endpoint.drain(grace, lambda: self.force_exit)  # a second Ctrl-C cuts the calls now
+            await super().shutdown(sockets)  # skips its own waits once force_exit is set
 
     return DrainingServer(config)
 
@@ -235,7 +276,11 @@ def _refusal(status: int, reason: bytes, code: str, message: str) -> bytes:
 
 
 def bounded_protocol(limits: Limits) -> type:
-    """uvicorn's httptools protocol with a header deadline and header count/size caps.
+    """uvicorn's httptools protocol with a per-address connection cap, a header deadline and header
+    count/size caps.
+
+    A client address over `max_connections_per_address` open connections gets 503 and a closed
+    connection at once (uvicorn's `limit_concurrency` counts every connection, before authentication).
 
     The deadline starts with a connection (or with the first byte of a later request on it) and ends
     when the headers are complete: a client dribbling headers (or sending none) gets 408 and a closed
@@ -243,18 +288,33 @@ def bounded_protocol(limits: Limits) -> type:
     they arrive, before they are buffered further. Body pace is the endpoint's job (it reads the body)."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+    per_address: collections.Counter[str] = collections.Counter()  # open connections per client address
+
     class BoundedHttpToolsProtocol(HttpToolsProtocol):
         _timer: asyncio.TimerHandle | None = None
         _count = 0
         _size = 0
         _pending = 0  # raw bytes received while the current request's headers are incomplete
         _refused = False
+        _peer: str | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            self._peer = str(self.client[0]) if self.client else ""
+            per_address[self._peer] += 1
+            if per_address[self._peer] > limits.max_connections_per_address:
+                # one address cannot hold the whole --max-connections (before any header is read)
+                self._refuse(503, b"Service Unavailable", "too-many-connections",
+                             f"At most {limits.max_connections_per_address} open connections per client address.")
+                return
             self._arm()
 
         def connection_lost(self, exc: Exception | None) -> None:
+            if self._peer is not None:
+                per_address[self._peer] -= 1
+                if per_address[self._peer] <= 0:
+                    del per_address[self._peer]
+                self._peer = None
             self._disarm()
             super().connection_lost(exc)
 

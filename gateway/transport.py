@@ -6,12 +6,12 @@ Order of checks for every request (cheapest and least trusting first):
   2. HTTP method (POST, GET, DELETE); credentials in the query   -> 405 / 400
   3. authenticate (bearer token); repeated failures per address  -> 401 + WWW-Authenticate / 429
   4. bind (tenant/actor claims in headers and query)             -> 403
-  5. POST: Content-Type, Accept, body size and pace, JSON         -> 415 / 406 / 413 / 408 / 400
+  5. POST: Content-Type, Accept, body size, pace and deadline     -> 415 / 406 / 413 / 408 / 400
      (duplicate keys refused), envelope
   6. protocol revision and session; per actor/tenant caps        -> 400 / 404 / 409 / 429
   7. dispatch: decide -> forward -> record (gateway.pipeline)
 
-Header deadlines, header count and the connection cap sit below ASGI, in `gateway.server`.
+Header deadlines, header count and the connection caps sit below ASGI, in `gateway.server`.
 
 Handshake-era (2025-06-18, 2025-11-25) requests are answered on an SSE stream, as the reference
 server does. A 2026-07-28 request is answered with JSON when nothing related (progress, a log)
@@ -255,10 +255,11 @@ class McpEndpoint:
         self._closing: set[asyncio.Future[None]] = set()
         self._stream_ids = itertools.count(1)
         # fair shares: open sessions and requests in flight per (tenant, actor) and per tenant
-        self._sessions_open: collections.Counter[Any] = collections.Counter()
+        self._sessions_open: collections.Counter[Any] = collections.Counter()  # with initializes under way
+        self._initializing = 0
         self._calls_open: collections.Counter[Any] = collections.Counter()
         self._running: set[RequestStream] = set()  # every request being dispatched, for the drain
-        self._auth_failures: dict[str, ratelimit.FailureWindow] = {}
+        self._auth_failures = ratelimit.FailureTable(_MAX_THROTTLED_PEERS)
         self.draining = False
 
     # -- the ASGI entry point ----------------------------------------------------------------------
@@ -318,14 +319,8 @@ class McpEndpoint:
             return await self.pipeline.authenticate(headers.get("authorization"))
         except AuthError:
             peer = str((scope.get("client") or ("",))[0])
-            now = time.monotonic()
-            if len(self._auth_failures) >= _MAX_THROTTLED_PEERS:  # bounded memory under a spray of addresses
-                window = self.limits.auth_failure_window_s
-                self._auth_failures = {k: w for k, w in self._auth_failures.items() if now - w.started < window}
-                if len(self._auth_failures) >= _MAX_THROTTLED_PEERS:
-                    self._auth_failures.clear()
-            self._auth_failures[peer], wait = ratelimit.note_failure(
-                self._auth_failures.get(peer), self.limits.auth_failures, self.limits.auth_failure_window_s, now)
+            wait = self._auth_failures.note(peer, self.limits.auth_failures, self.limits.auth_failure_window_s,
+                                            time.monotonic())
             if wait is not None:
                 raise RateLimited("Too many failed authentications from this address.", retry_after=wait,
                                   code="auth-throttled", hint="Check the token; wait before trying again.") from None
@@ -421,14 +416,22 @@ class McpEndpoint:
         return validate_message(loads_strict(await self._read_body(receive)))
 
     async def _read_body(self, receive: Receive) -> bytes:
+        """The body within its bounds: size, longest pause, and a total deadline (a byte every few seconds
+        would otherwise hold a connection for ever)."""
         chunks: list[bytes] = []
         size = 0
-        idle = self.limits.body_idle_timeout_s
+        idle, total = self.limits.body_idle_timeout_s, self.limits.body_deadline_s
+        loop = asyncio.get_running_loop()
+        end = loop.time() + total
         while True:
+            wait = min(idle, end - loop.time())
             try:
-                async with asyncio.timeout(idle):
+                async with asyncio.timeout(wait):
                     message = await receive()
             except TimeoutError:
+                if wait < idle:
+                    raise HttpError(f"The request body was not complete within {total:g} s.", http_status=408,
+                                    code="body-deadline", hint="Send the whole body at once.") from None
                 raise HttpError(f"The request body stalled for {idle:g} s.", http_status=408, code="body-timeout",
                                 hint="Send the whole body without pauses.") from None
             if message["type"] == "http.disconnect":
@@ -447,23 +450,58 @@ class McpEndpoint:
         params = msg.get("params") or {}
         caps = params.get("capabilities") if isinstance(params.get("capabilities"), dict) else {}
         info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else {}
-        if len(self.sessions) >= self.limits.max_sessions:
+        if len(self.sessions) + self._initializing >= self.limits.max_sessions:
             self._reap(force=True)
-            if len(self.sessions) >= self.limits.max_sessions:
+            if len(self.sessions) + self._initializing >= self.limits.max_sessions:
                 raise HttpError("Too many sessions.", http_status=503, code="too-many-sessions")
         actor = (who.tenant_id, who.actor_id)
-        cap = ratelimit.over_cap(self._sessions_open[actor], self._sessions_open[who.tenant_id],
-                                 self.limits.max_sessions_per_actor, self.limits.max_sessions_per_tenant)
+        cap = self._session_cap(who)
+        if cap is not None:  # make room from this actor's (tenant's) own idle sessions first
+            key, limit = ((actor, self.limits.max_sessions_per_actor) if cap == "actor"
+                          else (who.tenant_id, self.limits.max_sessions_per_tenant))
+            self._reclaim(key, self._sessions_open[key] - limit + 1)
+            cap = self._session_cap(who)
         if cap is not None:
             raise RateLimited(f"Too many open sessions for this {cap}.", retry_after=30, code="too-many-sessions",
-                              hint="End sessions you no longer use (DELETE /mcp) or wait for idle ones to expire.")
-        version = self.pipeline.negotiate(params.get("protocolVersion"))
-        session = ClientSession(secrets.token_urlsafe(24), who, version, caps, info, self.runtime)
-        body = result(msg["id"], await self.pipeline.initialize_result(session))
-        self.sessions[session.id] = session
+                              hint="End sessions you no longer use (DELETE /mcp); sessions idle for "
+                              f"{self.limits.session_reclaim_idle_s:g} s make room for new ones.")
+        # counted before the await, so concurrent initializes cannot all pass the cap
         self._sessions_open[actor] += 1
         self._sessions_open[who.tenant_id] += 1
+        self._initializing += 1
+        try:
+            version = self.pipeline.negotiate(params.get("protocolVersion"))
+            session = ClientSession(secrets.token_urlsafe(24), who, version, caps, info, self.runtime)
+            body = result(msg["id"], await self.pipeline.initialize_result(session))
+        except BaseException:
+            self._release((actor, who.tenant_id))
+            raise
+        finally:
+            self._initializing -= 1
+        self.sessions[session.id] = session
         await self._respond(send, 200, dumps(body), extra=[(b"mcp-session-id", session.id.encode())])
+
+    def _session_cap(self, who: Identity) -> str | None:
+        return ratelimit.over_cap(self._sessions_open[(who.tenant_id, who.actor_id)],
+                                  self._sessions_open[who.tenant_id],
+                                  self.limits.max_sessions_per_actor, self.limits.max_sessions_per_tenant)
+
+    def _reclaim(self, key: Any, need: int) -> None:
+        """Close up to `need` of an actor's ((tenant, actor) key) or a tenant's (tenant id key) sessions
+        that sit idle with nothing in flight, oldest first."""
+        mine = [s for s in self.sessions.values()
+                if key in ((s.identity.tenant_id, s.identity.actor_id), s.identity.tenant_id)]
+        ids = ratelimit.to_reclaim(
+            ((s.id, s.last_seen, bool(s.requests or s.streams) or s.get_queue is not None) for s in mine),
+            time.monotonic(), self.limits.session_reclaim_idle_s, need)
+        for sid in ids:
+            self._close_later(self.sessions[sid])
+
+    def _release(self, keys: tuple[Any, ...]) -> None:
+        for key in keys:
+            self._sessions_open[key] -= 1
+            if self._sessions_open[key] <= 0:
+                del self._sessions_open[key]
 
     def _session(self, headers: Headers, who: Identity) -> ClientSession:
         sid = headers.get("mcp-session-id")
@@ -487,10 +525,7 @@ class McpEndpoint:
         """Take a session out of the table and out of its actor's and tenant's counts."""
         if self.sessions.pop(session.id, None) is session:
             who = session.identity
-            for key in ((who.tenant_id, who.actor_id), who.tenant_id):
-                self._sessions_open[key] -= 1
-                if self._sessions_open[key] <= 0:
-                    del self._sessions_open[key]
+            self._release(((who.tenant_id, who.actor_id), who.tenant_id))
 
     async def _stream_request(self, receive: Receive, send: ASGISend, session: ClientSession, msg: JSON) -> None:
         """Run one request and answer it; what it causes (progress, logs, upstream requests) goes first.
@@ -522,6 +557,7 @@ class McpEndpoint:
 
         def finished(_: object) -> None:
             self._running.discard(stream)
+            session.last_seen = time.monotonic()  # idle from the end of its last call, not its start
             for k in (actor, who.tenant_id):
                 self._calls_open[k] -= 1
                 if self._calls_open[k] <= 0:
@@ -750,13 +786,17 @@ class McpEndpoint:
 
     # -- housekeeping --------------------------------------------------------------------------------
     def _reap(self, force: bool = False) -> None:
-        cutoff = time.monotonic() - (60.0 if force else self.limits.session_idle_timeout_s)
+        cutoff = time.monotonic() - (self.limits.session_reclaim_idle_s if force
+                                     else self.limits.session_idle_timeout_s)
         for session in list(self.sessions.values()):
             if session.last_seen < cutoff and session.get_queue is None:
-                self._forget(session)
-                task = asyncio.ensure_future(session.close())
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
+                self._close_later(session)
+
+    def _close_later(self, session: ClientSession) -> None:
+        self._forget(session)
+        task = asyncio.ensure_future(session.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def reaper(self) -> None:
         while True:
@@ -770,22 +810,24 @@ class McpEndpoint:
         for s in sessions:
             await s.close()
 
-    async def drain(self, grace: float) -> tuple[int, int]:
+    async def drain(self, grace: float, forced: Callable[[], bool] = lambda: False) -> tuple[int, int]:
         """SIGTERM: refuse new requests (503), give the calls in flight `grace` seconds, then answer each
         one still running with a JSON-RPC error (-32000 "gateway shutting down") as its last event and
-        cancel it, so its outcome is recorded before the recorder closes. Returns (completed, cut)."""
+        cancel it, so its outcome is recorded before the recorder closes. Returns (completed, cut).
+
+        `forced()` turning true (a second Ctrl-C) ends the grace at once: the calls are cut now."""
         self.draining = True
         running = [s.task for s in self._running if s.task is not None and not s.task.done()]
         log.warning("draining %d calls (grace %g s)", len(running), grace)
-        finite = [s.task for s in self._running if s.task in running and s.deadline != float("inf")]
-        if finite:  # subscriptions/listen never ends by itself: it is not waited for
-            await asyncio.wait(finite, timeout=grace)
+        finite = {s.task for s in self._running if s.task in running and s.deadline != float("inf")}
+        # subscriptions/listen never ends by itself: it is not waited for
+        await _wait_until(finite, grace, forced)
         cut = [s for s in self._running if s.task is not None and not s.task.done()]
         for stream in cut:
             stream.expire(ProtocolError("gateway shutting down", code="shutting-down", http_status=503,
                                         jsonrpc_code=SHUTTING_DOWN), "gateway_shutdown")
         if cut:  # the cancelled calls queue their outcome records on the way out
-            await asyncio.wait([s.task for s in cut if s.task is not None], timeout=5)
+            await _wait_until({s.task for s in cut if s.task is not None}, 5.0, forced)
         for session in list(self.sessions.values()):  # standalone GET streams end; their clients reconnect elsewhere
             if session.get_queue is not None:
                 with contextlib.suppress(asyncio.QueueFull):
@@ -849,6 +891,18 @@ def _event(message: JSON, event_id: str | None = None) -> bytes:
 
 async def _sse(send: ASGISend, message: JSON) -> None:
     await send({"type": "http.response.body", "body": _event(message), "more_body": True})
+
+
+async def _wait_until(tasks: set[asyncio.Future[Any]], timeout: float, forced: Callable[[], bool]) -> None:
+    """Wait for `tasks` at most `timeout` seconds, looking at `forced` every 0.1 s (bounded)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    pending = {t for t in tasks if not t.done()}
+    while pending and not forced():
+        left = end - loop.time()
+        if left <= 0:
+            return
+        _, pending = await asyncio.wait(pending, timeout=min(0.1, left))
 
 
 async def _wait_disconnect(receive: Receive) -> None:

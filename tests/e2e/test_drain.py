@@ -5,8 +5,10 @@ and the process exits 0, saying on stderr what it did."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
+import subprocess
 import time
 
 import httpx2
@@ -81,3 +83,38 @@ def test_sigterm_drains_calls_in_flight_then_exits_0(tmp_path) -> None:  # type:
     outcomes = {r["intent_seq"]: r["record"]["body"]["status"] for r in rows if r["kind"] == "outcome"}
     assert set(outcomes) == set(intents)  # every call, the cut one included, ends with a final record
     assert sorted(outcomes.values()) == ["cancelled", "completed", "completed"]  # warm-up, short, cut
+
+
+def test_a_second_sigint_during_the_drain_cuts_the_grace_short(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """docs/limits.md: the first Ctrl-C drains, a second one forces the exit: a 60 s grace is not waited out."""
+    home = tmp_path / "home"
+    token = setup_tenant(home, "acme", "alice")
+    allow_all(home, "acme")
+    add_stdio_fixture(home, "acme", "tools")
+    headers = {"Authorization": f"Bearer {token}", "Accept": ACCEPT, "Content-Type": "application/json"}
+    with run_gateway(home, "--drain-grace", "60") as gw:
+        r = httpx2.post(gw.url, content=json.dumps(INIT), headers=headers, timeout=30)
+        session = {**headers, "Mcp-Session-Id": r.headers["mcp-session-id"], "MCP-Protocol-Version": "2025-11-25"}
+
+        async def go() -> int | None:
+            async with httpx2.AsyncClient(timeout=30) as http:
+                long = asyncio.ensure_future(http.post(gw.url, content=_call(60, 2), headers=session))
+                await asyncio.sleep(1.0)  # in flight
+                gw.proc.popen.send_signal(signal.SIGINT)
+                for _ in range(50):  # bounded: up to 5 s for the drain to start
+                    if any("draining 1 calls" in line for line in gw.proc.output):
+                        break
+                    await asyncio.sleep(0.1)
+                gw.proc.popen.send_signal(signal.SIGINT)
+                try:  # the client stays connected meanwhile: its call would run out the grace
+                    return await asyncio.to_thread(gw.proc.popen.wait, 15)  # far below the 60 s grace
+                except subprocess.TimeoutExpired:
+                    return None
+                finally:
+                    with contextlib.suppress(httpx2.TransportError):
+                        await long
+
+        code = run(go(), timeout=60)
+        log = "".join(gw.proc.output)
+        assert "draining 1 calls (grace 60 s)" in log, log[-3000:]
+        assert code is not None, "a second SIGINT did not end the drain"

@@ -36,7 +36,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def
     for tenant in ("t1", "t2"):
         allow_all(home, tenant)
         add_stdio_fixture(home, tenant, "tools")
-    flags = ["--header-timeout", "1", "--body-timeout", "1", "--max-sessions-per-actor", "2",
+    flags = ["--header-timeout", "1", "--body-timeout", "1", "--body-deadline", "3", "--max-sessions-per-actor", "2",
              "--max-sessions-per-tenant", "3", "--max-calls-per-actor", "2", "--max-calls-per-tenant", "3",
              "--auth-throttle", "3", "--auth-throttle-window", "60"]
     with run_gateway(home, *flags) as g:
@@ -125,6 +125,34 @@ def test_stalled_body_gets_408(gw) -> None:  # type: ignore[no-untyped-def]
     assert b"body-timeout" in data
 
 
+def test_a_body_dribbled_below_the_idle_timeout_is_cut_at_the_body_deadline(gw) -> None:  # type: ignore[no-untyped-def]
+    """Review finding 3b: one byte every half second never trips the 1 s idle timeout; the 3 s deadline ends it."""
+    host, port = _addr(gw.url)
+    head = "".join(f"{k}: {v}\r\n" for k, v in _headers(gw).items())
+    data = b""
+    closed = False
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(f"POST /mcp HTTP/1.1\r\nHost: {host}:{port}\r\n{head}Content-Length: 200\r\n\r\n".encode())
+        sock.settimeout(0.5)
+        for _ in range(30):  # bounded: 15 s of dribbling, far more than the deadline
+            try:
+                sock.sendall(b" ")
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            data += chunk
+            if not chunk or b"\r\n\r\n" in data:
+                break
+        more, closed_after = _read_response(sock, 3)
+        data += more
+    assert _status(data) == 408, data
+    assert closed or closed_after
+    assert b'"body-deadline"' in data, data
+
+
 def test_huge_content_length_is_refused_before_the_body(gw) -> None:  # type: ignore[no-untyped-def]
     host, port = _addr(gw.url)
     with socket.create_connection((host, port), timeout=5) as sock:
@@ -189,6 +217,35 @@ def test_open_connections_are_capped_with_503(tmp_path) -> None:  # type: ignore
         assert r.status_code == 200, r.text
 
 
+def test_one_address_cannot_hold_all_connections(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Review finding 3a: connections are counted per client address before any header is read."""
+    home = tmp_path / "home"
+    token = setup_tenant(home, "acme", "alice")
+    with run_gateway(home, "--max-connections-per-address", "3") as g:
+        host, port = _addr(g.url)
+        idle = [socket.create_connection((host, port), timeout=5) for _ in range(3)]
+        try:
+            with socket.create_connection((host, port), timeout=5) as extra:
+                data, closed = _read_response(extra, 5)
+            assert _status(data) == 503, data
+            assert closed
+            assert json.loads(data.split(b"\r\n\r\n", 1)[1])["error"]["data"]["code"] == "too-many-connections"
+        finally:
+            for s in idle:
+                s.close()
+        headers = {"Authorization": f"Bearer {token}", "Accept": ACCEPT, "Content-Type": "application/json"}
+        for _ in range(50):  # bounded: up to 5 s for the server to notice the closed connections
+            try:
+                r = httpx2.post(g.url, content=json.dumps(INIT), headers=headers, timeout=10)
+            except httpx2.TransportError:
+                time.sleep(0.1)
+                continue
+            if r.status_code != 503:
+                break
+            time.sleep(0.1)
+        assert r.status_code == 200, r.text
+
+
 # -- fair shares: sessions and calls in flight per actor and per tenant -------------------------------------
 def _init(gw, tenant: str, actor: str) -> httpx2.Response:  # type: ignore[no-untyped-def]
     return httpx2.post(gw.url, content=json.dumps(INIT), headers=_headers(gw, tenant, actor), timeout=30)
@@ -237,6 +294,39 @@ def test_session_caps_per_actor_and_tenant(gw) -> None:  # type: ignore[no-untyp
     r = _init(gw, "t1", "a3")  # ended sessions no longer count
     assert r.status_code == 200
     _delete(gw, r.headers["mcp-session-id"], "t1", "a3")
+
+
+def test_the_session_cap_holds_under_concurrent_initializes_and_reclaims_abandoned_sessions(
+        tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Review finding 4: the cap is counted before initialize awaits the upstreams (a burst cannot all
+    pass), and clients killed without DELETE do not lock their actor out until the 30 min idle reap."""
+    home = tmp_path / "home"
+    token = setup_tenant(home, "acme", "alice")
+    allow_all(home, "acme")
+    add_stdio_fixture(home, "acme", "tools")
+    headers = {"Authorization": f"Bearer {token}", "Accept": ACCEPT, "Content-Type": "application/json"}
+    with run_gateway(home, "--max-sessions-per-actor", "2", "--session-reclaim-idle", "1") as g:
+        async def burst() -> list[httpx2.Response]:
+            async with httpx2.AsyncClient(timeout=30) as http:  # all wait on the upstream starting
+                return list(await asyncio.gather(*[http.post(g.url, content=json.dumps(INIT), headers=headers)
+                                                   for _ in range(8)]))
+
+        answers = run(burst(), timeout=60)
+        assert sorted(r.status_code for r in answers) == [200, 200] + [429] * 6
+        first, second = [r.headers["mcp-session-id"] for r in answers if r.status_code == 200]
+
+        def ping(sid: str) -> httpx2.Response:
+            return httpx2.post(g.url, content=json.dumps({"jsonrpc": "2.0", "id": 5, "method": "ping"}), timeout=30,
+                               headers={**headers, "Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"})
+
+        assert ping(first).status_code == 200
+        time.sleep(0.2)
+        assert ping(second).status_code == 200
+        time.sleep(2.0)  # both idle past --session-reclaim-idle; their clients are gone without a DELETE
+        r = httpx2.post(g.url, content=json.dumps(INIT), headers=headers, timeout=30)
+        assert r.status_code == 200, r.text  # room made from the actor's own idle sessions
+        assert ping(first).status_code == 404  # the longest idle one was closed
+        assert ping(second).status_code == 200
 
 
 def test_calls_in_flight_are_capped_per_actor_and_tenant(gw) -> None:  # type: ignore[no-untyped-def]

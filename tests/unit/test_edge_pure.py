@@ -117,3 +117,24 @@ def test_duplicate_check_fast_path_cases() -> None:
         (b'{"a": "\xc3\xa9:", "b": {"c": [":", {"d": ":"}]}}', False),
     ]:
         assert has_duplicate_keys(body, orjson.loads(body)) is expected, body
+
+
+def test_one_tenant_cannot_hold_every_connection_with_sessions() -> None:
+    """Review finding 3c: the tenant session cap was equal to the connection cap."""
+    from gateway.config import Limits
+
+    limits = Limits()
+    assert limits.max_sessions_per_tenant <= limits.max_connections // 2
+    assert limits.max_connections_per_address < limits.max_connections
+    assert limits.body_deadline_s >= limits.body_idle_timeout_s
+
+
+def test_only_idle_sessions_with_nothing_in_flight_are_reclaimed_oldest_first() -> None:
+    """Review finding 4: at a session cap, the actor's own abandoned sessions make room."""
+    from gateway.ratelimit import to_reclaim
+
+    sessions = [("new", 95.0, False), ("old", 10.0, False), ("busy", 0.0, True), ("older", 5.0, False)]
+    assert to_reclaim(sessions, now=100.0, min_idle=60.0, need=1) == ["older"]
+    assert to_reclaim(sessions, now=100.0, min_idle=60.0, need=5) == ["older", "old"]  # never busy, never fresh
+    assert to_reclaim(sessions, now=100.0, min_idle=60.0, need=0) == []
+    assert to_reclaim(sessions, now=100.0, min_idle=60.0, need=-3) == []

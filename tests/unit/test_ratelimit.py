@@ -37,3 +37,18 @@ def test_never_more_than_the_budget_in_any_window(calls: int, per: float, gaps: 
     for i, t in enumerate(admitted):
         in_window = [u for u in admitted[i:] if u - t < per]
         assert len(in_window) <= 2 * calls
+
+
+def test_a_spray_of_addresses_does_not_reset_a_guessers_window() -> None:
+    """Review finding 14: the table was cleared wholesale once full; now the least recent address goes."""
+    from gateway.ratelimit import FailureTable
+
+    table = FailureTable(max_peers=10)
+    waits = [table.note("10.0.0.1", limit=3, per_seconds=60, now=0.0) for _ in range(4)]
+    assert waits[:3] == [None, None, None] and waits[3] is not None
+    for i in range(50):  # far more addresses than the table holds, the guesser going on between them
+        assert table.note(f"192.0.2.{i}", limit=3, per_seconds=60, now=1.0) is None
+        assert table.note("10.0.0.1", limit=3, per_seconds=60, now=1.0) is not None
+        assert len(table) <= 10
+    # a quiet address is the one forgotten: it starts over
+    assert table.note("192.0.2.0", limit=3, per_seconds=60, now=2.0) is None
