@@ -163,15 +163,15 @@ def _sse_messages(text: str) -> tuple[list[dict[str, Any]], str]:
 class Client:
     """One keep-alive MCP client bound to one tenant; re-initializes when its session is gone."""
 
-    def __init__(self, soak: Soak, tenant: str, name: str) -> None:
-        self.soak, self.tenant, self.name = soak, tenant, name
+    def __init__(self, soak: Soak, tenant: str, name: str, actor: str = "runner") -> None:
+        self.soak, self.tenant, self.name, self.actor = soak, tenant, name, actor
         self.http = httpx2.AsyncClient(timeout=httpx2.Timeout(soak.settings.call_timeout_s, connect=5.0),
                                        limits=httpx2.Limits(max_connections=4, max_keepalive_connections=2))
         self.session: tuple[str, str] | None = None  # (url, session id)
         self.ids = 0
 
     def headers(self) -> dict[str, str]:
-        h = {"Authorization": f"Bearer {self.soak.tokens[self.tenant]}", "Content-Type": "application/json",
+        h = {"Authorization": f"Bearer {self.soak.tokens[self.tenant, self.actor]}", "Content-Type": "application/json",
              "Accept": "application/json, text/event-stream"}
         if self.session:
             h.update({"mcp-session-id": self.session[1], "mcp-protocol-version": REVISION})
@@ -233,7 +233,7 @@ class Soak:
     def __init__(self, settings: Settings, work: Path, stack: contextlib.ExitStack) -> None:
         self.settings, self.work, self.stack = settings, work, stack
         self.home = work / "home"
-        self.tokens: dict[str, str] = {}
+        self.tokens: dict[tuple[str, str], str] = {}  # (tenant, actor) -> token
         self.webs: dict[str, tuple[int, Proc | None]] = {}
         self.hole: Proc | None = None
         self.gateway: Proc | None = None
@@ -322,9 +322,10 @@ class Soak:
         policy.write_text(ALLOW_ALL_POLICY)
         for tenant in TENANTS:
             aegress(self.home, "tenant", "create", tenant)
-            aegress(self.home, "actor", "add", "--tenant", tenant, "runner")
-            self.tokens[tenant] = str(aegress_json(self.home, "token", "issue", "--tenant", tenant,
-                                                   "--actor", "runner")["token"])
+            for actor in ("runner", "idler"):  # the load, and the actor that abandons sessions
+                aegress(self.home, "actor", "add", "--tenant", tenant, actor)
+                self.tokens[tenant, actor] = str(aegress_json(self.home, "token", "issue", "--tenant", tenant,
+                                                              "--actor", actor)["token"])
             aegress(self.home, "policy", "apply", str(policy), "--tenant", tenant, "--yes")
             (self.work / f"{tenant}-rec.log").touch()
             aegress(self.home, "upstream", "add", "--tenant", tenant, "rec", "--command", sys.executable,
@@ -692,7 +693,8 @@ class Soak:
                 "gateway_alive": self.gateway is not None and self.gateway.popen.poll() is None}
 
     def fault_sessions(self) -> dict[str, Any]:
-        """Many sessions opened (initialize) and abandoned without DELETE."""
+        """Many sessions opened (initialize) and abandoned without DELETE, by one actor per tenant (`idler`):
+        its caps refuse the excess, and nobody else (the load, the health probe) may notice."""
         pid = self.gateway_pid()
         before = proc_kb(pid, "VmRSS")
 
@@ -703,12 +705,12 @@ class Soak:
             async def one(i: int) -> None:
                 nonlocal count
                 async with sem:
-                    client = Client(self, TENANTS[i % len(TENANTS)], "sess" + letters(i))
+                    client = Client(self, TENANTS[i % len(TENANTS)], "sess" + letters(i), actor="idler")
                     try:
                         await asyncio.wait_for(client.ensure_session(), 15)
                         count += 1
                     except (TimeoutError, httpx2.HTTPError, RuntimeError):
-                        pass
+                        pass  # refused by the actor's session cap (429), as it should be
                     finally:
                         await client.aclose()
 
