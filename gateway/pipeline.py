@@ -335,7 +335,10 @@ class Pipeline:
                 status = "client_disconnected" if "disconnect" in " ".join(map(str, exc.args)) else "cancelled"
             raise
         except UpstreamError as exc:
-            status, code = ("timeout" if exc.code == "upstream-timeout" else "failed"), exc.code
+            if exc.code == "upstream-not-connected":  # the connection closed before the call was sent
+                status, code = "not_forwarded", exc.code
+            else:
+                status, code = ("timeout" if exc.code == "upstream-timeout" else "failed"), exc.code
             raise
         finally:
             if not recorded:
@@ -545,7 +548,7 @@ class Pipeline:
                                                                     session.param_headers)
             if mismatch is not None:
                 self.record(session, "tools/call", name, up.spec.name, Decision("block", "header-mismatch"),
-                            "refused", started, started_at, HEADER_MISMATCH)
+                            "refused", started, started_at, HEADER_MISMATCH, arguments=arguments, tool=tool)
                 return error(msg["id"], HEADER_MISMATCH, mismatch)
         limited = self.over_budget(session)
         if limited is not None:
