@@ -293,6 +293,55 @@ def test_a_call_whose_upstream_left_before_sending_is_recorded_not_forwarded(tmp
     assert sorted(answers.items())[0][1] == ["outcome:completed"], answers
 
 
+_BLOCK_FAIL = """
+version = 1
+default = "allow"
+
+[builtin]
+destructive = "off"
+
+[[rules]]
+id = "no-fail"
+upstream = "tools"
+name = "fail"
+verdict = "block"
+"""
+
+
+def test_refusals_recorded_during_an_outage_stop_at_the_cap_then_all_commit(tmp_path: Path) -> None:
+    """Finding 5: every refused call adds a decision record the failing store cannot take; at most
+    AEGRESS_AUDIT_MAX_HELD wait in memory, further requests get 503, and all held commit afterwards."""
+    home, token = _home(tmp_path)
+    policy = tmp_path / "block.toml"
+    policy.write_text(_BLOCK_FAIL)
+    aegress(home, "policy", "apply", str(policy), "--tenant", "acme", "--yes")
+    db = home / "aegress.db"
+    with run_gateway(home, env={"AEGRESS_AUDIT_MAX_HELD": "5"}) as gw:
+        c = RawClient(gw.url, token).start()
+        assert RawClient.body(c.call("tools__echo", {"text": "warm"}))["result"]
+        with locked(db):
+            answers = [c.call("tools__fail", {"message": f"refused-{i}"}) for i in range(12)]
+            assert [r.status_code for r in answers] == [200] * 5 + [503] * 7, [r.text for r in answers]
+            assert {RawClient.body(r)["error"]["code"] for r in answers[:5]} == {-32602}  # blocked, so hidden
+            assert {RawClient.body(r)["error"]["code"] for r in answers[5:]} == {-32004}
+        _recovered(gw.base)  # no restart: the five held decisions commit
+        assert RawClient.body(c.call("tools__fail", {"message": "after"}))["error"]["code"] == -32602
+        c.close()
+        deadline = time.monotonic() + 20
+        while True:
+            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+            try:
+                [(decided,)] = conn.execute("SELECT COUNT(*) FROM evidence WHERE kind = 'decision' "
+                                            "AND tool = 'tools__fail'").fetchall()
+            finally:
+                conn.close()
+            if decided == 6:
+                break
+            assert time.monotonic() < deadline and decided < 6, decided
+            time.sleep(0.2)
+    assert aegress(home, "audit", "verify", "--all", "--final").returncode == 0
+
+
 def test_evidence_off_takes_the_flag_and_says_so(tmp_path: Path) -> None:
     home, token = _home(tmp_path)
     with run_gateway(home, env={"AEGRESS_AUDIT": "off"}) as gw:  # the variable alone changes nothing
