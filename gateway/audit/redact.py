@@ -192,6 +192,8 @@ def _cut_string(text: str, secrets: Sequence[str]) -> str:
     last = _UP_TO_SAFE_CUT.match(head)
     head = last.group() if last is not None else ""
     for value in secrets:
+        if not head or head[-1] not in value:  # the head ends in a cut character: only such a secret can straddle
+            continue
         for k in range(min(len(value) - 1, len(head)), 0, -1):
             if head.endswith(value[:k]):
                 head = head[:-k]
