@@ -21,6 +21,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import queue
@@ -79,6 +80,13 @@ def now_time() -> str:
 
 
 # -- settings ----------------------------------------------------------------------------------------
+MAX_HELD_RECORDS = 100_000
+MAX_HELD_BYTES = 64 * 1024 * 1024
+"""Records waiting in the writer (queued or held for a retry) beyond which new ones are refused
+(StoreUnavailable, 503): a long store outage must not grow memory without limit. Outcomes are never
+refused: they are bounded by the calls already in flight, whose intents committed."""
+
+
 @dataclass(frozen=True)
 class EvidenceSettings:
     """Tuning of the record stage. Turning it off is not a setting: only `aegress serve --no-evidence`."""
@@ -95,6 +103,8 @@ class EvidenceSettings:
     origin_prefix: str | None = None
     crash_point: str | None = None
     await_outcome: bool = True
+    max_held: int = MAX_HELD_RECORDS
+    max_held_bytes: int = MAX_HELD_BYTES
 
     @classmethod
     def from_env(cls, home: Path, env: dict[str, str] | None = None) -> EvidenceSettings:
@@ -117,6 +127,8 @@ class EvidenceSettings:
             origin_prefix=e.get("AEGRESS_AUDIT_ORIGIN") or None,
             crash_point=e.get(CRASH_ENV) or None,
             await_outcome=e.get("AEGRESS_AUDIT_AWAIT_OUTCOME", "on").lower() not in ("off", "0", "false"),
+            max_held=max(1, int(num("AEGRESS_AUDIT_MAX_HELD", MAX_HELD_RECORDS))),
+            max_held_bytes=max(1, int(num("AEGRESS_AUDIT_MAX_HELD_MB", MAX_HELD_BYTES / 2**20) * 2**20)),
         )
 
 
@@ -208,6 +220,12 @@ REFUSABLE = frozenset({"intent", "elicitation_answer"})
 Every other record (outcomes, decisions, operator events) describes something that already happened: the
 writer keeps it and retries until the store takes it."""
 RETRY_S = 0.5
+UNCAPPED = frozenset({"outcome"})
+
+
+def _entry_size(entry: Entry) -> int:
+    """Pure: the bytes a waiting record is counted for (its body as JSON; previews bound it)."""
+    return len(json.dumps(entry.body, separators=(",", ":"), default=str)) + 256
 """How often a writer that holds records the store refused tries again."""
 
 
@@ -251,13 +269,17 @@ class EvidenceWriter:
     """One thread commits everything queued in one transaction: concurrent records share an fsync.
 
     When the store fails, waiting intents are refused at once (StoreUnavailable: 503, nothing forwarded)
-    and every other record is held and retried every RETRY_S, ahead of anything newer, until it commits:
-    a fault that clears needs no restart, and no call's outcome is lost to it."""
+    and every other record is held and retried every RETRY_S, in transactions of at most max_batch, until it
+    commits: a fault that clears needs no restart, and no call's outcome is lost to it. Records arriving
+    meanwhile are committed in their own transaction, so a held record the store keeps refusing never
+    blocks new intents. At most max_held records (max_held_bytes) wait: beyond that new records other than
+    outcomes are refused at once (`submit` raises StoreUnavailable)."""
 
     def __init__(self, store: Store, *, commit_wait_s: float = 0.002, max_batch: int = 1024,
                  before_commit: Callable[[list[Sealed]], None] | None = None,
                  on_commit: Callable[[list[Sealed]], None] | None = None,
-                 on_orphan: _Orphan | None = None, retry_s: float = RETRY_S) -> None:
+                 on_orphan: _Orphan | None = None, retry_s: float = RETRY_S,
+                 max_held: int = MAX_HELD_RECORDS, max_held_bytes: int = MAX_HELD_BYTES) -> None:
         self._store = store
         self._wait = commit_wait_s
         self._max = max_batch
@@ -267,6 +289,11 @@ class EvidenceWriter:
         self._retry_s = retry_s
         self._queue: queue.SimpleQueue[tuple[Entry, _Waiter] | None] = queue.SimpleQueue()
         self._held: list[tuple[Entry, _Waiter]] = []
+        self._max_held = max_held
+        self._max_held_bytes = max_held_bytes
+        self._waiting = 0  # records submitted and not yet committed or refused (queued + held)
+        self._waiting_bytes = 0
+        self._count_lock = threading.Lock()
         self._healthy = True
         self.last_error = ""
         self._thread = threading.Thread(target=self._run, name="aegress-evidence", daemon=True)
@@ -281,8 +308,36 @@ class EvidenceWriter:
         """Records the store refused that are waiting for the next attempt."""
         return len(self._held)
 
+    @property
+    def waiting(self) -> tuple[int, int]:
+        """Records (and their counted bytes) queued or held, not yet committed or refused."""
+        return self._waiting, self._waiting_bytes
+
+    def _admit(self, entry: Entry) -> None:
+        """Count a new record in, or refuse it (fail closed) when too many already wait for the store."""
+        size = _entry_size(entry)
+        with self._count_lock:
+            full = self._waiting >= self._max_held or self._waiting_bytes + size > self._max_held_bytes
+            if full and entry.kind not in UNCAPPED:
+                raise StoreUnavailable(
+                    f"The evidence store is not taking commits and {self._waiting} record(s) wait for it; "
+                    "this request is refused so that nothing goes unrecorded.",
+                    hint="Retry later; the gateway's /health says why it is not ready.")
+            self._waiting += 1
+            self._waiting_bytes += size
+
+    def _release(self, entries: Sequence[Entry]) -> None:
+        """Records that left the writer: committed, refused, or dropped."""
+        if not entries:
+            return
+        size = sum(_entry_size(e) for e in entries)
+        with self._count_lock:
+            self._waiting -= len(entries)
+            self._waiting_bytes -= size
+
     def submit(self, entry: Entry) -> concurrent.futures.Future[Sealed]:
         validate_body(entry.kind, entry.body)  # a bad body fails alone, never its whole batch
+        self._admit(entry)
         future: concurrent.futures.Future[Sealed] = concurrent.futures.Future()
         self._queue.put((entry, future))
         return future
@@ -290,6 +345,7 @@ class EvidenceWriter:
     def submit_async(self, entry: Entry) -> asyncio.Future[Sealed]:
         """Like `submit`, for the event loop: a whole batch is settled with one loop wake-up."""
         validate_body(entry.kind, entry.body)
+        self._admit(entry)
         future: asyncio.Future[Sealed] = asyncio.get_running_loop().create_future()
         self._queue.put((entry, future))
         return future
@@ -314,13 +370,31 @@ class EvidenceWriter:
             batch.append(item)
         return batch, stop
 
+    def _live(self, batch: list[tuple[Entry, _Waiter]]) -> list[tuple[Entry, _Waiter]]:
+        """An intent whose caller already gave up (refused after a bounded wait) is never committed."""
+        gone = [e for e, f in batch if e.kind in REFUSABLE and f.done()]
+        self._release(gone)
+        return [(e, f) for e, f in batch if not (e.kind in REFUSABLE and f.done())] if gone else batch
+
+    def _retry_held(self) -> None:
+        """Retry held records oldest first, max_batch per transaction; stop at the first refusal. They stay
+        in `_held` until committed, so readiness never sees them gone early."""
+        while self._held:
+            chunk = self._held[:self._max]
+            if not self._commit(chunk, hold=False):
+                return
+            del self._held[:len(chunk)]
+
     def _run(self) -> None:
         linger = False
         stop = False
         while True:
-            if self._held:  # the store refused records: wait a little (gathering new ones), then retry all
+            if self._held:  # the store refused records: wait a little (gathering new ones), then retry
                 fresh, stop = self._take(None, self._retry_s)
-                batch = self._held + fresh  # `_held` stays set until the attempt's result (readiness)
+                self._retry_held()
+                fresh = self._live(fresh)
+                if fresh:  # in their own transaction: a held record that keeps failing never blocks them
+                    self._commit(fresh)
             elif stop:
                 break
             else:
@@ -328,19 +402,17 @@ class EvidenceWriter:
                 if first is None:
                     break
                 batch, stop = self._take(first, self._wait if linger else 0.0)
-            # an intent whose caller already gave up (refused after a bounded wait) is never committed
-            batch = [(e, f) for e, f in batch if not (e.kind in REFUSABLE and f.done())]
-            if batch:
-                linger = len(batch) > 1  # concurrency seen: wait a little to gather the next group
-                self._commit(batch)
-            else:
-                self._held = []
+                batch = self._live(batch)
+                if batch:
+                    linger = len(batch) > 1  # concurrency seen: wait a little to gather the next group
+                    self._commit(batch)
             if stop and self._held:
                 log.error("evidence writer stopped with %d record(s) the store did not take; start-up recovery "
                           "marks their calls outcome_unknown", len(self._held))
                 break
 
-    def _commit(self, batch: list[tuple[Entry, _Waiter]]) -> None:
+    def _commit(self, batch: list[tuple[Entry, _Waiter]], *, hold: bool = True) -> bool:
+        """One transaction; on failure intents are refused and (with `hold`) the rest joins `_held`."""
         entries = [entry for entry, _ in batch]
         try:
             sealed = self._store.append_evidence(entries, self._before)
@@ -352,12 +424,15 @@ class EvidenceWriter:
             self.last_error = exc.message if isinstance(exc, AegressError) else type(exc).__name__
             failure = exc if isinstance(exc, AegressError) else StoreUnavailable(
                 "The evidence store failed.", hint="Check the gateway log and the data dir.")
-            _settle([(future, None) for entry, future in batch if entry.kind in REFUSABLE], failure)
-            self._held = [(entry, future) for entry, future in batch if entry.kind not in REFUSABLE]
-            return
+            refused = [(entry, future) for entry, future in batch if entry.kind in REFUSABLE]
+            self._release([entry for entry, _ in refused])
+            _settle([(future, None) for _, future in refused], failure)
+            if hold:
+                self._held.extend((entry, future) for entry, future in batch if entry.kind not in REFUSABLE)
+            return False
+        self._release(entries)
         if not self._healthy:
             log.warning("evidence store takes commits again")
-        self._held = []
         self._healthy = True
         self.last_error = ""
         _settle([(future, item) for (_, future), item in zip(batch, sealed, strict=True)], None, self._on_orphan)
@@ -366,6 +441,7 @@ class EvidenceWriter:
                 self._on_commit(sealed)
             except Exception:  # never let a notification kill the writer
                 log.exception("evidence commit listener failed")
+        return True
 
     def close(self) -> None:
         self._queue.put(None)
@@ -617,6 +693,7 @@ class Evidence:
             store, commit_wait_s=settings.commit_wait_s, max_batch=settings.max_batch,
             before_commit=self._before_commit if settings.crash_point == "during-outcome" else None,
             on_commit=self._committed, on_orphan=self._not_forwarded,
+            max_held=settings.max_held, max_held_bytes=settings.max_held_bytes,
         )
         self.checkpointer = Checkpointer(store, self.key, settings)
         self.auth = AuthFailures()

@@ -179,7 +179,7 @@ class Pipeline:
                             "code": -32600,
                             "message": f"Denied by Aegress policy rule {decision.rule_id}: {decision.reason}"}})
                     self.record(session, msg["method"], kind, up.spec.name, decision, "refused", started,
-                                started_at)
+                                started_at, refuse_when_full=False)  # inside a call already recorded
                     return
             await send(msg)
 
@@ -214,8 +214,11 @@ class Pipeline:
         *,
         arguments: Any = None,
         tool: JSON | None = None,
+        refuse_when_full: bool = True,
     ) -> None:
-        """A call that was NOT forwarded (blocked, hidden, held for review): a `decision` record, queued."""
+        """A call that was NOT forwarded (blocked, hidden, held for review): a `decision` record, queued.
+        When too many records already wait for a failing store, the request is refused instead
+        (StoreUnavailable: 503) unless `refuse_when_full` is off (then the record is only logged as lost)."""
         tenant = session.identity.tenant_id
         facts = self._facts(session, method, target, upstream, tool, decision, arguments, None, started_at)
         verdict = "hidden" if decision is not None and decision.rule_id == "unknown-tool" else None
@@ -227,6 +230,10 @@ class Pipeline:
         try:
             self.recorder.submit(call_entry(self.recorder.origin(tenant), self.recorder.tenant_key(tenant), facts,
                                             kind="decision", verdict=verdict))
+        except StoreUnavailable:
+            if refuse_when_full:
+                raise
+            log.error("could not record a refused %s: too many records wait for the evidence store", method)
         except AegressError as exc:
             log.error("could not record a refused call: %s", exc.message)
 
@@ -335,7 +342,10 @@ class Pipeline:
                 status = "client_disconnected" if "disconnect" in " ".join(map(str, exc.args)) else "cancelled"
             raise
         except UpstreamError as exc:
-            status, code = ("timeout" if exc.code == "upstream-timeout" else "failed"), exc.code
+            if exc.code == "upstream-not-connected":  # the connection closed before the call was sent
+                status, code = "not_forwarded", exc.code
+            else:
+                status, code = ("timeout" if exc.code == "upstream-timeout" else "failed"), exc.code
             raise
         finally:
             if not recorded:
@@ -545,7 +555,7 @@ class Pipeline:
                                                                     session.param_headers)
             if mismatch is not None:
                 self.record(session, "tools/call", name, up.spec.name, Decision("block", "header-mismatch"),
-                            "refused", started, started_at, HEADER_MISMATCH)
+                            "refused", started, started_at, HEADER_MISMATCH, arguments=arguments, tool=tool)
                 return error(msg["id"], HEADER_MISMATCH, mismatch)
         limited = self.over_budget(session)
         if limited is not None:

@@ -11,6 +11,7 @@ even echoed back inside an answer (`secrets=`).
 from __future__ import annotations
 
 import hashlib
+import heapq
 import hmac
 import json
 import math
@@ -172,10 +173,101 @@ def redact_value(value: JsonValue, *, secrets: Sequence[str] = (), _depth: int =
     return value
 
 
+PREVIEW_STRING_CHARS: Final = 4096
+"""A string longer than this is cut (at a point no detector's match can cross) before it is redacted."""
+PREVIEW_SCAN_CHARS: Final = 65536
+"""At most this many characters of one value reach the detectors for its preview; the rest is left out."""
+_PREVIEW_OUTPUT_CHARS: Final = 2 * MAX_PREVIEW_CHARS
+_UP_TO_SAFE_CUT: Final = re.compile(r".*[\s\"<>{}\[\]|\\`^]", re.S)
+"""Up to the last character no detector match spans (whitespace, what a URL's user:password@ cannot hold)."""
+_CUT_MARK: Final = "…"
+_MAX_PREVIEW_KEYS: Final = _PREVIEW_OUTPUT_CHARS // 5 + 1
+"""Each member writes at least `"":0,`: no more of a mapping's members can reach the preview."""
+
+
+def _cut_string(text: str, secrets: Sequence[str]) -> str:
+    """Pure: the first PREVIEW_STRING_CHARS of a long string, backed off to its last safe cut point and
+    past any partial known secret, so no secret half cut off by the clip escapes the detectors."""
+    head = text[:PREVIEW_STRING_CHARS]
+    last = _UP_TO_SAFE_CUT.match(head)
+    head = last.group() if last is not None else ""
+    for value in secrets:
+        if not head or head[-1] not in value:  # the head ends in a cut character: only such a secret can straddle
+            continue
+        for k in range(min(len(value) - 1, len(head)), 0, -1):
+            if head.endswith(value[:k]):
+                head = head[:-k]
+                break
+    return head + _CUT_MARK
+
+
+class _Budget:
+    """How much output the preview has produced and how many characters the detectors have seen."""
+
+    def __init__(self) -> None:
+        self.output = 0
+        self.scanned = 0
+
+    def spent(self) -> bool:
+        return self.output >= _PREVIEW_OUTPUT_CHARS or self.scanned >= PREVIEW_SCAN_CHARS
+
+
+def _preview_walk(value: JsonValue, secrets: Sequence[str], budget: _Budget, depth: int) -> JsonValue:
+    """Redact `value` in the order its JSON text is written (sorted keys), stopping once the budget is
+    spent: what follows could never reach the preview's first MAX_PREVIEW_CHARS characters."""
+    if depth > 64:
+        budget.output += len(REDACTED) + 2
+        return REDACTED
+    if isinstance(value, dict):
+        budget.output += 2
+        keyed = {(scrub(str(k), secrets) if secrets else k): (k, v) for k, v in value.items()}
+        out: dict[str, JsonValue] = {}
+        for key in heapq.nsmallest(_MAX_PREVIEW_KEYS, keyed, key=str):  # json.dumps sorts them too
+            if budget.spent():
+                break
+            budget.output += len(str(key)) + 4
+            original, item = keyed[key]
+            if is_secret_key(str(original)):
+                budget.output += len(REDACTED) + 2
+                out[key] = REDACTED
+            else:
+                out[key] = _preview_walk(item, secrets, budget, depth + 1)
+        return out
+    if isinstance(value, list):
+        budget.output += 2
+        items: list[JsonValue] = []
+        for item in value:
+            if budget.spent():
+                break
+            items.append(_preview_walk(item, secrets, budget, depth + 1))
+            budget.output += 1
+        return items
+    if isinstance(value, str):
+        text = value if len(value) <= PREVIEW_STRING_CHARS else _cut_string(value, secrets)
+        budget.scanned += len(text)
+        redacted = redact_text(text, secrets=secrets)
+        budget.output += len(redacted) + 2
+        return redacted
+    budget.output += len(json.dumps(value, default=str))
+    return value
+
+
+def redact_preview_value(value: JsonValue, *, secrets: Sequence[str] = ()) -> tuple[JsonValue, int]:
+    """Pure: the redacted part of `value` a preview shows, and how many characters the detectors ran
+    over (at most about PREVIEW_SCAN_CHARS + PREVIEW_STRING_CHARS, whatever the value's size).
+
+    For a value whose strings are at most PREVIEW_STRING_CHARS long, the preview made from it equals
+    that of the whole redacted value; a longer string is cut before redaction and marked with `…`.
+    """
+    budget = _Budget()
+    return _preview_walk(value, secrets, budget, 0), budget.scanned
+
+
 def redact_preview(value: JsonValue, *, limit: int = MAX_PREVIEW_CHARS, secrets: Sequence[str] = ()) -> str:
-    """Redacted, compact JSON text of a value, at most `limit` characters: the `*_preview` fields."""
-    text = json.dumps(redact_value(value, secrets=secrets), ensure_ascii=False, separators=(",", ":"),
-                      sort_keys=True, default=str)
+    """Redacted, compact JSON text of a value, at most `limit` characters: the `*_preview` fields.
+    Work is bounded by the preview, not the value: see `redact_preview_value`."""
+    shown, _ = redact_preview_value(value, secrets=secrets)
+    text = json.dumps(shown, ensure_ascii=False, separators=(",", ":"), sort_keys=True, default=str)
     if secrets:  # a secret split across escaped JSON text (a quote, a backslash) is caught here as well
         text = scrub(text, [json.dumps(v, ensure_ascii=False)[1:-1] for v in secrets])
     return truncate(text, min(limit, MAX_PREVIEW_CHARS))

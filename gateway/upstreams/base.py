@@ -179,7 +179,7 @@ class UpstreamConnection:
         of ours, and notifications come back to `sink` with the caller's token restored by them.
         """
         if self.closed:
-            raise UpstreamError(f"Upstream {self.name!r} is not connected.")
+            raise UpstreamError(f"Upstream {self.name!r} is not connected.", code="upstream-not-connected")
         params = self._envelope(params, meta)
         msg_id = self._last_id = next(self._ids)
         loop = asyncio.get_running_loop()

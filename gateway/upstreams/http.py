@@ -173,7 +173,7 @@ class HttpConnection(UpstreamConnection):
         """POST one message and read its answer (JSON or an SSE stream) up to our response."""
         pool = self._pool
         if pool is None:
-            raise UpstreamError(f"Upstream {self.name!r} is not connected.")
+            raise UpstreamError(f"Upstream {self.name!r} is not connected.", code="upstream-not-connected")
         headers = self._headers()
         if message.get("method") == "initialize":  # a new session: calls in flight keep the old id meanwhile
             headers.pop("mcp-session-id", None)

@@ -171,7 +171,7 @@ class StdioConnection(UpstreamConnection):
     async def _send(self, message: JSON, pending: Pending | None) -> None:
         proc = self._proc
         if proc is None or proc.stdin is None or proc.returncode is not None:
-            raise UpstreamError(f"Upstream {self.name!r} is not running.")
+            raise UpstreamError(f"Upstream {self.name!r} is not running.", code="upstream-not-connected")
         try:
             proc.stdin.write(orjson.dumps(message) + b"\n")
             await proc.stdin.drain()

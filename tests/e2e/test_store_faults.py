@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -223,6 +225,121 @@ def test_store_calls_never_stall_the_event_loop(tmp_path: Path) -> None:
         assert "tools__echo" in json.dumps(RawClient.body(listed))
         lister.close()
         pinger.close()
+
+
+def _child_pids(parent: int, marker: str) -> list[int]:
+    """Processes whose parent is `parent` and whose command line holds `marker` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and marker.encode() in command:
+            found.append(int(entry.name))
+    return found
+
+
+_REVIEW_SLOW = """
+version = 1
+default = "allow"
+
+[builtin]
+destructive = "off"
+
+[review]
+mode = "approve"
+hold_timeout_seconds = 30
+
+[[rules]]
+id = "slow-needs-review"
+upstream = "tools"
+name = "slow"
+verdict = "review"
+"""
+
+
+def test_a_call_whose_upstream_left_before_sending_is_recorded_not_forwarded(tmp_path: Path) -> None:
+    """Finding 12(b): the stdio upstream exits while a routed call waits (held for review); once released
+    nothing can be sent, so its outcome says not_forwarded, not failed."""
+    home, token = _home(tmp_path)
+    policy = tmp_path / "review.toml"
+    policy.write_text(_REVIEW_SLOW)
+    aegress(home, "policy", "apply", str(policy), "--tenant", "acme", "--yes")
+    db = home / "aegress.db"
+    with run_gateway(home) as gw, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        c = RawClient(gw.url, token).start()
+        assert RawClient.body(c.call("tools__echo", {"text": "warm"}))["result"]
+        [child] = _child_pids(gw.proc.popen.pid, "tests.servers.fixture_server")
+        call = pool.submit(lambda: c.call("tools__slow", {"seconds": 0}))
+        held: list[dict[str, Any]] = []
+        for _ in range(100):  # bounded: 20 s
+            held = json.loads(aegress(home, "review", "list", "--tenant", "acme", "--json").stdout)
+            if held:
+                break
+            time.sleep(0.2)
+        assert held, "the call was never held for review"
+        os.kill(child, signal.SIGKILL)  # routed to this connection; it closes while the call is held
+        time.sleep(0.5)  # the gateway sees the upstream exit
+        aegress(home, "review", "approve", held[0]["id"], "--as", "ops")
+        answered = RawClient.body(call.result(timeout=30))
+        assert "error" in answered, answered
+        c.close()
+        answers = _wait_all_answered(db)
+    assert sorted(answers.items())[-1][1] == ["outcome:not_forwarded"], (answers, answered)
+    assert sorted(answers.items())[0][1] == ["outcome:completed"], answers
+
+
+_BLOCK_FAIL = """
+version = 1
+default = "allow"
+
+[builtin]
+destructive = "off"
+
+[[rules]]
+id = "no-fail"
+upstream = "tools"
+name = "fail"
+verdict = "block"
+"""
+
+
+def test_refusals_recorded_during_an_outage_stop_at_the_cap_then_all_commit(tmp_path: Path) -> None:
+    """Finding 5: every refused call adds a decision record the failing store cannot take; at most
+    AEGRESS_AUDIT_MAX_HELD wait in memory, further requests get 503, and all held commit afterwards."""
+    home, token = _home(tmp_path)
+    policy = tmp_path / "block.toml"
+    policy.write_text(_BLOCK_FAIL)
+    aegress(home, "policy", "apply", str(policy), "--tenant", "acme", "--yes")
+    db = home / "aegress.db"
+    with run_gateway(home, env={"AEGRESS_AUDIT_MAX_HELD": "5"}) as gw:
+        c = RawClient(gw.url, token).start()
+        assert RawClient.body(c.call("tools__echo", {"text": "warm"}))["result"]
+        with locked(db):
+            answers = [c.call("tools__fail", {"message": f"refused-{i}"}) for i in range(12)]
+            assert [r.status_code for r in answers] == [200] * 5 + [503] * 7, [r.text for r in answers]
+            assert {RawClient.body(r)["error"]["code"] for r in answers[:5]} == {-32602}  # blocked, so hidden
+            assert {RawClient.body(r)["error"]["code"] for r in answers[5:]} == {-32004}
+        _recovered(gw.base)  # no restart: the five held decisions commit
+        assert RawClient.body(c.call("tools__fail", {"message": "after"}))["error"]["code"] == -32602
+        c.close()
+        deadline = time.monotonic() + 20
+        while True:
+            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+            try:
+                [(decided,)] = conn.execute("SELECT COUNT(*) FROM evidence WHERE kind = 'decision' "
+                                            "AND tool = 'tools__fail'").fetchall()
+            finally:
+                conn.close()
+            if decided == 6:
+                break
+            assert time.monotonic() < deadline and decided < 6, decided
+            time.sleep(0.2)
+    assert aegress(home, "audit", "verify", "--all", "--final").returncode == 0
 
 
 def test_evidence_off_takes_the_flag_and_says_so(tmp_path: Path) -> None:

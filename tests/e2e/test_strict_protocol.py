@@ -13,6 +13,7 @@ import sys
 import httpx2
 import pytest
 
+from tests.e2e.audit_support import evidence_rows
 from tests.procs import ROOT, aegress, answer, gateway_with_fixture, mcp_client, run
 
 ACCEPT = "application/json, text/event-stream"
@@ -151,3 +152,17 @@ def test_mcp_param_headers_must_mirror_the_arguments(gw) -> None:  # type: ignor
         assert r.status_code == 400, (extra, r.text)
         assert r.json()["error"]["code"] == -32020
         assert r.json()["id"] == 5
+
+
+def test_a_header_mismatch_refusal_carries_its_argument_digest(gw) -> None:  # type: ignore[no-untyped-def]
+    """Finding 12(a): the refused call is found by the digest of the arguments it carried."""
+    arguments = {"region": "eu", "text": "mismatch-digest"}
+    r = httpx2.post(gw.url, content=_modern_call(arguments, msg_id=9),
+                    headers=_modern_headers(gw, **{"Mcp-Param-Region": "us"}), timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["code"] == -32020
+    digest = aegress(gw.home, "audit", "hash", "--tenant", "acme", "--json-value", json.dumps(arguments)).stdout.strip()
+    found = evidence_rows(gw.home, "--digest", digest)
+    assert [(r["kind"], r["verdict"]) for r in found] == [("decision", "deny")]
+    body = found[0]["record"]["body"]
+    assert body["args_digest"] == digest and "mismatch-digest" in body["args_preview"]
+    assert body["tool"] == "params__route" and str(body.get("tool_def_hash")).startswith("sha256:")

@@ -5,14 +5,23 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from gateway.audit.records import MAX_PREVIEW_CHARS
 from gateway.audit.redact import (
+    PREVIEW_SCAN_CHARS,
+    PREVIEW_STRING_CHARS,
     REDACTED,
     derive_tenant_key,
     digest_value,
     is_secret_key,
     redact_preview,
+    redact_preview_value,
     redact_text,
+    redact_value,
+    scrub,
+    truncate,
 )
 
 MASTER = bytes(range(32))
@@ -74,3 +83,71 @@ def test_ordinary_text_and_our_digests_survive() -> None:
     digest = "hmac-sha256:" + "ab" * 32
     text = f"call create_issue on github for repo octo/hello-world took 12 ms, {digest}"
     assert redact_text(text) == text
+
+
+def _whole_value_preview(value: object, secrets: tuple[str, ...] = ()) -> str:
+    """The preview as it was made before its work was bounded: redact everything, then cut."""
+    text = json.dumps(redact_value(value, secrets=secrets), ensure_ascii=False, separators=(",", ":"),
+                      sort_keys=True, default=str)
+    if secrets:
+        text = scrub(text, [json.dumps(v, ensure_ascii=False)[1:-1] for v in secrets])
+    return truncate(text, MAX_PREVIEW_CHARS)
+
+
+_RANDOM_TOKEN = "q8Xz3L0pWm7Rt2Yv9Bn4Kc6Hd1Fg5Js0"
+_FOUR_MIB = 4 * 1024 * 1024
+_HUGE_VALUES = {  # 4 MiB of random-looking tokens, shaped several ways
+    "one string": (_RANDOM_TOKEN + " ") * (_FOUR_MIB // 33),
+    "one token": _RANDOM_TOKEN * (_FOUR_MIB // 32),
+    "list of tokens": [_RANDOM_TOKEN] * (_FOUR_MIB // 32),
+    "list of long tokens": [_RANDOM_TOKEN * 100] * (_FOUR_MIB // 3200),
+    "map of tokens": {f"k{i:07d}": _RANDOM_TOKEN for i in range(_FOUR_MIB // 40)},
+    "nested": {"a": [[_RANDOM_TOKEN * 10] * 100] * 1000, "b": "x"},
+}
+
+
+@pytest.mark.parametrize("shape", list(_HUGE_VALUES))
+def test_a_huge_value_is_redacted_for_its_preview_only(shape: str) -> None:
+    """Finding 2: the detectors see a bounded part of a 4 MiB value, not all of it."""
+    value = _HUGE_VALUES[shape]
+    _, scanned = redact_preview_value(value)
+    assert scanned <= PREVIEW_SCAN_CHARS + PREVIEW_STRING_CHARS + 1
+    preview = redact_preview(value)
+    assert _RANDOM_TOKEN[:8] not in preview and len(preview) <= MAX_PREVIEW_CHARS
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=40)
+    | st.sampled_from([c for c, _ in CANARIES] + ["hunter2-injected", "x" * 300]),
+    lambda inner: st.lists(inner, max_size=30)
+    | st.dictionaries(st.text(max_size=12) | st.sampled_from(["password", "token", "hunter2-injected"]),
+                      inner, max_size=30),
+    max_leaves=400,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values, st.booleans())
+def test_a_preview_is_what_redacting_the_whole_value_gave(value: object, injected: bool) -> None:
+    """Strings up to PREVIEW_STRING_CHARS: the bounded preview equals the whole-value one exactly."""
+    secrets = ("hunter2-injected",) if injected else ()
+    assert redact_preview(value, secrets=secrets) == _whole_value_preview(value, secrets)
+
+
+@pytest.mark.parametrize(("secret", "sensitive"), [
+    ("ghp_0123456789abcdefghijABCDEFGHIJ012345", "0123456789abcdefghijABCDEFGHIJ012345"),
+    ("hunter2-injected-value", "hunter2-injected-value"),
+    ("https://admin:s3cr3tpass@db", "admin:s3cr3tpass"),
+    ("Bearer abcdefghijklmnop", "abcdefghijklmnop"),
+])
+def test_a_secret_cut_by_the_clip_does_not_leak(secret: str, sensitive: str) -> None:
+    """A long string is cut before redaction; a secret straddling the cut is left out, not half shown."""
+    for at in range(1, len(secret)):
+        head = _RANDOM_TOKEN * ((PREVIEW_STRING_CHARS - at - 40) // 32)
+        filler = "," * (PREVIEW_STRING_CHARS - at - 1 - len(head))
+        text = head + filler + " " + secret + " tail" * 2000
+        assert text.index(secret) == PREVIEW_STRING_CHARS - at
+        preview = redact_preview({"text": text}, secrets=("hunter2-injected-value",))
+        assert preview.endswith("…\"}") and filler in preview
+        shown = preview.rpartition(",")[2]
+        assert not any(sensitive[k:k + 3] in shown for k in range(len(sensitive) - 2)), (at, shown)
