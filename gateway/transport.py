@@ -77,6 +77,10 @@ _RESUME_GRACE_S = 30.0
 _RETRY_MS = 500
 _OPEN_AFTER_S = 0.05
 _MAX_EVENTS = 1000
+_MAX_STREAM_BYTES = 32 * 1024 * 1024
+"""What one request's stream keeps of the messages its call caused (progress, logs, upstream requests),
+in serialized bytes: a hostile upstream's flood of large notifications to a slow or parked reader drops
+the oldest of them instead of growing the gateway. The final answer is never dropped."""
 _MAX_PARKED = 64
 # 2026-07-28 maps these JSON-RPC errors onto HTTP statuses; everything else is 200.
 _MODERN_STATUS = {-32700: 400, -32600: 400, -32602: 400, -32020: 400, -32021: 400, -32022: 400, -32601: 404}
@@ -142,7 +146,8 @@ class RequestStream:
 
     def __init__(self, stream_id: str | None) -> None:
         self.id = stream_id
-        self._events: collections.deque[JSON] = collections.deque()
+        self._events: collections.deque[tuple[JSON, int]] = collections.deque()  # (message, bytes counted)
+        self._bytes = 0
         self.dropped = 0
         self.done = False
         self.breaks = 0
@@ -164,20 +169,26 @@ class RequestStream:
             raise IndexError(n)
         if self.id is None and n == self.dropped:  # not resumable: written once, then forgotten
             self.dropped += 1
-            return self._events.popleft()
-        return self._events[n - self.dropped]
+            message, size = self._events.popleft()
+            self._bytes -= size
+            return message
+        return self._events[n - self.dropped][0]
 
     def poke(self, _: object = None) -> None:
         for waiter in self.waiters:
             if not waiter.done():
                 waiter.set_result(None)
 
-    def _push(self, message: JSON) -> None:
+    def _push(self, message: JSON, size: int = 0) -> None:
+        """Keep an event; `size` counts a related message's bytes against _MAX_STREAM_BYTES (the final
+        answer, bounded by the upstream's message limit, counts 0 and is never dropped)."""
         if self.done:
             return
-        self._events.append(message)
-        if len(self._events) > _MAX_EVENTS:
-            self._events.popleft()
+        self._events.append((message, size))
+        self._bytes += size
+        while len(self._events) > 1 and (len(self._events) > _MAX_EVENTS or self._bytes > _MAX_STREAM_BYTES):
+            _, gone = self._events.popleft()
+            self._bytes -= gone
             self.dropped += 1
 
     async def related(self, message: JSON) -> None:
@@ -189,7 +200,7 @@ class RequestStream:
             asyncio.get_running_loop().call_later(_OPEN_AFTER_S, self.poke)
             return
         else:
-            self._push(message)
+            self._push(message, len(dumps(message)))
         self.poke()
 
     def start(self, task: asyncio.Future[JSON], msg_id: Any, deadline: float) -> None:
