@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from gateway import binding, naming, ratelimit
-from gateway.decide import CLIENT_REQUESTS, AllowAll, Decider, GateDecision
+from gateway.decide import CLIENT_REQUESTS, POLL_INTERVAL_S, AllowAll, Decider, GateDecision
 from gateway.errors import AegressError, AuthError, ProtocolError, StoreUnavailable, UpstreamError
 from gateway.evidence import now_time
 from gateway.jsonrpc import (
@@ -117,6 +117,7 @@ class Pipeline:
         self.review_desk = review_desk or ReviewDesk(store)
         self._token_key = derive_key(master_key, "token-hash")
         self._buckets: dict[tuple[str, str], ratelimit.Bucket] = {}
+        self._policies_polled = float("-inf")
 
     # -- stage 1: authenticate -----------------------------------------------------------------
     async def authenticate(self, authorization: str | None) -> Identity:
@@ -145,9 +146,16 @@ class Pipeline:
         return binding.bind(identity, claims)
 
     # -- stage 3: decide -----------------------------------------------------------------------
+    async def refresh_policies(self) -> None:
+        """Newly applied policies and approvals are in force within POLL_INTERVAL_S: the decider's poll of
+        the store runs in a worker thread, so a locked or full store never stalls the event loop."""
+        now = time.monotonic()
+        if now - self._policies_polled >= POLL_INTERVAL_S:
+            self._policies_polled = now
+            await asyncio.to_thread(self.decider.refresh, now)
+
     def decide(self, session: ClientSession, up: Upstream, tool: JSON, arguments: JSON) -> GateDecision:
-        """The policy's verdict for one call (the decider polls for newly applied policies first)."""
-        self.decider.refresh(time.monotonic())
+        """The policy's verdict for one call (pure over the decider's state; refresh_policies polls first)."""
         return self.decider.decide(session.identity, up.spec.name, tool, arguments)
 
     def over_budget(self, session: ClientSession) -> str | None:
@@ -492,7 +500,7 @@ class Pipeline:
         return up.tools
 
     async def _list_tools(self, session: ClientSession, msg: JSON, send: Send) -> JSON:
-        self.decider.refresh(time.monotonic())
+        await self.refresh_policies()
         ups = await session.upstreams()
         lists = await asyncio.gather(*(self._tools(session, u, refresh=True) for u in ups), return_exceptions=True)
         seen: set[str] = set()
@@ -563,6 +571,7 @@ class Pipeline:
             self.record(session, "tools/call", name, up.spec.name, decision, "refused", started, started_at,
                         arguments=arguments, tool=tool)
             return result(msg["id"], tool_error(f"{limited} (audit id {decision.audit_id})"))
+        await self.refresh_policies()
         decision = self.decide(session, up, tool, arguments or {})
         if decision.verdict == "review":
             meta = params.get("_meta")

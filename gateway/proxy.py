@@ -400,20 +400,23 @@ class Runtime:
         now = time.monotonic()
         if now - self._checked > 1.0:
             self._checked = now
-            version = self.store.upstreams_version()
+            version = await asyncio.to_thread(self.store.upstreams_version)  # never on the event loop
             if version != self._version:
                 self._version = version
                 await self._reload()
         rt = self._tenants.get(tenant_id)
         if rt is None:
-            rt = TenantRuntime(tenant_id, self.store.list_upstreams(tenant_id), self.limits)
-            self._tenants[tenant_id] = rt
+            specs = await asyncio.to_thread(self.store.list_upstreams, tenant_id)
+            rt = self._tenants.get(tenant_id)  # another request may have built it meanwhile
+            if rt is None:
+                rt = TenantRuntime(tenant_id, specs, self.limits)
+                self._tenants[tenant_id] = rt
         return rt
 
     async def _reload(self) -> None:
         """Registrations changed: rebuild the runtimes whose upstream specs differ."""
         for tenant_id, rt in list(self._tenants.items()):
-            specs = {s.name: s for s in self.store.list_upstreams(tenant_id)}
+            specs = {s.name: s for s in await asyncio.to_thread(self.store.list_upstreams, tenant_id)}
             if specs != rt.specs:
                 self._tenants.pop(tenant_id, None)
                 sessions = list(rt.sessions)
