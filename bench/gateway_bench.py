@@ -160,8 +160,9 @@ def main() -> None:
     with run_http_upstream("bench") as (up_url, _):
         aegress(home, "upstream", "add", "--tenant", "bench", "http", "--url", up_url, "--allow-private")
         add_stdio_fixture(home, "bench", "stdio")
-        # one actor drives up to 64 calls at once: lift its fair-share cap (32 by default), which is not measured here
-        caps = ["--max-calls-per-actor", "256", "--max-calls-per-tenant", "256"]
+        # one actor on one address drives up to 64 calls at once: lift the fair-share caps, not measured here
+        caps = ["--max-calls-per-actor", "256", "--max-calls-per-tenant", "256",
+                "--max-connections-per-address", "1000"]
         with run_gateway(home, *caps, *(["--no-evidence"] if args.audit == "off" else [])) as gw:
             auth = {"Authorization": f"Bearer {token}"}
             targets = {
