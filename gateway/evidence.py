@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from gateway.audit.checkpoint import Checkpoint, Verifier, parse_checkpoint, parse_note, sign_checkpoint
 from gateway.audit.errors import KeyFileError
 from gateway.audit.keys import (
@@ -102,7 +104,8 @@ class EvidenceSettings:
     key_file: Path | None = None
     origin_prefix: str | None = None
     crash_point: str | None = None
-    await_outcome: bool = True
+    await_outcome: bool = False
+    outcome_defer_s: float = 0.01
     max_held: int = MAX_HELD_RECORDS
     max_held_bytes: int = MAX_HELD_BYTES
 
@@ -126,7 +129,8 @@ class EvidenceSettings:
             key_file=Path(e["AEGRESS_SIGNING_KEY_FILE"]) if e.get("AEGRESS_SIGNING_KEY_FILE") else home / KEY_FILE,
             origin_prefix=e.get("AEGRESS_AUDIT_ORIGIN") or None,
             crash_point=e.get(CRASH_ENV) or None,
-            await_outcome=e.get("AEGRESS_AUDIT_AWAIT_OUTCOME", "on").lower() not in ("off", "0", "false"),
+            await_outcome=e.get("AEGRESS_AUDIT_AWAIT_OUTCOME", "off").lower() in ("on", "1", "true"),
+            outcome_defer_s=max(0.0, num("AEGRESS_AUDIT_OUTCOME_DEFER_MS", 10.0) / 1000),
             max_held=max(1, int(num("AEGRESS_AUDIT_MAX_HELD", MAX_HELD_RECORDS))),
             max_held_bytes=max(1, int(num("AEGRESS_AUDIT_MAX_HELD_MB", MAX_HELD_BYTES / 2**20) * 2**20)),
         )
@@ -220,12 +224,17 @@ REFUSABLE = frozenset({"intent", "elicitation_answer"})
 Every other record (outcomes, decisions, operator events) describes something that already happened: the
 writer keeps it and retries until the store takes it."""
 RETRY_S = 0.5
+_WAKE = object()
+"""Queued by `defer` to wake a sleeping writer; never committed."""
 UNCAPPED = frozenset({"outcome"})
 
 
 def _entry_size(entry: Entry) -> int:
     """Pure: the bytes a waiting record is counted for (its body as JSON; previews bound it)."""
-    return len(json.dumps(entry.body, separators=(",", ":"), default=str)) + 256
+    try:
+        return len(orjson.dumps(entry.body, default=str)) + 256
+    except TypeError:  # an integer past 64 bits in a preview: orjson refuses it, json does not
+        return len(json.dumps(entry.body, separators=(",", ":"), default=str)) + 256
 """How often a writer that holds records the store refused tries again."""
 
 
@@ -273,21 +282,32 @@ class EvidenceWriter:
     commits: a fault that clears needs no restart, and no call's outcome is lost to it. Records arriving
     meanwhile are committed in their own transaction, so a held record the store keeps refusing never
     blocks new intents. At most max_held records (max_held_bytes) wait: beyond that new records other than
-    outcomes are refused at once (`submit` raises StoreUnavailable)."""
+    outcomes are refused at once (`submit` raises StoreUnavailable).
+
+    Two kinds of waiter: an event-loop future (`submit_async`) is a caller waiting for durability (an
+    intent before its call is forwarded): its batch commits at once. A thread future (`submit`) is
+    nobody's wait (an outcome answered already, a refusal): a batch of only those waits up to defer_s for
+    the next awaited record and rides its commit, so a call costs one fsync, not two."""
 
     def __init__(self, store: Store, *, commit_wait_s: float = 0.002, max_batch: int = 1024,
                  before_commit: Callable[[list[Sealed]], None] | None = None,
                  on_commit: Callable[[list[Sealed]], None] | None = None,
                  on_orphan: _Orphan | None = None, retry_s: float = RETRY_S,
-                 max_held: int = MAX_HELD_RECORDS, max_held_bytes: int = MAX_HELD_BYTES) -> None:
+                 max_held: int = MAX_HELD_RECORDS, max_held_bytes: int = MAX_HELD_BYTES,
+                 defer_s: float = 0.0) -> None:
         self._store = store
         self._wait = commit_wait_s
+        self._defer = defer_s
         self._max = max_batch
         self._before = before_commit
         self._on_commit = on_commit
         self._on_orphan = on_orphan
         self._retry_s = retry_s
-        self._queue: queue.SimpleQueue[tuple[Entry, _Waiter] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # (entry, waiter), _WAKE, or None: stop
+        self._later: list[Callable[[], Entry]] = []
+        self._later_since = 0.0
+        self._later_lock = threading.Lock()
+        self._sleeping = False
         self._held: list[tuple[Entry, _Waiter]] = []
         self._max_held = max_held
         self._max_held_bytes = max_held_bytes
@@ -350,12 +370,23 @@ class EvidenceWriter:
         self._queue.put((entry, future))
         return future
 
+    def defer(self, build: Callable[[], Entry]) -> None:
+        """Queue a record nobody waits for (an outcome already answered): built on the writer's thread and
+        committed with the next awaited record, or within defer_s. Wakes the writer only if it sleeps."""
+        with self._later_lock:
+            if not self._later:
+                self._later_since = time.monotonic()
+            self._later.append(build)
+            wake, self._sleeping = self._sleeping, False
+        if wake:
+            self._queue.put(_WAKE)
+
     def append_sync(self, entries: Sequence[Entry], timeout: float = 30.0) -> list[Sealed]:
         futures = [self.submit(e) for e in entries]
         return [f.result(timeout) for f in futures]
 
     def _take(self, first: tuple[Entry, _Waiter] | None, wait: float) -> tuple[list[Any], bool]:
-        batch = [first] if first is not None else []
+        batch = [first] if first is not None and first is not _WAKE else []
         stop = False
         deadline = time.monotonic() + wait
         while len(batch) < self._max:
@@ -367,7 +398,8 @@ class EvidenceWriter:
             if item is None:
                 stop = True
                 break
-            batch.append(item)
+            if item is not _WAKE:
+                batch.append(item)
         return batch, stop
 
     def _live(self, batch: list[tuple[Entry, _Waiter]]) -> list[tuple[Entry, _Waiter]]:
@@ -392,24 +424,65 @@ class EvidenceWriter:
             if self._held:  # the store refused records: wait a little (gathering new ones), then retry
                 fresh, stop = self._take(None, self._retry_s)
                 self._retry_held()
-                fresh = self._live(fresh)
+                fresh = self._live(self._built() + fresh)
                 if fresh:  # in their own transaction: a held record that keeps failing never blocks them
                     self._commit(fresh)
             elif stop:
                 break
             else:
-                first = self._queue.get()
-                if first is None:
-                    break
-                batch, stop = self._take(first, self._wait if linger else 0.0)
-                batch = self._live(batch)
+                first = self._next()
+                batch, stop = self._take(first, self._wait if linger else 0.0) if first is not None else ([], True)
+                batch = self._live(self._built() + batch)
                 if batch:
-                    linger = len(batch) > 1  # concurrency seen: wait a little to gather the next group
+                    linger = len(batch) > 2  # more than one call's records: wait a little to gather the next group
                     self._commit(batch)
             if stop and self._held:
                 log.error("evidence writer stopped with %d record(s) the store did not take; start-up recovery "
                           "marks their calls outcome_unknown", len(self._held))
                 break
+
+    def _next(self) -> Any:
+        """The next queued item, or _WAKE when deferred records are due. Right after a commit the writer lingers
+        up to defer_s, so a record deferred meanwhile needs no wake-up (the next awaited record, or the linger's
+        end, takes it along); only after defer_s with nothing to do does it sleep until `defer` or a record
+        wakes it."""
+        linger_until = time.monotonic() + self._defer
+        while True:
+            with self._later_lock:
+                now = time.monotonic()
+                if self._later:
+                    timeout: float | None = max(0.0, self._later_since + self._defer - now)
+                elif now < linger_until:
+                    timeout = linger_until - now
+                else:
+                    timeout, self._sleeping = None, True
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                item = _WAKE
+            with self._later_lock:
+                self._sleeping = False
+                if item is _WAKE:
+                    if self._later and self._later_since + self._defer <= time.monotonic():
+                        return _WAKE
+                    continue
+            return item
+
+    def _built(self) -> list[tuple[Entry, _Waiter]]:
+        """Build the deferred records (on this thread, off the event loop) and count them in."""
+        with self._later_lock:
+            builders, self._later = self._later, []
+        out: list[tuple[Entry, _Waiter]] = []
+        for build in builders:
+            try:
+                entry = build()
+                validate_body(entry.kind, entry.body)
+                self._admit(entry)
+            except Exception:
+                log.exception("could not build a deferred evidence record")
+                continue
+            out.append((entry, concurrent.futures.Future()))
+        return out
 
     def _commit(self, batch: list[tuple[Entry, _Waiter]], *, hold: bool = True) -> bool:
         """One transaction; on failure intents are refused and (with `hold`) the rest joins `_held`."""
@@ -446,6 +519,10 @@ class EvidenceWriter:
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=30)
+        if not self._thread.is_alive():
+            late = self._built()  # deferred after the writer's last look: commit them here
+            if late:
+                self._commit(late)
 
 
 def not_forwarded_entry(intent: Sealed, time_text: str) -> Entry:
@@ -694,6 +771,7 @@ class Evidence:
             before_commit=self._before_commit if settings.crash_point == "during-outcome" else None,
             on_commit=self._committed, on_orphan=self._not_forwarded,
             max_held=settings.max_held, max_held_bytes=settings.max_held_bytes,
+            defer_s=settings.outcome_defer_s,
         )
         self.checkpointer = Checkpointer(store, self.key, settings)
         self.auth = AuthFailures()
@@ -741,6 +819,11 @@ class Evidence:
         """Durably commit one record (group commit): await it; it raises StoreUnavailable if the store cannot
         take an intent. A plain future (no task), so a bounded wait on it costs nothing extra."""
         return self.writer.submit_async(entry)
+
+    def defer(self, build: Callable[[], Entry]) -> None:
+        """An answered call's outcome: built off the event loop and committed with the next intent, or within
+        AEGRESS_AUDIT_OUTCOME_DEFER_MS; failures are logged (the writer holds and retries what the store refuses)."""
+        self.writer.defer(build)
 
     def submit(self, entry: Entry) -> concurrent.futures.Future[Sealed]:
         """Queue a record without waiting (a cancelled call's outcome): failures are logged, not raised."""
@@ -839,6 +922,9 @@ class NoEvidence:
 
     async def append(self, entry: Entry) -> None:
         return None
+
+    def defer(self, build: Callable[[], Entry]) -> None:
+        pass
 
     def submit(self, entry: Entry) -> None:
         return None

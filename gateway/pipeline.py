@@ -48,7 +48,7 @@ from gateway.proxy import ClientSession, Runtime, UnknownTarget, Upstream, list_
 from gateway.record import CallFacts, Recorder, call_entry, elicitation_entry, outcome_entry, with_receipt
 from gateway.review import ReviewDesk, tool_error
 from gateway.secrets import derive_key, mint_id, token_hash
-from gateway.store.base import Store
+from gateway.store.base import Store, WouldBlock
 from gateway.types import Decision, Identity
 
 log = logging.getLogger("aegress.pipeline")
@@ -121,8 +121,9 @@ class Pipeline:
 
     # -- stage 1: authenticate -----------------------------------------------------------------
     async def authenticate(self, authorization: str | None) -> Identity:
-        """The token lookup runs in a worker thread: a store stalled by another process's lock or a full
-        disk must never stall the event loop (every other request, /health included)."""
+        """Every request looks its token up (a revocation applies to the next request). The lookup is tried
+        on the event loop first, where it costs microseconds and never waits; when it would wait (another
+        process's lock) it runs in a worker thread, so a stalled store never stalls the loop."""
         if not authorization:
             self.recorder.auth_failure("missing-token")
             raise AuthError("Missing bearer token.", hint="Send Authorization: Bearer <token>.")
@@ -131,7 +132,11 @@ class Pipeline:
         if scheme.lower() != "bearer" or not token:
             self.recorder.auth_failure("malformed-authorization")
             raise AuthError("Malformed Authorization header.", hint="Send Authorization: Bearer <token>.")
-        info = await asyncio.to_thread(self.store.find_token, token_hash(self._token_key, token))
+        digest = token_hash(self._token_key, token)
+        try:
+            info = self.store.find_token_nowait(digest)
+        except WouldBlock:
+            info = await asyncio.to_thread(self.store.find_token, digest)
         if info is None or not info.active:
             self.recorder.auth_failure("invalid-token" if info is None else "revoked-token")
             raise AuthError(
@@ -265,15 +270,20 @@ class Pipeline:
         return facts, sealed
 
     def _outcome(self, facts: CallFacts, intent: Any, status: str, started: float, up_started: float | None,
-                 res: Any, code: Any) -> Any:
-        now = time.perf_counter()
+                 res: Any, code: Any) -> Callable[[], Any]:
+        """The outcome's builder, with its clock read now: it may run later, on the evidence writer's thread."""
+        now, when = time.perf_counter(), now_time()
         tenant = facts.identity.tenant_id
-        return outcome_entry(
-            self.recorder.origin(tenant), self.recorder.tenant_key(tenant), facts, intent.record.seq,
-            status=status, time=now_time(), latency_ms=(now - started) * 1000,
-            upstream_latency_ms=None if up_started is None else (now - up_started) * 1000, result=res,
-            error_code=code,
-        )
+        origin, key = self.recorder.origin(tenant), self.recorder.tenant_key(tenant)
+
+        def build() -> Any:
+            return outcome_entry(
+                origin, key, facts, intent.record.seq, status=status, time=when, latency_ms=(now - started) * 1000,
+                upstream_latency_ms=None if up_started is None else (now - up_started) * 1000, result=res,
+                error_code=code,
+            )
+
+        return build
 
     async def record_outcome(self, facts: CallFacts, intent: Any, status: str, started: float,
                              up_started: float | None, res: Any = None, code: Any = None) -> Any:
@@ -281,7 +291,7 @@ class Pipeline:
         OUTCOME_WAIT_S without a receipt; the writer holds the outcome and retries until it commits."""
         if intent is None:
             return None
-        entry = self._outcome(facts, intent, status, started, up_started, res, code)
+        entry = self._outcome(facts, intent, status, started, up_started, res, code)()
         try:
             return await asyncio.wait_for(self.recorder.append(entry), OUTCOME_WAIT_S)
         except TimeoutError:
@@ -294,13 +304,11 @@ class Pipeline:
 
     def record_outcome_nowait(self, facts: CallFacts, intent: Any, status: str, started: float,
                               up_started: float | None, code: Any = None, res: Any = None) -> None:
-        """For a call abandoned mid-flight (cancelled task): queue the outcome without waiting."""
+        """An answered call (the default; the receipt names the intent) or one abandoned mid-flight: the outcome
+        is built off the event loop and rides the next commit (Evidence.defer)."""
         if intent is None:
             return
-        try:
-            self.recorder.submit(self._outcome(facts, intent, status, started, up_started, res, code))
-        except AegressError as exc:
-            log.error("could not record the outcome of intent %s: %s", intent.record.seq, exc.message)
+        self.recorder.defer(self._outcome(facts, intent, status, started, up_started, res, code))
 
     async def record_client_answer(self, session: ClientSession, msg: JSON) -> None:
         """An elicitation answer relayed from the client: digest + redacted preview, committed first."""

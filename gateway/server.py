@@ -269,6 +269,44 @@ def draining_server(config: uvicorn.Config, endpoint: McpEndpoint, grace: float)
     return DrainingServer(config)
 
 
+class _HeadWithBody:
+    """A response's transport that holds the head until the first body write, so both leave in one send: on
+    loopback every send wakes the peer, and a call's answer then costs one wake-up instead of two. A head
+    with no body write in the same loop turn goes out on its own at the next turn."""
+
+    __slots__ = ("_handle", "_head", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._head: bytes | None = None
+        self._handle: asyncio.Handle | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._handle is None and self._head is None:  # the first write of a response is its head
+            self._head = data
+            self._handle = self._loop.call_soon(self._flush)
+            return
+        if self._head is not None:
+            data, self._head = self._head + data, None
+            if self._handle is not None:
+                self._handle.cancel()
+        self._transport.write(data)
+
+    def _flush(self) -> None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            if not self._transport.is_closing():
+                self._transport.write(head)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._transport, name)
+
+
 def _refusal(status: int, reason: bytes, code: str, message: str) -> bytes:
     body = dumps({"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": message, "data": {"code": code}}})
     return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
@@ -386,7 +424,10 @@ def bounded_protocol(limits: Limits) -> type:
             if self._refused:
                 return
             self._disarm()
+            before = self.cycle
             super().on_headers_complete()
+            if self.cycle is not None and self.cycle is not before:
+                self.cycle.transport = _HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
 
         def on_body(self, body: bytes) -> None:
             if not self._refused:

@@ -666,13 +666,13 @@ class McpEndpoint:
                 if cursor < stream.total:
                     message = stream.event(cursor)
                     last = stream.done and stream.error is None and cursor + 1 == stream.total
-                    if last and not streaming and session.modern:
+                    if last and not streaming:  # nothing streamed before the answer: plain JSON, every revision
                         status = 200
-                        if "error" in message:
+                        if session.modern and "error" in message:
                             status = _MODERN_STATUS.get(message["error"].get("code"), 200)
                         await self._respond(send, status, dumps(message))
                         return "done"
-                    if not streaming:  # handshake era: answer on a stream, as the reference server does
+                    if not streaming:  # something comes before the answer: commit to SSE
                         await start()
                     cursor += 1
                     body = _event(message, f"{stream.id}:{cursor}" if stream.id is not None else None)
@@ -852,6 +852,7 @@ class McpEndpoint:
         self, send: ASGISend, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
     ) -> None:
         hdrs = [(b"content-type", b"application/json")] if body else []
+        hdrs.append((b"content-length", b"%d" % len(body)))
         hdrs.extend(extra or [])
         await send({"type": "http.response.start", "status": status, "headers": hdrs})
         await send({"type": "http.response.body", "body": body, "more_body": False})

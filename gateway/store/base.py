@@ -104,6 +104,11 @@ class EvidenceFilter:
     contains: str = ""  # a digest (`hmac-sha256:...`) the record's bytes must contain
 
 
+class WouldBlock(Exception):
+    """A `*_nowait` read that could only be answered after a wait (a lock, a network round trip): the caller
+    asks again with the blocking method, in a worker thread."""
+
+
 class Store(Protocol):
     """Synchronous by design: SQLite calls are microseconds; `inline_safe` tells the server whether it
     may call read methods on the event loop or must use a worker thread."""
@@ -128,6 +133,9 @@ class Store(Protocol):
     # tokens
     def add_token(self, info: TokenInfo, token_hash: str) -> None: ...
     def find_token(self, token_hash: str) -> TokenInfo | None: ...
+    def find_token_nowait(self, token_hash: str) -> TokenInfo | None:
+        """`find_token` without waiting, safe on the event loop; raises WouldBlock when it cannot answer at once."""
+        raise WouldBlock
     def get_token(self, token_id: str) -> TokenInfo | None: ...
     def list_tokens(self, tenant_id: str | None = None, actor_id: str | None = None) -> list[TokenInfo]: ...
     def revoke_token(self, token_id: str, now: str) -> TokenInfo: ...

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import AlreadyExists, NotFound, StoreUnavailable
-from gateway.store.base import HeldCall, PinChange, PolicyVersion
+from gateway.store.base import HeldCall, PinChange, PolicyVersion, WouldBlock
 from gateway.types import Actor, CallRecord, Tenant, TokenInfo, UpstreamLimits, UpstreamSpec
 
 log = logging.getLogger("aegress.store")
@@ -265,6 +265,16 @@ class SQLiteStore:
             self._local.conn = conn
         return conn
 
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read-only connection with no busy wait (for `*_nowait` reads)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "reader", None)
+        if conn is None:
+            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=0,
+                                   isolation_level=None, check_same_thread=True)
+            conn.execute("PRAGMA query_only=ON")
+            self._local.reader = conn
+        return conn
+
     def _run(self, sql: str, params: Sequence[object] = ()) -> sqlite3.Cursor:
         try:
             return self._conn().execute(sql, params)
@@ -293,10 +303,11 @@ class SQLiteStore:
             raise
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        for name in ("conn", "reader"):
+            conn = getattr(self._local, name, None)
+            if conn is not None:
+                conn.close()
+                setattr(self._local, name, None)
 
     def ping(self) -> None:
         self._run("SELECT 1").fetchone()
@@ -373,6 +384,16 @@ class SQLiteStore:
 
     def find_token(self, token_hash: str) -> TokenInfo | None:
         row = self._run(f"SELECT {self._TOKEN_COLS} FROM tokens WHERE hash = ?", (token_hash,)).fetchone()
+        return TokenInfo(*row) if row else None
+
+    def find_token_nowait(self, token_hash: str) -> TokenInfo | None:
+        """On the event loop, every request: a read-only connection that never waits for a lock (WAL readers
+        see the last commit without one); a lock or any other trouble says WouldBlock instead."""
+        try:
+            row = self._reader().execute(f"SELECT {self._TOKEN_COLS} FROM tokens WHERE hash = ?",
+                                         (token_hash,)).fetchone()
+        except sqlite3.Error as exc:
+            raise WouldBlock from exc
         return TokenInfo(*row) if row else None
 
     def get_token(self, token_id: str) -> TokenInfo | None:

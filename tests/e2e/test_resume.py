@@ -14,7 +14,7 @@ import httpx2
 import pytest
 
 from tests.e2e.audit_support import evidence_rows
-from tests.procs import gateway_with_fixture, setup_tenant
+from tests.procs import answer, gateway_with_fixture, setup_tenant
 
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
@@ -67,20 +67,25 @@ def test_priming_event_and_event_ids_only_on_resumable_sessions(tmp_path: Path) 
     with gateway_with_fixture(tmp_path / "home") as gw, httpx2.Client(timeout=30) as http:
         token = gw.tokens[("acme", "alice")]
         headers = open_session(http, gw.url, token, "2025-11-25")
+        # a call that answers at once has nothing to resume: plain JSON, one body
         r = http.post(gw.url, headers=headers, json=call("tools__echo", {"text": "hi"}))
+        assert r.headers["content-type"] == "application/json"
+        assert r.json()["result"]["content"][0]["text"] == "hi"
+        # a call still running after a moment gets a stream that opens with the priming event
+        r = http.post(gw.url, headers=headers, json=call("tools__slow", {"seconds": 0.3}, 2))
+        assert r.headers["content-type"].startswith("text/event-stream")
         got = events(r.text)
         assert got[0]["data"] == "" and got[0]["retry"].isdigit() and got[0]["id"].endswith(":0")
         stream = got[0]["id"].rsplit(":", 1)[0]
         assert got[-1]["id"] == f"{stream}:1"
-        assert json.loads(got[-1]["data"])["result"]["content"][0]["text"] == "hi"
+        assert json.loads(got[-1]["data"])["result"]["content"][0]["text"] == "done"
         # another call gets another stream
-        r = http.post(gw.url, headers=headers, json=call("tools__echo", {"text": "again"}, 2))
+        r = http.post(gw.url, headers=headers, json=call("tools__slow", {"seconds": 0.3}, 3))
         assert events(r.text)[0]["id"].rsplit(":", 1)[0] != stream
 
-        old = open_session(http, gw.url, token, "2025-06-18")
-        r = http.post(gw.url, headers=old, json=call("tools__echo", {"text": "hi"}))
-        got = events(r.text)
-        assert len(got) == 1 and "id" not in got[0] and "retry" not in got[0]
+        old = open_session(http, gw.url, token, "2025-06-18")  # not resumable: no stream for a silent call
+        r = http.post(gw.url, headers=old, json=call("tools__slow", {"seconds": 0.3}))
+        assert r.headers["content-type"] == "application/json" and r.json()["result"]["content"][0]["text"] == "done"
 
 
 def test_a_dropped_call_goes_on_and_resumes_with_last_event_id(tmp_path: Path) -> None:
@@ -147,7 +152,7 @@ def test_client_cancellation_stops_the_call(tmp_path: Path, version: str) -> Non
         assert all(json.loads(e["data"]).get("id") != 9 for e in events(body) if e.get("data"))
         for attempt in range(50):  # bounded: up to 5 s for the cancellation to reach the upstream
             count = http.post(gw.url, headers=headers, json=call("tools__cancellations", {}, 10 + attempt))
-            if json.loads(events(count.text)[-1]["data"])["result"]["content"][0]["text"] == "1":
+            if answer(count)["result"]["content"][0]["text"] == "1":
                 break
             time.sleep(0.1)
         else:
