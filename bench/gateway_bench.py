@@ -36,6 +36,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import sqlite3
 import statistics
@@ -258,8 +259,9 @@ def cpu_report(targets: dict[str, Target], gateway_pid: int, names: dict[int, st
                 for tid, s in acc["threads"].items():
                     role = thread_role(tid, gateway_pid, names)
                     roles[role] += s
-                    if role == "other" and s > 0:
-                        others[names.get(tid, "?")] = others.get(names.get(tid, "?"), 0.0) + s
+                    if role == "other" and s > 0:  # an executor's numbered workers count as one
+                        who = re.sub(r"_\d+$", "_*", names.get(tid, "?"))
+                        others[who] = others.get(who, 0.0) + s
                 row = {k: round(v * 1000 / n, 3) for k, v in roles.items()}
                 row["other_by_name"] = {k: round(v * 1000 / n, 3) for k, v in sorted(others.items())}
                 by_thread.setdefault(name, {})[str(inflight)] = row
