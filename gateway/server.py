@@ -43,7 +43,7 @@ from gateway.pipeline import Pipeline
 from gateway.proxy import Runtime
 from gateway.secrets import load_master_key
 from gateway.store import open_store
-from gateway.transport import McpEndpoint, default_allowed
+from gateway.transport import DISCONNECT_KEY, ConnectionWatch, McpEndpoint, default_allowed
 
 if TYPE_CHECKING:
     import uvicorn
@@ -337,6 +337,7 @@ def bounded_protocol(limits: Limits) -> type:
         _peer: str | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            self._watch = ConnectionWatch()  # tells this connection's requests when it ends
             super().connection_made(transport)
             self._peer = str(self.client[0]) if self.client else ""
             per_address[self._peer] += 1
@@ -348,6 +349,7 @@ def bounded_protocol(limits: Limits) -> type:
             self._arm()
 
         def connection_lost(self, exc: Exception | None) -> None:
+            self._watch.ended()
             if self._peer is not None:
                 per_address[self._peer] -= 1
                 if per_address[self._peer] <= 0:
@@ -428,6 +430,7 @@ def bounded_protocol(limits: Limits) -> type:
             super().on_headers_complete()
             if self.cycle is not None and self.cycle is not before:
                 self.cycle.transport = _HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
+                self.scope[DISCONNECT_KEY] = self._watch  # type: ignore[literal-required]
 
         def on_body(self, body: bytes) -> None:
             if not self._refused:

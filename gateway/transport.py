@@ -138,6 +138,32 @@ class HttpError(ProtocolError):
     pass
 
 
+DISCONNECT_KEY = "aegress.connection"
+"""Scope key under which our server (gateway.server) puts the request's ConnectionWatch."""
+
+
+class ConnectionWatch:
+    """A client connection as the server sees it: ended or not, and whom to tell when it ends. One per
+    connection, set by the server, instead of a task per request blocked on `receive()` for the disconnect."""
+
+    __slots__ = ("_listeners", "gone")
+
+    def __init__(self) -> None:
+        self.gone = False
+        self._listeners: set[Callable[[], None]] = set()
+
+    def add(self, listener: Callable[[], None]) -> None:
+        self._listeners.add(listener)
+
+    def discard(self, listener: Callable[[], None]) -> None:
+        self._listeners.discard(listener)
+
+    def ended(self) -> None:
+        self.gone = True
+        for listener in list(self._listeners):
+            listener()
+
+
 class RequestStream:
     """What one request produces, in order: related messages, then its response as the last event.
 
@@ -313,11 +339,11 @@ class McpEndpoint:
                     code="invalid-origin",
                 )
             if modern:
-                await self._modern_post(receive, send, headers, identity)
+                await self._modern_post(scope, receive, send, headers, identity)
             elif method == "POST":
                 await self._post(scope, receive, send, headers, identity)
             elif method == "GET":
-                await self._get(receive, send, headers, identity)
+                await self._get(scope, receive, send, headers, identity)
             else:
                 await self._delete(send, headers, identity)
         except AegressError as exc:
@@ -362,7 +388,7 @@ class McpEndpoint:
         session = self._session(headers, who)
         session.last_seen = time.monotonic()
         if is_request(msg):
-            await self._stream_request(receive, send, session, msg)
+            await self._stream_request(scope, receive, send, session, msg)
         elif is_notification(msg):
             await self._respond(send, 202, b"")
             await self.pipeline.client_notification(session, msg)
@@ -370,7 +396,8 @@ class McpEndpoint:
             await self.pipeline.client_response(session, msg)
             await self._respond(send, 202, b"")
 
-    async def _modern_post(self, receive: Receive, send: ASGISend, headers: Headers, who: Identity) -> None:
+    async def _modern_post(self, scope: Scope, receive: Receive, send: ASGISend, headers: Headers,
+                           who: Identity) -> None:
         """2026-07-28: no session; version, capabilities and client info arrive in every request."""
         msg = await self._read_message(receive, headers)
         if not is_request(msg):
@@ -411,7 +438,7 @@ class McpEndpoint:
         # Mcp-Param-* headers mirror tool arguments that are forwarded unchanged: pass them on as sent.
         session.param_headers = {k: v for k, v in headers.items() if k.startswith("mcp-param-")}
         try:
-            await self._stream_request(receive, send, session, msg)
+            await self._stream_request(scope, receive, send, session, msg)
         finally:
             await session.close()
 
@@ -538,7 +565,8 @@ class McpEndpoint:
             who = session.identity
             self._release(((who.tenant_id, who.actor_id), who.tenant_id))
 
-    async def _stream_request(self, receive: Receive, send: ASGISend, session: ClientSession, msg: JSON) -> None:
+    async def _stream_request(self, scope: Scope, receive: Receive, send: ASGISend, session: ClientSession,
+                              msg: JSON) -> None:
         """Run one request and answer it; what it causes (progress, logs, upstream requests) goes first.
 
         The dispatch task produces into a `RequestStream`; `_pump` writes that stream to this HTTP
@@ -581,7 +609,7 @@ class McpEndpoint:
         if stream.id is not None:  # findable at once: a reconnect may overtake the noticed disconnect
             session.streams[stream.id] = stream
         try:
-            ended = await self._pump(receive, send, session, stream, 0)
+            ended = await self._pump(scope, receive, send, session, stream, 0)
         except BaseException:
             stream.cancel()
             session.streams.pop(stream.id or "", None)
@@ -612,16 +640,23 @@ class McpEndpoint:
 
         stream.park(asyncio.get_running_loop().call_later(_RESUME_GRACE_S, expire))
 
-    async def _pump(self, receive: Receive, send: ASGISend, session: ClientSession, stream: RequestStream,
+    async def _pump(self, scope: Scope, receive: Receive, send: ASGISend, session: ClientSession, stream: RequestStream,
                     cursor: int, *, resumed: bool = False) -> str:
         """Write `stream` from event `cursor` on to this response until the answer is out ("done"),
         the client goes away ("gone") or the upstream asked its clients to reconnect ("break").
 
-        One wake-up future serves new events, the dispatch task, the client's disconnect and the
-        keep-alive/deadline timer, so a call costs two tasks and no `asyncio.wait` bookkeeping."""
+        One wake-up future serves new events, the dispatch task, the client's disconnect (told by the
+        server's ConnectionWatch) and the keep-alive/deadline timer, so a call costs one task of its own
+        and no `asyncio.wait` bookkeeping."""
         loop = asyncio.get_running_loop()
-        gone = asyncio.ensure_future(_wait_disconnect(receive))
-        gone.add_done_callback(stream.poke)
+        poke = stream.poke
+        watch = scope.get(DISCONNECT_KEY)
+        watcher: asyncio.Future[None] | None = None
+        if isinstance(watch, ConnectionWatch):
+            watch.add(poke)
+        else:  # another ASGI server: learn of the disconnect from receive()
+            watcher = asyncio.ensure_future(_wait_disconnect(receive))
+            watcher.add_done_callback(poke)
         ticked = False
         breaks = stream.breaks
         streaming = False
@@ -687,7 +722,7 @@ class McpEndpoint:
                         await start()
                     await write(_event(stream.final_error()) if stream.error is not None else b"", False)
                     return "done"
-                if gone.done():
+                if watch.gone if watcher is None else watcher.done():
                     return "gone"
                 if stream.breaks != breaks and stream.id is not None:
                     if not streaming:
@@ -723,10 +758,13 @@ class McpEndpoint:
         finally:
             if stream.reader is me:
                 stream.reader = None
-            if not gone.done():
-                gone.cancel()
+            if watcher is None:
+                watch.discard(poke)
+            elif not watcher.done():
+                watcher.cancel()
 
-    async def _resume(self, receive: Receive, send: ASGISend, session: ClientSession, last_event_id: str) -> None:
+    async def _resume(self, scope: Scope, receive: Receive, send: ASGISend, session: ClientSession,
+                      last_event_id: str) -> None:
         """GET with Last-Event-ID: replay what the client missed on one request's stream, then go on live."""
         sid, _, number = last_event_id.strip().rpartition(":")
         stream = session.streams.get(sid)
@@ -734,7 +772,8 @@ class McpEndpoint:
             raise HttpError("Unknown or expired Last-Event-ID.", http_status=404, code="unknown-stream",
                             hint="The call's events are gone; send the request again.")
         stream.unpark()
-        self._after_pump(session, stream, await self._pump(receive, send, session, stream, int(number), resumed=True))
+        self._after_pump(session, stream, await self._pump(scope, receive, send, session, stream, int(number),
+                                                                   resumed=True))
 
     async def _start_sse(self, send: ASGISend) -> None:
         await send(
@@ -750,7 +789,7 @@ class McpEndpoint:
         )
 
     # -- GET: the standalone stream for messages no request caused ---------------------------------
-    async def _get(self, receive: Receive, send: ASGISend, headers: Headers, who: Identity) -> None:
+    async def _get(self, scope: Scope, receive: Receive, send: ASGISend, headers: Headers, who: Identity) -> None:
         if "text/event-stream" not in headers.get("accept", "").lower():
             raise HttpError("Accept must include text/event-stream.", http_status=406, code="not-acceptable")
         if headers.get("mcp-protocol-version") == MODERN_VERSION:
@@ -758,7 +797,7 @@ class McpEndpoint:
         session = self._session(headers, who)
         last_event_id = header(headers, "last-event-id")
         if last_event_id:
-            await self._resume(receive, send, session, last_event_id)
+            await self._resume(scope, receive, send, session, last_event_id)
             return
         if session.get_queue is not None:
             raise HttpError("This session already has a GET stream.", http_status=409, code="stream-conflict")

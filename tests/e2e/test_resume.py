@@ -160,3 +160,25 @@ def test_client_cancellation_stops_the_call(tmp_path: Path, version: str) -> Non
     statuses = [row["outcome"] for row in evidence_rows(home, "--tenant", "acme")
                 if row["kind"] == "outcome" and row.get("tool") == "tools__slow"]
     assert statuses == ["cancelled"]
+
+
+def test_a_client_that_goes_away_cancels_its_call_on_a_plain_session(tmp_path: Path) -> None:
+    """2025-06-18 has no resumption: when the client's connection ends mid-call, the call is cancelled at
+    once, the upstream hears of it, and the evidence says `client_disconnected`."""
+    home = tmp_path / "home"
+    with gateway_with_fixture(home) as gw, httpx2.Client(timeout=30) as http:
+        headers = open_session(http, gw.url, gw.tokens[("acme", "alice")], "2025-06-18")
+        with httpx2.Client(timeout=30) as doomed:  # its own connection, closed mid-call
+            with pytest.raises(httpx2.TimeoutException):
+                doomed.post(gw.url, headers=headers, json=call("tools__slow", {"seconds": 20}, 5),
+                            timeout=httpx2.Timeout(30, read=1.0))
+        for attempt in range(50):  # bounded: up to 5 s for the cancellation to reach the upstream
+            count = http.post(gw.url, headers=headers, json=call("tools__cancellations", {}, 10 + attempt))
+            if answer(count)["result"]["content"][0]["text"] == "1":
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the upstream never heard that the client went away")
+    outcomes = [row["outcome"] for row in evidence_rows(home, "--tenant", "acme")
+                if row["kind"] == "outcome" and row.get("tool") == "tools__slow"]
+    assert outcomes == ["client_disconnected"]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,39 @@ def test_group_commit_shares_transactions_and_keeps_order(store: SQLiteStore) ->
     assert sum(commits) == 200 and len(commits) < 200  # concurrent records shared commits
     report = verify_log(store.evidence_records(ORIGIN), origin=ORIGIN)
     assert report.ok and report.size == 200
+
+
+def test_a_deferred_record_rides_the_next_awaited_commit(store: SQLiteStore) -> None:
+    """An answered call's outcome waits for the next intent and shares its transaction: one fsync per call."""
+    commits: list[list[str]] = []
+    writer = EvidenceWriter(store, defer_s=5.0, on_commit=lambda sealed: commits.append([s.entry.kind for s in sealed]))
+
+    async def go() -> None:
+        writer.defer(lambda: revoked(0))
+        await asyncio.sleep(0.05)
+        assert commits == []  # nobody waits for it: it waits for company
+        await asyncio.wait_for(writer.submit_async(intent(1)), 5)
+
+    asyncio.run(go())
+    writer.close()
+    assert commits == [["token_revoked", "intent"]]
+
+
+def test_a_deferred_record_alone_commits_within_its_bound_and_at_close(store: SQLiteStore) -> None:
+    commits: list[int] = []
+    writer = EvidenceWriter(store, defer_s=0.05, on_commit=lambda sealed: commits.append(len(sealed)))
+    writer.defer(lambda: revoked(0))
+    for _ in range(200):  # bounded: 2 s for a 50 ms bound
+        if store.evidence_size(ORIGIN) == 1:
+            break
+        time.sleep(0.01)
+    assert store.evidence_size(ORIGIN) == 1 and commits == [1]
+    slow = EvidenceWriter(store, defer_s=60.0)
+    slow.defer(lambda: 1 / 0)  # a builder that fails is logged and dropped; the others still commit
+    slow.defer(lambda: revoked(1))
+    slow.close()  # closing commits what waits, long before its bound
+    assert store.evidence_size(ORIGIN) == 2
+    assert verify_log(store.evidence_records(ORIGIN), origin=ORIGIN).ok
 
 
 def _append_many(path: str, n: int) -> None:
