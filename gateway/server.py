@@ -225,6 +225,9 @@ def serve(home: Path, settings: ServeSettings, *, database_url: str | None = Non
         limit_concurrency=settings.limits.max_connections,
         timeout_graceful_shutdown=5,  # after the drain: for responses still being written
         server_header=False,
+        # the peer is the socket's address: uvicorn would otherwise believe X-Forwarded-For from any loopback
+        # client, which could then pick the address the per-address limits count (and it costs a layer per request)
+        proxy_headers=False,
     )
     server = draining_server(config, gateway.endpoint, settings.limits.drain_grace_s)
     install_log_redaction()

@@ -388,3 +388,7 @@ def test_failed_logins_are_throttled_but_a_valid_token_still_works(gw) -> None: 
     assert r.status_code == 200
     _delete(gw, r.headers["mcp-session-id"], "t2", "b1")
     assert httpx2.post(gw.url, content=json.dumps(INIT), headers=bad, timeout=10).status_code == 429
+    # a guesser cannot shed the throttle by claiming other addresses: forwarded headers are not trusted
+    for i in range(3):
+        spoofed = {**bad, "X-Forwarded-For": f"203.0.113.{i + 1}", "Forwarded": f"for=203.0.113.{i + 1}"}
+        assert httpx2.post(gw.url, content=json.dumps(INIT), headers=spoofed, timeout=10).status_code == 429
