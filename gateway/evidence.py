@@ -216,7 +216,8 @@ def rotate_signing_key(home: Path, prefix: str, key_file: Path | None = None) ->
 
 
 # -- writing -------------------------------------------------------------------------------------------
-_Waiter = concurrent.futures.Future[Sealed] | asyncio.Future[Sealed]
+_Waiter = concurrent.futures.Future[Sealed] | asyncio.Future[Sealed] | None
+"""Who waits for a record's commit: a thread, the event loop, or nobody (a deferred record)."""
 _Orphan = Callable[[Sealed], None]
 
 REFUSABLE = frozenset({"intent", "elicitation_answer"})
@@ -224,6 +225,7 @@ REFUSABLE = frozenset({"intent", "elicitation_answer"})
 Every other record (outcomes, decisions, operator events) describes something that already happened: the
 writer keeps it and retries until the store takes it."""
 RETRY_S = 0.5
+"""How often a writer that holds records the store refused tries again."""
 _WAKE = object()
 """Queued by `defer` to wake a sleeping writer; never committed."""
 UNCAPPED = frozenset({"outcome"})
@@ -235,10 +237,11 @@ def _entry_size(entry: Entry) -> int:
         return len(orjson.dumps(entry.body, default=str)) + 256
     except TypeError:  # an integer past 64 bits in a preview: orjson refuses it, json does not
         return len(json.dumps(entry.body, separators=(",", ":"), default=str)) + 256
-"""How often a writer that holds records the store refused tries again."""
 
 
 def _resolve(future: _Waiter, item: Sealed | None, error: BaseException | None, orphan: _Orphan | None) -> None:
+    if future is None:
+        return
     if future.done():  # the caller gave up (cancelled, timed out); the record is committed all the same
         if item is not None and item.entry.kind == "intent" and orphan is not None:
             orphan(item)  # nobody will forward this call: say so in the log
@@ -313,6 +316,7 @@ class EvidenceWriter:
         self._max_held_bytes = max_held_bytes
         self._waiting = 0  # records submitted and not yet committed or refused (queued + held)
         self._waiting_bytes = 0
+        self._sizes: dict[int, int] = {}  # id(entry) -> its counted bytes, while it waits
         self._count_lock = threading.Lock()
         self._healthy = True
         self.last_error = ""
@@ -345,15 +349,15 @@ class EvidenceWriter:
                     hint="Retry later; the gateway's /health says why it is not ready.")
             self._waiting += 1
             self._waiting_bytes += size
+            self._sizes[id(entry)] = size
 
     def _release(self, entries: Sequence[Entry]) -> None:
         """Records that left the writer: committed, refused, or dropped."""
         if not entries:
             return
-        size = sum(_entry_size(e) for e in entries)
         with self._count_lock:
             self._waiting -= len(entries)
-            self._waiting_bytes -= size
+            self._waiting_bytes -= sum(self._sizes.pop(id(e), 0) for e in entries)
 
     def submit(self, entry: Entry) -> concurrent.futures.Future[Sealed]:
         validate_body(entry.kind, entry.body)  # a bad body fails alone, never its whole batch
@@ -481,7 +485,7 @@ class EvidenceWriter:
             except Exception:
                 log.exception("could not build a deferred evidence record")
                 continue
-            out.append((entry, concurrent.futures.Future()))
+            out.append((entry, None))
         return out
 
     def _commit(self, batch: list[tuple[Entry, _Waiter]], *, hold: bool = True) -> bool:
