@@ -1,0 +1,244 @@
+"""CLI start-up: wall time of `aegress --help` and every non-serving command (issue 10's benchmark).
+
+CLI start-up. Run from the repository root:
+
+    .venv/bin/python bench/cli_start.py [--runs 7] [--top 10] [--json bench/results/cli_start.json]
+
+Each command runs as its own process, `python -m aegress_cli.main ...` with PYTHONPATH set to this
+checkout, against a fresh AEGRESS_HOME seeded with a tenant, an actor, a token, a policy, an upstream
+and a few sealed audit records (HOME points at a temp dir too, so no real client config is read). The
+rounds interleave the commands so machine noise hits them alike; each row is the median of --runs
+wall times, next to `python -c pass` measured in the same run. Targets: 0.25 s for every row,
+0.15 s for `tenant list`.
+
+Every command also runs once under `python -X importtime`: the script exits 1 when a non-serving
+command imports the MCP SDK or the server stack (mcp, starlette, uvicorn, httpx2), as well as when
+a row misses its target. The `pydantic` column says whether Typer's parameter coercion pulled it in.
+`--top K` lists the K most expensive top-level imports of `--help` and `tenant list`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TARGET_S = 0.25
+TARGETS_S = {"tenant list": 0.15}
+FORBIDDEN = ("mcp", "starlette", "uvicorn", "httpx2")
+"""Top-level packages a non-serving command must never import."""
+
+POLICY = """version = 1
+default = "allow"
+
+[[rules]]
+id = "no-delete"
+verdict = "block"
+upstream = "files"
+name = "delete_*"
+"""
+
+
+def commands(policy_file: Path) -> list[tuple[str, list[str], int]]:
+    """(label, arguments, expected exit code) of every command timed."""
+    helps = [("--help", ["--help"], 0)]
+    for group in ("tenant", "actor", "token", "upstream", "upstream secret", "policy", "review", "audit", "client",
+                  "serve", "bridge"):
+        helps.append((f"{group} --help", [*group.split(), "--help"], 0))
+    runs = [
+        ("tenant list", ["tenant", "list"], 0),
+        ("tenant show", ["tenant", "show", "acme"], 0),
+        ("actor list", ["actor", "list", "-t", "acme"], 0),
+        ("token list", ["token", "list"], 0),
+        ("upstream list", ["upstream", "list", "-t", "acme"], 0),
+        ("upstream show", ["upstream", "show", "files", "-t", "acme"], 0),
+        ("policy list", ["policy", "list", "-t", "acme"], 0),
+        ("policy show", ["policy", "show", "-t", "acme"], 0),
+        ("policy check", ["policy", "check", str(policy_file)], 0),
+        ("policy test", ["policy", "test", "-t", "acme", "--tool", "files__read_file"], 3),
+        ("policy pins", ["policy", "pins", "-t", "acme"], 0),
+        ("review list", ["review", "list"], 0),
+        ("audit query", ["audit", "query", "-t", "acme"], 0),
+        ("audit tail", ["audit", "tail", "-t", "acme"], 0),
+        ("audit verify", ["audit", "verify", "-t", "acme"], 0),
+        ("audit pubkey", ["audit", "pubkey"], 0),
+        ("client list", ["client", "list"], 0),
+    ]
+    return helps + runs
+
+
+def cli_env(home: Path, user_home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "DATABASE_URL")}
+    env.update({"AEGRESS_HOME": str(home), "HOME": str(user_home), "PYTHONPATH": str(ROOT), "COLUMNS": "100",
+                "NO_COLOR": "1", "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"})
+    for name in ("AEGRESS_TENANT_ID", "AEGRESS_ACTOR_ID", "AEGRESS_MCP_GATEWAY_TOKEN"):
+        env.pop(name, None)
+    return env
+
+
+def run_cli(env: dict[str, str], args: list[str], *flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *flags, "-m", "aegress_cli.main", *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=120)
+
+
+def seed(env: dict[str, str], home: Path, policy_file: Path) -> None:
+    """A tenant with an actor, a token, a policy, an upstream and a few sealed, checkpointed records."""
+    steps = [
+        ["tenant", "create", "acme"],
+        ["actor", "add", "alice", "-t", "acme"],
+        ["token", "issue", "-t", "acme", "-a", "alice", "--no-keep", "--json"],
+        ["policy", "apply", str(policy_file), "-t", "acme", "--yes", "--json"],
+        ["upstream", "add", "files", "-t", "acme", "--url", "http://127.0.0.1:9/mcp", "--allow-private",
+         "--no-probe"],
+    ]
+    for args in steps:
+        proc = run_cli(env, args)
+        if proc.returncode != 0:
+            sys.exit(f"seeding failed: aegress {' '.join(args)}: {proc.stderr.strip()}")
+    seed_records(home)
+
+
+def seed_records(home: Path, calls: int = 5) -> None:
+    from dataclasses import replace
+
+    from gateway.audit.log import Entry, expected_columns, tenant_origin
+    from gateway.evidence import EvidenceSettings, load_signing_key_for, origin_prefix, sign_checkpoints
+    from gateway.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(home / "aegress.db")
+    origin = tenant_origin(origin_prefix(store), "acme")
+    digest = "hmac-sha256:" + "ab" * 32
+    first = len(store.evidence_records(origin))  # applying the policy already sealed a record
+    batch: list[Entry] = []
+    for i in range(calls):
+        intent = Entry(origin, "intent", f"2026-01-02T03:04:0{i}.000000Z", {
+            "tenant": "acme", "actor": "alice", "token_id": "tok_x", "client_name": "bench", "client_version": "1",
+            "upstream": "files", "tool": "files__read_file", "tool_def_hash": "sha256:" + "cd" * 32,
+            "verdict": "allow", "policy_version": "1", "rule_id": "default", "args_digest": digest,
+            "request_id": str(i), "args_preview": '{"path":"/tmp/x"}'})
+        outcome = Entry(origin, "outcome", f"2026-01-02T03:04:0{i}.100000Z", {
+            "intent_seq": first + 2 * i, "status": "completed", "result_digest": digest, "latency_ms": 12,
+            "upstream_latency_ms": 10})
+        batch += [replace(intent, columns=expected_columns("intent", intent.body, "acme")),
+                  replace(outcome, columns=expected_columns("outcome", outcome.body, "acme", intent.body))]
+    store.append_evidence(batch)
+    settings = EvidenceSettings.from_env(home)
+    key, _ = load_signing_key_for(home, origin_prefix(store), settings.key_file, create=True)
+    assert key is not None
+    sign_checkpoints(store, key, settings)
+    store.close()
+
+
+def wall(argv: list[str], env: dict[str, str], timeout: float = 120) -> float:
+    """Seconds from spawn to exit. A blocking wait, not `subprocess.run(timeout=...)`, whose polling rounds
+    the time up to the next 50 ms; a timer kills a process that hangs, so the wait stays bounded."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
+    watchdog = threading.Timer(timeout, proc.kill)
+    watchdog.start()
+    try:
+        proc.wait()
+    finally:
+        watchdog.cancel()
+    return time.perf_counter() - start
+
+
+def parse_importtime(stderr: str) -> list[tuple[str, int, int, int]]:
+    """(module, self us, cumulative us, nesting depth) for each `-X importtime` line."""
+    out = []
+    for line in stderr.splitlines():
+        if not line.startswith("import time:") or "self [us]" in line:
+            continue
+        self_us, cumulative, name = line.removeprefix("import time:").split("|", 2)
+        depth = (len(name) - len(name.lstrip()) - 1) // 2
+        out.append((name.strip(), int(self_us), int(cumulative), depth))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7, help="timed runs of each command (the median counts)")
+    parser.add_argument("--top", type=int, default=10, help="largest top-level imports to list (0: none)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="aegress-cli-bench-"))
+    home, user_home = work / "home", work / "user"
+    user_home.mkdir()
+    policy_file = work / "policy.toml"
+    policy_file.write_text(POLICY)
+    env = cli_env(home, user_home)
+    seed(env, home, policy_file)
+
+    cmds = commands(policy_file)
+    baseline = ("python -c pass", [sys.executable, "-c", "pass"])
+    imports: dict[str, list[tuple[str, int, int, int]]] = {}
+    for label, cli_args, code in cmds:  # warm-up (bytecode caches) and the import check, once each
+        proc = run_cli(env, cli_args, "-X", "importtime")
+        if proc.returncode != code:
+            sys.exit(f"aegress {' '.join(cli_args)} exited {proc.returncode} (expected {code}):\n"
+                     f"{proc.stdout}{proc.stderr[-2000:]}")
+        imports[label] = parse_importtime(proc.stderr)
+
+    times: dict[str, list[float]] = {label: [] for label, _, _ in cmds}
+    times[baseline[0]] = []
+    for _ in range(max(1, args.runs)):
+        times[baseline[0]].append(wall(baseline[1], env))
+        for label, cli_args, _ in cmds:
+            times[label].append(wall([sys.executable, "-m", "aegress_cli.main", *cli_args], env))
+
+    rows = []
+    failed = False
+    for label, *_ in [(baseline[0],), *cmds]:
+        median = statistics.median(times[label])
+        modules = {m for m, *_ in imports.get(label, [])}
+        bad = sorted({m.split(".")[0] for m in modules} & set(FORBIDDEN))
+        target = None if label == baseline[0] else TARGETS_S.get(label, TARGET_S)
+        ok = (target is None or median <= target) and not bad
+        failed |= not ok
+        rows.append({"command": label if label == baseline[0] else f"aegress {label}", "median_s": round(median, 3),
+                     "min_s": round(min(times[label]), 3), "target_s": target,
+                     "pass": ok, "pydantic": "pydantic" in modules if label in imports else None,
+                     "forbidden_imports": bad})
+
+    width = max(len(r["command"]) for r in rows)
+    print(f"{'command':<{width}}  median_s  min_s  target  pydantic  result")
+    for r in rows:
+        target = "" if r["target_s"] is None else f"{r['target_s']:.2f}"
+        pyd = "" if r["pydantic"] is None else ("yes" if r["pydantic"] else "no")
+        result = "" if r["target_s"] is None else ("pass" if r["pass"] else "FAIL")
+        if r["forbidden_imports"]:
+            result += " imports " + ",".join(r["forbidden_imports"])
+        print(f"{r['command']:<{width}}  {r['median_s']:8.3f}  {r['min_s']:5.3f}  {target:>6}  {pyd:>8}  {result}")
+
+    largest = {}
+    if args.top > 0:
+        for label in ("--help", "tenant list"):
+            top = sorted((e for e in imports[label] if e[3] == 0), key=lambda e: -e[2])[:args.top]
+            largest[label] = [{"module": m, "cumulative_ms": round(c / 1000, 1)} for m, _, c, _ in top]
+            print(f"\nLargest top-level imports of `aegress {label}` (cumulative ms, under -X importtime):")
+            for m, _, c, _ in top:
+                print(f"  {c / 1000:7.1f}  {m}")
+
+    results = {"runs": args.runs, "python": sys.version.split()[0], "rows": rows, "largest_imports": largest}
+    text = json.dumps(results, indent=2)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+    print("\n" + text)
+    if failed:
+        sys.exit("some commands missed their target or imported the server stack (see the table)")
+
+
+if __name__ == "__main__":
+    main()
