@@ -69,14 +69,20 @@ def commands(policy_file: Path) -> list[tuple[str, list[str], int]]:
         ("policy list", ["policy", "list", "-t", "acme"], 0),
         ("policy show", ["policy", "show", "-t", "acme"], 0),
         ("policy check", ["policy", "check", str(policy_file)], 0),
+        ("policy diff", ["policy", "diff", str(policy_file), "-t", "acme"], 0),
         ("policy test", ["policy", "test", "-t", "acme", "--tool", "files__read_file"], 3),
         ("policy pins", ["policy", "pins", "-t", "acme"], 0),
         ("review list", ["review", "list"], 0),
         ("audit query", ["audit", "query", "-t", "acme"], 0),
         ("audit tail", ["audit", "tail", "-t", "acme"], 0),
+        ("audit show", ["audit", "show", "acme:1"], 0),
+        ("audit hash", ["audit", "hash", "-t", "acme", "hello"], 0),
         ("audit verify", ["audit", "verify", "-t", "acme"], 0),
         ("audit pubkey", ["audit", "pubkey"], 0),
         ("client list", ["client", "list"], 0),
+        ("client headers", ["client", "headers", "-t", "acme", "-a", "alice"], 0),
+        ("client env", ["client", "env", "-t", "acme", "-a", "alice"], 0),
+        ("client setup --dry-run", ["client", "setup", "claude-code", "-t", "acme", "-a", "alice", "--dry-run"], 0),
     ]
     return helps + runs
 
@@ -100,7 +106,7 @@ def seed(env: dict[str, str], home: Path, policy_file: Path) -> None:
     steps = [
         ["tenant", "create", "acme"],
         ["actor", "add", "alice", "-t", "acme"],
-        ["token", "issue", "-t", "acme", "-a", "alice", "--no-keep", "--json"],
+        ["token", "issue", "-t", "acme", "-a", "alice", "--json"],  # kept in the data dir's 0600 file
         ["policy", "apply", str(policy_file), "-t", "acme", "--yes", "--json"],
         ["upstream", "add", "files", "-t", "acme", "--url", "http://127.0.0.1:9/mcp", "--allow-private",
          "--no-probe"],
