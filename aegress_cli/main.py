@@ -1,28 +1,137 @@
 """`aegress`: the operator CLI. A thin shell over the `gateway` library; each group is its own module.
 
-Commands that do not serve import neither the MCP SDK nor the server stack, so they start fast.
+Commands that do not serve import neither the MCP SDK nor the server stack, so they start fast. To
+that end the root group loads a command or group (its module, and the Click command Typer builds for
+it) only when it is used: `aegress tenant list` never imports or builds `aegress audit`. `--help`, the
+suggestions for a mistyped command and the generated docs still see every command, in this order.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator, MutableMapping
+from importlib import import_module
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup, TyperOption
 
-from aegress_cli import _common, actor, bridge, client, serve, tenant, token, upstream
-from aegress_cli import audit as audit_cli
-from aegress_cli import policy as policy_cli
-from aegress_cli import review as review_cli
+from aegress_cli import _common
+
+COMMANDS: dict[str, str] = {
+    "serve": "aegress_cli.serve:serve",
+    "bridge": "aegress_cli.bridge:bridge",
+    "tenant": "aegress_cli.tenant:app",
+    "actor": "aegress_cli.actor:app",
+    "token": "aegress_cli.token:app",
+    "upstream": "aegress_cli.upstream:app",
+    "policy": "aegress_cli.policy:app",
+    "review": "aegress_cli.review:app",
+    "audit": "aegress_cli.audit:app",
+    "client": "aegress_cli.client:app",
+}
+"""The root's commands as `module:attribute`: a function joins with `command()`, a group's Typer with
+`add_typer()`. This is the order of `aegress --help`."""
+
+
+# -- pydantic only where a command needs it ---------------------------------------------------------
+# Typer 0.29 converts every parameter's value through a pydantic TypeAdapter, built on first use even
+# when the parameter is absent, unless the value is a bool already. Importing pydantic for that takes
+# about 60 ms, longer than all the rest of `aegress tenant list`. Two parameters that every command
+# processes are spared it: the help flag (absent, its value is None; a default of False makes it a
+# bool) and the root's `--data-dir` (PathOption). Options of other types still load pydantic.
+HELP_FLAG_DEFAULT = {"default_map": {"help": False}}
+
+
+def _help_flag_default_false(command: Any) -> None:
+    command.context_settings = {**command.context_settings, **HELP_FLAG_DEFAULT}
+    for sub in getattr(command, "commands", {}).values():
+        _help_flag_default_false(sub)
+
+
+class PathOption(TyperOption):
+    """`--data-dir`: Path() is its whole conversion; Typer's check that an existing path is readable stays."""
+
+    def process_value(self, ctx: Any, value: Any) -> Any:
+        if value is None:
+            return None
+        path = Path(value)
+        if path.exists() and not os.access(path, os.R_OK):
+            raise typer.BadParameter(f"path {str(value)!r} is not readable.", ctx=ctx, param=self)
+        return path
+
+
+# -- loading commands when they are used ------------------------------------------------------------
+def load_command(name: str, target: str) -> Any:
+    """Join one command or group to a root as `app.command()` / `app.add_typer()` would, and return the
+    Click command Typer builds for it."""
+    module, _, attribute = target.partition(":")
+    obj = getattr(import_module(module), attribute)
+    holder = typer.Typer(add_completion=False)
+    if isinstance(obj, typer.Typer):
+        holder.add_typer(obj, name=name)
+        command = typer.main.get_command(holder).commands[name]  # type: ignore[attr-defined]
+    else:
+        holder.command(name)(obj)
+        command = typer.main.get_command(holder)  # one command and no callback: Typer builds just that
+    _help_flag_default_false(command)
+    return command
+
+
+class LazyCommands(MutableMapping[str, Any]):
+    """Subcommands by name; one named in `COMMANDS` is loaded on first access. Listing the names (help,
+    completion, "did you mean") loads nothing; looking a command up loads that one."""
+
+    def __init__(self, targets: dict[str, str]) -> None:
+        self._items: dict[str, Any] = dict(targets)
+        self._pending = set(targets)
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self._pending:
+            self._items[name] = load_command(name, self._items[name])
+            self._pending.discard(name)
+        return self._items[name]
+
+    def __setitem__(self, name: str, command: Any) -> None:
+        self._items[name] = command
+        self._pending.discard(name)
+
+    def __delitem__(self, name: str) -> None:
+        del self._items[name]
+        self._pending.discard(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class RootGroup(TyperGroup):
+    """The `aegress` group: its subcommands come from `COMMANDS`, loaded when used."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        for param in self.params:
+            if param.name == "data_dir":
+                param.__class__ = PathOption  # the option Typer built, converted without pydantic
+        commands = LazyCommands(COMMANDS)
+        for name, command in self.commands.items():  # any registered on `app` itself
+            _help_flag_default_false(command)
+            commands[name] = command
+        self.commands = commands
+
 
 app = typer.Typer(
     name="aegress",
+    cls=RootGroup,
     help="Aegress: an MCP gateway that binds every tool call to a tenant and a person, decides it by "
     "policy, and keeps verifiable evidence.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings={"help_option_names": ["-h", "--help"], **HELP_FLAG_DEFAULT},
 )
 
 
@@ -39,18 +148,6 @@ def main(
     ] = None,
 ) -> None:
     _common.set_home(data_dir)
-
-
-app.add_typer(tenant.app, name="tenant")
-app.add_typer(actor.app, name="actor")
-app.add_typer(token.app, name="token")
-app.add_typer(upstream.app, name="upstream")
-app.add_typer(policy_cli.app, name="policy")
-app.add_typer(review_cli.app, name="review")
-app.add_typer(audit_cli.app, name="audit")
-app.command("serve")(serve.serve)
-app.add_typer(client.app, name="client")
-app.command("bridge")(bridge.bridge)
 
 
 def run() -> None:

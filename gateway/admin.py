@@ -6,27 +6,43 @@ comes in as `now` so callers and tests control it.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import math
 import shlex
 import sys
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import naming, netguard
 from gateway.errors import InvalidInput, NotFound, UpstreamError
-from gateway.evidence import operator_name
-from gateway.sealed_change import sealed_change
 from gateway.secrets import derive_key, mint_id, mint_token, token_hash
 from gateway.store.base import Store
 from gateway.types import Actor, Tenant, TokenInfo, UpstreamLimits, UpstreamSpec
 
+if TYPE_CHECKING:
+    from gateway.sealed_change import SealedChange
+
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# Sealing a change needs the evidence stack (records, canonical JSON, signing keys: cryptography).
+# Only the functions that change something import it, so read-only commands (`actor list`,
+# `tenant show`) start without it.
+def sealed_change(store: Store) -> AbstractContextManager[SealedChange]:
+    from gateway.sealed_change import sealed_change
+
+    return sealed_change(store)
+
+
+def operator_name() -> str:
+    from gateway.evidence import operator_name
+
+    return operator_name()
 
 
 # -- tenants ---------------------------------------------------------------------------------------
@@ -288,6 +304,8 @@ def set_upstream_limits(store: Store, tenant_id: str, name: str, changes: dict[s
 
 async def probe(spec: UpstreamSpec, timeout: float = 30.0) -> ProbeResult:
     """Connect as the gateway would, initialize, list every tool, disconnect."""
+    import asyncio
+
     from gateway.jsonrpc import LATEST_LEGACY
     from gateway.proxy import Upstream, list_all
     from gateway.upstreams import connect
