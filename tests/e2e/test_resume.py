@@ -168,10 +168,10 @@ def test_a_client_that_goes_away_cancels_its_call_on_a_plain_session(tmp_path: P
     home = tmp_path / "home"
     with gateway_with_fixture(home) as gw, httpx2.Client(timeout=30) as http:
         headers = open_session(http, gw.url, gw.tokens[("acme", "alice")], "2025-06-18")
-        with httpx2.Client(timeout=30) as doomed:  # its own connection, closed mid-call
-            with pytest.raises(httpx2.TimeoutException):
-                doomed.post(gw.url, headers=headers, json=call("tools__slow", {"seconds": 20}, 5),
-                            timeout=httpx2.Timeout(30, read=1.0))
+        # its own connection, closed mid-call
+        with httpx2.Client(timeout=30) as doomed, pytest.raises(httpx2.TimeoutException):
+            doomed.post(gw.url, headers=headers, json=call("tools__slow", {"seconds": 20}, 5),
+                        timeout=httpx2.Timeout(30, read=1.0))
         for attempt in range(50):  # bounded: up to 5 s for the cancellation to reach the upstream
             count = http.post(gw.url, headers=headers, json=call("tools__cancellations", {}, 10 + attempt))
             if answer(count)["result"]["content"][0]["text"] == "1":
