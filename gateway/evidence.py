@@ -227,7 +227,7 @@ writer keeps it and retries until the store takes it."""
 RETRY_S = 0.5
 """How often a writer that holds records the store refused tries again."""
 _WAKE = object()
-"""Queued by `defer` to wake a sleeping writer; never committed."""
+"""Queued by `defer` so the writer builds the deferred record now; never committed."""
 UNCAPPED = frozenset({"outcome"})
 
 
@@ -287,10 +287,9 @@ class EvidenceWriter:
     blocks new intents. At most max_held records (max_held_bytes) wait: beyond that new records other than
     outcomes are refused at once (`submit` raises StoreUnavailable).
 
-    Two kinds of waiter: an event-loop future (`submit_async`) is a caller waiting for durability (an
-    intent before its call is forwarded): its batch commits at once. A thread future (`submit`) is
-    nobody's wait (an outcome answered already, a refusal): a batch of only those waits up to defer_s for
-    the next awaited record and rides its commit, so a call costs one fsync, not two."""
+    A record nobody waits for (an answered call's outcome, `defer`) is built on this thread as soon as it is
+    deferred, then waits up to defer_s for the next record somebody awaits (an intent) and rides its commit,
+    so a call costs one fsync, not two."""
 
     def __init__(self, store: Store, *, commit_wait_s: float = 0.002, max_batch: int = 1024,
                  before_commit: Callable[[list[Sealed]], None] | None = None,
@@ -309,8 +308,10 @@ class EvidenceWriter:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # (entry, waiter), _WAKE, or None: stop
         self._later: list[Callable[[], Entry]] = []
         self._later_since = 0.0
+        self._ready: list[tuple[Entry, _Waiter]] = []  # deferred records built, waiting for a commit
+        self._ready_since = 0.0
         self._later_lock = threading.Lock()
-        self._sleeping = False
+        self._wake_queued = False
         self._held: list[tuple[Entry, _Waiter]] = []
         self._max_held = max_held
         self._max_held_bytes = max_held_bytes
@@ -376,12 +377,12 @@ class EvidenceWriter:
 
     def defer(self, build: Callable[[], Entry]) -> None:
         """Queue a record nobody waits for (an outcome already answered): built on the writer's thread and
-        committed with the next awaited record, or within defer_s. Wakes the writer only if it sleeps."""
+        committed with the next awaited record, or within defer_s. One wake-up at a time is queued."""
         with self._later_lock:
             if not self._later:
                 self._later_since = time.monotonic()
             self._later.append(build)
-            wake, self._sleeping = self._sleeping, False
+            wake, self._wake_queued = not self._wake_queued, True
         if wake:
             self._queue.put(_WAKE)
 
@@ -428,7 +429,7 @@ class EvidenceWriter:
             if self._held:  # the store refused records: wait a little (gathering new ones), then retry
                 fresh, stop = self._take(None, self._retry_s)
                 self._retry_held()
-                fresh = self._live(self._built() + fresh)
+                fresh = self._live(self._deferred() + fresh)
                 if fresh:  # in their own transaction: a held record that keeps failing never blocks them
                     self._commit(fresh)
             elif stop:
@@ -436,7 +437,7 @@ class EvidenceWriter:
             else:
                 first = self._next()
                 batch, stop = self._take(first, self._wait if linger else 0.0) if first is not None else ([], True)
-                batch = self._live(self._built() + batch)
+                batch = self._live(self._deferred() + batch)
                 if batch:
                     linger = len(batch) > 2  # more than one call's records: wait a little to gather the next group
                     self._commit(batch)
@@ -446,37 +447,40 @@ class EvidenceWriter:
                 break
 
     def _next(self) -> Any:
-        """The next queued item, or _WAKE when deferred records are due. Right after a commit the writer lingers
-        up to defer_s, so a record deferred meanwhile needs no wake-up (the next awaited record, or the linger's
-        end, takes it along); only after defer_s with nothing to do does it sleep until `defer` or a record
-        wakes it."""
+        """The next queued record, or _WAKE when deferred records are due. A `defer` wakes the writer to build
+        the record at once (off the event loop, while the client reads its answer); the record then waits for
+        the next awaited record to share its commit, or for its bound. Right after a commit the writer lingers
+        up to defer_s; with nothing to do after that it sleeps until woken."""
         linger_until = time.monotonic() + self._defer
         while True:
             with self._later_lock:
                 now = time.monotonic()
-                if self._later:
-                    timeout: float | None = max(0.0, self._later_since + self._defer - now)
+                since = min([t for t, pending in ((self._later_since, self._later), (self._ready_since, self._ready))
+                             if pending], default=None)
+                if since is not None:
+                    timeout: float | None = max(0.0, since + self._defer - now)
                 elif now < linger_until:
                     timeout = linger_until - now
                 else:
-                    timeout, self._sleeping = None, True
+                    timeout = None
             try:
                 item = self._queue.get(timeout=timeout)
             except queue.Empty:
-                item = _WAKE
-            with self._later_lock:
-                self._sleeping = False
-                if item is _WAKE:
-                    if self._later and self._later_since + self._defer <= time.monotonic():
-                        return _WAKE
-                    continue
+                if since is not None and since + self._defer <= time.monotonic():
+                    return _WAKE  # deferred records are due: commit them on their own
+                continue
+            if item is _WAKE:
+                self._prebuild()
+                continue
             return item
 
-    def _built(self) -> list[tuple[Entry, _Waiter]]:
-        """Build the deferred records (on this thread, off the event loop) and count them in."""
+    def _prebuild(self) -> None:
+        """Build the deferred records (on this thread, off the event loop) and count them in; they wait in
+        `_ready` for a commit."""
         with self._later_lock:
-            builders, self._later = self._later, []
-        out: list[tuple[Entry, _Waiter]] = []
+            builders, self._later, self._wake_queued = self._later, [], False
+            if builders and not self._ready:
+                self._ready_since = self._later_since
         for build in builders:
             try:
                 entry = build()
@@ -485,7 +489,13 @@ class EvidenceWriter:
             except Exception:
                 log.exception("could not build a deferred evidence record")
                 continue
-            out.append((entry, None))
+            self._ready.append((entry, None))
+
+    def _deferred(self) -> list[tuple[Entry, _Waiter]]:
+        """Every deferred record, built, for the commit about to run."""
+        self._prebuild()
+        with self._later_lock:
+            out, self._ready = self._ready, []
         return out
 
     def _commit(self, batch: list[tuple[Entry, _Waiter]], *, hold: bool = True) -> bool:
@@ -524,7 +534,7 @@ class EvidenceWriter:
         self._queue.put(None)
         self._thread.join(timeout=30)
         if not self._thread.is_alive():
-            late = self._built()  # deferred after the writer's last look: commit them here
+            late = self._deferred()  # deferred after the writer's last look: commit them here
             if late:
                 self._commit(late)
 
