@@ -203,14 +203,15 @@ class Pipeline:
     # (StoreUnavailable otherwise: 503, nothing forwarded), the outcome after; refusals are recorded as
     # decisions. The response carries a receipt of its record in result._meta.aegress.
     def _facts(self, session: ClientSession, method: str, target: str, upstream: str, tool: JSON | None,
-               decision: Decision | None, arguments: Any, request_id: Any, started_at: str) -> CallFacts:
+               decision: Decision | None, arguments: Any, request_id: Any, started_at: str,
+               secrets: tuple[str, ...] = ()) -> CallFacts:
         info = session.client_info
         return CallFacts(
             identity=session.identity, client_name=str(info.get("name") or "") or None,
             client_version=str(info.get("version") or "") or None, session_id=session.id, method=method,
             upstream=upstream, tool=target, tool_def=tool, decision=decision or Decision("allow", "no-policy"),
             arguments=arguments, request_id=str(request_id if request_id is not None else ""),
-            started_at=started_at, time=now_time(),
+            started_at=started_at, time=now_time(), secrets=secrets,
         )
 
     def record(
@@ -255,8 +256,8 @@ class Pipeline:
                             msg: JSON, started_at: str) -> tuple[CallFacts, Any]:
         """Commit the intent durably; raises StoreUnavailable (fail closed) when the store cannot take it."""
         tenant = session.identity.tenant_id
-        facts = replace(self._facts(session, method, target, up.spec.name, tool, decision, arguments, msg.get("id"),
-                                    started_at), secrets=up.conn.secrets)
+        facts = self._facts(session, method, target, up.spec.name, tool, decision, arguments, msg.get("id"),
+                            started_at, up.conn.secrets)
         verdict = "review_approved" if decision is not None and decision.verdict == "review" else "allow"
         entry = call_entry(self.recorder.origin(tenant), self.recorder.tenant_key(tenant), facts, kind="intent",
                            verdict=verdict)

@@ -138,6 +138,9 @@ class HttpError(ProtocolError):
     pass
 
 
+_NO_QUERY = QueryParams("")
+
+
 DISCONNECT_KEY = "aegress.connection"
 """Scope key under which our server (gateway.server) puts the request's ConnectionWatch."""
 
@@ -314,7 +317,8 @@ class McpEndpoint:
             if method not in ("POST", "GET", "DELETE") or (modern and method != "POST"):
                 raise HttpError(f"Method {method} is not allowed.", http_status=405, code="method-not-allowed",
                                 hint="2026-07-28 uses POST only." if modern else None)
-            query = QueryParams(scope.get("query_string", b"").decode("latin-1"))
+            raw_query = scope.get("query_string", b"")
+            query = QueryParams(raw_query.decode("latin-1")) if raw_query else _NO_QUERY
             if any(k.lower() in CREDENTIAL_PARAMS for k in query):
                 raise HttpError("Credentials are not accepted in the URL query.", code="credentials-in-query",
                                 hint="Send the token only as Authorization: Bearer <token>, and drop it from the URL.")

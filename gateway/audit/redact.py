@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Final
 
+import orjson
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -263,11 +264,20 @@ def redact_preview_value(value: JsonValue, *, secrets: Sequence[str] = ()) -> tu
     return _preview_walk(value, secrets, budget, 0), budget.scanned
 
 
+def _compact(value: JsonValue) -> str:
+    """Compact JSON text with sorted keys and raw UTF-8 (orjson; json for what orjson refuses, such as
+    integers past 64 bits or non-string keys)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=str).decode()
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True, default=str)
+
+
 def redact_preview(value: JsonValue, *, limit: int = MAX_PREVIEW_CHARS, secrets: Sequence[str] = ()) -> str:
     """Redacted, compact JSON text of a value, at most `limit` characters: the `*_preview` fields.
     Work is bounded by the preview, not the value: see `redact_preview_value`."""
     shown, _ = redact_preview_value(value, secrets=secrets)
-    text = json.dumps(shown, ensure_ascii=False, separators=(",", ":"), sort_keys=True, default=str)
+    text = _compact(shown)
     if secrets:  # a secret split across escaped JSON text (a quote, a backslash) is caught here as well
-        text = scrub(text, [json.dumps(v, ensure_ascii=False)[1:-1] for v in secrets])
+        text = scrub(text, [_compact(v)[1:-1] for v in secrets])
     return truncate(text, min(limit, MAX_PREVIEW_CHARS))

@@ -253,8 +253,9 @@ class Request:
     pin: PinStatus | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", Kind(self.kind))
-        if self.pin is not None:
+        if type(self.kind) is not Kind:
+            object.__setattr__(self, "kind", Kind(self.kind))
+        if self.pin is not None and type(self.pin) is not PinStatus:
             object.__setattr__(self, "pin", PinStatus(self.pin))
         if not isinstance(self.groups, frozenset):
             object.__setattr__(self, "groups", frozenset(self.groups))
