@@ -22,22 +22,40 @@ JsonValue = Any
 MAX_SAFE_INTEGER = 2**53 - 1
 
 
-def _plain(value: JsonValue, depth: int = 0) -> bool:
+def _plain(value: JsonValue) -> bool:
     """True when orjson's sorted compact output is exactly JCS: no floats, safe ints, ASCII keys.
 
     (For such values both sort keys the same way and escape strings identically: `"`, `\\`, the short
-    control escapes and `\\u00xx` in lowercase hex, everything else raw UTF-8.)"""
-    if depth > 200:
-        return False
-    if isinstance(value, str) or value is None or value is True or value is False:
-        return True
-    if type(value) is int:
-        return -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
-    if type(value) is dict:
-        return all(type(k) is str and k.isascii() and _plain(v, depth + 1) for k, v in value.items())
-    if type(value) is list:
-        return all(_plain(v, depth + 1) for v in value)
-    return False
+    control escapes and `\\u00xx` in lowercase hex, everything else raw UTF-8.) A loop over a stack, not
+    recursion: this runs for every sealed record and every digest, on the request path."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            if depth >= 200:
+                return False
+            for key, sub in item.items():
+                if type(key) is not str or not key.isascii():
+                    return False
+                sub_kind = type(sub)
+                if sub_kind is dict or sub_kind is list:
+                    stack.append((sub, depth + 1))
+                elif sub_kind is int:
+                    if not -MAX_SAFE_INTEGER <= sub <= MAX_SAFE_INTEGER:
+                        return False
+                elif not (isinstance(sub, str) or sub is None or sub is True or sub is False):
+                    return False
+        elif kind is list:
+            if depth >= 200:
+                return False
+            stack.extend((sub, depth + 1) for sub in item)
+        elif kind is int:
+            if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                return False
+        elif not (isinstance(item, str) or item is None or item is True or item is False):
+            return False
+    return True
 
 
 def canonicalize(value: JsonValue) -> bytes:

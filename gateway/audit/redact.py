@@ -90,10 +90,12 @@ def digest_value(tenant_key: bytes, value: JsonValue) -> str:
     return DIGEST_PREFIX + hmac.new(tenant_key, canonicalize(value), hashlib.sha256).hexdigest()
 
 
+_SECRET_KEY: Final = re.compile("|".join(map(re.escape, SECRET_KEY_PARTS)))
+
+
 def is_secret_key(name: str) -> bool:
     """True when a field name suggests a secret (substring, case-insensitive)."""
-    lowered = name.lower()
-    return any(part in lowered for part in SECRET_KEY_PARTS)
+    return _SECRET_KEY.search(name.lower()) is not None
 
 
 def _entropy(text: str) -> float:
@@ -249,7 +251,11 @@ def _preview_walk(value: JsonValue, secrets: Sequence[str], budget: _Budget, dep
         redacted = redact_text(text, secrets=secrets)
         budget.output += len(redacted) + 2
         return redacted
-    budget.output += len(json.dumps(value, default=str))
+    if value is None or value is True or value is False or type(value) is int:
+        budget.output += len("null" if value is None else "true" if value is True else "false" if value is False
+                             else str(value))
+    else:
+        budget.output += len(json.dumps(value, default=str))
     return value
 
 
