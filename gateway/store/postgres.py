@@ -143,7 +143,7 @@ class PostgresStore:
     def __init__(self, url: DatabaseUrl, *, busy_timeout_s: float = 5.0, replica_id: str = "",
                  migrate: bool = True, pool_size: int | None = None) -> None:
         try:
-            import psycopg  # noqa: F401
+            import psycopg
             from psycopg_pool import ConnectionPool
         except ImportError as exc:
             raise ConfigError("The Postgres store needs psycopg and psycopg-pool, which are not installed.",
@@ -162,13 +162,18 @@ class PostgresStore:
             conn.execute(f"SET lock_timeout TO {lock_ms}")
             conn.execute("SET idle_in_transaction_session_timeout TO 60000")
 
+        connect = {"autocommit": True, "connect_timeout": 10, "application_name": f"aegress {replica_id}".strip()}
+        try:  # one plain connection first: a wrong URL fails at once with the server's reason
+            psycopg.connect(str(url), **connect).close()  # type: ignore[arg-type]
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"Cannot connect to the database {self.location}{self._why(exc)}.",
+                                   hint=_HINT) from exc
         self._pool = ConnectionPool(str(url), min_size=1, max_size=size, open=False, configure=configure,
-                                    kwargs={"autocommit": True, "connect_timeout": 10,
-                                            "application_name": f"aegress {replica_id}".strip()},
-                                    timeout=max(10.0, busy_timeout_s), name="aegress", reconnect_timeout=60)
+                                    kwargs=connect, timeout=max(10.0, busy_timeout_s), name="aegress",
+                                    reconnect_timeout=60)
         try:
             self._pool.open(wait=True, timeout=15)
-        except Exception as exc:  # PoolTimeout: the first connection never came up
+        except Exception as exc:  # PoolTimeout: the first pooled connection never came up
             reason = self._why(exc)
             self._pool.close(timeout=1)
             raise StoreUnavailable(f"Cannot connect to the database {self.location}{reason}.", hint=_HINT) from exc
