@@ -51,6 +51,7 @@ app.add_typer(audit_cli.app, name="audit")
 app.command("serve")(serve.serve)
 app.add_typer(client.app, name="client")
 app.command("bridge")(bridge.bridge)
+app.add_typer(__import__("aegress_cli.db").db.app, name="db")
 
 
 def run() -> None:
