@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from gateway.errors import ConfigError
 from gateway.store.base import Store
@@ -29,6 +27,8 @@ _REPLICA = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 
 def mask_url(url: str) -> str:
     """The URL with its password (and any query string, which may carry one) replaced by `***`."""
+    from urllib.parse import urlsplit, urlunsplit
+
     try:
         parts = urlsplit(url)
         netloc = parts.netloc
@@ -79,7 +79,7 @@ def replica_id_from_env(env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     wanted = env.get(REPLICA_ENV, "")
     if not wanted:
-        return f"r-{secrets.token_hex(4)}"
+        return f"r-{os.urandom(4).hex()}"
     if not _REPLICA.fullmatch(wanted):
         raise ConfigError(f"{REPLICA_ENV} must be 1-64 letters, digits, '.', '_', ':' or '-'.",
                           hint="Use a stable name per replica, such as the pod or host name.")
@@ -103,7 +103,7 @@ def open_store(home: Path, database_url: str | None = None, *, busy_timeout_s: f
         return PostgresStore(DatabaseUrl(database_url or ""), busy_timeout_s=busy_timeout_s, replica_id=replica,
                              migrate=migrate)
     if database_url and not database_url.startswith("sqlite:///"):
-        scheme = urlsplit(database_url).scheme if "://" in database_url else ""
+        scheme = database_url.split("://", 1)[0] if "://" in database_url else ""
         raise ConfigError(
             f"Unsupported database URL{f' scheme {scheme!r}' if scheme else ''}: use postgresql://, postgres:// "
             "or sqlite:///<path>.",

@@ -227,13 +227,26 @@ class PostgresStore:
             finally:
                 self._local.conn = None
 
+    def _read(self, sql: str, params: Sequence[object], *, one: bool) -> Any:
+        """A read; outside a transaction it is tried once more on a fresh connection when the pooled one
+        turns out dead (the server restarted, or an operator ended the backend): nothing was changed."""
+        for attempt in (1, 2):
+            try:
+                with self._connection() as conn:
+                    cur = conn.execute(sql, params)
+                    return cur.fetchone() if one else cur.fetchall()
+            except StoreUnavailable as exc:
+                if attempt == 2 or getattr(self._local, "conn", None) is not None or exc.__cause__ is None:
+                    raise
+                log.info("retrying a read on a fresh connection: %s", type(exc.__cause__).__name__)
+        raise AssertionError("unreachable")
+
     def _all(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
-        with self._connection() as conn:
-            return conn.execute(sql, params).fetchall()
+        return list(self._read(sql, params, one=False))
 
     def _one(self, sql: str, params: Sequence[object] = ()) -> tuple[Any, ...] | None:
-        with self._connection() as conn:
-            return conn.execute(sql, params).fetchone()
+        row = self._read(sql, params, one=True)
+        return None if row is None else tuple(row)
 
     def _exec(self, sql: str, params: Sequence[object] = ()) -> int:
         with self._connection() as conn:
@@ -478,11 +491,18 @@ class PostgresStore:
     @contextlib.contextmanager
     def sealed(self) -> Iterator[list[Entry]]:
         """An operator change and its evidence records in ONE transaction (see `Store.sealed`)."""
+        import psycopg
+
         entries: list[Entry] = []
         with self._guard("Could not seal the change"), self.transaction() as conn:
             yield entries
             if entries:
-                extend_logs(_EvidenceTx(conn), entries, self.replica_id)
+                try:
+                    extend_logs(_EvidenceTx(conn), entries, self.replica_id)
+                except psycopg.Error as exc:
+                    raise StoreUnavailable(f"Could not seal the change{self._why(exc)}.",
+                                           hint="Nothing was changed. Check the database, then run the command "
+                                                "again.") from exc
 
     def evidence_prefix(self, default: str) -> str:
         """The deployment's origin prefix: chosen once (first writer wins, on any replica), then fixed."""

@@ -222,3 +222,17 @@ def test_an_unreachable_postgres_is_a_clear_error_without_the_password() -> None
         open_store(Path("/nonexistent"), url)
     assert "s3cret-pw" not in info.value.message and "s3cret-pw" not in (info.value.hint or "")
     assert "postgresql://aegress:***@127.0.0.1:1/nothing" in info.value.message
+
+
+def test_reads_survive_a_connection_the_server_ended(store_url: str, store: Store) -> None:
+    """Postgres: an operator (or a failover) ends the pool's connections; the next read reconnects."""
+    if store.exclusive:
+        pytest.skip("SQLite has no server connection to lose")
+    from tests.pg import sql
+
+    store.create_tenant("acme", T0)
+    ended = sql(store_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname ="
+                           " current_database() AND pid <> pg_backend_pid() AND application_name = 'aegress r-test'")
+    assert ended and all(ok for (ok,) in ended)
+    assert store.get_tenant("acme") is not None
+    assert [t.id for t in store.list_tenants()] == ["acme"]
