@@ -4,7 +4,6 @@ one place where library errors become `Error:` / `Hint:` lines and exit codes.""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from functools import wraps
@@ -41,13 +40,21 @@ def home() -> Path:
 
 
 def database_url() -> str | None:
-    return os.environ.get("DATABASE_URL") or None
+    """AEGRESS_DATABASE_URL, or the variable AEGRESS_DATABASE_URL_FROM names (never a bare DATABASE_URL)."""
+    from gateway.store import database_url_from_env
+
+    return database_url_from_env()
 
 
-def store():  # type: ignore[no-untyped-def]
+def store(*, migrate: bool = True):  # type: ignore[no-untyped-def]
+    """The store of this command (closed when the process exits: a Postgres pool has threads)."""
+    import atexit
+
     from gateway.store import open_store
 
-    return open_store(home(), database_url())
+    opened = open_store(home(), database_url(), migrate=migrate)
+    atexit.register(opened.close)
+    return opened
 
 
 def master_key() -> bytes:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from aegress_cli._common import err, handle_errors, home, master_key, now, store
+from aegress_cli._common import database_url, err, handle_errors, home, master_key, now, store
 from gateway.config import Limits
 
 _D = Limits()  # the flags' defaults are the library's
@@ -79,6 +79,7 @@ def serve(
     if os.environ.get("AEGRESS_AUDIT", "on").lower() in ("off", "0", "false") and not no_evidence:
         err("Warning: AEGRESS_AUDIT=off is ignored: evidence stays on. Pass --no-evidence to turn it off.")
     data = home()
+    database = database_url()
     from gateway.datadir import hold
 
     lock = hold(data)  # before --demo or anything else touches the store: one gateway per data dir
@@ -105,6 +106,10 @@ def serve(
     def ready(url: str) -> None:
         print(f"Aegress gateway listening on {url}", flush=True)
         print(f"Data dir: {data}", flush=True)
+        if database:
+            from gateway.store import mask_url
+
+            print(f"Database: {mask_url(database)}", flush=True)
         if no_evidence:
             print("EVIDENCE IS OFF (--no-evidence): calls are not recorded and carry no receipts.", flush=True)
         if demo:
@@ -113,7 +118,7 @@ def serve(
 
     from gateway.server import serve as run
 
-    run(data, settings, database_url=os.environ.get("DATABASE_URL") or None, on_ready=ready, log_level=log_level,
+    run(data, settings, database_url=database, on_ready=ready, log_level=log_level,
         evidence=not no_evidence, lock=lock)
 
 

@@ -375,8 +375,8 @@ def remove_upstream(store: Store, tenant_id: str, name: str, by: str | None = No
 
 def change_upstream(store: Store, spec: UpstreamSpec, update: Callable[[], object], by: str | None = None) -> None:
     """Run `update` (a store write that changes the registration to `spec`, e.g. `store.update_upstream`)
-    and seal `upstream_changed` in the same transaction. The store method must write through `_write()`
-    (or single `_run` statements), never its own BEGIN."""
+    and seal `upstream_changed` in the same transaction. The store method must write through `transaction()`
+    (or single statements), never its own BEGIN."""
     with sealed_change(store) as change:
         update()
         change.upstream(spec, "upstream_changed", by or operator_name())

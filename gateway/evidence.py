@@ -577,8 +577,12 @@ def operator_name() -> str:
 
 
 def recover_open_intents(store: Store) -> int:
-    """Start-up: append `outcome_unknown` for every intent a crash left without an outcome."""
-    opened = store.open_intents()
+    """Start-up: append `outcome_unknown` for every intent a crash left without an outcome.
+
+    Only intents this replica wrote (`store.replica_id`: set AEGRESS_REPLICA_ID to the same name on every
+    restart of one replica), since other replicas sharing the database may have those calls in flight;
+    every open intent when the store is `exclusive` (SQLite: one gateway per data dir)."""
+    opened = store.open_intents(None if store.exclusive else store.replica_id)
     entries = [
         Entry(origin, "outcome_unknown", now_time(),
               {"intent_seq": seq, "reason": "the gateway stopped before the call's outcome was recorded"},

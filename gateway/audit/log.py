@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.audit.records import BuiltRecord, ChainHead
+from gateway.types import CallRecord
 
 SECURITY_LOG = "security"
 
@@ -82,7 +83,7 @@ class Entry:
     time: str
     body: Mapping[str, Any]
     columns: Columns = field(default_factory=Columns)
-    call: Any = None
+    call: CallRecord | None = None
     """An optional plain CallRecord copy the store keeps for `list_calls` (written in the same transaction)."""
 
 

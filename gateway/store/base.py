@@ -1,13 +1,29 @@
-"""The store interface every backend implements; the server and CLI depend on this only."""
+"""The store interface every backend implements; the server and CLI depend on this only.
+
+The rules that stop an evidence log from forking are part of this contract, not of one backend:
+
+* every append runs in ONE write transaction that first takes each touched log's head with every
+  other writer of that log held off until COMMIT (`EvidenceTx.lock_heads`: SQLite's write lock,
+  Postgres an advisory lock per origin, in one global order so two writers never deadlock);
+* records are chained onto those heads by the shared `extend_logs` (pure `gateway.audit.log.seal`),
+  never by backend code;
+* the schema keeps `(origin, seq)` unique (`gateway.store.migrations`), so a writer that slipped past
+  the lock fails instead of forking the log, and stores the exact hashed bytes.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.types import Actor, CallRecord, Tenant, TokenInfo, UpstreamSpec
+
+if TYPE_CHECKING:
+    from gateway.audit.log import Entry, Sealed
+    from gateway.audit.records import ChainHead
+    from gateway.store.migrations import SchemaStatus
 
 
 # -- the policy gate's records (issue 3) ----------------------------------------------------------
@@ -109,14 +125,64 @@ class WouldBlock(Exception):
     asks again with the blocking method, in a worker thread."""
 
 
+BeforeCommit = Callable[[list["Sealed"]], None]
+"""Called with the sealed records inside the transaction, just before COMMIT (crash tests)."""
+
+
+class EvidenceTx(Protocol):
+    """What a store does to extend logs inside ONE open write transaction (see the module docstring)."""
+
+    def lock_heads(self, origins: Sequence[str]) -> dict[str, ChainHead]:
+        """The current head of each origin (missing: not started), read inside the transaction after
+        taking the origin's write lock, held until COMMIT or ROLLBACK."""
+        ...
+
+    def insert_sealed(self, sealed: Sequence[Sealed], heads: Mapping[str, ChainHead], replica: str) -> None:
+        """Insert the records (exact bytes, queryable copies, the writing replica), the new heads and the
+        plain `calls` copies; a duplicate (origin, seq) raises instead of forking."""
+        ...
+
+
+def extend_logs(tx: EvidenceTx, entries: Sequence[Entry], replica: str) -> list[Sealed]:
+    """Chain `entries` onto their logs inside `tx`'s open transaction: the one append rule of every store."""
+    from gateway.audit.log import seal
+
+    if not entries:
+        return []
+    origins = sorted({entry.origin for entry in entries})
+    heads = tx.lock_heads(origins)
+    sealed, new_heads = seal(entries, heads)
+    tx.insert_sealed(sealed, {origin: new_heads[origin] for origin in origins}, replica)
+    return sealed
+
+
 class Store(Protocol):
     """Synchronous by design: SQLite calls are microseconds; `inline_safe` tells the server whether it
-    may call read methods on the event loop or must use a worker thread."""
+    may call read methods on the event loop or must use a worker thread.
+
+    `replica_id` names the gateway process that opened the store (`AEGRESS_REPLICA_ID`, else random at
+    start); evidence records carry it (a column, not the hashed bytes). `exclusive` is True when one
+    gateway at a time owns the whole database (SQLite: the data dir lock), so start-up recovery may close
+    every open intent; otherwise only its own replica's."""
 
     inline_safe: bool
+    replica_id: str
+    exclusive: bool
 
     def close(self) -> None: ...
     def ping(self) -> None: ...
+
+    # schema (gateway.store.migrations)
+    def schema_status(self) -> SchemaStatus: ...
+    def migrate(self) -> list[int]:
+        """Apply the missing migrations (under the database's migration lock); the versions applied."""
+        ...
+
+    # transactions
+    def transaction(self) -> AbstractContextManager[object]:
+        """One write transaction: the block's store writes on this thread commit together or not at all.
+        Nested on the same thread (or inside `sealed()`), it is a savepoint of the open transaction."""
+        ...
 
     # tenants
     def create_tenant(self, tenant_id: str, now: str) -> Tenant: ...
@@ -157,8 +223,10 @@ class Store(Protocol):
 
     # sealed evidence (issue 4): logs of exact record bytes, chain heads, signed checkpoints
     def evidence_prefix(self, default: str) -> str: ...
-    def append_evidence(self, entries: Sequence[Any], before_commit: Any = None) -> list[Any]: ...
-    def sealed(self) -> AbstractContextManager[list[Any]]:
+    def append_evidence(self, entries: Sequence[Entry], before_commit: BeforeCommit | None = None) -> list[Sealed]:
+        """Seal and insert a batch in ONE transaction (group commit), by `extend_logs`."""
+        ...
+    def sealed(self) -> AbstractContextManager[list[Entry]]:
         """An operator change and its evidence entries (appended to the yielded list) in ONE transaction:
         store writes made on this thread inside the block commit together with the sealed records, or
         not at all."""
@@ -167,7 +235,9 @@ class Store(Protocol):
     def evidence_size(self, origin: str) -> int: ...
     def evidence_records(self, origin: str, start: int = 0, end: int | None = None) -> list[tuple[int, bytes]]: ...
     def evidence_leaf_hashes(self, origin: str, start: int = 0) -> list[bytes]: ...
-    def open_intents(self) -> list[tuple[str, int, str]]: ...
+    def open_intents(self, replica: str | None = None) -> list[tuple[str, int, str]]:
+        """(origin, seq, tenant) of intents without an outcome: those `replica` wrote (None: every one)."""
+        ...
     def query_evidence(self, where: EvidenceFilter, limit: int = 100,
                        newest_first: bool = True) -> list[EvidenceRow]: ...
     def get_evidence(self, record_id: int) -> EvidenceRow | None: ...

@@ -2,8 +2,10 @@
 
 WAL mode with synchronous=FULL: a committed record survives power loss. One connection per thread
 (sqlite3 connections are not shared across threads); readers never block the writer in WAL.
-Schema changes go through `_MIGRATIONS` (ordered, recorded in `PRAGMA user_version`); sqlite-utils
-is imported only when a migration runs, so opening the store stays fast for CLI commands.
+Schema changes go through `gateway.store.migrations` (ordered, shared with Postgres, recorded in
+`PRAGMA user_version`); sqlite-utils is imported only when a migration runs, so opening the store
+stays fast for CLI commands. Evidence is appended by the shared `extend_logs` inside BEGIN IMMEDIATE
+(SQLite's one write lock holds every other writer off until COMMIT).
 """
 
 from __future__ import annotations
@@ -14,187 +16,31 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import AlreadyExists, NotFound, StoreUnavailable
-from gateway.store.base import HeldCall, PinChange, PolicyVersion, WouldBlock
+from gateway.store.base import (
+    BeforeCommit,
+    EvidenceFilter,
+    EvidenceRow,
+    HeldCall,
+    PinChange,
+    PolicyVersion,
+    WouldBlock,
+    extend_logs,
+)
+from gateway.store.migrations import MIGRATIONS, SchemaStatus
 from gateway.types import Actor, CallRecord, Tenant, TokenInfo, UpstreamLimits, UpstreamSpec
+
+if TYPE_CHECKING:
+    from gateway.audit.log import Entry, Sealed
+    from gateway.audit.records import ChainHead
 
 log = logging.getLogger("aegress.store")
 
 
-def _m1(db: object) -> None:
-    from sqlite_utils import Database
-
-    assert isinstance(db, Database)
-    db["tenants"].create({"id": str, "created_at": str}, pk="id")
-    db["actors"].create(
-        {"tenant_id": str, "id": str, "created_at": str},
-        pk=("tenant_id", "id"),
-        foreign_keys=[("tenant_id", "tenants", "id")],
-    )
-    db["tokens"].create(
-        {
-            "id": str,
-            "tenant_id": str,
-            "actor_id": str,
-            "hash": str,
-            "label": str,
-            "created_at": str,
-            "revoked_at": str,
-        },
-        pk="id",
-        not_null={"tenant_id", "actor_id", "hash", "created_at"},
-    )
-    db["tokens"].create_index(["hash"], unique=True)
-    db["tokens"].create_index(["tenant_id", "actor_id"])
-    db["upstreams"].create(
-        {
-            "tenant_id": str,
-            "name": str,
-            "transport": str,
-            "config": str,
-            "prefix": int,
-            "allow_private": int,
-            "created_at": str,
-            "tools": str,
-        },
-        pk=("tenant_id", "name"),
-        foreign_keys=[("tenant_id", "tenants", "id")],
-    )
-    db["calls"].create(
-        {
-            "id": int,
-            "tenant_id": str,
-            "actor_id": str,
-            "token_id": str,
-            "session_id": str,
-            "client_name": str,
-            "method": str,
-            "target": str,
-            "upstream": str,
-            "verdict": str,
-            "rule_id": str,
-            "outcome": str,
-            "error_code": int,
-            "started_at": str,
-            "duration_ms": float,
-        },
-        pk="id",
-    )
-    db["calls"].create_index(["tenant_id", "id"])
-    db["meta"].create({"key": str, "value": str}, pk="key")
-    db["meta"].insert({"key": "upstreams_version", "value": "0"})
-
-
-def _m2(db: object) -> None:
-    """The policy gate: policy versions, cached tool definitions, pins and their changes, held calls."""
-    from sqlite_utils import Database
-
-    assert isinstance(db, Database)
-    db["policies"].create(
-        {"tenant_id": str, "version": int, "text": str, "filename": str, "digest": str, "applied_at": str,
-         "applied_by": str},
-        pk=("tenant_id", "version"),
-    )
-    db["tool_definitions"].create(
-        {"tenant_id": str, "upstream": str, "name": str, "definition": str, "hash": str, "seen_at": str},
-        pk=("tenant_id", "upstream", "name"),
-    )
-    db["pins"].create(
-        {"tenant_id": str, "upstream": str, "tool": str, "hash": str, "approved_by": str, "approved_at": str},
-        pk=("tenant_id", "upstream", "tool"),
-    )
-    db["pin_baselines"].create({"tenant_id": str, "upstream": str, "at": str}, pk=("tenant_id", "upstream"))
-    db["pin_changes"].create(
-        {"id": int, "tenant_id": str, "upstream": str, "tool": str, "old_hash": str, "new_hash": str,
-         "seen_at": str, "resolved_at": str, "resolved_by": str},
-        pk="id",
-    )
-    db["pin_changes"].create_index(["tenant_id", "upstream", "tool", "old_hash", "new_hash"], unique=True)
-    db["held_calls"].create(
-        {"id": str, "tenant_id": str, "actor_id": str, "upstream": str, "tool": str, "exposed": str,
-         "args_digest": str, "arguments": str, "rule_id": str, "reason": str, "policy_version": int, "mode": str,
-         "status": str, "created_at": float, "decided_by": str, "decided_at": float, "decision_reason": str,
-         "expires_at": float, "used_at": float},
-        pk="id",
-    )
-    db["held_calls"].create_index(["tenant_id", "status"])
-    db["held_calls"].create_index(["tenant_id", "actor_id", "upstream", "tool", "args_digest"])
-    db["calls"].add_column("policy_version", int)
-    db["calls"].add_column("audit_id", str)
-    db["meta"].insert({"key": "policies_version", "value": "0"})
-    # delete_tenant predates these tables: a trigger removes a deleted tenant's policy state, so a
-    # tenant created again under the same id never inherits it.
-    db.execute(
-        """CREATE TRIGGER tenants_delete_policy AFTER DELETE ON tenants BEGIN
-             DELETE FROM policies WHERE tenant_id = OLD.id;
-             DELETE FROM tool_definitions WHERE tenant_id = OLD.id;
-             DELETE FROM pins WHERE tenant_id = OLD.id;
-             DELETE FROM pin_baselines WHERE tenant_id = OLD.id;
-             DELETE FROM pin_changes WHERE tenant_id = OLD.id;
-             DELETE FROM held_calls WHERE tenant_id = OLD.id;
-             UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'policies_version';
-           END"""
-    )
-
-
-def _m3(db: object) -> None:
-    """Sealed evidence (issue 4): exact record bytes per log, chain heads, signed checkpoints.
-
-    `data` holds the canonical bytes that were hashed; every other column is a queryable copy.
-    """
-    from sqlite_utils import Database
-
-    assert isinstance(db, Database)
-    db.execute(
-        """CREATE TABLE evidence (
-             id INTEGER PRIMARY KEY, origin TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,
-             time TEXT NOT NULL, tenant TEXT NOT NULL, actor TEXT NOT NULL, tool TEXT NOT NULL,
-             verdict TEXT NOT NULL, status TEXT NOT NULL, intent_seq INTEGER, leaf_hash BLOB NOT NULL,
-             data BLOB NOT NULL)"""
-    )
-    db.execute("CREATE UNIQUE INDEX evidence_origin_seq ON evidence (origin, seq)")
-    db.execute("CREATE INDEX evidence_answers ON evidence (origin, intent_seq) WHERE intent_seq IS NOT NULL")
-    db.execute("CREATE INDEX evidence_tenant ON evidence (tenant, id)")
-    db.execute("CREATE INDEX evidence_time ON evidence (time)")
-    db.execute(
-        "CREATE TABLE evidence_heads (origin TEXT PRIMARY KEY, size INTEGER NOT NULL, last_hash BLOB NOT NULL)"
-    )
-    db.execute(
-        """CREATE TABLE checkpoints (origin TEXT NOT NULL, size INTEGER NOT NULL, root BLOB NOT NULL,
-             note TEXT NOT NULL, signed_at TEXT NOT NULL, PRIMARY KEY (origin, size))"""
-    )
-
-
-def _m4(db: object) -> None:
-    """Tenant ids unique ignoring ASCII case; actor ids too, within their tenant (issue 9).
-
-    `Acme` next to `acme` would look like one tenant to a person and be two to the gateway. New twins
-    are refused in code (`create_tenant`, `add_actor` check inside their write transaction); these
-    indexes (COLLATE NOCASE) are the backstop. A database that already holds two ids differing only
-    by case keeps opening and working: the index for that table is skipped and a warning logged, and
-    the check in code still refuses further twins. Lookups stay exact (binding compares exactly).
-    """
-    from sqlite_utils import Database
-
-    assert isinstance(db, Database)
-    for table, group, index in (
-        ("tenants", "id COLLATE NOCASE", "tenants_id_nocase"),
-        ("actors", "tenant_id, id COLLATE NOCASE", "actors_tenant_id_nocase"),
-    ):
-        twins = db.execute(f"SELECT group_concat(id, ', ') FROM {table} GROUP BY {group} HAVING count(*) > 1"
-                           " LIMIT 1").fetchone()
-        if twins:
-            log.warning("%s holds ids differing only by case (%s): their case-insensitive unique index is "
-                        "not created; new twins are still refused", table, twins[0])
-            continue
-        db.execute(f"CREATE UNIQUE INDEX {index} ON {table} ({group})")
-
-
-_MIGRATIONS: list[Callable[[object], None]] = [_m1, _m2, _m3, _m4]
 
 
 def _where(**filters: object) -> tuple[str, list[object]]:
@@ -228,14 +74,71 @@ def _already_exists(kind: str, wanted: str, existing: str, where: str) -> Alread
                          "by case.", hint=f"Use {existing!r}, or pick a name that differs by more than case.")
 
 
+_CALL_COLS = (
+    "tenant_id, actor_id, token_id, method, target, upstream, verdict, rule_id, outcome,"
+    " started_at, duration_ms, error_code, session_id, client_name"
+)
+
+
+class _EvidenceTx:
+    """`EvidenceTx` on a connection inside BEGIN IMMEDIATE: the database's write lock is every log's lock."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def lock_heads(self, origins: Sequence[str]) -> dict[str, ChainHead]:
+        from gateway.audit.records import ChainHead
+
+        heads: dict[str, ChainHead] = {}
+        for origin in origins:
+            row = self.conn.execute("SELECT size, last_hash FROM evidence_heads WHERE origin = ?",
+                                    (origin,)).fetchone()
+            if row:
+                heads[origin] = ChainHead(origin, int(row[0]), bytes(row[1]))
+        return heads
+
+    def insert_sealed(self, sealed: Sequence[Sealed], heads: Mapping[str, ChainHead], replica: str) -> None:
+        conn = self.conn
+        conn.executemany(
+            "INSERT INTO evidence (origin, seq, kind, time, tenant, actor, tool, verdict, status, intent_seq,"
+            " leaf_hash, data, replica) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (s.record.origin, s.record.seq, s.record.kind, s.entry.time, s.entry.columns.tenant,
+                 s.entry.columns.actor, s.entry.columns.tool, s.entry.columns.verdict, s.entry.columns.status,
+                 s.entry.columns.intent_seq, s.record.leaf_hash, s.record.canonical, replica)
+                for s in sealed
+            ],
+        )
+        conn.executemany(
+            "INSERT INTO evidence_heads (origin, size, last_hash) VALUES (?, ?, ?) ON CONFLICT (origin)"
+            " DO UPDATE SET size = excluded.size, last_hash = excluded.last_hash",
+            [(o, h.size, h.last_hash) for o, h in heads.items() if h.last_hash is not None],
+        )
+        calls = [s.entry.call for s in sealed if s.entry.call is not None]
+        if calls:
+            conn.executemany(
+                f"INSERT INTO calls ({_CALL_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (r.tenant_id, r.actor_id, r.token_id, r.method, r.target, r.upstream, r.verdict,
+                     r.rule_id, r.outcome, r.started_at, r.duration_ms, r.error_code, r.session_id,
+                     r.client_name)
+                    for r in calls
+                ],
+            )
+
+
 class SQLiteStore:
     inline_safe = False
     """A write can wait for another process's lock (busy timeout) or a full disk: the request path calls
     the store in a worker thread (the review desk, /health), never on the event loop."""
+    exclusive = True
+    """One gateway per data dir (the data dir lock): start-up recovery closes every open intent."""
 
-    def __init__(self, path: Path, *, busy_timeout_s: float = 5.0) -> None:
+    def __init__(self, path: Path, *, busy_timeout_s: float = 5.0, replica_id: str = "",
+                 migrate: bool = True) -> None:
         self.path = path
         self.busy_timeout_s = busy_timeout_s
+        self.replica_id = replica_id
         self._local = threading.local()
         try:
             _create_private(path)
@@ -244,7 +147,11 @@ class SQLiteStore:
                 f"Cannot create the database {path}: {exc.strerror}.",
                 hint="Check the data dir exists and is writable (AEGRESS_HOME or --data-dir).",
             ) from exc
-        self._migrate()
+        if migrate:
+            self.migrate()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.path)!r})"
 
     # -- connections -------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -283,24 +190,45 @@ class SQLiteStore:
                 f"The database is unavailable: {exc}.", hint="Check disk space and file permissions."
             ) from exc
 
-    def _migrate(self) -> None:
+    def _schema_version(self) -> int:
+        try:
+            (version,) = self._conn().execute("PRAGMA user_version").fetchone()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"Cannot read the database {self.path}: {exc}.",
+                                   hint="Check the file is an Aegress database and readable.") from exc
+        return int(version)
+
+    def migrate(self) -> list[int]:
+        """Apply the missing steps in one BEGIN IMMEDIATE transaction (several processes at once: the
+        second finds them applied), recording each in `PRAGMA user_version`."""
         conn = self._conn()
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-        if version >= len(_MIGRATIONS):
-            return
+        if self._schema_version() >= len(MIGRATIONS):
+            return []
         from sqlite_utils import Database
 
         db = Database(conn)
-        conn.execute("BEGIN IMMEDIATE")
+        applied: list[int] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"Cannot migrate the database {self.path}: {exc}.",
+                                   hint="Check disk space, file permissions and locks.") from exc
         try:
             (version,) = conn.execute("PRAGMA user_version").fetchone()
-            for index in range(version, len(_MIGRATIONS)):
-                _MIGRATIONS[index](db)
-                conn.execute(f"PRAGMA user_version={index + 1}")
+            for step in MIGRATIONS[version:]:
+                step.sqlite(db)
+                conn.execute(f"PRAGMA user_version={step.version}")
+                applied.append(step.version)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        return applied
+
+    def schema_status(self) -> SchemaStatus:
+        version = self._schema_version()
+        return SchemaStatus("sqlite", str(self.path), version,
+                            tuple((m.version, m.name, None) for m in MIGRATIONS[:version]))
 
     def close(self) -> None:
         for name in ("conn", "reader"):
@@ -314,7 +242,7 @@ class SQLiteStore:
 
     # -- tenants -----------------------------------------------------------------------------
     def create_tenant(self, tenant_id: str, now: str) -> Tenant:
-        with self._write() as conn:
+        with self.transaction() as conn:
             row = conn.execute("SELECT id FROM tenants WHERE id = ? COLLATE NOCASE ORDER BY id = ? DESC, id LIMIT 1",
                                (tenant_id, tenant_id)).fetchone()
             if row is not None:
@@ -330,7 +258,7 @@ class SQLiteStore:
         return [Tenant(*r) for r in self._run("SELECT id, created_at FROM tenants ORDER BY id")]
 
     def delete_tenant(self, tenant_id: str) -> None:
-        with self._write() as conn:
+        with self.transaction() as conn:
             conn.execute("DELETE FROM upstreams WHERE tenant_id = ?", (tenant_id,))
             conn.execute("DELETE FROM tokens WHERE tenant_id = ?", (tenant_id,))
             conn.execute("DELETE FROM actors WHERE tenant_id = ?", (tenant_id,))
@@ -341,7 +269,7 @@ class SQLiteStore:
 
     # -- actors ------------------------------------------------------------------------------
     def add_actor(self, tenant_id: str, actor_id: str, now: str) -> Actor:
-        with self._write() as conn:
+        with self.transaction() as conn:
             if conn.execute("SELECT 1 FROM tenants WHERE id = ?", (tenant_id,)).fetchone() is None:
                 raise NotFound(f"No tenant {tenant_id!r}.", hint="Create it with `aegress tenant create`.")
             row = conn.execute(
@@ -366,7 +294,7 @@ class SQLiteStore:
         return [Actor(*r) for r in rows]
 
     def remove_actor(self, tenant_id: str, actor_id: str) -> None:
-        with self._write() as conn:
+        with self.transaction() as conn:
             conn.execute("DELETE FROM tokens WHERE tenant_id = ? AND actor_id = ?", (tenant_id, actor_id))
             cur = conn.execute("DELETE FROM actors WHERE tenant_id = ? AND id = ?", (tenant_id, actor_id))
             if cur.rowcount == 0:
@@ -451,7 +379,7 @@ class SQLiteStore:
         }
 
     def update_upstream(self, spec: UpstreamSpec) -> None:
-        with self._write() as conn:
+        with self.transaction() as conn:
             cur = conn.execute(
                 "UPDATE upstreams SET transport = ?, config = ?, prefix = ?, allow_private = ?"
                 " WHERE tenant_id = ? AND name = ?",
@@ -465,7 +393,7 @@ class SQLiteStore:
     def add_upstream(self, spec: UpstreamSpec) -> None:
         config = self._config(spec)
         try:
-            with self._write() as conn:
+            with self.transaction() as conn:
                 conn.execute(
                     f"INSERT INTO upstreams ({self._UP_COLS}, tools) VALUES (?, ?, ?, ?, ?, ?, ?, '[]')",
                     (
@@ -500,7 +428,7 @@ class SQLiteStore:
         return [self._to_spec(r) for r in rows]
 
     def remove_upstream(self, tenant_id: str, name: str) -> None:
-        with self._write() as conn:
+        with self.transaction() as conn:
             cur = conn.execute("DELETE FROM upstreams WHERE tenant_id = ? AND name = ?", (tenant_id, name))
             if cur.rowcount == 0:
                 raise NotFound(f"No upstream {name!r} in tenant {tenant_id!r}.")
@@ -521,13 +449,8 @@ class SQLiteStore:
         return int(row[0]) if row else 0
 
     # -- calls -------------------------------------------------------------------------------
-    _CALL_COLS = (
-        "tenant_id, actor_id, token_id, method, target, upstream, verdict, rule_id, outcome,"
-        " started_at, duration_ms, error_code, session_id, client_name"
-    )
-
     def list_calls(self, tenant_id: str | None = None, limit: int = 100) -> list[CallRecord]:
-        sql = f"SELECT {self._CALL_COLS} FROM calls"
+        sql = f"SELECT {_CALL_COLS} FROM calls"
         params: list[object] = []
         if tenant_id is not None:
             sql += " WHERE tenant_id = ?"
@@ -547,8 +470,8 @@ class SQLiteStore:
         return conn
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE ... COMMIT); inside `sealed()` (or another `_write`) on
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT); inside `sealed()` (or another one) on
         this thread it is a SAVEPOINT of the open transaction instead, so the change commits with its seal."""
         depth: int = getattr(self._local, "depth", 0)
         conn = self._conn() if depth else self._tx()
@@ -570,7 +493,7 @@ class SQLiteStore:
             self._local.depth = depth
 
     @contextlib.contextmanager
-    def sealed(self) -> Iterator[list[Any]]:
+    def sealed(self) -> Iterator[list[Entry]]:
         """Run an operator change and seal it in ONE transaction.
 
             with store.sealed() as seal:
@@ -579,12 +502,12 @@ class SQLiteStore:
 
         The entries are chained and inserted after the change, before COMMIT: either both the change
         and its records are durable, or neither (an evidence failure rolls the change back)."""
-        entries: list[Any] = []
-        with self._write() as conn:
+        entries: list[Entry] = []
+        with self.transaction() as conn:
             yield entries
             if entries:
                 try:
-                    self._insert_evidence(conn, entries)
+                    extend_logs(_EvidenceTx(conn), entries, self.replica_id)
                 except sqlite3.Error as exc:
                     raise StoreUnavailable(f"Could not seal the change: {exc}.",
                                            hint="Nothing was changed. Check disk space, file permissions and "
@@ -598,7 +521,7 @@ class SQLiteStore:
 
     def add_policy_version(self, tenant_id: str, text: str, filename: str, digest: str, applied_at: str,
                            applied_by: str) -> PolicyVersion:
-        with self._write() as conn:
+        with self.transaction() as conn:
             if conn.execute("SELECT 1 FROM tenants WHERE id = ?", (tenant_id,)).fetchone() is None:
                 raise NotFound(f"No tenant {tenant_id!r}.", hint="List tenants with `aegress tenant list`.")
             (latest,) = conn.execute(
@@ -659,7 +582,7 @@ class SQLiteStore:
         """An upstream's tool listing, in ONE transaction: definitions replaced, pin changes recorded and,
         on first use (`first_pins`), pins set; a crash or a lock never leaves half of it."""
         try:
-            with self._write() as conn:
+            with self.transaction() as conn:
                 conn.execute("DELETE FROM tool_definitions WHERE tenant_id = ? AND upstream = ?",
                              (tenant_id, upstream))
                 conn.executemany(
@@ -703,7 +626,7 @@ class SQLiteStore:
 
     def set_pins(self, tenant_id: str, upstream: str, pins: Mapping[str, str], by: str, now: str) -> None:
         """Approve definitions: upsert pins, mark the upstream as pinned, resolve matching change records."""
-        with self._write() as conn:
+        with self.transaction() as conn:
             self._pin(conn, tenant_id, upstream, pins, by, now)
 
     def _pin(self, conn: sqlite3.Connection, tenant_id: str, upstream: str, pins: Mapping[str, str], by: str,
@@ -819,18 +742,15 @@ class SQLiteStore:
         row = self._run("SELECT value FROM meta WHERE key = 'audit_origin_prefix'").fetchone()
         return str(row[0])
 
-    def append_evidence(self, entries: Sequence[Any], before_commit: Any = None) -> list[Any]:
-        """Seal and insert a batch in ONE transaction (one fsync): group commit.
-
-        Heads are read inside the transaction (BEGIN IMMEDIATE serialises writers), so several processes
-        can append to one log; the unique (origin, seq) index makes a fork impossible.
-        """
+    def append_evidence(self, entries: Sequence[Entry], before_commit: BeforeCommit | None = None) -> list[Sealed]:
+        """Seal and insert a batch in ONE transaction (one fsync): group commit, by the shared
+        `extend_logs`; BEGIN IMMEDIATE holds every other writer (thread or process) off until COMMIT."""
         if not entries:
             return []
         conn = self._conn()
         try:
             conn.execute("BEGIN IMMEDIATE")
-            sealed = self._insert_evidence(conn, entries)
+            sealed = extend_logs(_EvidenceTx(conn), entries, self.replica_id)
             if before_commit is not None:
                 before_commit(sealed)
             conn.execute("COMMIT")
@@ -845,44 +765,6 @@ class SQLiteStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-
-    def _insert_evidence(self, conn: sqlite3.Connection, entries: Sequence[Any]) -> list[Any]:
-        """Chain `entries` onto the heads read inside the caller's open transaction and insert them."""
-        from gateway.audit.log import seal
-        from gateway.audit.records import ChainHead
-
-        heads: dict[str, ChainHead] = {}
-        for origin in {e.origin for e in entries}:
-            row = conn.execute("SELECT size, last_hash FROM evidence_heads WHERE origin = ?", (origin,)).fetchone()
-            heads[origin] = ChainHead(origin, int(row[0]), bytes(row[1])) if row else ChainHead.genesis(origin)
-        sealed, new_heads = seal(entries, heads)
-        conn.executemany(
-            "INSERT INTO evidence (origin, seq, kind, time, tenant, actor, tool, verdict, status, intent_seq,"
-            " leaf_hash, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (s.record.origin, s.record.seq, s.record.kind, s.entry.time, s.entry.columns.tenant,
-                 s.entry.columns.actor, s.entry.columns.tool, s.entry.columns.verdict, s.entry.columns.status,
-                 s.entry.columns.intent_seq, s.record.leaf_hash, s.record.canonical)
-                for s in sealed
-            ],
-        )
-        conn.executemany(
-            "INSERT INTO evidence_heads (origin, size, last_hash) VALUES (?, ?, ?) ON CONFLICT (origin)"
-            " DO UPDATE SET size = excluded.size, last_hash = excluded.last_hash",
-            [(o, h.size, h.last_hash) for o, h in new_heads.items() if h.last_hash is not None],
-        )
-        calls = [s.entry.call for s in sealed if s.entry.call is not None]
-        if calls:
-            conn.executemany(
-                f"INSERT INTO calls ({self._CALL_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (r.tenant_id, r.actor_id, r.token_id, r.method, r.target, r.upstream, r.verdict,
-                     r.rule_id, r.outcome, r.started_at, r.duration_ms, r.error_code, r.session_id,
-                     r.client_name)
-                    for r in calls
-                ],
-            )
-        return sealed
 
     def evidence_origins(self) -> list[str]:
         return [str(r[0]) for r in self._run("SELECT origin FROM evidence_heads ORDER BY origin")]
@@ -904,22 +786,23 @@ class SQLiteStore:
         rows = self._run("SELECT leaf_hash FROM evidence WHERE origin = ? AND seq >= ? ORDER BY seq", (origin, start))
         return [bytes(r[0]) for r in rows]
 
-    def open_intents(self) -> list[tuple[str, int, str]]:
+    def open_intents(self, replica: str | None = None) -> list[tuple[str, int, str]]:
+        mine = "" if replica is None else " AND i.replica = ?"
         rows = self._run(
-            "SELECT i.origin, i.seq, i.tenant FROM evidence i WHERE i.kind = 'intent' AND NOT EXISTS"
+            "SELECT i.origin, i.seq, i.tenant FROM evidence i WHERE i.kind = 'intent'" + mine + " AND NOT EXISTS"
             " (SELECT 1 FROM evidence o WHERE o.origin = i.origin AND o.intent_seq = i.seq"
-            "  AND o.kind IN ('outcome', 'outcome_unknown')) ORDER BY i.origin, i.seq"
+            "  AND o.kind IN ('outcome', 'outcome_unknown')) ORDER BY i.origin, i.seq",
+            () if replica is None else (replica,),
         )
         return [(str(o), int(s), str(t)) for o, s, t in rows]
 
     @staticmethod
-    def _ev_row(r: Sequence[Any]) -> Any:
-        from gateway.store.base import EvidenceRow
-
+    def _ev_row(r: Sequence[Any]) -> EvidenceRow:
         return EvidenceRow(int(r[0]), str(r[1]), int(r[2]), str(r[3]), str(r[4]), str(r[5]), str(r[6]), str(r[7]),
                            str(r[8]), str(r[9]), None if r[10] is None else int(r[10]), bytes(r[11]), bytes(r[12]))
 
-    def query_evidence(self, where: Any, limit: int = 100, newest_first: bool = True) -> list[Any]:
+    def query_evidence(self, where: EvidenceFilter, limit: int = 100,
+                       newest_first: bool = True) -> list[EvidenceRow]:
         sql = f"SELECT {self._EV_COLS} FROM evidence WHERE id > ?"
         params: list[object] = [where.after_id]
         for column in ("origin", "tenant", "actor", "tool", "verdict", "status", "kind"):
@@ -940,11 +823,11 @@ class SQLiteStore:
         params.append(limit)
         return [self._ev_row(r) for r in self._run(sql, params)]
 
-    def get_evidence(self, record_id: int) -> Any:
+    def get_evidence(self, record_id: int) -> EvidenceRow | None:
         row = self._run(f"SELECT {self._EV_COLS} FROM evidence WHERE id = ?", (record_id,)).fetchone()
         return self._ev_row(row) if row else None
 
-    def get_evidence_at(self, origin: str, seq: int) -> Any:
+    def get_evidence_at(self, origin: str, seq: int) -> EvidenceRow | None:
         row = self._run(f"SELECT {self._EV_COLS} FROM evidence WHERE origin = ? AND seq = ?", (origin, seq)).fetchone()
         return self._ev_row(row) if row else None
 

@@ -374,7 +374,7 @@ def test_read_only_store_fails_closed(tmp_path: Path) -> None:
     try:
         _mount("-o", "remount,ro,bind", str(data))
         proc = aegress(home, "serve", "--port", "0", check=False, timeout=60,
-                       DATABASE_URL=f"sqlite:///{data / 'aegress.db'}")
+                       AEGRESS_DATABASE_URL=f"sqlite:///{data / 'aegress.db'}")
         assert proc.returncode == 1, proc.stdout + proc.stderr
         assert "Error:" in proc.stderr and "listening" not in proc.stdout
     finally:

@@ -1,12 +1,13 @@
-"""Evidence on a real SQLite store: group commit, several writers without a fork, recovery, checkpoints."""
+"""Evidence on each real store (SQLite, Postgres): group commit, several writers without a fork, recovery,
+checkpoints."""
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,9 @@ from gateway.evidence import (
     recover_open_intents,
     trusted_verifiers,
 )
-from gateway.store.sqlite import SQLiteStore
+from gateway.store import open_store
+from gateway.store.base import Store
+from tests.pg import sql
 
 ORIGIN = tenant_origin("aegress.test", "acme")
 T = "2026-01-02T03:04:05.000000Z"
@@ -40,12 +43,7 @@ def intent(i: int) -> Entry:
         "rule_id": None, "args_digest": None}, Columns(tenant="acme", tool=f"t{i}", verdict="allow"))
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> SQLiteStore:
-    return SQLiteStore(tmp_path / "aegress.db")
-
-
-def test_group_commit_shares_transactions_and_keeps_order(store: SQLiteStore) -> None:
+def test_group_commit_shares_transactions_and_keeps_order(store: Store) -> None:
     commits: list[int] = []
     writer = EvidenceWriter(store, commit_wait_s=0.005, on_commit=lambda sealed: commits.append(len(sealed)))
     futures = []
@@ -62,7 +60,7 @@ def test_group_commit_shares_transactions_and_keeps_order(store: SQLiteStore) ->
     assert report.ok and report.size == 200
 
 
-def test_a_deferred_record_rides_the_next_awaited_commit(store: SQLiteStore) -> None:
+def test_a_deferred_record_rides_the_next_awaited_commit(store: Store) -> None:
     """An answered call's outcome waits for the next intent and shares its transaction: one fsync per call."""
     commits: list[list[str]] = []
     writer = EvidenceWriter(store, defer_s=5.0, on_commit=lambda sealed: commits.append([s.entry.kind for s in sealed]))
@@ -78,7 +76,7 @@ def test_a_deferred_record_rides_the_next_awaited_commit(store: SQLiteStore) -> 
     assert commits == [["token_revoked", "intent"]]
 
 
-def test_a_deferred_record_alone_commits_within_its_bound_and_at_close(store: SQLiteStore) -> None:
+def test_a_deferred_record_alone_commits_within_its_bound_and_at_close(store: Store) -> None:
     commits: list[int] = []
     writer = EvidenceWriter(store, defer_s=0.05, on_commit=lambda sealed: commits.append(len(sealed)))
     writer.defer(lambda: revoked(0))
@@ -95,26 +93,45 @@ def test_a_deferred_record_alone_commits_within_its_bound_and_at_close(store: SQ
     assert verify_log(store.evidence_records(ORIGIN), origin=ORIGIN).ok
 
 
-def _append_many(path: str, n: int) -> None:
-    s = SQLiteStore(Path(path))
-    for i in range(n):
-        s.append_evidence([revoked(i)])
+OTHER = tenant_origin("aegress.test", "other")
 
 
-def test_several_processes_append_without_a_fork(tmp_path: Path, store: SQLiteStore) -> None:
+def _append_many(url: str, n: int, replica: str) -> None:
+    s = open_store(Path("/nonexistent"), url, replica_id=replica)
+    try:
+        for i in range(n):  # two logs per batch, in both orders: the per-log locks must not deadlock
+            pair = [revoked(i), revoked(i, OTHER)]
+            s.append_evidence(pair if i % 2 else pair[::-1])
+    finally:
+        s.close()
+
+
+def test_several_processes_append_without_a_fork_or_a_gap(store_url: str, store: Store) -> None:
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_append_many, args=(str(tmp_path / "aegress.db"), 40)) for _ in range(3)]
+    procs = [ctx.Process(target=_append_many, args=(store_url, 40, f"r-{n}")) for n in range(3)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
-    records = store.evidence_records(ORIGIN)
-    assert [s for s, _ in records] == list(range(120))
-    assert verify_log(records, origin=ORIGIN).ok
+    for origin in (ORIGIN, OTHER):
+        records = store.evidence_records(origin)
+        assert [s for s, _ in records] == list(range(120))
+        assert verify_log(records, origin=origin).ok
+        assert store.evidence_size(origin) == 120
 
 
-def test_recovery_marks_open_intents_outcome_unknown(store: SQLiteStore) -> None:
+def test_the_log_refuses_a_second_record_at_one_position(store_url: str, store: Store) -> None:
+    """The schema's backstop: a writer that skipped the head lock can still never fork the log."""
+    store.append_evidence([revoked(0)])
+    row = sql(store_url, "SELECT origin, kind, time, tenant, actor, tool, verdict, status, leaf_hash, data"
+                         " FROM evidence WHERE seq = 0")[0]
+    with pytest.raises(Exception, match=r"(?i)unique"):
+        sql(store_url, "INSERT INTO evidence (origin, seq, kind, time, tenant, actor, tool, verdict, status,"
+                       " leaf_hash, data) VALUES (?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+
+
+def test_recovery_marks_open_intents_outcome_unknown(store: Store) -> None:
     store.append_evidence([intent(0), intent(1)])
     assert store.open_intents() == [(ORIGIN, 0, "acme"), (ORIGIN, 1, "acme")]
     assert recover_open_intents(store) == 2
@@ -124,7 +141,27 @@ def test_recovery_marks_open_intents_outcome_unknown(store: SQLiteStore) -> None
     assert report.ok
 
 
-def test_checkpointer_signs_publishes_and_refuses_a_rewritten_history(tmp_path: Path, store: SQLiteStore) -> None:
+def test_recovery_touches_only_the_recovering_replicas_intents(store: Store,
+                                                                make_store: Callable[..., Store]) -> None:
+    """Replicas share a database: one restarting must not close calls another still has in flight."""
+    other = make_store(replica_id="r-other")
+    store.append_evidence([intent(0)])
+    other.append_evidence([intent(1)])
+    assert store.open_intents("r-test") == [(ORIGIN, 0, "acme")]
+    assert other.open_intents("r-other") == [(ORIGIN, 1, "acme")]
+    if store.exclusive:  # SQLite: one gateway per data dir, so every open intent is the restarting one's
+        assert recover_open_intents(store) == 2
+        assert store.open_intents() == []
+        return
+    assert recover_open_intents(store) == 1
+    assert store.open_intents() == [(ORIGIN, 1, "acme")]  # r-other's call is untouched
+    assert recover_open_intents(other) == 1
+    assert store.open_intents() == []
+    assert verify_log(store.evidence_records(ORIGIN), origin=ORIGIN, final=True).ok
+
+
+def test_checkpointer_signs_publishes_and_refuses_a_rewritten_history(tmp_path: Path, store_url: str,
+                                                                     store: Store) -> None:
     home = tmp_path
     settings = EvidenceSettings.from_env(home, {"AEGRESS_CHECKPOINT_EVERY": "5"})
     key, created = load_signing_key_for(home, "aegress.test", settings.key_file, create=True)
@@ -138,10 +175,7 @@ def test_checkpointer_signs_publishes_and_refuses_a_rewritten_history(tmp_path: 
     assert published.read_text() == notes[0]
     assert cp.tick() == []  # nothing new, nothing due
     # someone rewrites a signed record in the database: the checkpointer must not sign the new history
-    db = sqlite3.connect(store.path)
-    db.execute("UPDATE evidence SET leaf_hash = ? WHERE seq = 3", (b"\0" * 32,))
-    db.commit()
-    db.close()
+    sql(store_url, "UPDATE evidence SET leaf_hash = ? WHERE seq = 3", (b"\0" * 32,))
     store.append_evidence([revoked(99)])
     fresh = Checkpointer(store, key, settings)
     assert fresh.tick(force=True) == []
@@ -151,7 +185,7 @@ def test_checkpointer_signs_publishes_and_refuses_a_rewritten_history(tmp_path: 
     assert report.ok  # the bytes are intact; only the derived leaf_hash column was damaged
 
 
-def test_the_checkpointer_keeps_only_the_logs_right_edge(tmp_path: Path, store: SQLiteStore) -> None:
+def test_the_checkpointer_keeps_only_the_logs_right_edge(tmp_path: Path, store: Store) -> None:
     """Its memory must stay flat however long a log grows (a 10-minute soak showed linear growth when it
     kept the whole Merkle tree): O(log n) hashes per log, and every root still verifies."""
     from gateway.audit.merkle import root_from_leaf_hashes
@@ -185,11 +219,32 @@ def test_a_key_file_others_can_read_is_refused(tmp_path: Path) -> None:
     assert "chmod 600" in (info.value.hint or "")
 
 
-def test_a_locked_store_fails_every_intent_and_holds_everything_else(store: SQLiteStore) -> None:
+def _lock_evidence(url: str) -> Callable[[], None]:
+    """Hold the store's write lock from outside (another process's long transaction); returns the release."""
+    if url.startswith("sqlite:///"):
+        import sqlite3
+
+        db = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=1, isolation_level=None)
+        db.execute("BEGIN EXCLUSIVE")
+    else:
+        import psycopg
+
+        db = psycopg.connect(url, autocommit=True)
+        db.execute("BEGIN")
+        db.execute("LOCK TABLE evidence_heads IN ACCESS EXCLUSIVE MODE")
+
+    def release() -> None:
+        db.execute("ROLLBACK")
+        db.close()
+
+    return release
+
+
+def test_a_locked_store_fails_every_intent_and_holds_everything_else(store_url: str, store: Store,
+                                                                     make_store: Callable[..., Store]) -> None:
     store.append_evidence([revoked(0)])
-    locker = sqlite3.connect(store.path, timeout=1, isolation_level=None)
-    locker.execute("BEGIN EXCLUSIVE")
-    writer = EvidenceWriter(SQLiteStore(store.path, busy_timeout_s=0.2), retry_s=0.05)
+    release = _lock_evidence(store_url)
+    writer = EvidenceWriter(make_store(busy_timeout_s=0.2), retry_s=0.05)
     try:
         futures = [writer.submit(intent(i)) for i in range(3)]
         for f in futures:
@@ -200,25 +255,21 @@ def test_a_locked_store_fails_every_intent_and_holds_everything_else(store: SQLi
             held.result(1.0)  # a few attempts, each refused
         assert not writer.healthy and writer.held == 1
     finally:
-        locker.execute("ROLLBACK")
-        locker.close()
+        release()
     assert held.result(30).record.seq == 1  # committed after the fault, without a restart; no gap
     assert writer.submit(revoked(5)).result(30).record.seq == 2
     assert writer.healthy and writer.held == 0
     writer.close()
 
 
-def test_tampered_row_is_found_by_the_verifier(store: SQLiteStore) -> None:
+def test_tampered_row_is_found_by_the_verifier(store_url: str, store: Store) -> None:
     store.append_evidence([revoked(i) for i in range(5)])
-    db = sqlite3.connect(store.path)
-    db.execute("DELETE FROM evidence WHERE seq = 2")
-    db.commit()
-    db.close()
+    sql(store_url, "DELETE FROM evidence WHERE seq = 2")
     finding = verify_log(store.evidence_records(ORIGIN), origin=ORIGIN).finding
     assert finding is not None and finding.problem is Problem.GAP and finding.seq == 2
 
 
-def test_a_hold_is_found_by_its_audit_id(store: SQLiteStore) -> None:
+def test_a_hold_is_found_by_its_audit_id(store: Store) -> None:
     from gateway.evidence import decision_seq_for
 
     body = {**intent(0).body, "verdict": "review", "request_id": "rev_abc"}

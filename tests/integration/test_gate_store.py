@@ -1,11 +1,11 @@
-"""The gate's I/O around the pure library, on a real SQLite store in a temp dir: policy versions and
+"""The gate's I/O around the pure library, on each real store (SQLite, Postgres): policy versions and
 reloads, fail-closed loading, first-use pins and change records, single-use approvals."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -13,8 +13,7 @@ from gateway import policy_admin, review
 from gateway.decide import BUILTIN_DEFAULT_TEXT, PolicyDecider
 from gateway.errors import ConfigError
 from gateway.policy import PolicyInvalid, SelfApproval, argument_digest, tool_definition_hash
-from gateway.store.base import HeldCall
-from gateway.store.sqlite import SQLiteStore
+from gateway.store.base import HeldCall, Store
 from gateway.types import Identity
 
 ALICE = Identity("t", "alice", "tok")
@@ -24,13 +23,13 @@ BLOCK_ECHO = ALLOW_ECHO + '[[rules]]\nid = "no-echo"\nname = "echo"\nverdict = "
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SQLiteStore:
-    s = SQLiteStore(tmp_path / "a.db")
+def store(make_store: Callable[..., Store]) -> Store:
+    s = make_store()
     s.create_tenant("t", "now")
     return s
 
 
-def test_no_policy_means_the_builtin_default(store: SQLiteStore) -> None:
+def test_no_policy_means_the_builtin_default(store: Store) -> None:
     d = PolicyDecider(store)
     d.check_stored()
     decision = d.decide(ALICE, "up", ECHO, {})
@@ -38,7 +37,7 @@ def test_no_policy_means_the_builtin_default(store: SQLiteStore) -> None:
     assert 'default = "block"' in BUILTIN_DEFAULT_TEXT
 
 
-def test_applied_versions_are_picked_up_and_bad_ones_never_apply(store: SQLiteStore) -> None:
+def test_applied_versions_are_picked_up_and_bad_ones_never_apply(store: Store) -> None:
     d = PolicyDecider(store)
     d.check_stored()
     policy_admin.apply_policy(store, "t", ALLOW_ECHO, "a.toml", "now", "ops")
@@ -60,14 +59,14 @@ def test_applied_versions_are_picked_up_and_bad_ones_never_apply(store: SQLiteSt
     assert not d.visible(ALICE, "up", ECHO)
 
 
-def test_a_tenant_whose_only_policy_is_invalid_is_blocked_entirely(store: SQLiteStore) -> None:
+def test_a_tenant_whose_only_policy_is_invalid_is_blocked_entirely(store: Store) -> None:
     store.add_policy_version("t", "not toml [", "x.toml", "", "now", "x")
     d = PolicyDecider(store)
     assert d.decide(ALICE, "up", ECHO, {}).verdict == "block"
     assert not d.visible(ALICE, "up", ECHO)
 
 
-def test_first_use_pins_then_changes_go_to_review_and_are_recorded(store: SQLiteStore) -> None:
+def test_first_use_pins_then_changes_go_to_review_and_are_recorded(store: Store) -> None:
     policy_admin.apply_policy(store, "t", ALLOW_ECHO, "a.toml", "now", "ops")
     d = PolicyDecider(store)
     d.check_stored()
@@ -87,7 +86,7 @@ def test_first_use_pins_then_changes_go_to_review_and_are_recorded(store: SQLite
     assert d.decide(ALICE, "up", changed, {}).verdict == "allow"
 
 
-def _held(store: SQLiteStore, **kw: object) -> HeldCall:
+def _held(store: Store, **kw: object) -> HeldCall:
     base = HeldCall(id="rev_1", tenant_id="t", actor_id="alice", upstream="up", tool="echo", exposed="up__echo",
                     args_digest=argument_digest({"a": 1}), arguments='{"a": 1}', rule_id="r", reason="",
                     policy_version=1, mode="approve", status="pending", created_at=100.0)
@@ -96,7 +95,7 @@ def _held(store: SQLiteStore, **kw: object) -> HeldCall:
     return held
 
 
-def test_approval_is_bound_single_use_and_expiring(store: SQLiteStore) -> None:
+def test_approval_is_bound_single_use_and_expiring(store: Store) -> None:
     _held(store)
     with pytest.raises(SelfApproval):
         review.approve(store, "rev_1", "alice", 101.0, 60)
@@ -110,14 +109,16 @@ def test_approval_is_bound_single_use_and_expiring(store: SQLiteStore) -> None:
     assert store.consume_approval("t", "alice", "up", "echo", digest, 102.0) is None  # used
 
 
-def test_concurrent_consumers_share_one_approval_exactly_once(store: SQLiteStore, tmp_path: Path) -> None:
+def test_concurrent_consumers_share_one_approval_exactly_once(store: Store,
+                                                              make_store: Callable[..., Store]) -> None:
     _held(store)
     review.approve(store, "rev_1", "ops", 101.0, 60)
     wins: list[object] = []
     barrier = threading.Barrier(8)
+    stores = [make_store() for _ in range(8)]  # like separate gateway replicas
 
     def consume() -> None:
-        s = SQLiteStore(tmp_path / "a.db")  # like separate gateway replicas
+        s = stores.pop()
         barrier.wait()
         got = s.consume_approval("t", "alice", "up", "echo", argument_digest({"a": 1}), 102.0)
         if got is not None:
@@ -131,7 +132,7 @@ def test_concurrent_consumers_share_one_approval_exactly_once(store: SQLiteStore
     assert len(wins) == 1
 
 
-def test_a_hold_is_decided_once(store: SQLiteStore) -> None:
+def test_a_hold_is_decided_once(store: Store) -> None:
     _held(store)
     review.deny(store, "rev_1", "ops", 101.0, "no")
     with pytest.raises(Exception, match="already denied"):
@@ -139,7 +140,7 @@ def test_a_hold_is_decided_once(store: SQLiteStore) -> None:
     assert store.get_held_call("rev_1").decision_reason == "no"  # type: ignore[union-attr]
 
 
-def test_deleting_a_tenant_removes_its_policy_state(store: SQLiteStore) -> None:
+def test_deleting_a_tenant_removes_its_policy_state(store: Store) -> None:
     policy_admin.apply_policy(store, "t", ALLOW_ECHO, "a.toml", "now", "ops")
     _held(store)
     store.delete_tenant("t")

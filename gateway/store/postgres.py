@@ -1,0 +1,804 @@
+"""Postgres store: several gateway replicas (and CLI processes) on one database.
+
+psycopg 3 with its connection pool (imported only when a `postgresql://` URL is used: CLI start-up
+time). Connections are autocommit; `transaction()` opens one explicit transaction on a pooled
+connection and binds it to the calling thread, so store calls made on that thread inside the block
+(or inside `sealed()`) join it; nested blocks are savepoints.
+
+Evidence: appended by the shared `extend_logs` (gateway.store.base). Each touched log's write lock is
+a transaction-scoped advisory lock (`pg_advisory_xact_lock(EVIDENCE_LOCK, <origin key>)`) taken in one
+global order (by key), so writers on different replicas serialise per log, never deadlock, and read
+the head inside the transaction; `UNIQUE (origin, seq)` is the backstop against a fork. Records are
+the exact hashed bytes (`bytea`). Every connection runs with `synchronous_commit = on` (a commit is
+durable when it returns, whatever the server default) and a `lock_timeout` of the store's busy timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from gateway.errors import AlreadyExists, ConfigError, NotFound, StoreUnavailable
+from gateway.store.base import (
+    BeforeCommit,
+    EvidenceFilter,
+    EvidenceRow,
+    HeldCall,
+    PinChange,
+    PolicyVersion,
+    WouldBlock,
+    extend_logs,
+)
+from gateway.store.migrations import MIGRATION_LOCK, MIGRATIONS, SchemaStatus
+from gateway.types import Actor, CallRecord, Tenant, TokenInfo, UpstreamLimits, UpstreamSpec
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from gateway.audit.log import Entry, Sealed
+    from gateway.audit.records import ChainHead
+    from gateway.store import DatabaseUrl
+
+log = logging.getLogger("aegress.store")
+
+EVIDENCE_LOCK = 0x4AE6
+"""First key of the per-origin advisory locks (the two-int form: class, origin key)."""
+POOL_SIZE_ENV = "AEGRESS_DATABASE_POOL_SIZE"
+_HINT = "Check the database server is up and AEGRESS_DATABASE_URL (user, password, database name)."
+
+_CALL_COLS = (
+    "tenant_id, actor_id, token_id, method, target, upstream, verdict, rule_id, outcome,"
+    " started_at, duration_ms, error_code, session_id, client_name"
+)
+_TOKEN_COLS = "id, tenant_id, actor_id, created_at, revoked_at, label"
+_UP_COLS = "tenant_id, name, transport, config, prefix, allow_private, created_at"
+_POL_COLS = "tenant_id, version, text, filename, digest, applied_at, applied_by"
+_HELD_COLS = (
+    "id, tenant_id, actor_id, upstream, tool, exposed, args_digest, arguments, rule_id, reason, policy_version,"
+    " mode, status, created_at, decided_by, decided_at, decision_reason, expires_at, used_at"
+)
+_EV_COLS = "id, origin, seq, kind, time, tenant, actor, tool, verdict, status, intent_seq, leaf_hash, data"
+
+
+def origin_lock_key(origin: str) -> int:
+    """A stable signed 32-bit key per origin (two origins sharing one only serialise more)."""
+    return int.from_bytes(hashlib.sha256(origin.encode()).digest()[:4], "big", signed=True)
+
+
+def _where(**filters: object) -> tuple[str, list[object]]:
+    used = {k: v for k, v in filters.items() if v is not None}
+    if not used:
+        return "", []
+    return " WHERE " + " AND ".join(f"{k} = %s" for k in used), list(used.values())
+
+
+def _already_exists(kind: str, wanted: str, existing: str, where: str) -> AlreadyExists:
+    if existing == wanted:
+        return AlreadyExists(f"{kind} {wanted!r} already exists{where}.")
+    return AlreadyExists(f"{kind} {wanted!r} would differ from the existing {kind.lower()} {existing!r}{where} only "
+                         "by case.", hint=f"Use {existing!r}, or pick a name that differs by more than case.")
+
+
+class _EvidenceTx:
+    """`EvidenceTx` on a connection inside an open transaction: one advisory lock per origin."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    def lock_heads(self, origins: Sequence[str]) -> dict[str, ChainHead]:
+        from gateway.audit.records import ChainHead
+
+        keys = sorted({origin_lock_key(o) for o in origins})
+        # one round trip; the target list is evaluated left to right, so locks are taken in key order
+        calls = ", ".join(f"pg_advisory_xact_lock({EVIDENCE_LOCK}, %s)" for _ in keys)
+        self.conn.execute(f"SELECT {calls}", keys)
+        rows = self.conn.execute("SELECT origin, size, last_hash FROM evidence_heads WHERE origin = ANY(%s)",
+                                 (list(origins),)).fetchall()
+        return {str(o): ChainHead(str(o), int(s), bytes(h)) for o, s, h in rows}
+
+    def insert_sealed(self, sealed: Sequence[Sealed], heads: Mapping[str, ChainHead], replica: str) -> None:
+        with self.conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO evidence (origin, seq, kind, time, tenant, actor, tool, verdict, status, intent_seq,"
+                " leaf_hash, data, replica) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                [
+                    (s.record.origin, s.record.seq, s.record.kind, s.entry.time, s.entry.columns.tenant,
+                     s.entry.columns.actor, s.entry.columns.tool, s.entry.columns.verdict, s.entry.columns.status,
+                     s.entry.columns.intent_seq, s.record.leaf_hash, s.record.canonical, replica)
+                    for s in sealed
+                ],
+            )
+            cur.executemany(
+                "INSERT INTO evidence_heads (origin, size, last_hash) VALUES (%s, %s, %s) ON CONFLICT (origin)"
+                " DO UPDATE SET size = excluded.size, last_hash = excluded.last_hash",
+                [(o, h.size, h.last_hash) for o, h in heads.items() if h.last_hash is not None],
+            )
+            calls = [s.entry.call for s in sealed if s.entry.call is not None]
+            if calls:
+                cur.executemany(
+                    f"INSERT INTO calls ({_CALL_COLS}) VALUES ({', '.join(['%s'] * 14)})",
+                    [
+                        (r.tenant_id, r.actor_id, r.token_id, r.method, r.target, r.upstream, r.verdict,
+                         r.rule_id, r.outcome, r.started_at, r.duration_ms, r.error_code, r.session_id,
+                         r.client_name)
+                        for r in calls
+                    ],
+                )
+
+
+class PostgresStore:
+    inline_safe = False
+    """Every call is a network round trip: the request path uses worker threads (`find_token_nowait`
+    keeps the interface's default, WouldBlock, so token lookups go to a thread too)."""
+    exclusive = False
+    """Replicas share the database: start-up recovery closes only this replica's open intents."""
+
+    def __init__(self, url: DatabaseUrl, *, busy_timeout_s: float = 5.0, replica_id: str = "",
+                 migrate: bool = True, pool_size: int | None = None) -> None:
+        try:
+            import psycopg
+            from psycopg_pool import ConnectionPool
+        except ImportError as exc:
+            raise ConfigError("The Postgres store needs psycopg and psycopg-pool, which are not installed.",
+                              hint="Install the extra: pip install 'aegress[postgres]'.") from exc
+        self._url = url
+        self.location = url.masked
+        self._password = urlsplit(str(url)).password or ""
+        self.busy_timeout_s = busy_timeout_s
+        self.replica_id = replica_id
+        self._local = threading.local()
+        size = pool_size or _pool_size()
+        lock_ms = max(1, int(busy_timeout_s * 1000))
+
+        def configure(conn: psycopg.Connection[Any]) -> None:
+            conn.execute("SET synchronous_commit TO on")
+            conn.execute(f"SET lock_timeout TO {lock_ms}")
+            conn.execute("SET idle_in_transaction_session_timeout TO 60000")
+
+        connect = {"autocommit": True, "connect_timeout": 10, "application_name": f"aegress {replica_id}".strip()}
+        try:  # one plain connection first: a wrong URL fails at once with the server's reason
+            psycopg.connect(str(url), **connect).close()  # type: ignore[arg-type]
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"Cannot connect to the database {self.location}{self._why(exc)}.",
+                                   hint=_HINT) from exc
+        self._pool = ConnectionPool(str(url), min_size=1, max_size=size, open=False, configure=configure,
+                                    kwargs=connect, timeout=max(10.0, busy_timeout_s), name="aegress",
+                                    reconnect_timeout=60)
+        try:
+            self._pool.open(wait=True, timeout=15)
+        except Exception as exc:  # PoolTimeout: the first pooled connection never came up
+            reason = self._why(exc)
+            self._pool.close(timeout=1)
+            raise StoreUnavailable(f"Cannot connect to the database {self.location}{reason}.", hint=_HINT) from exc
+        if migrate:
+            self.migrate()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.location!r})"
+
+    # -- connections ---------------------------------------------------------------------------
+    def _why(self, exc: BaseException) -> str:
+        """A one-line reason from a driver error, the password (if any) masked."""
+        text = str(exc).strip().splitlines()
+        reason = text[-1].strip() if text else type(exc).__name__
+        if self._password:
+            reason = reason.replace(self._password, "***")
+        return f": {reason}" if reason else ""
+
+    @contextlib.contextmanager
+    def _guard(self, what: str = "The database is unavailable") -> Iterator[None]:
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
+        try:
+            yield
+        except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
+            raise StoreUnavailable(f"{what}{self._why(exc)}.", hint=_HINT) from exc
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """This thread's open transaction, else a pooled autocommit connection for one statement."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            yield conn
+            return
+        with self._guard(), self._pool.connection() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:  # nested: a savepoint of the open transaction
+            with conn.transaction():
+                yield conn
+            return
+        with self._guard(), self._pool.connection() as conn:
+            self._local.conn = conn
+            try:
+                with conn.transaction():
+                    yield conn
+            finally:
+                self._local.conn = None
+
+    def _read(self, sql: str, params: Sequence[object], *, one: bool) -> Any:
+        """A read; outside a transaction it is tried once more on a fresh connection when the pooled one
+        turns out dead (the server restarted, or an operator ended the backend): nothing was changed."""
+        for attempt in (1, 2):
+            try:
+                with self._connection() as conn:
+                    cur = conn.execute(sql, params)
+                    return cur.fetchone() if one else cur.fetchall()
+            except StoreUnavailable as exc:
+                if attempt == 2 or getattr(self._local, "conn", None) is not None or exc.__cause__ is None:
+                    raise
+                log.info("retrying a read on a fresh connection: %s", type(exc.__cause__).__name__)
+        raise AssertionError("unreachable")
+
+    def _all(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        return list(self._read(sql, params, one=False))
+
+    def _one(self, sql: str, params: Sequence[object] = ()) -> tuple[Any, ...] | None:
+        row = self._read(sql, params, one=True)
+        return None if row is None else tuple(row)
+
+    def _exec(self, sql: str, params: Sequence[object] = ()) -> int:
+        with self._connection() as conn:
+            return conn.execute(sql, params).rowcount
+
+    def close(self) -> None:
+        self._pool.close(timeout=5)
+
+    def ping(self) -> None:
+        self._one("SELECT 1")
+
+    # -- schema ----------------------------------------------------------------------------------
+    def _applied(self, conn: psycopg.Connection[Any]) -> list[tuple[int, str, str | None]]:
+        (table,) = conn.execute("SELECT to_regclass('aegress_migrations') IS NOT NULL").fetchone() or (False,)
+        if not table:
+            return []
+        rows = conn.execute("SELECT version, name, applied_at FROM aegress_migrations ORDER BY version").fetchall()
+        return [(int(v), str(n), a.isoformat() if a is not None else None) for v, n, a in rows]
+
+    def schema_status(self) -> SchemaStatus:
+        with self._connection() as conn:
+            applied = self._applied(conn)
+        return SchemaStatus("postgres", self.location, max((v for v, _, _ in applied), default=0), tuple(applied))
+
+    def migrate(self) -> list[int]:
+        """Apply the missing steps in ONE transaction holding the migration advisory lock: replicas that
+        start at once wait for each other, and the later ones find the steps applied."""
+        with self._connection() as conn:
+            if len(self._applied(conn)) >= len(MIGRATIONS):
+                return []
+        done: list[int] = []
+        with self._guard("Could not migrate the database"), self.transaction() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            conn.execute("CREATE TABLE IF NOT EXISTS aegress_migrations (version integer PRIMARY KEY,"
+                         " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
+            version = max((v for v, _, _ in self._applied(conn)), default=0)
+            for step in MIGRATIONS[version:]:
+                for statement in step.postgres:
+                    conn.execute(statement)
+                conn.execute("INSERT INTO aegress_migrations (version, name) VALUES (%s, %s)",
+                             (step.version, step.name))
+                done.append(step.version)
+        if done:
+            log.info("database migrated to version %d", done[-1])
+        return done
+
+    # -- tenants -----------------------------------------------------------------------------
+    def create_tenant(self, tenant_id: str, now: str) -> Tenant:
+        import psycopg
+
+        try:
+            with self.transaction() as conn:
+                row = conn.execute("SELECT id FROM tenants WHERE lower(id) = lower(%s) ORDER BY id = %s DESC, id"
+                                   " LIMIT 1", (tenant_id, tenant_id)).fetchone()
+                if row is not None:
+                    raise _already_exists("Tenant", tenant_id, str(row[0]), "")
+                conn.execute("INSERT INTO tenants (id, created_at) VALUES (%s, %s)", (tenant_id, now))
+        except psycopg.errors.UniqueViolation as exc:  # a twin committed by another process meanwhile
+            raise AlreadyExists(f"Tenant {tenant_id!r} already exists (or differs from one only by case).") from exc
+        return Tenant(tenant_id, now)
+
+    def get_tenant(self, tenant_id: str) -> Tenant | None:
+        row = self._one("SELECT id, created_at FROM tenants WHERE id = %s", (tenant_id,))
+        return Tenant(*row) if row else None
+
+    def list_tenants(self) -> list[Tenant]:
+        return [Tenant(*r) for r in self._all("SELECT id, created_at FROM tenants ORDER BY id COLLATE \"C\"")]
+
+    def delete_tenant(self, tenant_id: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM upstreams WHERE tenant_id = %s", (tenant_id,))
+            conn.execute("DELETE FROM tokens WHERE tenant_id = %s", (tenant_id,))
+            conn.execute("DELETE FROM actors WHERE tenant_id = %s", (tenant_id,))
+            cur = conn.execute("DELETE FROM tenants WHERE id = %s", (tenant_id,))
+            if cur.rowcount == 0:
+                raise NotFound(f"No tenant {tenant_id!r}.", hint="List tenants with `aegress tenant list`.")
+            self._bump(conn, "upstreams_version")
+
+    # -- actors ------------------------------------------------------------------------------
+    def add_actor(self, tenant_id: str, actor_id: str, now: str) -> Actor:
+        import psycopg
+
+        try:
+            with self.transaction() as conn:
+                if conn.execute("SELECT 1 FROM tenants WHERE id = %s", (tenant_id,)).fetchone() is None:
+                    raise NotFound(f"No tenant {tenant_id!r}.", hint="Create it with `aegress tenant create`.")
+                row = conn.execute(
+                    "SELECT id FROM actors WHERE tenant_id = %s AND lower(id) = lower(%s) ORDER BY id = %s DESC, id"
+                    " LIMIT 1", (tenant_id, actor_id, actor_id),
+                ).fetchone()
+                if row is not None:
+                    raise _already_exists("Actor", actor_id, str(row[0]), f" in tenant {tenant_id!r}")
+                conn.execute("INSERT INTO actors (tenant_id, id, created_at) VALUES (%s, %s, %s)",
+                             (tenant_id, actor_id, now))
+        except psycopg.errors.UniqueViolation as exc:
+            raise AlreadyExists(f"Actor {actor_id!r} already exists in tenant {tenant_id!r}.") from exc
+        except psycopg.errors.ForeignKeyViolation as exc:
+            raise NotFound(f"No tenant {tenant_id!r}.", hint="Create it with `aegress tenant create`.") from exc
+        return Actor(tenant_id, actor_id, now)
+
+    def get_actor(self, tenant_id: str, actor_id: str) -> Actor | None:
+        row = self._one("SELECT tenant_id, id, created_at FROM actors WHERE tenant_id = %s AND id = %s",
+                        (tenant_id, actor_id))
+        return Actor(*row) if row else None
+
+    def list_actors(self, tenant_id: str) -> list[Actor]:
+        rows = self._all("SELECT tenant_id, id, created_at FROM actors WHERE tenant_id = %s ORDER BY id COLLATE \"C\"",
+                         (tenant_id,))
+        return [Actor(*r) for r in rows]
+
+    def remove_actor(self, tenant_id: str, actor_id: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM tokens WHERE tenant_id = %s AND actor_id = %s", (tenant_id, actor_id))
+            cur = conn.execute("DELETE FROM actors WHERE tenant_id = %s AND id = %s", (tenant_id, actor_id))
+            if cur.rowcount == 0:
+                raise NotFound(f"No actor {actor_id!r} in tenant {tenant_id!r}.")
+
+    # -- tokens ------------------------------------------------------------------------------
+    def add_token(self, info: TokenInfo, token_hash: str) -> None:
+        self._exec(
+            "INSERT INTO tokens (id, tenant_id, actor_id, hash, label, created_at, revoked_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            (info.id, info.tenant_id, info.actor_id, token_hash, info.label, info.created_at, info.revoked_at),
+        )
+
+    def find_token(self, token_hash: str) -> TokenInfo | None:
+        row = self._one(f"SELECT {_TOKEN_COLS} FROM tokens WHERE hash = %s", (token_hash,))
+        return TokenInfo(*row) if row else None
+
+    def find_token_nowait(self, token_hash: str) -> TokenInfo | None:
+        """The interface's default: a lookup is a network round trip, so the caller uses a thread."""
+        raise WouldBlock
+
+    def get_token(self, token_id: str) -> TokenInfo | None:
+        row = self._one(f"SELECT {_TOKEN_COLS} FROM tokens WHERE id = %s", (token_id,))
+        return TokenInfo(*row) if row else None
+
+    def list_tokens(self, tenant_id: str | None = None, actor_id: str | None = None) -> list[TokenInfo]:
+        where, params = _where(tenant_id=tenant_id, actor_id=actor_id)
+        return [TokenInfo(*r) for r in self._all(f"SELECT {_TOKEN_COLS} FROM tokens{where}"
+                                                 " ORDER BY created_at, id COLLATE \"C\"", params)]
+
+    def revoke_token(self, token_id: str, now: str) -> TokenInfo:
+        self._exec("UPDATE tokens SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL", (now, token_id))
+        info = self.get_token(token_id)
+        if info is None:
+            raise NotFound(f"No token {token_id!r}.", hint="List tokens with `aegress token list`.")
+        return info
+
+    # -- upstreams ---------------------------------------------------------------------------
+    @staticmethod
+    def _bump(conn: psycopg.Connection[Any], key: str) -> None:
+        conn.execute("UPDATE meta SET value = (value::bigint + 1)::text WHERE key = %s", (key,))
+
+    @staticmethod
+    def _to_spec(row: Sequence[object]) -> UpstreamSpec:
+        tenant_id, name, _transport, config, prefix, allow_private, created_at = row
+        cfg = json.loads(str(config))
+        return UpstreamSpec(
+            tenant_id=str(tenant_id), name=str(name), transport=cfg["transport"],
+            command=tuple(cfg.get("command", ())), env=dict(cfg.get("env", {})), cwd=cfg.get("cwd"),
+            url=cfg.get("url"), headers=dict(cfg.get("headers", {})), prefix=bool(prefix),
+            allow_private=bool(allow_private), created_at=str(created_at),
+            limits=UpstreamLimits.from_changed(cfg.get("limits")),
+        )
+
+    @staticmethod
+    def _config(spec: UpstreamSpec) -> str:
+        return json.dumps({"transport": spec.transport, "command": list(spec.command), "env": spec.env,
+                           "cwd": spec.cwd, "url": spec.url, "headers": spec.headers,
+                           "limits": spec.limits.changed()})
+
+    def add_upstream(self, spec: UpstreamSpec) -> None:
+        import psycopg
+
+        try:
+            with self.transaction() as conn:
+                conn.execute(
+                    f"INSERT INTO upstreams ({_UP_COLS}, tools) VALUES (%s, %s, %s, %s, %s, %s, %s, '[]')",
+                    (spec.tenant_id, spec.name, spec.transport, self._config(spec), int(spec.prefix),
+                     int(spec.allow_private), spec.created_at),
+                )
+                self._bump(conn, "upstreams_version")
+        except psycopg.errors.ForeignKeyViolation as exc:
+            raise NotFound(f"No tenant {spec.tenant_id!r}.", hint="Create it with `aegress tenant create`.") from exc
+        except psycopg.errors.UniqueViolation as exc:
+            raise AlreadyExists(
+                f"Upstream {spec.name!r} already exists in tenant {spec.tenant_id!r}.",
+                hint="Remove it first with `aegress upstream remove`, or pick another name.",
+            ) from exc
+
+    def update_upstream(self, spec: UpstreamSpec) -> None:
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE upstreams SET transport = %s, config = %s, prefix = %s, allow_private = %s"
+                " WHERE tenant_id = %s AND name = %s",
+                (spec.transport, self._config(spec), int(spec.prefix), int(spec.allow_private), spec.tenant_id,
+                 spec.name),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"No upstream {spec.name!r} in tenant {spec.tenant_id!r}.")
+            self._bump(conn, "upstreams_version")
+
+    def get_upstream(self, tenant_id: str, name: str) -> UpstreamSpec | None:
+        row = self._one(f"SELECT {_UP_COLS} FROM upstreams WHERE tenant_id = %s AND name = %s", (tenant_id, name))
+        return self._to_spec(row) if row else None
+
+    def list_upstreams(self, tenant_id: str) -> list[UpstreamSpec]:
+        rows = self._all(f"SELECT {_UP_COLS} FROM upstreams WHERE tenant_id = %s ORDER BY name COLLATE \"C\"",
+                         (tenant_id,))
+        return [self._to_spec(r) for r in rows]
+
+    def remove_upstream(self, tenant_id: str, name: str) -> None:
+        with self.transaction() as conn:
+            cur = conn.execute("DELETE FROM upstreams WHERE tenant_id = %s AND name = %s", (tenant_id, name))
+            if cur.rowcount == 0:
+                raise NotFound(f"No upstream {name!r} in tenant {tenant_id!r}.")
+            self._bump(conn, "upstreams_version")
+
+    def set_upstream_tools(self, tenant_id: str, name: str, tool_names: Sequence[str]) -> None:
+        self._exec("UPDATE upstreams SET tools = %s WHERE tenant_id = %s AND name = %s",
+                   (json.dumps(sorted(tool_names)), tenant_id, name))
+
+    def get_upstream_tools(self, tenant_id: str) -> dict[str, list[str]]:
+        rows = self._all("SELECT name, tools FROM upstreams WHERE tenant_id = %s", (tenant_id,))
+        return {str(n): list(json.loads(t or "[]")) for n, t in rows}
+
+    def _counter(self, key: str) -> int:
+        row = self._one("SELECT value FROM meta WHERE key = %s", (key,))
+        return int(row[0]) if row else 0
+
+    def upstreams_version(self) -> int:
+        return self._counter("upstreams_version")
+
+    # -- calls -------------------------------------------------------------------------------
+    def list_calls(self, tenant_id: str | None = None, limit: int = 100) -> list[CallRecord]:
+        where, params = _where(tenant_id=tenant_id)
+        rows = self._all(f"SELECT {_CALL_COLS} FROM calls{where} ORDER BY id DESC LIMIT %s", [*params, limit])
+        return [CallRecord(*r) for r in rows]
+
+    # -- sealed evidence -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def sealed(self) -> Iterator[list[Entry]]:
+        """An operator change and its evidence records in ONE transaction (see `Store.sealed`)."""
+        import psycopg
+
+        entries: list[Entry] = []
+        with self._guard("Could not seal the change"), self.transaction() as conn:
+            yield entries
+            if entries:
+                try:
+                    extend_logs(_EvidenceTx(conn), entries, self.replica_id)
+                except psycopg.Error as exc:
+                    raise StoreUnavailable(f"Could not seal the change{self._why(exc)}.",
+                                           hint="Nothing was changed. Check the database, then run the command "
+                                                "again.") from exc
+
+    def evidence_prefix(self, default: str) -> str:
+        """The deployment's origin prefix: chosen once (first writer wins, on any replica), then fixed."""
+        self._exec("INSERT INTO meta (key, value) VALUES ('audit_origin_prefix', %s) ON CONFLICT (key) DO NOTHING",
+                   (default,))
+        row = self._one("SELECT value FROM meta WHERE key = 'audit_origin_prefix'")
+        assert row is not None
+        return str(row[0])
+
+    def append_evidence(self, entries: Sequence[Entry], before_commit: BeforeCommit | None = None) -> list[Sealed]:
+        import psycopg
+
+        if not entries:
+            return []
+        try:
+            with self._guard("Could not commit evidence"), self.transaction() as conn:
+                sealed = extend_logs(_EvidenceTx(conn), entries, self.replica_id)
+                if before_commit is not None:
+                    before_commit(sealed)
+            return sealed
+        except psycopg.Error as exc:  # e.g. a (origin, seq) clash: nothing of the batch was stored
+            raise StoreUnavailable(f"Could not commit evidence{self._why(exc)}.", hint=_HINT) from exc
+
+    def evidence_origins(self) -> list[str]:
+        return [str(r[0]) for r in self._all("SELECT origin FROM evidence_heads ORDER BY origin COLLATE \"C\"")]
+
+    def evidence_size(self, origin: str) -> int:
+        row = self._one("SELECT size FROM evidence_heads WHERE origin = %s", (origin,))
+        return int(row[0]) if row else 0
+
+    def evidence_records(self, origin: str, start: int = 0, end: int | None = None) -> list[tuple[int, bytes]]:
+        sql = "SELECT seq, data FROM evidence WHERE origin = %s AND seq >= %s"
+        params: list[object] = [origin, start]
+        if end is not None:
+            sql += " AND seq < %s"
+            params.append(end)
+        return [(int(s), bytes(d)) for s, d in self._all(sql + " ORDER BY id", params)]
+
+    def evidence_leaf_hashes(self, origin: str, start: int = 0) -> list[bytes]:
+        rows = self._all("SELECT leaf_hash FROM evidence WHERE origin = %s AND seq >= %s ORDER BY seq",
+                         (origin, start))
+        return [bytes(r[0]) for r in rows]
+
+    def open_intents(self, replica: str | None = None) -> list[tuple[str, int, str]]:
+        mine = "" if replica is None else " AND i.replica = %s"
+        rows = self._all(
+            "SELECT i.origin, i.seq, i.tenant FROM evidence i WHERE i.kind = 'intent'" + mine + " AND NOT EXISTS"
+            " (SELECT 1 FROM evidence o WHERE o.origin = i.origin AND o.intent_seq = i.seq"
+            "  AND o.kind IN ('outcome', 'outcome_unknown')) ORDER BY i.origin COLLATE \"C\", i.seq",
+            () if replica is None else (replica,),
+        )
+        return [(str(o), int(s), str(t)) for o, s, t in rows]
+
+    @staticmethod
+    def _ev_row(r: Sequence[Any]) -> EvidenceRow:
+        return EvidenceRow(int(r[0]), str(r[1]), int(r[2]), str(r[3]), str(r[4]), str(r[5]), str(r[6]), str(r[7]),
+                           str(r[8]), str(r[9]), None if r[10] is None else int(r[10]), bytes(r[11]), bytes(r[12]))
+
+    def query_evidence(self, where: EvidenceFilter, limit: int = 100,
+                       newest_first: bool = True) -> list[EvidenceRow]:
+        sql = f"SELECT {_EV_COLS} FROM evidence WHERE id > %s"
+        params: list[object] = [where.after_id]
+        for column in ("origin", "tenant", "actor", "tool", "verdict", "status", "kind"):
+            value = getattr(where, column)
+            if value:
+                sql += f" AND {column} = %s"
+                params.append(value)
+        if where.since:
+            sql += " AND evidence.time >= %s"
+            params.append(where.since)
+        if where.until:
+            sql += " AND evidence.time < %s"
+            params.append(where.until)
+        if where.contains:
+            sql += " AND position(convert_to(%s, 'UTF8') IN data) > 0"
+            params.append(where.contains)
+        sql += f" ORDER BY id {'DESC' if newest_first else 'ASC'} LIMIT %s"
+        params.append(limit)
+        return [self._ev_row(r) for r in self._all(sql, params)]
+
+    def get_evidence(self, record_id: int) -> EvidenceRow | None:
+        row = self._one(f"SELECT {_EV_COLS} FROM evidence WHERE id = %s", (record_id,))
+        return self._ev_row(row) if row else None
+
+    def get_evidence_at(self, origin: str, seq: int) -> EvidenceRow | None:
+        row = self._one(f"SELECT {_EV_COLS} FROM evidence WHERE origin = %s AND seq = %s", (origin, seq))
+        return self._ev_row(row) if row else None
+
+    def add_checkpoint(self, origin: str, size: int, root: bytes, note: str, now: str) -> None:
+        with self._guard("Could not store a checkpoint"):
+            self._exec("INSERT INTO checkpoints (origin, size, root, note, signed_at) VALUES (%s, %s, %s, %s, %s)"
+                       " ON CONFLICT (origin, size) DO NOTHING", (origin, size, root, note, now))
+
+    def list_checkpoints(self, origin: str) -> list[tuple[int, str]]:
+        rows = self._all("SELECT size, note FROM checkpoints WHERE origin = %s ORDER BY size", (origin,))
+        return [(int(s), str(n)) for s, n in rows]
+
+    def probe_write(self, now: str) -> None:
+        """A real, durable write (health check after a failure): proves the store takes commits again."""
+        with self._guard("The database does not take writes"), self.transaction() as conn:
+            conn.execute("INSERT INTO meta (key, value) VALUES ('last_write_probe', %s) ON CONFLICT (key)"
+                         " DO UPDATE SET value = excluded.value", (now,))
+
+    # -- policies --------------------------------------------------------------------------------
+    def add_policy_version(self, tenant_id: str, text: str, filename: str, digest: str, applied_at: str,
+                           applied_by: str) -> PolicyVersion:
+        with self.transaction() as conn:
+            # the tenant row's lock serialises versions of one tenant across processes
+            if conn.execute("SELECT 1 FROM tenants WHERE id = %s FOR UPDATE", (tenant_id,)).fetchone() is None:
+                raise NotFound(f"No tenant {tenant_id!r}.", hint="List tenants with `aegress tenant list`.")
+            (latest,) = conn.execute("SELECT COALESCE(MAX(version), 0) FROM policies WHERE tenant_id = %s",
+                                     (tenant_id,)).fetchone() or (0,)
+            row = PolicyVersion(tenant_id, int(latest) + 1, text, filename, digest, applied_at, applied_by)
+            conn.execute(f"INSERT INTO policies ({_POL_COLS}) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                         (row.tenant_id, row.version, row.text, row.filename, row.digest, row.applied_at,
+                          row.applied_by))
+            self._bump(conn, "policies_version")
+            return row
+
+    def get_policy_version(self, tenant_id: str, version: int | None = None) -> PolicyVersion | None:
+        if version is None:
+            row = self._one(f"SELECT {_POL_COLS} FROM policies WHERE tenant_id = %s ORDER BY version DESC LIMIT 1",
+                            (tenant_id,))
+        else:
+            row = self._one(f"SELECT {_POL_COLS} FROM policies WHERE tenant_id = %s AND version = %s",
+                            (tenant_id, version))
+        return PolicyVersion(*row) if row else None
+
+    def list_policy_versions(self, tenant_id: str) -> list[PolicyVersion]:
+        rows = self._all(f"SELECT {_POL_COLS} FROM policies WHERE tenant_id = %s ORDER BY version", (tenant_id,))
+        return [PolicyVersion(*r) for r in rows]
+
+    def latest_policy_versions(self) -> dict[str, int]:
+        rows = self._all("SELECT tenant_id, MAX(version) FROM policies GROUP BY tenant_id")
+        return {str(t): int(v) for t, v in rows}
+
+    def policies_version(self) -> int:
+        return self._counter("policies_version")
+
+    # -- tool definitions --------------------------------------------------------------------------
+    @staticmethod
+    def _replace_definitions(conn: psycopg.Connection[Any], tenant_id: str, upstream: str,
+                             tools: Sequence[Mapping[str, Any]], hashes: Sequence[str], now: str) -> None:
+        conn.execute("DELETE FROM tool_definitions WHERE tenant_id = %s AND upstream = %s", (tenant_id, upstream))
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO tool_definitions (tenant_id, upstream, name, definition, hash, seen_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (tenant_id, upstream, name) DO UPDATE SET"
+                " definition = excluded.definition, hash = excluded.hash, seen_at = excluded.seen_at",
+                [(tenant_id, upstream, str(t.get("name")), json.dumps(dict(t)), h, now)
+                 for t, h in zip(tools, hashes, strict=True)],
+            )
+
+    @staticmethod
+    def _add_pin_changes(conn: psycopg.Connection[Any], tenant_id: str, upstream: str,
+                         changes: Sequence[tuple[str, str, str]], now: str) -> None:
+        if not changes:
+            return
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO pin_changes (tenant_id, upstream, tool, old_hash, new_hash, seen_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                [(tenant_id, upstream, t, o, n, now) for t, o, n in changes],
+            )
+
+    def set_tool_definitions(self, tenant_id: str, upstream: str, tools: Sequence[Mapping[str, Any]],
+                             hashes: Sequence[str], now: str) -> None:
+        with self.transaction() as conn:
+            self._replace_definitions(conn, tenant_id, upstream, tools, hashes, now)
+
+    def observe_tools(self, tenant_id: str, upstream: str, tools: Sequence[Mapping[str, Any]],
+                      hashes: Sequence[str], first_pins: Mapping[str, str] | None,
+                      changes: Sequence[tuple[str, str, str]], by: str, now: str) -> None:
+        """An upstream's tool listing in ONE transaction: definitions, pin changes, first-use pins."""
+        with self._guard("Could not store tool definitions"), self.transaction() as conn:
+            self._replace_definitions(conn, tenant_id, upstream, tools, hashes, now)
+            self._add_pin_changes(conn, tenant_id, upstream, changes, now)
+            if first_pins is not None:
+                self._pin(conn, tenant_id, upstream, first_pins, by, now)
+
+    def get_tool_definitions(self, tenant_id: str) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {}
+        rows = self._all("SELECT upstream, definition FROM tool_definitions WHERE tenant_id = %s"
+                         " ORDER BY upstream COLLATE \"C\", name COLLATE \"C\"", (tenant_id,))
+        for upstream, definition in rows:
+            out.setdefault(str(upstream), []).append(json.loads(definition))
+        return out
+
+    # -- pins --------------------------------------------------------------------------------------
+    def get_pins(self, tenant_id: str) -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {}
+        for upstream, tool, digest in self._all("SELECT upstream, tool, hash FROM pins WHERE tenant_id = %s",
+                                                (tenant_id,)):
+            out.setdefault(str(upstream), {})[str(tool)] = str(digest)
+        return out
+
+    def pinned_upstreams(self, tenant_id: str) -> set[str]:
+        return {str(r[0]) for r in self._all("SELECT upstream FROM pin_baselines WHERE tenant_id = %s", (tenant_id,))}
+
+    def set_pins(self, tenant_id: str, upstream: str, pins: Mapping[str, str], by: str, now: str) -> None:
+        with self.transaction() as conn:
+            self._pin(conn, tenant_id, upstream, pins, by, now)
+
+    def _pin(self, conn: psycopg.Connection[Any], tenant_id: str, upstream: str, pins: Mapping[str, str], by: str,
+             now: str) -> None:
+        conn.execute("INSERT INTO pin_baselines (tenant_id, upstream, at) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                     (tenant_id, upstream, now))
+        for tool, digest in pins.items():
+            conn.execute(
+                "INSERT INTO pins (tenant_id, upstream, tool, hash, approved_by, approved_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (tenant_id, upstream, tool) DO UPDATE SET"
+                " hash = excluded.hash, approved_by = excluded.approved_by, approved_at = excluded.approved_at",
+                (tenant_id, upstream, tool, digest, by, now),
+            )
+            conn.execute(
+                "UPDATE pin_changes SET resolved_at = %s, resolved_by = %s WHERE tenant_id = %s AND upstream = %s"
+                " AND tool = %s AND new_hash = %s AND resolved_at IS NULL",
+                (now, by, tenant_id, upstream, tool, digest),
+            )
+        self._bump(conn, "policies_version")
+
+    def record_pin_changes(self, tenant_id: str, upstream: str, changes: Sequence[tuple[str, str, str]],
+                           now: str) -> None:
+        if changes:
+            with self.transaction() as conn:
+                self._add_pin_changes(conn, tenant_id, upstream, changes, now)
+
+    def list_pin_changes(self, tenant_id: str, limit: int = 200) -> list[PinChange]:
+        rows = self._all(
+            "SELECT id, tenant_id, upstream, tool, old_hash, new_hash, seen_at, resolved_at, resolved_by"
+            " FROM pin_changes WHERE tenant_id = %s ORDER BY id DESC LIMIT %s", (tenant_id, limit),
+        )
+        return [PinChange(*r) for r in rows]
+
+    # -- held calls and approvals ------------------------------------------------------------------
+    def add_held_call(self, held: HeldCall) -> None:
+        self._exec(
+            f"INSERT INTO held_calls ({_HELD_COLS}) VALUES ({', '.join(['%s'] * 19)})",
+            (held.id, held.tenant_id, held.actor_id, held.upstream, held.tool, held.exposed, held.args_digest,
+             held.arguments, held.rule_id, held.reason, held.policy_version, held.mode, held.status,
+             held.created_at, held.decided_by, held.decided_at, held.decision_reason, held.expires_at,
+             held.used_at),
+        )
+
+    def get_held_call(self, held_id: str) -> HeldCall | None:
+        row = self._one(f"SELECT {_HELD_COLS} FROM held_calls WHERE id = %s", (held_id,))
+        return HeldCall(*row) if row else None
+
+    def list_held_calls(self, tenant_id: str | None = None, status: str | None = None,
+                        limit: int = 100) -> list[HeldCall]:
+        where, params = _where(tenant_id=tenant_id, status=status)
+        sql = f"SELECT {_HELD_COLS} FROM held_calls{where} ORDER BY created_at DESC, id COLLATE \"C\" LIMIT %s"
+        return [HeldCall(*r) for r in self._all(sql, [*params, limit])]
+
+    def find_pending_hold(self, tenant_id: str, actor_id: str, upstream: str, tool: str,
+                          args_digest: str) -> HeldCall | None:
+        row = self._one(
+            f"SELECT {_HELD_COLS} FROM held_calls WHERE tenant_id = %s AND actor_id = %s AND upstream = %s"
+            " AND tool = %s AND args_digest = %s AND status = 'pending' ORDER BY created_at DESC LIMIT 1",
+            (tenant_id, actor_id, upstream, tool, args_digest),
+        )
+        return HeldCall(*row) if row else None
+
+    def decide_held_call(self, held_id: str, status: str, by: str, at: float, reason: str,
+                         expires_at: float | None) -> bool:
+        """pending -> approved/denied, once: one conditional UPDATE, atomic across replicas."""
+        return self._exec(
+            "UPDATE held_calls SET status = %s, decided_by = %s, decided_at = %s, decision_reason = %s,"
+            " expires_at = %s WHERE id = %s AND status = 'pending'", (status, by, at, reason, expires_at, held_id),
+        ) == 1
+
+    def consume_approval(self, tenant_id: str, actor_id: str, upstream: str, tool: str, args_digest: str,
+                         now: float) -> HeldCall | None:
+        """Use an approval exactly once, across replicas: the row is locked (FOR UPDATE SKIP LOCKED, so a
+        concurrent consumer takes the next matching approval or none) and marked used in one transaction."""
+        with self.transaction() as conn:
+            row = conn.execute(
+                f"SELECT {_HELD_COLS} FROM held_calls WHERE tenant_id = %s AND actor_id = %s AND upstream = %s"
+                " AND tool = %s AND args_digest = %s AND status = 'approved' AND used_at IS NULL AND expires_at > %s"
+                " ORDER BY decided_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+                (tenant_id, actor_id, upstream, tool, args_digest, now),
+            ).fetchone()
+            if row is None:
+                return None
+            cur = conn.execute("UPDATE held_calls SET used_at = %s WHERE id = %s AND used_at IS NULL", (now, row[0]))
+            return HeldCall(*row[:-1], used_at=now) if cur.rowcount == 1 else None
+
+
+def _pool_size() -> int:
+    raw = os.environ.get(POOL_SIZE_ENV, "")
+    if not raw:
+        return 8
+    try:
+        size = int(raw)
+    except ValueError:
+        size = 0
+    if not 1 <= size <= 1000:
+        raise ConfigError(f"{POOL_SIZE_ENV} must be a whole number from 1 to 1000.", hint="The default is 8.")
+    return size
