@@ -1,9 +1,10 @@
 """Sealed evidence cost (issue 4's benchmark).
 
 1. Gateway throughput at 16 in flight, sealing ON (intent durably committed before forwarding, outcome
-   after, SQLite WAL synchronous=FULL, group commit, checkpoints) versus the SAME gateway with the record
-   stage writing nothing (serve --no-evidence). Two gateways run side by side in front of one fixture HTTP
-   upstream; rounds alternate so machine noise hits both alike; the median round counts. Target >= 0.8.
+   committed with the next intent's group, SQLite WAL synchronous=FULL, checkpoints) versus the SAME
+   gateway with the record stage writing nothing (serve --no-evidence). Two gateways run side by side
+   in front of one fixture HTTP upstream; rounds alternate so machine noise hits both alike; the
+   median round counts. Target >= 0.8.
 2. `audit verify` speed: a log of --records records is written through the store (group-commit batches),
    a checkpoint is signed, then `verify_log` runs over the stored bytes (library) and `aegress audit verify`
    runs as a process (end to end, including reading SQLite). Target >= 50,000 records/s for `verify_log`:
