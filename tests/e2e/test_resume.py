@@ -129,6 +129,16 @@ def test_a_dropped_call_goes_on_and_resumes_with_last_event_id(tmp_path: Path) -
     assert [row["outcome"] for row in slow] == ["completed", "completed"], slow
 
 
+def upstream_heard_a_cancellation(http: httpx2.Client, url: str, headers: dict[str, str]) -> bool:
+    """Ask the fixture how many calls it saw cancelled, for up to 5 s (bounded), until it says one."""
+    for attempt in range(50):
+        count = http.post(url, headers=headers, json=call("tools__cancellations", {}, 10 + attempt))
+        if answer(count)["result"]["content"][0]["text"] == "1":
+            return True
+        time.sleep(0.1)
+    return False
+
+
 @pytest.mark.parametrize("version", ["2025-06-18", "2025-11-25"])
 def test_client_cancellation_stops_the_call(tmp_path: Path, version: str) -> None:
     """notifications/cancelled ends the call at once (and the upstream hears of it), streamed or not."""
@@ -150,13 +160,7 @@ def test_client_cancellation_stops_the_call(tmp_path: Path, version: str) -> Non
         headers = open_session(http, gw.url, gw.tokens[("acme", "alice")], version)
         body = asyncio.run(go(gw.url, headers))
         assert all(json.loads(e["data"]).get("id") != 9 for e in events(body) if e.get("data"))
-        for attempt in range(50):  # bounded: up to 5 s for the cancellation to reach the upstream
-            count = http.post(gw.url, headers=headers, json=call("tools__cancellations", {}, 10 + attempt))
-            if answer(count)["result"]["content"][0]["text"] == "1":
-                break
-            time.sleep(0.1)
-        else:
-            raise AssertionError("the upstream never heard of the cancellation")
+        assert upstream_heard_a_cancellation(http, gw.url, headers), "the upstream never heard of the cancellation"
     statuses = [row["outcome"] for row in evidence_rows(home, "--tenant", "acme")
                 if row["kind"] == "outcome" and row.get("tool") == "tools__slow"]
     assert statuses == ["cancelled"]
@@ -172,13 +176,7 @@ def test_a_client_that_goes_away_cancels_its_call_on_a_plain_session(tmp_path: P
         with httpx2.Client(timeout=30) as doomed, pytest.raises(httpx2.TimeoutException):
             doomed.post(gw.url, headers=headers, json=call("tools__slow", {"seconds": 20}, 5),
                         timeout=httpx2.Timeout(30, read=1.0))
-        for attempt in range(50):  # bounded: up to 5 s for the cancellation to reach the upstream
-            count = http.post(gw.url, headers=headers, json=call("tools__cancellations", {}, 10 + attempt))
-            if answer(count)["result"]["content"][0]["text"] == "1":
-                break
-            time.sleep(0.1)
-        else:
-            raise AssertionError("the upstream never heard that the client went away")
+        assert upstream_heard_a_cancellation(http, gw.url, headers), "the upstream never heard the client went away"
     outcomes = [row["outcome"] for row in evidence_rows(home, "--tenant", "acme")
                 if row["kind"] == "outcome" and row.get("tool") == "tools__slow"]
     assert outcomes == ["client_disconnected"]
