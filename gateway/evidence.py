@@ -522,12 +522,13 @@ class EvidenceWriter:
             log.warning("evidence store takes commits again")
         self._healthy = True
         self.last_error = ""
-        _settle([(future, item) for (_, future), item in zip(batch, sealed, strict=True)], None, self._on_orphan)
         if self._on_commit is not None:
             try:
                 self._on_commit(sealed)
             except Exception:  # never let a notification kill the writer
                 log.exception("evidence commit listener failed")
+        # last: the woken event loop needs the GIL, which this thread then soon gives up waiting for work
+        _settle([(future, item) for (_, future), item in zip(batch, sealed, strict=True)], None, self._on_orphan)
         return True
 
     def close(self) -> None:
