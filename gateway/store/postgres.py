@@ -28,8 +28,6 @@ from urllib.parse import urlsplit
 from gateway.errors import AlreadyExists, ConfigError, NotFound, StoreUnavailable
 from gateway.store.base import (
     BeforeCommit,
-    EvidenceFilter,
-    EvidenceRow,
     HeldCall,
     PinChange,
     PolicyVersion,
@@ -37,7 +35,8 @@ from gateway.store.base import (
     extend_logs,
 )
 from gateway.store.migrations import MIGRATION_LOCK, MIGRATIONS, SchemaStatus
-from gateway.types import Actor, CallRecord, Tenant, TokenInfo, UpstreamLimits, UpstreamSpec
+from gateway.store.sql import SQLStore, postgres_sql
+from gateway.types import Actor, Tenant, TokenInfo, UpstreamLimits, UpstreamSpec
 
 if TYPE_CHECKING:
     import psycopg
@@ -133,7 +132,7 @@ class _EvidenceTx:
                 )
 
 
-class PostgresStore:
+class PostgresStore(SQLStore):
     inline_safe = False
     """Every call is a network round trip: the request path uses worker threads (`find_token_nowait`
     keeps the interface's default, WouldBlock, so token lookups go to a thread too)."""
@@ -230,6 +229,7 @@ class PostgresStore:
     def _read(self, sql: str, params: Sequence[object], *, one: bool) -> Any:
         """A read; outside a transaction it is tried once more on a fresh connection when the pooled one
         turns out dead (the server restarted, or an operator ended the backend): nothing was changed."""
+        sql = postgres_sql(sql)
         for attempt in (1, 2):
             try:
                 with self._connection() as conn:
@@ -250,7 +250,20 @@ class PostgresStore:
 
     def _exec(self, sql: str, params: Sequence[object] = ()) -> int:
         with self._connection() as conn:
-            return conn.execute(sql, params).rowcount
+            return conn.execute(postgres_sql(sql), params).rowcount
+
+    # -- the shared SQL's hooks (gateway.store.sql) ----------------------------------------------
+    _CONTAINS = "position(convert_to(?, 'UTF8') IN data) > 0"
+    _FOR_UPDATE = " FOR UPDATE"  # the row's lock serialises a read-then-write across processes
+
+    @staticmethod
+    def _x(conn: psycopg.Connection[Any], sql: str, params: Sequence[object] = ()) -> psycopg.Cursor[Any]:
+        return conn.execute(postgres_sql(sql), params)
+
+    @staticmethod
+    def _many(conn: psycopg.Connection[Any], sql: str, rows: Sequence[Sequence[object]]) -> None:
+        with conn.cursor() as cur:
+            cur.executemany(postgres_sql(sql), rows)
 
     def close(self) -> None:
         self._pool.close(timeout=5)
@@ -481,12 +494,6 @@ class PostgresStore:
     def upstreams_version(self) -> int:
         return self._counter("upstreams_version")
 
-    # -- calls -------------------------------------------------------------------------------
-    def list_calls(self, tenant_id: str | None = None, limit: int = 100) -> list[CallRecord]:
-        where, params = _where(tenant_id=tenant_id)
-        rows = self._all(f"SELECT {_CALL_COLS} FROM calls{where} ORDER BY id DESC LIMIT %s", [*params, limit])
-        return [CallRecord(*r) for r in rows]
-
     # -- sealed evidence -----------------------------------------------------------------------
     @contextlib.contextmanager
     def sealed(self) -> Iterator[list[Entry]]:
@@ -526,79 +533,10 @@ class PostgresStore:
         except psycopg.Error as exc:  # e.g. a (origin, seq) clash: nothing of the batch was stored
             raise StoreUnavailable(f"Could not commit evidence{self._why(exc)}.", hint=_HINT) from exc
 
-    def evidence_origins(self) -> list[str]:
-        return [str(r[0]) for r in self._all("SELECT origin FROM evidence_heads ORDER BY origin COLLATE \"C\"")]
-
-    def evidence_size(self, origin: str) -> int:
-        row = self._one("SELECT size FROM evidence_heads WHERE origin = %s", (origin,))
-        return int(row[0]) if row else 0
-
-    def evidence_records(self, origin: str, start: int = 0, end: int | None = None) -> list[tuple[int, bytes]]:
-        sql = "SELECT seq, data FROM evidence WHERE origin = %s AND seq >= %s"
-        params: list[object] = [origin, start]
-        if end is not None:
-            sql += " AND seq < %s"
-            params.append(end)
-        return [(int(s), bytes(d)) for s, d in self._all(sql + " ORDER BY id", params)]
-
-    def evidence_leaf_hashes(self, origin: str, start: int = 0) -> list[bytes]:
-        rows = self._all("SELECT leaf_hash FROM evidence WHERE origin = %s AND seq >= %s ORDER BY seq",
-                         (origin, start))
-        return [bytes(r[0]) for r in rows]
-
-    def open_intents(self, replica: str | None = None) -> list[tuple[str, int, str]]:
-        mine = "" if replica is None else " AND i.replica = %s"
-        rows = self._all(
-            "SELECT i.origin, i.seq, i.tenant FROM evidence i WHERE i.kind = 'intent'" + mine + " AND NOT EXISTS"
-            " (SELECT 1 FROM evidence o WHERE o.origin = i.origin AND o.intent_seq = i.seq"
-            "  AND o.kind IN ('outcome', 'outcome_unknown')) ORDER BY i.origin COLLATE \"C\", i.seq",
-            () if replica is None else (replica,),
-        )
-        return [(str(o), int(s), str(t)) for o, s, t in rows]
-
-    @staticmethod
-    def _ev_row(r: Sequence[Any]) -> EvidenceRow:
-        return EvidenceRow(int(r[0]), str(r[1]), int(r[2]), str(r[3]), str(r[4]), str(r[5]), str(r[6]), str(r[7]),
-                           str(r[8]), str(r[9]), None if r[10] is None else int(r[10]), bytes(r[11]), bytes(r[12]))
-
-    def query_evidence(self, where: EvidenceFilter, limit: int = 100,
-                       newest_first: bool = True) -> list[EvidenceRow]:
-        sql = f"SELECT {_EV_COLS} FROM evidence WHERE id > %s"
-        params: list[object] = [where.after_id]
-        for column in ("origin", "tenant", "actor", "tool", "verdict", "status", "kind"):
-            value = getattr(where, column)
-            if value:
-                sql += f" AND {column} = %s"
-                params.append(value)
-        if where.since:
-            sql += " AND evidence.time >= %s"
-            params.append(where.since)
-        if where.until:
-            sql += " AND evidence.time < %s"
-            params.append(where.until)
-        if where.contains:
-            sql += " AND position(convert_to(%s, 'UTF8') IN data) > 0"
-            params.append(where.contains)
-        sql += f" ORDER BY id {'DESC' if newest_first else 'ASC'} LIMIT %s"
-        params.append(limit)
-        return [self._ev_row(r) for r in self._all(sql, params)]
-
-    def get_evidence(self, record_id: int) -> EvidenceRow | None:
-        row = self._one(f"SELECT {_EV_COLS} FROM evidence WHERE id = %s", (record_id,))
-        return self._ev_row(row) if row else None
-
-    def get_evidence_at(self, origin: str, seq: int) -> EvidenceRow | None:
-        row = self._one(f"SELECT {_EV_COLS} FROM evidence WHERE origin = %s AND seq = %s", (origin, seq))
-        return self._ev_row(row) if row else None
-
     def add_checkpoint(self, origin: str, size: int, root: bytes, note: str, now: str) -> None:
         with self._guard("Could not store a checkpoint"):
             self._exec("INSERT INTO checkpoints (origin, size, root, note, signed_at) VALUES (%s, %s, %s, %s, %s)"
                        " ON CONFLICT (origin, size) DO NOTHING", (origin, size, root, note, now))
-
-    def list_checkpoints(self, origin: str) -> list[tuple[int, str]]:
-        rows = self._all("SELECT size, note FROM checkpoints WHERE origin = %s ORDER BY size", (origin,))
-        return [(int(s), str(n)) for s, n in rows]
 
     def probe_write(self, now: str) -> None:
         """A real, durable write (health check after a failure): proves the store takes commits again."""

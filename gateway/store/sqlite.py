@@ -23,8 +23,6 @@ from typing import TYPE_CHECKING, Any
 from gateway.errors import AlreadyExists, NotFound, StoreUnavailable
 from gateway.store.base import (
     BeforeCommit,
-    EvidenceFilter,
-    EvidenceRow,
     HeldCall,
     PinChange,
     PolicyVersion,
@@ -32,7 +30,8 @@ from gateway.store.base import (
     extend_logs,
 )
 from gateway.store.migrations import MIGRATIONS, SchemaStatus
-from gateway.types import Actor, CallRecord, Tenant, TokenInfo, UpstreamLimits, UpstreamSpec
+from gateway.store.sql import SQLStore
+from gateway.types import Actor, Tenant, TokenInfo, UpstreamLimits, UpstreamSpec
 
 if TYPE_CHECKING:
     from gateway.audit.log import Entry, Sealed
@@ -49,6 +48,10 @@ def _where(**filters: object) -> tuple[str, list[object]]:
     if not used:
         return "", []
     return " WHERE " + " AND ".join(f"{k} = ?" for k in used), list(used.values())
+
+
+def _unavailable(exc: sqlite3.Error) -> StoreUnavailable:
+    return StoreUnavailable(f"The database is unavailable: {exc}.", hint="Check disk space and file permissions.")
 
 
 def _create_private(path: Path) -> None:
@@ -127,7 +130,7 @@ class _EvidenceTx:
             )
 
 
-class SQLiteStore:
+class SQLiteStore(SQLStore):
     inline_safe = False
     """A write can wait for another process's lock (busy timeout) or a full disk: the request path calls
     the store in a worker thread (the review desk, /health), never on the event loop."""
@@ -186,9 +189,37 @@ class SQLiteStore:
         try:
             return self._conn().execute(sql, params)
         except sqlite3.OperationalError as exc:
-            raise StoreUnavailable(
-                f"The database is unavailable: {exc}.", hint="Check disk space and file permissions."
-            ) from exc
+            raise _unavailable(exc) from exc
+
+    # -- the shared SQL's hooks (gateway.store.sql) ----------------------------------------------
+    _CONTAINS = "instr(data, CAST(? AS BLOB)) > 0"
+    _FOR_UPDATE = ""  # BEGIN IMMEDIATE already holds every other writer off
+
+    def _one(self, sql: str, params: Sequence[object] = ()) -> tuple[Any, ...] | None:
+        try:  # `_run` written out: `find_token` is on the request path
+            cur = self._conn().execute(sql, params)
+        except sqlite3.OperationalError as exc:
+            raise _unavailable(exc) from exc
+        row: tuple[Any, ...] | None = cur.fetchone()
+        return row
+
+    def _all(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        return self._run(sql, params).fetchall()
+
+    def _exec(self, sql: str, params: Sequence[object] = ()) -> int:
+        return self._run(sql, params).rowcount
+
+    @staticmethod
+    def _x(conn: sqlite3.Connection, sql: str, params: Sequence[object] = ()) -> sqlite3.Cursor:
+        return conn.execute(sql, params)
+
+    @staticmethod
+    def _many(conn: sqlite3.Connection, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        conn.executemany(sql, rows)
+
+    @staticmethod
+    def _bump(conn: sqlite3.Connection, key: str) -> None:
+        conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = ?", (key,))
 
     def _schema_version(self) -> int:
         try:
@@ -447,17 +478,6 @@ class SQLiteStore:
     def upstreams_version(self) -> int:
         row = self._run("SELECT value FROM meta WHERE key = 'upstreams_version'").fetchone()
         return int(row[0]) if row else 0
-
-    # -- calls -------------------------------------------------------------------------------
-    def list_calls(self, tenant_id: str | None = None, limit: int = 100) -> list[CallRecord]:
-        sql = f"SELECT {_CALL_COLS} FROM calls"
-        params: list[object] = []
-        if tenant_id is not None:
-            sql += " WHERE tenant_id = ?"
-            params.append(tenant_id)
-        sql += " ORDER BY id DESC LIMIT ?"
-        params.append(limit)
-        return [CallRecord(*r) for r in self._run(sql, params)]
 
     # -- policies (issue 3) ------------------------------------------------------------------------
     def _tx(self) -> sqlite3.Connection:
@@ -766,71 +786,6 @@ class SQLiteStore:
                 conn.execute("ROLLBACK")
             raise
 
-    def evidence_origins(self) -> list[str]:
-        return [str(r[0]) for r in self._run("SELECT origin FROM evidence_heads ORDER BY origin")]
-
-    def evidence_size(self, origin: str) -> int:
-        row = self._run("SELECT size FROM evidence_heads WHERE origin = ?", (origin,)).fetchone()
-        return int(row[0]) if row else 0
-
-    def evidence_records(self, origin: str, start: int = 0, end: int | None = None) -> list[tuple[int, bytes]]:
-        """(seq column, exact bytes) in storage order (id), which is what a verifier must check."""
-        sql = "SELECT seq, data FROM evidence WHERE origin = ? AND seq >= ?"
-        params: list[object] = [origin, start]
-        if end is not None:
-            sql += " AND seq < ?"
-            params.append(end)
-        return [(int(s), bytes(d)) for s, d in self._run(sql + " ORDER BY id", params)]
-
-    def evidence_leaf_hashes(self, origin: str, start: int = 0) -> list[bytes]:
-        rows = self._run("SELECT leaf_hash FROM evidence WHERE origin = ? AND seq >= ? ORDER BY seq", (origin, start))
-        return [bytes(r[0]) for r in rows]
-
-    def open_intents(self, replica: str | None = None) -> list[tuple[str, int, str]]:
-        mine = "" if replica is None else " AND i.replica = ?"
-        rows = self._run(
-            "SELECT i.origin, i.seq, i.tenant FROM evidence i WHERE i.kind = 'intent'" + mine + " AND NOT EXISTS"
-            " (SELECT 1 FROM evidence o WHERE o.origin = i.origin AND o.intent_seq = i.seq"
-            "  AND o.kind IN ('outcome', 'outcome_unknown')) ORDER BY i.origin, i.seq",
-            () if replica is None else (replica,),
-        )
-        return [(str(o), int(s), str(t)) for o, s, t in rows]
-
-    @staticmethod
-    def _ev_row(r: Sequence[Any]) -> EvidenceRow:
-        return EvidenceRow(int(r[0]), str(r[1]), int(r[2]), str(r[3]), str(r[4]), str(r[5]), str(r[6]), str(r[7]),
-                           str(r[8]), str(r[9]), None if r[10] is None else int(r[10]), bytes(r[11]), bytes(r[12]))
-
-    def query_evidence(self, where: EvidenceFilter, limit: int = 100,
-                       newest_first: bool = True) -> list[EvidenceRow]:
-        sql = f"SELECT {self._EV_COLS} FROM evidence WHERE id > ?"
-        params: list[object] = [where.after_id]
-        for column in ("origin", "tenant", "actor", "tool", "verdict", "status", "kind"):
-            value = getattr(where, column)
-            if value:
-                sql += f" AND {column} = ?"
-                params.append(value)
-        if where.since:
-            sql += " AND time >= ?"
-            params.append(where.since)
-        if where.until:
-            sql += " AND time < ?"
-            params.append(where.until)
-        if where.contains:
-            sql += " AND instr(data, CAST(? AS BLOB)) > 0"
-            params.append(where.contains)
-        sql += f" ORDER BY id {'DESC' if newest_first else 'ASC'} LIMIT ?"
-        params.append(limit)
-        return [self._ev_row(r) for r in self._run(sql, params)]
-
-    def get_evidence(self, record_id: int) -> EvidenceRow | None:
-        row = self._run(f"SELECT {self._EV_COLS} FROM evidence WHERE id = ?", (record_id,)).fetchone()
-        return self._ev_row(row) if row else None
-
-    def get_evidence_at(self, origin: str, seq: int) -> EvidenceRow | None:
-        row = self._run(f"SELECT {self._EV_COLS} FROM evidence WHERE origin = ? AND seq = ?", (origin, seq)).fetchone()
-        return self._ev_row(row) if row else None
-
     def add_checkpoint(self, origin: str, size: int, root: bytes, note: str, now: str) -> None:
         try:
             self._run(
@@ -839,10 +794,6 @@ class SQLiteStore:
             )
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"Could not store a checkpoint: {exc}.") from exc
-
-    def list_checkpoints(self, origin: str) -> list[tuple[int, str]]:
-        rows = self._run("SELECT size, note FROM checkpoints WHERE origin = ? ORDER BY size", (origin,))
-        return [(int(s), str(n)) for s, n in rows]
 
     def probe_write(self, now: str) -> None:
         """A real, durable write (health check after a failure): proves the store takes commits again."""

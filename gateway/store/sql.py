@@ -1,0 +1,204 @@
+"""The SQL both stores share: each statement that means the same on SQLite and Postgres, written once.
+
+Statements are written in SQLite's dialect (`?` placeholders) and SQLite runs them as they are; the
+Postgres store rewrites each one once (`postgres_sql`, cached) before psycopg sees it:
+
+    ?                   ->  %s              (placeholders)
+    COLLATE BINARY      ->  COLLATE "C"     (sort text by its bytes: SQLite's default, not Postgres's)
+
+A dialect class supplies the rest, small and explicit:
+
+* `_one(sql, params)`, `_all(sql, params)`, `_exec(sql, params) -> rowcount`: one statement, with the
+  dialect's connection handling and error mapping; `_x(conn, sql, params)` and `_many(conn, sql, rows)`
+  run one inside `transaction()`;
+* `_bump(conn, key)`: add one to a `meta` counter;
+* `_CONTAINS`: "the evidence record's bytes contain the UTF-8 of ?";
+* `_FOR_UPDATE`: the row lock a read-then-write takes (Postgres); SQLite's BEGIN IMMEDIATE already
+  holds every other writer off;
+* `_INSERT_BASELINE`, `_UPSERT_PIN`, `_INSERT_PIN_CHANGES`: upserts. They stay per dialect because
+  they are not the same: `INSERT OR REPLACE` deletes the old row, `ON CONFLICT DO UPDATE` updates it.
+
+What differs in substance stays in the dialect modules: connections and transactions, locking
+(BEGIN IMMEDIATE against advisory locks and FOR UPDATE SKIP LOCKED), the evidence append, migrations
+and the mapping of driver errors to ours.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+from gateway.errors import AlreadyExists
+from gateway.store.base import EvidenceFilter, EvidenceRow
+from gateway.types import CallRecord, UpstreamLimits, UpstreamSpec
+
+CALL_COLS = (
+    "tenant_id, actor_id, token_id, method, target, upstream, verdict, rule_id, outcome,"
+    " started_at, duration_ms, error_code, session_id, client_name"
+)
+TOKEN_COLS = "id, tenant_id, actor_id, created_at, revoked_at, label"
+UP_COLS = "tenant_id, name, transport, config, prefix, allow_private, created_at"
+POL_COLS = "tenant_id, version, text, filename, digest, applied_at, applied_by"
+HELD_COLS = (
+    "id, tenant_id, actor_id, upstream, tool, exposed, args_digest, arguments, rule_id, reason, policy_version,"
+    " mode, status, created_at, decided_by, decided_at, decision_reason, expires_at, used_at"
+)
+EV_COLS = "id, origin, seq, kind, time, tenant, actor, tool, verdict, status, intent_seq, leaf_hash, data"
+
+# statements on the request path, built once (not per call)
+_FIND_TOKEN = f"SELECT {TOKEN_COLS} FROM tokens WHERE hash = ?"
+
+
+@lru_cache(maxsize=1024)
+def postgres_sql(sql: str) -> str:
+    """A shared statement in Postgres's dialect (see the module docstring); cached, so a statement is
+    rewritten once per process (the filtered queries build at most a few thousand distinct texts)."""
+    return sql.replace("?", "%s").replace("COLLATE BINARY", 'COLLATE "C"')
+
+
+def where(**filters: object) -> tuple[str, list[object]]:
+    """` WHERE a = ? AND b = ?` for the filters that are set (column names come from code, never input)."""
+    used = {k: v for k, v in filters.items() if v is not None}
+    if not used:
+        return "", []
+    return " WHERE " + " AND ".join(f"{k} = ?" for k in used), list(used.values())
+
+
+def already_exists(kind: str, wanted: str, existing: str, where: str) -> AlreadyExists:
+    """Refuse an id that exists, or exists under another case (ids are unique ignoring case)."""
+    if existing == wanted:
+        return AlreadyExists(f"{kind} {wanted!r} already exists{where}.")
+    return AlreadyExists(f"{kind} {wanted!r} would differ from the existing {kind.lower()} {existing!r}{where} only "
+                         "by case.", hint=f"Use {existing!r}, or pick a name that differs by more than case.")
+
+
+def upstream_config(spec: UpstreamSpec) -> str:
+    """The `config` column of an upstream: everything about it but its key and flags, as JSON."""
+    return json.dumps({"transport": spec.transport, "command": list(spec.command), "env": spec.env,
+                       "cwd": spec.cwd, "url": spec.url, "headers": spec.headers,
+                       "limits": spec.limits.changed()})
+
+
+def upstream_spec(row: Sequence[object]) -> UpstreamSpec:
+    tenant_id, name, _transport, config, prefix, allow_private, created_at = row
+    cfg = json.loads(str(config))
+    return UpstreamSpec(
+        tenant_id=str(tenant_id), name=str(name), transport=cfg["transport"],
+        command=tuple(cfg.get("command", ())), env=dict(cfg.get("env", {})), cwd=cfg.get("cwd"),
+        url=cfg.get("url"), headers=dict(cfg.get("headers", {})), prefix=bool(prefix),
+        allow_private=bool(allow_private), created_at=str(created_at),
+        limits=UpstreamLimits.from_changed(cfg.get("limits")),
+    )
+
+
+def evidence_row(r: Sequence[Any]) -> EvidenceRow:
+    return EvidenceRow(int(r[0]), str(r[1]), int(r[2]), str(r[3]), str(r[4]), str(r[5]), str(r[6]), str(r[7]),
+                       str(r[8]), str(r[9]), None if r[10] is None else int(r[10]), bytes(r[11]), bytes(r[12]))
+
+
+class SQLStore:
+    """The store methods whose SQL is the same on both backends; a dialect class supplies the hooks."""
+
+    _CONTAINS: str
+    _FOR_UPDATE: str
+    _INSERT_BASELINE: str
+    _UPSERT_PIN: str
+    _INSERT_PIN_CHANGES: str
+
+    # -- dialect hooks ---------------------------------------------------------------------------
+    def _one(self, sql: str, params: Sequence[object] = ()) -> Sequence[Any] | None:
+        raise NotImplementedError
+
+    def _all(self, sql: str, params: Sequence[object] = ()) -> Sequence[Sequence[Any]]:
+        raise NotImplementedError
+
+    def _exec(self, sql: str, params: Sequence[object] = ()) -> int:
+        raise NotImplementedError
+
+    def _x(self, conn: Any, sql: str, params: Sequence[object] = ()) -> Any:
+        raise NotImplementedError
+
+    def _many(self, conn: Any, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        raise NotImplementedError
+
+    def _bump(self, conn: Any, key: str) -> None:
+        raise NotImplementedError
+
+    def transaction(self) -> Any:
+        raise NotImplementedError
+
+    def _counter(self, key: str) -> int:
+        row = self._one("SELECT value FROM meta WHERE key = ?", (key,))
+        return int(row[0]) if row else 0
+
+    # -- calls and evidence reads ------------------------------------------------------------------
+    def list_calls(self, tenant_id: str | None = None, limit: int = 100) -> list[CallRecord]:
+        sql, params = where(tenant_id=tenant_id)
+        rows = self._all(f"SELECT {CALL_COLS} FROM calls{sql} ORDER BY id DESC LIMIT ?", [*params, limit])
+        return [CallRecord(*r) for r in rows]
+
+    def evidence_origins(self) -> list[str]:
+        return [str(r[0]) for r in self._all("SELECT origin FROM evidence_heads ORDER BY origin COLLATE BINARY")]
+
+    def evidence_size(self, origin: str) -> int:
+        row = self._one("SELECT size FROM evidence_heads WHERE origin = ?", (origin,))
+        return int(row[0]) if row else 0
+
+    def evidence_records(self, origin: str, start: int = 0, end: int | None = None) -> list[tuple[int, bytes]]:
+        """(seq column, exact bytes) in storage order (id), which is what a verifier must check."""
+        sql = "SELECT seq, data FROM evidence WHERE origin = ? AND seq >= ?"
+        params: list[object] = [origin, start]
+        if end is not None:
+            sql += " AND seq < ?"
+            params.append(end)
+        return [(int(s), bytes(d)) for s, d in self._all(sql + " ORDER BY id", params)]
+
+    def evidence_leaf_hashes(self, origin: str, start: int = 0) -> list[bytes]:
+        rows = self._all("SELECT leaf_hash FROM evidence WHERE origin = ? AND seq >= ? ORDER BY seq", (origin, start))
+        return [bytes(r[0]) for r in rows]
+
+    def open_intents(self, replica: str | None = None) -> list[tuple[str, int, str]]:
+        mine = "" if replica is None else " AND i.replica = ?"
+        rows = self._all(
+            "SELECT i.origin, i.seq, i.tenant FROM evidence i WHERE i.kind = 'intent'" + mine + " AND NOT EXISTS"
+            " (SELECT 1 FROM evidence o WHERE o.origin = i.origin AND o.intent_seq = i.seq"
+            "  AND o.kind IN ('outcome', 'outcome_unknown')) ORDER BY i.origin COLLATE BINARY, i.seq",
+            () if replica is None else (replica,),
+        )
+        return [(str(o), int(s), str(t)) for o, s, t in rows]
+
+    def query_evidence(self, where: EvidenceFilter, limit: int = 100,
+                       newest_first: bool = True) -> list[EvidenceRow]:
+        sql = f"SELECT {EV_COLS} FROM evidence WHERE id > ?"
+        params: list[object] = [where.after_id]
+        for column in ("origin", "tenant", "actor", "tool", "verdict", "status", "kind"):
+            value = getattr(where, column)
+            if value:
+                sql += f" AND {column} = ?"
+                params.append(value)
+        if where.since:
+            sql += " AND evidence.time >= ?"
+            params.append(where.since)
+        if where.until:
+            sql += " AND evidence.time < ?"
+            params.append(where.until)
+        if where.contains:
+            sql += " AND " + self._CONTAINS
+            params.append(where.contains)
+        sql += f" ORDER BY id {'DESC' if newest_first else 'ASC'} LIMIT ?"
+        params.append(limit)
+        return [evidence_row(r) for r in self._all(sql, params)]
+
+    def get_evidence(self, record_id: int) -> EvidenceRow | None:
+        row = self._one(f"SELECT {EV_COLS} FROM evidence WHERE id = ?", (record_id,))
+        return evidence_row(row) if row else None
+
+    def get_evidence_at(self, origin: str, seq: int) -> EvidenceRow | None:
+        row = self._one(f"SELECT {EV_COLS} FROM evidence WHERE origin = ? AND seq = ?", (origin, seq))
+        return evidence_row(row) if row else None
+
+    def list_checkpoints(self, origin: str) -> list[tuple[int, str]]:
+        rows = self._all("SELECT size, note FROM checkpoints WHERE origin = ? ORDER BY size", (origin,))
+        return [(int(s), str(n)) for s, n in rows]
