@@ -35,7 +35,7 @@ from gateway.store.base import (
     extend_logs,
 )
 from gateway.store.migrations import MIGRATION_LOCK, MIGRATIONS, SchemaStatus
-from gateway.store.sql import SQLStore, postgres_sql
+from gateway.store.sql import SQLStore, already_exists, postgres_sql
 from gateway.types import Actor, Tenant, TokenInfo, UpstreamLimits, UpstreamSpec
 
 if TYPE_CHECKING:
@@ -77,12 +77,6 @@ def _where(**filters: object) -> tuple[str, list[object]]:
         return "", []
     return " WHERE " + " AND ".join(f"{k} = %s" for k in used), list(used.values())
 
-
-def _already_exists(kind: str, wanted: str, existing: str, where: str) -> AlreadyExists:
-    if existing == wanted:
-        return AlreadyExists(f"{kind} {wanted!r} already exists{where}.")
-    return AlreadyExists(f"{kind} {wanted!r} would differ from the existing {kind.lower()} {existing!r}{where} only "
-                         "by case.", hint=f"Use {existing!r}, or pick a name that differs by more than case.")
 
 
 class _EvidenceTx:
@@ -315,28 +309,11 @@ class PostgresStore(SQLStore):
                 row = conn.execute("SELECT id FROM tenants WHERE lower(id) = lower(%s) ORDER BY id = %s DESC, id"
                                    " LIMIT 1", (tenant_id, tenant_id)).fetchone()
                 if row is not None:
-                    raise _already_exists("Tenant", tenant_id, str(row[0]), "")
+                    raise already_exists("Tenant", tenant_id, str(row[0]), "")
                 conn.execute("INSERT INTO tenants (id, created_at) VALUES (%s, %s)", (tenant_id, now))
         except psycopg.errors.UniqueViolation as exc:  # a twin committed by another process meanwhile
             raise AlreadyExists(f"Tenant {tenant_id!r} already exists (or differs from one only by case).") from exc
         return Tenant(tenant_id, now)
-
-    def get_tenant(self, tenant_id: str) -> Tenant | None:
-        row = self._one("SELECT id, created_at FROM tenants WHERE id = %s", (tenant_id,))
-        return Tenant(*row) if row else None
-
-    def list_tenants(self) -> list[Tenant]:
-        return [Tenant(*r) for r in self._all("SELECT id, created_at FROM tenants ORDER BY id COLLATE \"C\"")]
-
-    def delete_tenant(self, tenant_id: str) -> None:
-        with self.transaction() as conn:
-            conn.execute("DELETE FROM upstreams WHERE tenant_id = %s", (tenant_id,))
-            conn.execute("DELETE FROM tokens WHERE tenant_id = %s", (tenant_id,))
-            conn.execute("DELETE FROM actors WHERE tenant_id = %s", (tenant_id,))
-            cur = conn.execute("DELETE FROM tenants WHERE id = %s", (tenant_id,))
-            if cur.rowcount == 0:
-                raise NotFound(f"No tenant {tenant_id!r}.", hint="List tenants with `aegress tenant list`.")
-            self._bump(conn, "upstreams_version")
 
     # -- actors ------------------------------------------------------------------------------
     def add_actor(self, tenant_id: str, actor_id: str, now: str) -> Actor:
@@ -351,7 +328,7 @@ class PostgresStore(SQLStore):
                     " LIMIT 1", (tenant_id, actor_id, actor_id),
                 ).fetchone()
                 if row is not None:
-                    raise _already_exists("Actor", actor_id, str(row[0]), f" in tenant {tenant_id!r}")
+                    raise already_exists("Actor", actor_id, str(row[0]), f" in tenant {tenant_id!r}")
                 conn.execute("INSERT INTO actors (tenant_id, id, created_at) VALUES (%s, %s, %s)",
                              (tenant_id, actor_id, now))
         except psycopg.errors.UniqueViolation as exc:
@@ -360,54 +337,10 @@ class PostgresStore(SQLStore):
             raise NotFound(f"No tenant {tenant_id!r}.", hint="Create it with `aegress tenant create`.") from exc
         return Actor(tenant_id, actor_id, now)
 
-    def get_actor(self, tenant_id: str, actor_id: str) -> Actor | None:
-        row = self._one("SELECT tenant_id, id, created_at FROM actors WHERE tenant_id = %s AND id = %s",
-                        (tenant_id, actor_id))
-        return Actor(*row) if row else None
-
-    def list_actors(self, tenant_id: str) -> list[Actor]:
-        rows = self._all("SELECT tenant_id, id, created_at FROM actors WHERE tenant_id = %s ORDER BY id COLLATE \"C\"",
-                         (tenant_id,))
-        return [Actor(*r) for r in rows]
-
-    def remove_actor(self, tenant_id: str, actor_id: str) -> None:
-        with self.transaction() as conn:
-            conn.execute("DELETE FROM tokens WHERE tenant_id = %s AND actor_id = %s", (tenant_id, actor_id))
-            cur = conn.execute("DELETE FROM actors WHERE tenant_id = %s AND id = %s", (tenant_id, actor_id))
-            if cur.rowcount == 0:
-                raise NotFound(f"No actor {actor_id!r} in tenant {tenant_id!r}.")
-
     # -- tokens ------------------------------------------------------------------------------
-    def add_token(self, info: TokenInfo, token_hash: str) -> None:
-        self._exec(
-            "INSERT INTO tokens (id, tenant_id, actor_id, hash, label, created_at, revoked_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            (info.id, info.tenant_id, info.actor_id, token_hash, info.label, info.created_at, info.revoked_at),
-        )
-
-    def find_token(self, token_hash: str) -> TokenInfo | None:
-        row = self._one(f"SELECT {_TOKEN_COLS} FROM tokens WHERE hash = %s", (token_hash,))
-        return TokenInfo(*row) if row else None
-
     def find_token_nowait(self, token_hash: str) -> TokenInfo | None:
         """The interface's default: a lookup is a network round trip, so the caller uses a thread."""
         raise WouldBlock
-
-    def get_token(self, token_id: str) -> TokenInfo | None:
-        row = self._one(f"SELECT {_TOKEN_COLS} FROM tokens WHERE id = %s", (token_id,))
-        return TokenInfo(*row) if row else None
-
-    def list_tokens(self, tenant_id: str | None = None, actor_id: str | None = None) -> list[TokenInfo]:
-        where, params = _where(tenant_id=tenant_id, actor_id=actor_id)
-        return [TokenInfo(*r) for r in self._all(f"SELECT {_TOKEN_COLS} FROM tokens{where}"
-                                                 " ORDER BY created_at, id COLLATE \"C\"", params)]
-
-    def revoke_token(self, token_id: str, now: str) -> TokenInfo:
-        self._exec("UPDATE tokens SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL", (now, token_id))
-        info = self.get_token(token_id)
-        if info is None:
-            raise NotFound(f"No token {token_id!r}.", hint="List tokens with `aegress token list`.")
-        return info
 
     # -- upstreams ---------------------------------------------------------------------------
     @staticmethod

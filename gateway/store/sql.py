@@ -30,9 +30,9 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-from gateway.errors import AlreadyExists
+from gateway.errors import AlreadyExists, NotFound
 from gateway.store.base import EvidenceFilter, EvidenceRow
-from gateway.types import CallRecord, UpstreamLimits, UpstreamSpec
+from gateway.types import Actor, CallRecord, Tenant, TokenInfo, UpstreamLimits, UpstreamSpec
 
 CALL_COLS = (
     "tenant_id, actor_id, token_id, method, target, upstream, verdict, rule_id, outcome,"
@@ -48,7 +48,7 @@ HELD_COLS = (
 EV_COLS = "id, origin, seq, kind, time, tenant, actor, tool, verdict, status, intent_seq, leaf_hash, data"
 
 # statements on the request path, built once (not per call)
-_FIND_TOKEN = f"SELECT {TOKEN_COLS} FROM tokens WHERE hash = ?"
+FIND_TOKEN = f"SELECT {TOKEN_COLS} FROM tokens WHERE hash = ?"
 
 
 @lru_cache(maxsize=1024)
@@ -202,3 +202,64 @@ class SQLStore:
     def list_checkpoints(self, origin: str) -> list[tuple[int, str]]:
         rows = self._all("SELECT size, note FROM checkpoints WHERE origin = ? ORDER BY size", (origin,))
         return [(int(s), str(n)) for s, n in rows]
+
+    # -- tokens ------------------------------------------------------------------------------------
+    def add_token(self, info: TokenInfo, token_hash: str) -> None:
+        self._exec(
+            "INSERT INTO tokens (id, tenant_id, actor_id, hash, label, created_at, revoked_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (info.id, info.tenant_id, info.actor_id, token_hash, info.label, info.created_at, info.revoked_at),
+        )
+
+    def find_token(self, token_hash: str) -> TokenInfo | None:
+        row = self._one(FIND_TOKEN, (token_hash,))
+        return TokenInfo(*row) if row else None
+
+    def get_token(self, token_id: str) -> TokenInfo | None:
+        row = self._one(f"SELECT {TOKEN_COLS} FROM tokens WHERE id = ?", (token_id,))
+        return TokenInfo(*row) if row else None
+
+    def list_tokens(self, tenant_id: str | None = None, actor_id: str | None = None) -> list[TokenInfo]:
+        sql, params = where(tenant_id=tenant_id, actor_id=actor_id)
+        rows = self._all(f"SELECT {TOKEN_COLS} FROM tokens{sql} ORDER BY created_at, id COLLATE BINARY", params)
+        return [TokenInfo(*r) for r in rows]
+
+    def revoke_token(self, token_id: str, now: str) -> TokenInfo:
+        self._exec("UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (now, token_id))
+        info = self.get_token(token_id)
+        if info is None:
+            raise NotFound(f"No token {token_id!r}.", hint="List tokens with `aegress token list`.")
+        return info
+
+    # -- tenants and actors ------------------------------------------------------------------------
+    def get_tenant(self, tenant_id: str) -> Tenant | None:
+        row = self._one("SELECT id, created_at FROM tenants WHERE id = ?", (tenant_id,))
+        return Tenant(*row) if row else None
+
+    def list_tenants(self) -> list[Tenant]:
+        return [Tenant(*r) for r in self._all("SELECT id, created_at FROM tenants ORDER BY id COLLATE BINARY")]
+
+    def delete_tenant(self, tenant_id: str) -> None:
+        with self.transaction() as conn:
+            self._x(conn, "DELETE FROM upstreams WHERE tenant_id = ?", (tenant_id,))
+            self._x(conn, "DELETE FROM tokens WHERE tenant_id = ?", (tenant_id,))
+            self._x(conn, "DELETE FROM actors WHERE tenant_id = ?", (tenant_id,))
+            if self._x(conn, "DELETE FROM tenants WHERE id = ?", (tenant_id,)).rowcount == 0:
+                raise NotFound(f"No tenant {tenant_id!r}.", hint="List tenants with `aegress tenant list`.")
+            self._bump(conn, "upstreams_version")
+
+    def get_actor(self, tenant_id: str, actor_id: str) -> Actor | None:
+        row = self._one("SELECT tenant_id, id, created_at FROM actors WHERE tenant_id = ? AND id = ?",
+                        (tenant_id, actor_id))
+        return Actor(*row) if row else None
+
+    def list_actors(self, tenant_id: str) -> list[Actor]:
+        rows = self._all("SELECT tenant_id, id, created_at FROM actors WHERE tenant_id = ? ORDER BY id COLLATE BINARY",
+                         (tenant_id,))
+        return [Actor(*r) for r in rows]
+
+    def remove_actor(self, tenant_id: str, actor_id: str) -> None:
+        with self.transaction() as conn:
+            self._x(conn, "DELETE FROM tokens WHERE tenant_id = ? AND actor_id = ?", (tenant_id, actor_id))
+            if self._x(conn, "DELETE FROM actors WHERE tenant_id = ? AND id = ?", (tenant_id, actor_id)).rowcount == 0:
+                raise NotFound(f"No actor {actor_id!r} in tenant {tenant_id!r}.")

@@ -30,7 +30,7 @@ from gateway.store.base import (
     extend_logs,
 )
 from gateway.store.migrations import MIGRATIONS, SchemaStatus
-from gateway.store.sql import SQLStore
+from gateway.store.sql import FIND_TOKEN, SQLStore, already_exists
 from gateway.types import Actor, Tenant, TokenInfo, UpstreamLimits, UpstreamSpec
 
 if TYPE_CHECKING:
@@ -68,13 +68,6 @@ def _create_private(path: Path) -> None:
     if path.parent.stat().st_uid == os.getuid():
         os.chmod(path.parent, 0o700)
 
-
-def _already_exists(kind: str, wanted: str, existing: str, where: str) -> AlreadyExists:
-    """Refuse an id that exists, or exists under another case (ids are unique ignoring case)."""
-    if existing == wanted:
-        return AlreadyExists(f"{kind} {wanted!r} already exists{where}.")
-    return AlreadyExists(f"{kind} {wanted!r} would differ from the existing {kind.lower()} {existing!r}{where} only "
-                         "by case.", hint=f"Use {existing!r}, or pick a name that differs by more than case.")
 
 
 _CALL_COLS = (
@@ -277,26 +270,9 @@ class SQLiteStore(SQLStore):
             row = conn.execute("SELECT id FROM tenants WHERE id = ? COLLATE NOCASE ORDER BY id = ? DESC, id LIMIT 1",
                                (tenant_id, tenant_id)).fetchone()
             if row is not None:
-                raise _already_exists("Tenant", tenant_id, str(row[0]), "")
+                raise already_exists("Tenant", tenant_id, str(row[0]), "")
             conn.execute("INSERT INTO tenants (id, created_at) VALUES (?, ?)", (tenant_id, now))
         return Tenant(tenant_id, now)
-
-    def get_tenant(self, tenant_id: str) -> Tenant | None:
-        row = self._run("SELECT id, created_at FROM tenants WHERE id = ?", (tenant_id,)).fetchone()
-        return Tenant(*row) if row else None
-
-    def list_tenants(self) -> list[Tenant]:
-        return [Tenant(*r) for r in self._run("SELECT id, created_at FROM tenants ORDER BY id")]
-
-    def delete_tenant(self, tenant_id: str) -> None:
-        with self.transaction() as conn:
-            conn.execute("DELETE FROM upstreams WHERE tenant_id = ?", (tenant_id,))
-            conn.execute("DELETE FROM tokens WHERE tenant_id = ?", (tenant_id,))
-            conn.execute("DELETE FROM actors WHERE tenant_id = ?", (tenant_id,))
-            cur = conn.execute("DELETE FROM tenants WHERE id = ?", (tenant_id,))
-            if cur.rowcount == 0:
-                raise NotFound(f"No tenant {tenant_id!r}.", hint="List tenants with `aegress tenant list`.")
-            self._bump_upstreams(conn)
 
     # -- actors ------------------------------------------------------------------------------
     def add_actor(self, tenant_id: str, actor_id: str, now: str) -> Actor:
@@ -308,68 +284,19 @@ class SQLiteStore(SQLStore):
                 (tenant_id, actor_id, actor_id),
             ).fetchone()
             if row is not None:
-                raise _already_exists("Actor", actor_id, str(row[0]), f" in tenant {tenant_id!r}")
+                raise already_exists("Actor", actor_id, str(row[0]), f" in tenant {tenant_id!r}")
             conn.execute("INSERT INTO actors (tenant_id, id, created_at) VALUES (?, ?, ?)", (tenant_id, actor_id, now))
         return Actor(tenant_id, actor_id, now)
 
-    def get_actor(self, tenant_id: str, actor_id: str) -> Actor | None:
-        row = self._run(
-            "SELECT tenant_id, id, created_at FROM actors WHERE tenant_id = ? AND id = ?", (tenant_id, actor_id)
-        ).fetchone()
-        return Actor(*row) if row else None
-
-    def list_actors(self, tenant_id: str) -> list[Actor]:
-        rows = self._run(
-            "SELECT tenant_id, id, created_at FROM actors WHERE tenant_id = ? ORDER BY id", (tenant_id,)
-        )
-        return [Actor(*r) for r in rows]
-
-    def remove_actor(self, tenant_id: str, actor_id: str) -> None:
-        with self.transaction() as conn:
-            conn.execute("DELETE FROM tokens WHERE tenant_id = ? AND actor_id = ?", (tenant_id, actor_id))
-            cur = conn.execute("DELETE FROM actors WHERE tenant_id = ? AND id = ?", (tenant_id, actor_id))
-            if cur.rowcount == 0:
-                raise NotFound(f"No actor {actor_id!r} in tenant {tenant_id!r}.")
-
     # -- tokens ------------------------------------------------------------------------------
-    _TOKEN_COLS = "id, tenant_id, actor_id, created_at, revoked_at, label"
-
-    def add_token(self, info: TokenInfo, token_hash: str) -> None:
-        self._run(
-            "INSERT INTO tokens (id, tenant_id, actor_id, hash, label, created_at, revoked_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (info.id, info.tenant_id, info.actor_id, token_hash, info.label, info.created_at, info.revoked_at),
-        )
-
-    def find_token(self, token_hash: str) -> TokenInfo | None:
-        row = self._run(f"SELECT {self._TOKEN_COLS} FROM tokens WHERE hash = ?", (token_hash,)).fetchone()
-        return TokenInfo(*row) if row else None
-
     def find_token_nowait(self, token_hash: str) -> TokenInfo | None:
         """On the event loop, every request: a read-only connection that never waits for a lock (WAL readers
         see the last commit without one); a lock or any other trouble says WouldBlock instead."""
         try:
-            row = self._reader().execute(f"SELECT {self._TOKEN_COLS} FROM tokens WHERE hash = ?",
-                                         (token_hash,)).fetchone()
+            row = self._reader().execute(FIND_TOKEN, (token_hash,)).fetchone()
         except sqlite3.Error as exc:
             raise WouldBlock from exc
         return TokenInfo(*row) if row else None
-
-    def get_token(self, token_id: str) -> TokenInfo | None:
-        row = self._run(f"SELECT {self._TOKEN_COLS} FROM tokens WHERE id = ?", (token_id,)).fetchone()
-        return TokenInfo(*row) if row else None
-
-    def list_tokens(self, tenant_id: str | None = None, actor_id: str | None = None) -> list[TokenInfo]:
-        where, params = _where(tenant_id=tenant_id, actor_id=actor_id)
-        return [TokenInfo(*r) for r in self._run(f"SELECT {self._TOKEN_COLS} FROM tokens{where}"
-                                                 " ORDER BY created_at, id", params)]
-
-    def revoke_token(self, token_id: str, now: str) -> TokenInfo:
-        self._run("UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (now, token_id))
-        info = self.get_token(token_id)
-        if info is None:
-            raise NotFound(f"No token {token_id!r}.", hint="List tokens with `aegress token list`.")
-        return info
 
     # -- upstreams ---------------------------------------------------------------------------
     @staticmethod
