@@ -35,8 +35,8 @@ from gateway.store.base import (
     extend_logs,
 )
 from gateway.store.migrations import MIGRATION_LOCK, MIGRATIONS, SchemaStatus
-from gateway.store.sql import SQLStore, already_exists, postgres_sql
-from gateway.types import Actor, Tenant, TokenInfo, UpstreamLimits, UpstreamSpec
+from gateway.store.sql import UP_COLS, SQLStore, already_exists, postgres_sql, upstream_config
+from gateway.types import Actor, Tenant, TokenInfo, UpstreamSpec
 
 if TYPE_CHECKING:
     import psycopg
@@ -57,7 +57,6 @@ _CALL_COLS = (
     " started_at, duration_ms, error_code, session_id, client_name"
 )
 _TOKEN_COLS = "id, tenant_id, actor_id, created_at, revoked_at, label"
-_UP_COLS = "tenant_id, name, transport, config, prefix, allow_private, created_at"
 _POL_COLS = "tenant_id, version, text, filename, digest, applied_at, applied_by"
 _HELD_COLS = (
     "id, tenant_id, actor_id, upstream, tool, exposed, args_digest, arguments, rule_id, reason, policy_version,"
@@ -347,32 +346,14 @@ class PostgresStore(SQLStore):
     def _bump(conn: psycopg.Connection[Any], key: str) -> None:
         conn.execute("UPDATE meta SET value = (value::bigint + 1)::text WHERE key = %s", (key,))
 
-    @staticmethod
-    def _to_spec(row: Sequence[object]) -> UpstreamSpec:
-        tenant_id, name, _transport, config, prefix, allow_private, created_at = row
-        cfg = json.loads(str(config))
-        return UpstreamSpec(
-            tenant_id=str(tenant_id), name=str(name), transport=cfg["transport"],
-            command=tuple(cfg.get("command", ())), env=dict(cfg.get("env", {})), cwd=cfg.get("cwd"),
-            url=cfg.get("url"), headers=dict(cfg.get("headers", {})), prefix=bool(prefix),
-            allow_private=bool(allow_private), created_at=str(created_at),
-            limits=UpstreamLimits.from_changed(cfg.get("limits")),
-        )
-
-    @staticmethod
-    def _config(spec: UpstreamSpec) -> str:
-        return json.dumps({"transport": spec.transport, "command": list(spec.command), "env": spec.env,
-                           "cwd": spec.cwd, "url": spec.url, "headers": spec.headers,
-                           "limits": spec.limits.changed()})
-
     def add_upstream(self, spec: UpstreamSpec) -> None:
         import psycopg
 
         try:
             with self.transaction() as conn:
                 conn.execute(
-                    f"INSERT INTO upstreams ({_UP_COLS}, tools) VALUES (%s, %s, %s, %s, %s, %s, %s, '[]')",
-                    (spec.tenant_id, spec.name, spec.transport, self._config(spec), int(spec.prefix),
+                    f"INSERT INTO upstreams ({UP_COLS}, tools) VALUES (%s, %s, %s, %s, %s, %s, %s, '[]')",
+                    (spec.tenant_id, spec.name, spec.transport, upstream_config(spec), int(spec.prefix),
                      int(spec.allow_private), spec.created_at),
                 )
                 self._bump(conn, "upstreams_version")
@@ -383,49 +364,6 @@ class PostgresStore(SQLStore):
                 f"Upstream {spec.name!r} already exists in tenant {spec.tenant_id!r}.",
                 hint="Remove it first with `aegress upstream remove`, or pick another name.",
             ) from exc
-
-    def update_upstream(self, spec: UpstreamSpec) -> None:
-        with self.transaction() as conn:
-            cur = conn.execute(
-                "UPDATE upstreams SET transport = %s, config = %s, prefix = %s, allow_private = %s"
-                " WHERE tenant_id = %s AND name = %s",
-                (spec.transport, self._config(spec), int(spec.prefix), int(spec.allow_private), spec.tenant_id,
-                 spec.name),
-            )
-            if cur.rowcount == 0:
-                raise NotFound(f"No upstream {spec.name!r} in tenant {spec.tenant_id!r}.")
-            self._bump(conn, "upstreams_version")
-
-    def get_upstream(self, tenant_id: str, name: str) -> UpstreamSpec | None:
-        row = self._one(f"SELECT {_UP_COLS} FROM upstreams WHERE tenant_id = %s AND name = %s", (tenant_id, name))
-        return self._to_spec(row) if row else None
-
-    def list_upstreams(self, tenant_id: str) -> list[UpstreamSpec]:
-        rows = self._all(f"SELECT {_UP_COLS} FROM upstreams WHERE tenant_id = %s ORDER BY name COLLATE \"C\"",
-                         (tenant_id,))
-        return [self._to_spec(r) for r in rows]
-
-    def remove_upstream(self, tenant_id: str, name: str) -> None:
-        with self.transaction() as conn:
-            cur = conn.execute("DELETE FROM upstreams WHERE tenant_id = %s AND name = %s", (tenant_id, name))
-            if cur.rowcount == 0:
-                raise NotFound(f"No upstream {name!r} in tenant {tenant_id!r}.")
-            self._bump(conn, "upstreams_version")
-
-    def set_upstream_tools(self, tenant_id: str, name: str, tool_names: Sequence[str]) -> None:
-        self._exec("UPDATE upstreams SET tools = %s WHERE tenant_id = %s AND name = %s",
-                   (json.dumps(sorted(tool_names)), tenant_id, name))
-
-    def get_upstream_tools(self, tenant_id: str) -> dict[str, list[str]]:
-        rows = self._all("SELECT name, tools FROM upstreams WHERE tenant_id = %s", (tenant_id,))
-        return {str(n): list(json.loads(t or "[]")) for n, t in rows}
-
-    def _counter(self, key: str) -> int:
-        row = self._one("SELECT value FROM meta WHERE key = %s", (key,))
-        return int(row[0]) if row else 0
-
-    def upstreams_version(self) -> int:
-        return self._counter("upstreams_version")
 
     # -- sealed evidence -----------------------------------------------------------------------
     @contextlib.contextmanager

@@ -263,3 +263,43 @@ class SQLStore:
             self._x(conn, "DELETE FROM tokens WHERE tenant_id = ? AND actor_id = ?", (tenant_id, actor_id))
             if self._x(conn, "DELETE FROM actors WHERE tenant_id = ? AND id = ?", (tenant_id, actor_id)).rowcount == 0:
                 raise NotFound(f"No actor {actor_id!r} in tenant {tenant_id!r}.")
+
+    # -- upstreams ---------------------------------------------------------------------------------
+    def update_upstream(self, spec: UpstreamSpec) -> None:
+        with self.transaction() as conn:
+            cur = self._x(
+                conn,
+                "UPDATE upstreams SET transport = ?, config = ?, prefix = ?, allow_private = ?"
+                " WHERE tenant_id = ? AND name = ?",
+                (spec.transport, upstream_config(spec), int(spec.prefix), int(spec.allow_private), spec.tenant_id,
+                 spec.name),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"No upstream {spec.name!r} in tenant {spec.tenant_id!r}.")
+            self._bump(conn, "upstreams_version")
+
+    def get_upstream(self, tenant_id: str, name: str) -> UpstreamSpec | None:
+        row = self._one(f"SELECT {UP_COLS} FROM upstreams WHERE tenant_id = ? AND name = ?", (tenant_id, name))
+        return upstream_spec(row) if row else None
+
+    def list_upstreams(self, tenant_id: str) -> list[UpstreamSpec]:
+        rows = self._all(f"SELECT {UP_COLS} FROM upstreams WHERE tenant_id = ? ORDER BY name COLLATE BINARY",
+                         (tenant_id,))
+        return [upstream_spec(r) for r in rows]
+
+    def remove_upstream(self, tenant_id: str, name: str) -> None:
+        with self.transaction() as conn:
+            if self._x(conn, "DELETE FROM upstreams WHERE tenant_id = ? AND name = ?", (tenant_id, name)).rowcount == 0:
+                raise NotFound(f"No upstream {name!r} in tenant {tenant_id!r}.")
+            self._bump(conn, "upstreams_version")
+
+    def set_upstream_tools(self, tenant_id: str, name: str, tool_names: Sequence[str]) -> None:
+        self._exec("UPDATE upstreams SET tools = ? WHERE tenant_id = ? AND name = ?",
+                   (json.dumps(sorted(tool_names)), tenant_id, name))
+
+    def get_upstream_tools(self, tenant_id: str) -> dict[str, list[str]]:
+        rows = self._all("SELECT name, tools FROM upstreams WHERE tenant_id = ?", (tenant_id,))
+        return {str(n): list(json.loads(t or "[]")) for n, t in rows}
+
+    def upstreams_version(self) -> int:
+        return self._counter("upstreams_version")

@@ -30,8 +30,8 @@ from gateway.store.base import (
     extend_logs,
 )
 from gateway.store.migrations import MIGRATIONS, SchemaStatus
-from gateway.store.sql import FIND_TOKEN, SQLStore, already_exists
-from gateway.types import Actor, Tenant, TokenInfo, UpstreamLimits, UpstreamSpec
+from gateway.store.sql import FIND_TOKEN, UP_COLS, SQLStore, already_exists, upstream_config
+from gateway.types import Actor, Tenant, TokenInfo, UpstreamSpec
 
 if TYPE_CHECKING:
     from gateway.audit.log import Entry, Sealed
@@ -299,72 +299,15 @@ class SQLiteStore(SQLStore):
         return TokenInfo(*row) if row else None
 
     # -- upstreams ---------------------------------------------------------------------------
-    @staticmethod
-    def _bump_upstreams(conn: sqlite3.Connection) -> None:
-        conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'upstreams_version'")
-
-    @staticmethod
-    def _to_spec(row: Sequence[object]) -> UpstreamSpec:
-        tenant_id, name, _transport, config, prefix, allow_private, created_at = row
-        cfg = json.loads(str(config))
-        return UpstreamSpec(
-            tenant_id=str(tenant_id),
-            name=str(name),
-            transport=cfg["transport"],
-            command=tuple(cfg.get("command", ())),
-            env=dict(cfg.get("env", {})),
-            cwd=cfg.get("cwd"),
-            url=cfg.get("url"),
-            headers=dict(cfg.get("headers", {})),
-            prefix=bool(prefix),
-            allow_private=bool(allow_private),
-            created_at=str(created_at),
-            limits=UpstreamLimits.from_changed(cfg.get("limits")),
-        )
-
-    _UP_COLS = "tenant_id, name, transport, config, prefix, allow_private, created_at"
-
-    @staticmethod
-    def _config(spec: UpstreamSpec) -> dict[str, object]:
-        return {
-            "transport": spec.transport,
-            "command": list(spec.command),
-            "env": spec.env,
-            "cwd": spec.cwd,
-            "url": spec.url,
-            "headers": spec.headers,
-            "limits": spec.limits.changed(),
-        }
-
-    def update_upstream(self, spec: UpstreamSpec) -> None:
-        with self.transaction() as conn:
-            cur = conn.execute(
-                "UPDATE upstreams SET transport = ?, config = ?, prefix = ?, allow_private = ?"
-                " WHERE tenant_id = ? AND name = ?",
-                (spec.transport, json.dumps(self._config(spec)), int(spec.prefix), int(spec.allow_private),
-                 spec.tenant_id, spec.name),
-            )
-            if cur.rowcount == 0:
-                raise NotFound(f"No upstream {spec.name!r} in tenant {spec.tenant_id!r}.")
-            self._bump_upstreams(conn)
-
     def add_upstream(self, spec: UpstreamSpec) -> None:
-        config = self._config(spec)
         try:
             with self.transaction() as conn:
                 conn.execute(
-                    f"INSERT INTO upstreams ({self._UP_COLS}, tools) VALUES (?, ?, ?, ?, ?, ?, ?, '[]')",
-                    (
-                        spec.tenant_id,
-                        spec.name,
-                        spec.transport,
-                        json.dumps(config),
-                        int(spec.prefix),
-                        int(spec.allow_private),
-                        spec.created_at,
-                    ),
+                    f"INSERT INTO upstreams ({UP_COLS}, tools) VALUES (?, ?, ?, ?, ?, ?, ?, '[]')",
+                    (spec.tenant_id, spec.name, spec.transport, upstream_config(spec), int(spec.prefix),
+                     int(spec.allow_private), spec.created_at),
                 )
-                self._bump_upstreams(conn)
+                self._bump(conn, "upstreams_version")
         except sqlite3.IntegrityError as exc:
             if self.get_tenant(spec.tenant_id) is None:
                 raise NotFound(
@@ -374,37 +317,6 @@ class SQLiteStore(SQLStore):
                 f"Upstream {spec.name!r} already exists in tenant {spec.tenant_id!r}.",
                 hint="Remove it first with `aegress upstream remove`, or pick another name.",
             ) from exc
-
-    def get_upstream(self, tenant_id: str, name: str) -> UpstreamSpec | None:
-        row = self._run(
-            f"SELECT {self._UP_COLS} FROM upstreams WHERE tenant_id = ? AND name = ?", (tenant_id, name)
-        ).fetchone()
-        return self._to_spec(row) if row else None
-
-    def list_upstreams(self, tenant_id: str) -> list[UpstreamSpec]:
-        rows = self._run(f"SELECT {self._UP_COLS} FROM upstreams WHERE tenant_id = ? ORDER BY name", (tenant_id,))
-        return [self._to_spec(r) for r in rows]
-
-    def remove_upstream(self, tenant_id: str, name: str) -> None:
-        with self.transaction() as conn:
-            cur = conn.execute("DELETE FROM upstreams WHERE tenant_id = ? AND name = ?", (tenant_id, name))
-            if cur.rowcount == 0:
-                raise NotFound(f"No upstream {name!r} in tenant {tenant_id!r}.")
-            self._bump_upstreams(conn)
-
-    def set_upstream_tools(self, tenant_id: str, name: str, tool_names: Sequence[str]) -> None:
-        self._run(
-            "UPDATE upstreams SET tools = ? WHERE tenant_id = ? AND name = ?",
-            (json.dumps(sorted(tool_names)), tenant_id, name),
-        )
-
-    def get_upstream_tools(self, tenant_id: str) -> dict[str, list[str]]:
-        rows = self._run("SELECT name, tools FROM upstreams WHERE tenant_id = ?", (tenant_id,))
-        return {str(n): list(json.loads(t or "[]")) for n, t in rows}
-
-    def upstreams_version(self) -> int:
-        row = self._run("SELECT value FROM meta WHERE key = 'upstreams_version'").fetchone()
-        return int(row[0]) if row else 0
 
     # -- policies (issue 3) ------------------------------------------------------------------------
     def _tx(self) -> sqlite3.Connection:
@@ -460,10 +372,6 @@ class SQLiteStore(SQLStore):
                                            hint="Nothing was changed. Check disk space, file permissions and "
                                                 "locks, then run the command again.") from exc
 
-    @staticmethod
-    def _bump_policies(conn: sqlite3.Connection) -> None:
-        conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'policies_version'")
-
     _POL_COLS = "tenant_id, version, text, filename, digest, applied_at, applied_by"
 
     def add_policy_version(self, tenant_id: str, text: str, filename: str, digest: str, applied_at: str,
@@ -479,7 +387,7 @@ class SQLiteStore(SQLStore):
                 f"INSERT INTO policies ({self._POL_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (row.tenant_id, row.version, row.text, row.filename, row.digest, row.applied_at, row.applied_by),
             )
-            self._bump_policies(conn)
+            self._bump(conn, "policies_version")
             return row
 
     def get_policy_version(self, tenant_id: str, version: int | None = None) -> PolicyVersion | None:
@@ -590,7 +498,7 @@ class SQLiteStore(SQLStore):
                 " AND tool = ? AND new_hash = ? AND resolved_at IS NULL",
                 (now, by, tenant_id, upstream, tool, digest),
             )
-        self._bump_policies(conn)
+        self._bump(conn, "policies_version")
 
     def record_pin_changes(self, tenant_id: str, upstream: str, changes: Sequence[tuple[str, str, str]],
                            now: str) -> None:
