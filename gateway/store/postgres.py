@@ -30,7 +30,6 @@ from gateway.store.base import (
     BeforeCommit,
     HeldCall,
     PinChange,
-    PolicyVersion,
     WouldBlock,
     extend_logs,
 )
@@ -57,7 +56,6 @@ _CALL_COLS = (
     " started_at, duration_ms, error_code, session_id, client_name"
 )
 _TOKEN_COLS = "id, tenant_id, actor_id, created_at, revoked_at, label"
-_POL_COLS = "tenant_id, version, text, filename, digest, applied_at, applied_by"
 _HELD_COLS = (
     "id, tenant_id, actor_id, upstream, tool, exposed, args_digest, arguments, rule_id, reason, policy_version,"
     " mode, status, created_at, decided_by, decided_at, decision_reason, expires_at, used_at"
@@ -414,42 +412,6 @@ class PostgresStore(SQLStore):
         with self._guard("The database does not take writes"), self.transaction() as conn:
             conn.execute("INSERT INTO meta (key, value) VALUES ('last_write_probe', %s) ON CONFLICT (key)"
                          " DO UPDATE SET value = excluded.value", (now,))
-
-    # -- policies --------------------------------------------------------------------------------
-    def add_policy_version(self, tenant_id: str, text: str, filename: str, digest: str, applied_at: str,
-                           applied_by: str) -> PolicyVersion:
-        with self.transaction() as conn:
-            # the tenant row's lock serialises versions of one tenant across processes
-            if conn.execute("SELECT 1 FROM tenants WHERE id = %s FOR UPDATE", (tenant_id,)).fetchone() is None:
-                raise NotFound(f"No tenant {tenant_id!r}.", hint="List tenants with `aegress tenant list`.")
-            (latest,) = conn.execute("SELECT COALESCE(MAX(version), 0) FROM policies WHERE tenant_id = %s",
-                                     (tenant_id,)).fetchone() or (0,)
-            row = PolicyVersion(tenant_id, int(latest) + 1, text, filename, digest, applied_at, applied_by)
-            conn.execute(f"INSERT INTO policies ({_POL_COLS}) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                         (row.tenant_id, row.version, row.text, row.filename, row.digest, row.applied_at,
-                          row.applied_by))
-            self._bump(conn, "policies_version")
-            return row
-
-    def get_policy_version(self, tenant_id: str, version: int | None = None) -> PolicyVersion | None:
-        if version is None:
-            row = self._one(f"SELECT {_POL_COLS} FROM policies WHERE tenant_id = %s ORDER BY version DESC LIMIT 1",
-                            (tenant_id,))
-        else:
-            row = self._one(f"SELECT {_POL_COLS} FROM policies WHERE tenant_id = %s AND version = %s",
-                            (tenant_id, version))
-        return PolicyVersion(*row) if row else None
-
-    def list_policy_versions(self, tenant_id: str) -> list[PolicyVersion]:
-        rows = self._all(f"SELECT {_POL_COLS} FROM policies WHERE tenant_id = %s ORDER BY version", (tenant_id,))
-        return [PolicyVersion(*r) for r in rows]
-
-    def latest_policy_versions(self) -> dict[str, int]:
-        rows = self._all("SELECT tenant_id, MAX(version) FROM policies GROUP BY tenant_id")
-        return {str(t): int(v) for t, v in rows}
-
-    def policies_version(self) -> int:
-        return self._counter("policies_version")
 
     # -- tool definitions --------------------------------------------------------------------------
     @staticmethod

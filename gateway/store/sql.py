@@ -31,7 +31,7 @@ from functools import lru_cache
 from typing import Any
 
 from gateway.errors import AlreadyExists, NotFound
-from gateway.store.base import EvidenceFilter, EvidenceRow
+from gateway.store.base import EvidenceFilter, EvidenceRow, PolicyVersion
 from gateway.types import Actor, CallRecord, Tenant, TokenInfo, UpstreamLimits, UpstreamSpec
 
 CALL_COLS = (
@@ -303,3 +303,37 @@ class SQLStore:
 
     def upstreams_version(self) -> int:
         return self._counter("upstreams_version")
+
+    # -- policies ----------------------------------------------------------------------------------
+    def add_policy_version(self, tenant_id: str, text: str, filename: str, digest: str, applied_at: str,
+                           applied_by: str) -> PolicyVersion:
+        with self.transaction() as conn:
+            if self._x(conn, "SELECT 1 FROM tenants WHERE id = ?" + self._FOR_UPDATE, (tenant_id,)).fetchone() is None:
+                raise NotFound(f"No tenant {tenant_id!r}.", hint="List tenants with `aegress tenant list`.")
+            (latest,) = self._x(conn, "SELECT COALESCE(MAX(version), 0) FROM policies WHERE tenant_id = ?",
+                                (tenant_id,)).fetchone() or (0,)
+            row = PolicyVersion(tenant_id, int(latest) + 1, text, filename, digest, applied_at, applied_by)
+            self._x(conn, f"INSERT INTO policies ({POL_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (row.tenant_id, row.version, row.text, row.filename, row.digest, row.applied_at, row.applied_by))
+            self._bump(conn, "policies_version")
+            return row
+
+    def get_policy_version(self, tenant_id: str, version: int | None = None) -> PolicyVersion | None:
+        if version is None:
+            row = self._one(f"SELECT {POL_COLS} FROM policies WHERE tenant_id = ? ORDER BY version DESC LIMIT 1",
+                            (tenant_id,))
+        else:
+            row = self._one(f"SELECT {POL_COLS} FROM policies WHERE tenant_id = ? AND version = ?",
+                            (tenant_id, version))
+        return PolicyVersion(*row) if row else None
+
+    def list_policy_versions(self, tenant_id: str) -> list[PolicyVersion]:
+        rows = self._all(f"SELECT {POL_COLS} FROM policies WHERE tenant_id = ? ORDER BY version", (tenant_id,))
+        return [PolicyVersion(*r) for r in rows]
+
+    def latest_policy_versions(self) -> dict[str, int]:
+        rows = self._all("SELECT tenant_id, MAX(version) FROM policies GROUP BY tenant_id")
+        return {str(t): int(v) for t, v in rows}
+
+    def policies_version(self) -> int:
+        return self._counter("policies_version")

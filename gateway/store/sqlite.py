@@ -25,7 +25,6 @@ from gateway.store.base import (
     BeforeCommit,
     HeldCall,
     PinChange,
-    PolicyVersion,
     WouldBlock,
     extend_logs,
 )
@@ -318,7 +317,7 @@ class SQLiteStore(SQLStore):
                 hint="Remove it first with `aegress upstream remove`, or pick another name.",
             ) from exc
 
-    # -- policies (issue 3) ------------------------------------------------------------------------
+    # -- transactions ------------------------------------------------------------------------------
     def _tx(self) -> sqlite3.Connection:
         conn = self._conn()
         try:
@@ -371,48 +370,6 @@ class SQLiteStore(SQLStore):
                     raise StoreUnavailable(f"Could not seal the change: {exc}.",
                                            hint="Nothing was changed. Check disk space, file permissions and "
                                                 "locks, then run the command again.") from exc
-
-    _POL_COLS = "tenant_id, version, text, filename, digest, applied_at, applied_by"
-
-    def add_policy_version(self, tenant_id: str, text: str, filename: str, digest: str, applied_at: str,
-                           applied_by: str) -> PolicyVersion:
-        with self.transaction() as conn:
-            if conn.execute("SELECT 1 FROM tenants WHERE id = ?", (tenant_id,)).fetchone() is None:
-                raise NotFound(f"No tenant {tenant_id!r}.", hint="List tenants with `aegress tenant list`.")
-            (latest,) = conn.execute(
-                "SELECT COALESCE(MAX(version), 0) FROM policies WHERE tenant_id = ?", (tenant_id,)
-            ).fetchone()
-            row = PolicyVersion(tenant_id, int(latest) + 1, text, filename, digest, applied_at, applied_by)
-            conn.execute(
-                f"INSERT INTO policies ({self._POL_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (row.tenant_id, row.version, row.text, row.filename, row.digest, row.applied_at, row.applied_by),
-            )
-            self._bump(conn, "policies_version")
-            return row
-
-    def get_policy_version(self, tenant_id: str, version: int | None = None) -> PolicyVersion | None:
-        if version is None:
-            row = self._run(
-                f"SELECT {self._POL_COLS} FROM policies WHERE tenant_id = ? ORDER BY version DESC LIMIT 1",
-                (tenant_id,),
-            ).fetchone()
-        else:
-            row = self._run(
-                f"SELECT {self._POL_COLS} FROM policies WHERE tenant_id = ? AND version = ?", (tenant_id, version)
-            ).fetchone()
-        return PolicyVersion(*row) if row else None
-
-    def list_policy_versions(self, tenant_id: str) -> list[PolicyVersion]:
-        rows = self._run(f"SELECT {self._POL_COLS} FROM policies WHERE tenant_id = ? ORDER BY version", (tenant_id,))
-        return [PolicyVersion(*r) for r in rows]
-
-    def latest_policy_versions(self) -> dict[str, int]:
-        rows = self._run("SELECT tenant_id, MAX(version) FROM policies GROUP BY tenant_id")
-        return {str(t): int(v) for t, v in rows}
-
-    def policies_version(self) -> int:
-        row = self._run("SELECT value FROM meta WHERE key = 'policies_version'").fetchone()
-        return int(row[0]) if row else 0
 
     # -- tool definitions --------------------------------------------------------------------------
     def set_tool_definitions(self, tenant_id: str, upstream: str, tools: Sequence[Mapping[str, Any]],
