@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import threading
@@ -29,7 +28,6 @@ from gateway.errors import AlreadyExists, ConfigError, NotFound, StoreUnavailabl
 from gateway.store.base import (
     BeforeCommit,
     HeldCall,
-    PinChange,
     WouldBlock,
     extend_logs,
 )
@@ -256,6 +254,17 @@ class PostgresStore(SQLStore):
         with conn.cursor() as cur:
             cur.executemany(postgres_sql(sql), rows)
 
+    _UPSERT_DEFINITION = ("INSERT INTO tool_definitions (tenant_id, upstream, name, definition, hash, seen_at)"
+                          " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (tenant_id, upstream, name) DO UPDATE SET"
+                          " definition = excluded.definition, hash = excluded.hash, seen_at = excluded.seen_at")
+    _INSERT_PIN_CHANGES = ("INSERT INTO pin_changes (tenant_id, upstream, tool, old_hash, new_hash, seen_at)"
+                           " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING")
+    _INSERT_BASELINE = ("INSERT INTO pin_baselines (tenant_id, upstream, at) VALUES (%s, %s, %s)"
+                        " ON CONFLICT DO NOTHING")
+    _UPSERT_PIN = ("INSERT INTO pins (tenant_id, upstream, tool, hash, approved_by, approved_at)"
+                   " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (tenant_id, upstream, tool) DO UPDATE SET"
+                   " hash = excluded.hash, approved_by = excluded.approved_by, approved_at = excluded.approved_at")
+
     def close(self) -> None:
         self._pool.close(timeout=5)
 
@@ -412,101 +421,6 @@ class PostgresStore(SQLStore):
         with self._guard("The database does not take writes"), self.transaction() as conn:
             conn.execute("INSERT INTO meta (key, value) VALUES ('last_write_probe', %s) ON CONFLICT (key)"
                          " DO UPDATE SET value = excluded.value", (now,))
-
-    # -- tool definitions --------------------------------------------------------------------------
-    @staticmethod
-    def _replace_definitions(conn: psycopg.Connection[Any], tenant_id: str, upstream: str,
-                             tools: Sequence[Mapping[str, Any]], hashes: Sequence[str], now: str) -> None:
-        conn.execute("DELETE FROM tool_definitions WHERE tenant_id = %s AND upstream = %s", (tenant_id, upstream))
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO tool_definitions (tenant_id, upstream, name, definition, hash, seen_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (tenant_id, upstream, name) DO UPDATE SET"
-                " definition = excluded.definition, hash = excluded.hash, seen_at = excluded.seen_at",
-                [(tenant_id, upstream, str(t.get("name")), json.dumps(dict(t)), h, now)
-                 for t, h in zip(tools, hashes, strict=True)],
-            )
-
-    @staticmethod
-    def _add_pin_changes(conn: psycopg.Connection[Any], tenant_id: str, upstream: str,
-                         changes: Sequence[tuple[str, str, str]], now: str) -> None:
-        if not changes:
-            return
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO pin_changes (tenant_id, upstream, tool, old_hash, new_hash, seen_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                [(tenant_id, upstream, t, o, n, now) for t, o, n in changes],
-            )
-
-    def set_tool_definitions(self, tenant_id: str, upstream: str, tools: Sequence[Mapping[str, Any]],
-                             hashes: Sequence[str], now: str) -> None:
-        with self.transaction() as conn:
-            self._replace_definitions(conn, tenant_id, upstream, tools, hashes, now)
-
-    def observe_tools(self, tenant_id: str, upstream: str, tools: Sequence[Mapping[str, Any]],
-                      hashes: Sequence[str], first_pins: Mapping[str, str] | None,
-                      changes: Sequence[tuple[str, str, str]], by: str, now: str) -> None:
-        """An upstream's tool listing in ONE transaction: definitions, pin changes, first-use pins."""
-        with self._guard("Could not store tool definitions"), self.transaction() as conn:
-            self._replace_definitions(conn, tenant_id, upstream, tools, hashes, now)
-            self._add_pin_changes(conn, tenant_id, upstream, changes, now)
-            if first_pins is not None:
-                self._pin(conn, tenant_id, upstream, first_pins, by, now)
-
-    def get_tool_definitions(self, tenant_id: str) -> dict[str, list[dict[str, Any]]]:
-        out: dict[str, list[dict[str, Any]]] = {}
-        rows = self._all("SELECT upstream, definition FROM tool_definitions WHERE tenant_id = %s"
-                         " ORDER BY upstream COLLATE \"C\", name COLLATE \"C\"", (tenant_id,))
-        for upstream, definition in rows:
-            out.setdefault(str(upstream), []).append(json.loads(definition))
-        return out
-
-    # -- pins --------------------------------------------------------------------------------------
-    def get_pins(self, tenant_id: str) -> dict[str, dict[str, str]]:
-        out: dict[str, dict[str, str]] = {}
-        for upstream, tool, digest in self._all("SELECT upstream, tool, hash FROM pins WHERE tenant_id = %s",
-                                                (tenant_id,)):
-            out.setdefault(str(upstream), {})[str(tool)] = str(digest)
-        return out
-
-    def pinned_upstreams(self, tenant_id: str) -> set[str]:
-        return {str(r[0]) for r in self._all("SELECT upstream FROM pin_baselines WHERE tenant_id = %s", (tenant_id,))}
-
-    def set_pins(self, tenant_id: str, upstream: str, pins: Mapping[str, str], by: str, now: str) -> None:
-        with self.transaction() as conn:
-            self._pin(conn, tenant_id, upstream, pins, by, now)
-
-    def _pin(self, conn: psycopg.Connection[Any], tenant_id: str, upstream: str, pins: Mapping[str, str], by: str,
-             now: str) -> None:
-        conn.execute("INSERT INTO pin_baselines (tenant_id, upstream, at) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-                     (tenant_id, upstream, now))
-        for tool, digest in pins.items():
-            conn.execute(
-                "INSERT INTO pins (tenant_id, upstream, tool, hash, approved_by, approved_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (tenant_id, upstream, tool) DO UPDATE SET"
-                " hash = excluded.hash, approved_by = excluded.approved_by, approved_at = excluded.approved_at",
-                (tenant_id, upstream, tool, digest, by, now),
-            )
-            conn.execute(
-                "UPDATE pin_changes SET resolved_at = %s, resolved_by = %s WHERE tenant_id = %s AND upstream = %s"
-                " AND tool = %s AND new_hash = %s AND resolved_at IS NULL",
-                (now, by, tenant_id, upstream, tool, digest),
-            )
-        self._bump(conn, "policies_version")
-
-    def record_pin_changes(self, tenant_id: str, upstream: str, changes: Sequence[tuple[str, str, str]],
-                           now: str) -> None:
-        if changes:
-            with self.transaction() as conn:
-                self._add_pin_changes(conn, tenant_id, upstream, changes, now)
-
-    def list_pin_changes(self, tenant_id: str, limit: int = 200) -> list[PinChange]:
-        rows = self._all(
-            "SELECT id, tenant_id, upstream, tool, old_hash, new_hash, seen_at, resolved_at, resolved_by"
-            " FROM pin_changes WHERE tenant_id = %s ORDER BY id DESC LIMIT %s", (tenant_id, limit),
-        )
-        return [PinChange(*r) for r in rows]
 
     # -- held calls and approvals ------------------------------------------------------------------
     def add_held_call(self, held: HeldCall) -> None:

@@ -15,7 +15,8 @@ A dialect class supplies the rest, small and explicit:
 * `_CONTAINS`: "the evidence record's bytes contain the UTF-8 of ?";
 * `_FOR_UPDATE`: the row lock a read-then-write takes (Postgres); SQLite's BEGIN IMMEDIATE already
   holds every other writer off;
-* `_INSERT_BASELINE`, `_UPSERT_PIN`, `_INSERT_PIN_CHANGES`: upserts. They stay per dialect because
+* `_guard(what)`: the driver's errors of a write, as StoreUnavailable("<what>: <reason>.");
+* `_UPSERT_DEFINITION`, `_INSERT_PIN_CHANGES`, `_INSERT_BASELINE`, `_UPSERT_PIN`: upserts. They stay per dialect because
   they are not the same: `INSERT OR REPLACE` deletes the old row, `ON CONFLICT DO UPDATE` updates it.
 
 What differs in substance stays in the dialect modules: connections and transactions, locking
@@ -26,12 +27,13 @@ and the mapping of driver errors to ours.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from functools import lru_cache
 from typing import Any
 
 from gateway.errors import AlreadyExists, NotFound
-from gateway.store.base import EvidenceFilter, EvidenceRow, PolicyVersion
+from gateway.store.base import EvidenceFilter, EvidenceRow, PinChange, PolicyVersion
 from gateway.types import Actor, CallRecord, Tenant, TokenInfo, UpstreamLimits, UpstreamSpec
 
 CALL_COLS = (
@@ -103,9 +105,10 @@ class SQLStore:
 
     _CONTAINS: str
     _FOR_UPDATE: str
+    _UPSERT_DEFINITION: str
+    _INSERT_PIN_CHANGES: str
     _INSERT_BASELINE: str
     _UPSERT_PIN: str
-    _INSERT_PIN_CHANGES: str
 
     # -- dialect hooks ---------------------------------------------------------------------------
     def _one(self, sql: str, params: Sequence[object] = ()) -> Sequence[Any] | None:
@@ -124,6 +127,9 @@ class SQLStore:
         raise NotImplementedError
 
     def _bump(self, conn: Any, key: str) -> None:
+        raise NotImplementedError
+
+    def _guard(self, what: str) -> AbstractContextManager[None]:
         raise NotImplementedError
 
     def transaction(self) -> Any:
@@ -337,3 +343,78 @@ class SQLStore:
 
     def policies_version(self) -> int:
         return self._counter("policies_version")
+
+    # -- tool definitions and pins -----------------------------------------------------------------
+    def _replace_definitions(self, conn: Any, tenant_id: str, upstream: str, tools: Sequence[Mapping[str, Any]],
+                             hashes: Sequence[str], now: str) -> None:
+        self._x(conn, "DELETE FROM tool_definitions WHERE tenant_id = ? AND upstream = ?", (tenant_id, upstream))
+        self._many(conn, self._UPSERT_DEFINITION,
+                   [(tenant_id, upstream, str(t.get("name")), json.dumps(dict(t)), h, now)
+                    for t, h in zip(tools, hashes, strict=True)])
+
+    def _add_pin_changes(self, conn: Any, tenant_id: str, upstream: str, changes: Sequence[tuple[str, str, str]],
+                         now: str) -> None:
+        if changes:
+            self._many(conn, self._INSERT_PIN_CHANGES, [(tenant_id, upstream, t, o, n, now) for t, o, n in changes])
+
+    def set_tool_definitions(self, tenant_id: str, upstream: str, tools: Sequence[Mapping[str, Any]],
+                             hashes: Sequence[str], now: str) -> None:
+        with self.transaction() as conn:
+            self._replace_definitions(conn, tenant_id, upstream, tools, hashes, now)
+
+    def observe_tools(self, tenant_id: str, upstream: str, tools: Sequence[Mapping[str, Any]],
+                      hashes: Sequence[str], first_pins: Mapping[str, str] | None,
+                      changes: Sequence[tuple[str, str, str]], by: str, now: str) -> None:
+        """An upstream's tool listing, in ONE transaction: definitions replaced, pin changes recorded and,
+        on first use (`first_pins`), pins set; a crash or a lock never leaves half of it."""
+        with self._guard("Could not store tool definitions"), self.transaction() as conn:
+            self._replace_definitions(conn, tenant_id, upstream, tools, hashes, now)
+            self._add_pin_changes(conn, tenant_id, upstream, changes, now)
+            if first_pins is not None:
+                self._pin(conn, tenant_id, upstream, first_pins, by, now)
+
+    def get_tool_definitions(self, tenant_id: str) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {}
+        rows = self._all("SELECT upstream, definition FROM tool_definitions WHERE tenant_id = ?"
+                         " ORDER BY upstream COLLATE BINARY, name COLLATE BINARY", (tenant_id,))
+        for upstream, definition in rows:
+            out.setdefault(str(upstream), []).append(json.loads(definition))
+        return out
+
+    def get_pins(self, tenant_id: str) -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {}
+        for upstream, tool, digest in self._all("SELECT upstream, tool, hash FROM pins WHERE tenant_id = ?",
+                                                (tenant_id,)):
+            out.setdefault(str(upstream), {})[str(tool)] = str(digest)
+        return out
+
+    def pinned_upstreams(self, tenant_id: str) -> set[str]:
+        return {str(r[0]) for r in self._all("SELECT upstream FROM pin_baselines WHERE tenant_id = ?", (tenant_id,))}
+
+    def set_pins(self, tenant_id: str, upstream: str, pins: Mapping[str, str], by: str, now: str) -> None:
+        """Approve definitions: upsert pins, mark the upstream as pinned, resolve matching change records."""
+        with self.transaction() as conn:
+            self._pin(conn, tenant_id, upstream, pins, by, now)
+
+    def _pin(self, conn: Any, tenant_id: str, upstream: str, pins: Mapping[str, str], by: str, now: str) -> None:
+        self._x(conn, self._INSERT_BASELINE, (tenant_id, upstream, now))
+        for tool, digest in pins.items():
+            self._x(conn, self._UPSERT_PIN, (tenant_id, upstream, tool, digest, by, now))
+            self._x(conn, "UPDATE pin_changes SET resolved_at = ?, resolved_by = ? WHERE tenant_id = ?"
+                    " AND upstream = ? AND tool = ? AND new_hash = ? AND resolved_at IS NULL",
+                    (now, by, tenant_id, upstream, tool, digest))
+        self._bump(conn, "policies_version")
+
+    def record_pin_changes(self, tenant_id: str, upstream: str, changes: Sequence[tuple[str, str, str]],
+                           now: str) -> None:
+        """(tool, old_hash or "", new_hash) each recorded once."""
+        if changes:
+            with self.transaction() as conn:
+                self._add_pin_changes(conn, tenant_id, upstream, changes, now)
+
+    def list_pin_changes(self, tenant_id: str, limit: int = 200) -> list[PinChange]:
+        rows = self._all(
+            "SELECT id, tenant_id, upstream, tool, old_hash, new_hash, seen_at, resolved_at, resolved_by"
+            " FROM pin_changes WHERE tenant_id = ? ORDER BY id DESC LIMIT ?", (tenant_id, limit),
+        )
+        return [PinChange(*r) for r in rows]

@@ -11,7 +11,6 @@ stays fast for CLI commands. Evidence is appended by the shared `extend_logs` in
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sqlite3
@@ -24,7 +23,6 @@ from gateway.errors import AlreadyExists, NotFound, StoreUnavailable
 from gateway.store.base import (
     BeforeCommit,
     HeldCall,
-    PinChange,
     WouldBlock,
     extend_logs,
 )
@@ -213,6 +211,22 @@ class SQLiteStore(SQLStore):
     def _bump(conn: sqlite3.Connection, key: str) -> None:
         conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = ?", (key,))
 
+    @contextlib.contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"{what}: {exc}.", hint="Check disk space, file permissions and locks.") from exc
+
+    # INSERT OR REPLACE deletes the old row and inserts the new one; OR IGNORE keeps the old one
+    _UPSERT_DEFINITION = ("INSERT OR REPLACE INTO tool_definitions"
+                          " (tenant_id, upstream, name, definition, hash, seen_at) VALUES (?, ?, ?, ?, ?, ?)")
+    _INSERT_PIN_CHANGES = ("INSERT OR IGNORE INTO pin_changes (tenant_id, upstream, tool, old_hash, new_hash, seen_at)"
+                           " VALUES (?, ?, ?, ?, ?, ?)")
+    _INSERT_BASELINE = "INSERT OR IGNORE INTO pin_baselines (tenant_id, upstream, at) VALUES (?, ?, ?)"
+    _UPSERT_PIN = ("INSERT OR REPLACE INTO pins (tenant_id, upstream, tool, hash, approved_by, approved_at)"
+                   " VALUES (?, ?, ?, ?, ?, ?)")
+
     def _schema_version(self) -> int:
         try:
             (version,) = self._conn().execute("PRAGMA user_version").fetchone()
@@ -370,115 +384,6 @@ class SQLiteStore(SQLStore):
                     raise StoreUnavailable(f"Could not seal the change: {exc}.",
                                            hint="Nothing was changed. Check disk space, file permissions and "
                                                 "locks, then run the command again.") from exc
-
-    # -- tool definitions --------------------------------------------------------------------------
-    def set_tool_definitions(self, tenant_id: str, upstream: str, tools: Sequence[Mapping[str, Any]],
-                             hashes: Sequence[str], now: str) -> None:
-        conn = self._tx()
-        try:
-            conn.execute("DELETE FROM tool_definitions WHERE tenant_id = ? AND upstream = ?", (tenant_id, upstream))
-            conn.executemany(
-                "INSERT OR REPLACE INTO tool_definitions (tenant_id, upstream, name, definition, hash, seen_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [(tenant_id, upstream, str(t.get("name")), json.dumps(dict(t)), h, now)
-                 for t, h in zip(tools, hashes, strict=True)],
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-
-    def observe_tools(self, tenant_id: str, upstream: str, tools: Sequence[Mapping[str, Any]],
-                      hashes: Sequence[str], first_pins: Mapping[str, str] | None,
-                      changes: Sequence[tuple[str, str, str]], by: str, now: str) -> None:
-        """An upstream's tool listing, in ONE transaction: definitions replaced, pin changes recorded and,
-        on first use (`first_pins`), pins set; a crash or a lock never leaves half of it."""
-        try:
-            with self.transaction() as conn:
-                conn.execute("DELETE FROM tool_definitions WHERE tenant_id = ? AND upstream = ?",
-                             (tenant_id, upstream))
-                conn.executemany(
-                    "INSERT OR REPLACE INTO tool_definitions (tenant_id, upstream, name, definition, hash, seen_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    [(tenant_id, upstream, str(t.get("name")), json.dumps(dict(t)), h, now)
-                     for t, h in zip(tools, hashes, strict=True)],
-                )
-                conn.executemany(
-                    "INSERT OR IGNORE INTO pin_changes (tenant_id, upstream, tool, old_hash, new_hash, seen_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)", [(tenant_id, upstream, t, o, n, now) for t, o, n in changes],
-                )
-                if first_pins is not None:
-                    self._pin(conn, tenant_id, upstream, first_pins, by, now)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"Could not store tool definitions: {exc}.",
-                                   hint="Check disk space, file permissions and locks.") from exc
-
-    def get_tool_definitions(self, tenant_id: str) -> dict[str, list[dict[str, Any]]]:
-        out: dict[str, list[dict[str, Any]]] = {}
-        rows = self._run(
-            "SELECT upstream, definition FROM tool_definitions WHERE tenant_id = ? ORDER BY upstream, name",
-            (tenant_id,),
-        )
-        for upstream, definition in rows:
-            out.setdefault(str(upstream), []).append(json.loads(definition))
-        return out
-
-    # -- pins --------------------------------------------------------------------------------------
-    def get_pins(self, tenant_id: str) -> dict[str, dict[str, str]]:
-        out: dict[str, dict[str, str]] = {}
-        for upstream, tool, digest in self._run(
-            "SELECT upstream, tool, hash FROM pins WHERE tenant_id = ?", (tenant_id,)
-        ):
-            out.setdefault(str(upstream), {})[str(tool)] = str(digest)
-        return out
-
-    def pinned_upstreams(self, tenant_id: str) -> set[str]:
-        rows = self._run("SELECT upstream FROM pin_baselines WHERE tenant_id = ?", (tenant_id,))
-        return {str(r[0]) for r in rows}
-
-    def set_pins(self, tenant_id: str, upstream: str, pins: Mapping[str, str], by: str, now: str) -> None:
-        """Approve definitions: upsert pins, mark the upstream as pinned, resolve matching change records."""
-        with self.transaction() as conn:
-            self._pin(conn, tenant_id, upstream, pins, by, now)
-
-    def _pin(self, conn: sqlite3.Connection, tenant_id: str, upstream: str, pins: Mapping[str, str], by: str,
-             now: str) -> None:
-        conn.execute("INSERT OR IGNORE INTO pin_baselines (tenant_id, upstream, at) VALUES (?, ?, ?)",
-                     (tenant_id, upstream, now))
-        for tool, digest in pins.items():
-            conn.execute(
-                "INSERT OR REPLACE INTO pins (tenant_id, upstream, tool, hash, approved_by, approved_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)", (tenant_id, upstream, tool, digest, by, now),
-            )
-            conn.execute(
-                "UPDATE pin_changes SET resolved_at = ?, resolved_by = ? WHERE tenant_id = ? AND upstream = ?"
-                " AND tool = ? AND new_hash = ? AND resolved_at IS NULL",
-                (now, by, tenant_id, upstream, tool, digest),
-            )
-        self._bump(conn, "policies_version")
-
-    def record_pin_changes(self, tenant_id: str, upstream: str, changes: Sequence[tuple[str, str, str]],
-                           now: str) -> None:
-        """(tool, old_hash or "", new_hash) each recorded once."""
-        if not changes:
-            return
-        conn = self._tx()
-        try:
-            conn.executemany(
-                "INSERT OR IGNORE INTO pin_changes (tenant_id, upstream, tool, old_hash, new_hash, seen_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)", [(tenant_id, upstream, t, o, n, now) for t, o, n in changes],
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-
-    def list_pin_changes(self, tenant_id: str, limit: int = 200) -> list[PinChange]:
-        rows = self._run(
-            "SELECT id, tenant_id, upstream, tool, old_hash, new_hash, seen_at, resolved_at, resolved_by"
-            " FROM pin_changes WHERE tenant_id = ? ORDER BY id DESC LIMIT ?", (tenant_id, limit),
-        )
-        return [PinChange(*r) for r in rows]
 
     # -- held calls and approvals ------------------------------------------------------------------
     _HELD_COLS = (
