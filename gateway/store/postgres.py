@@ -32,7 +32,7 @@ from gateway.store.base import (
     extend_logs,
 )
 from gateway.store.migrations import MIGRATION_LOCK, MIGRATIONS, SchemaStatus
-from gateway.store.sql import UP_COLS, SQLStore, already_exists, postgres_sql, upstream_config
+from gateway.store.sql import HELD_COLS, UP_COLS, SQLStore, already_exists, postgres_sql, upstream_config
 from gateway.types import Actor, Tenant, TokenInfo, UpstreamSpec
 
 if TYPE_CHECKING:
@@ -54,10 +54,6 @@ _CALL_COLS = (
     " started_at, duration_ms, error_code, session_id, client_name"
 )
 _TOKEN_COLS = "id, tenant_id, actor_id, created_at, revoked_at, label"
-_HELD_COLS = (
-    "id, tenant_id, actor_id, upstream, tool, exposed, args_digest, arguments, rule_id, reason, policy_version,"
-    " mode, status, created_at, decided_by, decided_at, decision_reason, expires_at, used_at"
-)
 _EV_COLS = "id, origin, seq, kind, time, tenant, actor, tool, verdict, status, intent_seq, leaf_hash, data"
 
 
@@ -65,12 +61,6 @@ def origin_lock_key(origin: str) -> int:
     """A stable signed 32-bit key per origin (two origins sharing one only serialise more)."""
     return int.from_bytes(hashlib.sha256(origin.encode()).digest()[:4], "big", signed=True)
 
-
-def _where(**filters: object) -> tuple[str, list[object]]:
-    used = {k: v for k, v in filters.items() if v is not None}
-    if not used:
-        return "", []
-    return " WHERE " + " AND ".join(f"{k} = %s" for k in used), list(used.values())
 
 
 
@@ -423,49 +413,13 @@ class PostgresStore(SQLStore):
                          " DO UPDATE SET value = excluded.value", (now,))
 
     # -- held calls and approvals ------------------------------------------------------------------
-    def add_held_call(self, held: HeldCall) -> None:
-        self._exec(
-            f"INSERT INTO held_calls ({_HELD_COLS}) VALUES ({', '.join(['%s'] * 19)})",
-            (held.id, held.tenant_id, held.actor_id, held.upstream, held.tool, held.exposed, held.args_digest,
-             held.arguments, held.rule_id, held.reason, held.policy_version, held.mode, held.status,
-             held.created_at, held.decided_by, held.decided_at, held.decision_reason, held.expires_at,
-             held.used_at),
-        )
-
-    def get_held_call(self, held_id: str) -> HeldCall | None:
-        row = self._one(f"SELECT {_HELD_COLS} FROM held_calls WHERE id = %s", (held_id,))
-        return HeldCall(*row) if row else None
-
-    def list_held_calls(self, tenant_id: str | None = None, status: str | None = None,
-                        limit: int = 100) -> list[HeldCall]:
-        where, params = _where(tenant_id=tenant_id, status=status)
-        sql = f"SELECT {_HELD_COLS} FROM held_calls{where} ORDER BY created_at DESC, id COLLATE \"C\" LIMIT %s"
-        return [HeldCall(*r) for r in self._all(sql, [*params, limit])]
-
-    def find_pending_hold(self, tenant_id: str, actor_id: str, upstream: str, tool: str,
-                          args_digest: str) -> HeldCall | None:
-        row = self._one(
-            f"SELECT {_HELD_COLS} FROM held_calls WHERE tenant_id = %s AND actor_id = %s AND upstream = %s"
-            " AND tool = %s AND args_digest = %s AND status = 'pending' ORDER BY created_at DESC LIMIT 1",
-            (tenant_id, actor_id, upstream, tool, args_digest),
-        )
-        return HeldCall(*row) if row else None
-
-    def decide_held_call(self, held_id: str, status: str, by: str, at: float, reason: str,
-                         expires_at: float | None) -> bool:
-        """pending -> approved/denied, once: one conditional UPDATE, atomic across replicas."""
-        return self._exec(
-            "UPDATE held_calls SET status = %s, decided_by = %s, decided_at = %s, decision_reason = %s,"
-            " expires_at = %s WHERE id = %s AND status = 'pending'", (status, by, at, reason, expires_at, held_id),
-        ) == 1
-
     def consume_approval(self, tenant_id: str, actor_id: str, upstream: str, tool: str, args_digest: str,
                          now: float) -> HeldCall | None:
         """Use an approval exactly once, across replicas: the row is locked (FOR UPDATE SKIP LOCKED, so a
         concurrent consumer takes the next matching approval or none) and marked used in one transaction."""
         with self.transaction() as conn:
             row = conn.execute(
-                f"SELECT {_HELD_COLS} FROM held_calls WHERE tenant_id = %s AND actor_id = %s AND upstream = %s"
+                f"SELECT {HELD_COLS} FROM held_calls WHERE tenant_id = %s AND actor_id = %s AND upstream = %s"
                 " AND tool = %s AND args_digest = %s AND status = 'approved' AND used_at IS NULL AND expires_at > %s"
                 " ORDER BY decided_at LIMIT 1 FOR UPDATE SKIP LOCKED",
                 (tenant_id, actor_id, upstream, tool, args_digest, now),

@@ -33,7 +33,7 @@ from functools import lru_cache
 from typing import Any
 
 from gateway.errors import AlreadyExists, NotFound
-from gateway.store.base import EvidenceFilter, EvidenceRow, PinChange, PolicyVersion
+from gateway.store.base import EvidenceFilter, EvidenceRow, HeldCall, PinChange, PolicyVersion
 from gateway.types import Actor, CallRecord, Tenant, TokenInfo, UpstreamLimits, UpstreamSpec
 
 CALL_COLS = (
@@ -418,3 +418,42 @@ class SQLStore:
             " FROM pin_changes WHERE tenant_id = ? ORDER BY id DESC LIMIT ?", (tenant_id, limit),
         )
         return [PinChange(*r) for r in rows]
+
+    # -- held calls --------------------------------------------------------------------------------
+    def add_held_call(self, held: HeldCall) -> None:
+        self._exec(
+            f"INSERT INTO held_calls ({HELD_COLS}) VALUES ({', '.join('?' * 19)})",
+            (held.id, held.tenant_id, held.actor_id, held.upstream, held.tool, held.exposed, held.args_digest,
+             held.arguments, held.rule_id, held.reason, held.policy_version, held.mode, held.status,
+             held.created_at, held.decided_by, held.decided_at, held.decision_reason, held.expires_at,
+             held.used_at),
+        )
+
+    def get_held_call(self, held_id: str) -> HeldCall | None:
+        row = self._one(f"SELECT {HELD_COLS} FROM held_calls WHERE id = ?", (held_id,))
+        return HeldCall(*row) if row else None
+
+    def list_held_calls(self, tenant_id: str | None = None, status: str | None = None,
+                        limit: int = 100) -> list[HeldCall]:
+        sql, params = where(tenant_id=tenant_id, status=status)
+        rows = self._all(f"SELECT {HELD_COLS} FROM held_calls{sql} ORDER BY created_at DESC, id COLLATE BINARY"
+                         " LIMIT ?", [*params, limit])
+        return [HeldCall(*r) for r in rows]
+
+    def find_pending_hold(self, tenant_id: str, actor_id: str, upstream: str, tool: str,
+                          args_digest: str) -> HeldCall | None:
+        row = self._one(
+            f"SELECT {HELD_COLS} FROM held_calls WHERE tenant_id = ? AND actor_id = ? AND upstream = ?"
+            " AND tool = ? AND args_digest = ? AND status = 'pending' ORDER BY created_at DESC LIMIT 1",
+            (tenant_id, actor_id, upstream, tool, args_digest),
+        )
+        return HeldCall(*row) if row else None
+
+    def decide_held_call(self, held_id: str, status: str, by: str, at: float, reason: str,
+                         expires_at: float | None) -> bool:
+        """pending -> approved/denied, once: one conditional UPDATE, atomic across processes and replicas;
+        False when it was already decided (or does not exist)."""
+        return self._exec(
+            "UPDATE held_calls SET status = ?, decided_by = ?, decided_at = ?, decision_reason = ?, expires_at = ?"
+            " WHERE id = ? AND status = 'pending'", (status, by, at, reason, expires_at, held_id),
+        ) == 1

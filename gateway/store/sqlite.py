@@ -27,7 +27,7 @@ from gateway.store.base import (
     extend_logs,
 )
 from gateway.store.migrations import MIGRATIONS, SchemaStatus
-from gateway.store.sql import FIND_TOKEN, UP_COLS, SQLStore, already_exists, upstream_config
+from gateway.store.sql import FIND_TOKEN, HELD_COLS, UP_COLS, SQLStore, already_exists, upstream_config
 from gateway.types import Actor, Tenant, TokenInfo, UpstreamSpec
 
 if TYPE_CHECKING:
@@ -38,13 +38,6 @@ log = logging.getLogger("aegress.store")
 
 
 
-
-def _where(**filters: object) -> tuple[str, list[object]]:
-    """` WHERE a = ? AND b = ?` for the filters that are set (column names come from code, never input)."""
-    used = {k: v for k, v in filters.items() if v is not None}
-    if not used:
-        return "", []
-    return " WHERE " + " AND ".join(f"{k} = ?" for k in used), list(used.values())
 
 
 def _unavailable(exc: sqlite3.Error) -> StoreUnavailable:
@@ -386,47 +379,6 @@ class SQLiteStore(SQLStore):
                                                 "locks, then run the command again.") from exc
 
     # -- held calls and approvals ------------------------------------------------------------------
-    _HELD_COLS = (
-        "id, tenant_id, actor_id, upstream, tool, exposed, args_digest, arguments, rule_id, reason, policy_version,"
-        " mode, status, created_at, decided_by, decided_at, decision_reason, expires_at, used_at"
-    )
-
-    def add_held_call(self, held: HeldCall) -> None:
-        self._run(
-            f"INSERT INTO held_calls ({self._HELD_COLS}) VALUES ({', '.join('?' * 19)})",
-            (held.id, held.tenant_id, held.actor_id, held.upstream, held.tool, held.exposed, held.args_digest,
-             held.arguments, held.rule_id, held.reason, held.policy_version, held.mode, held.status,
-             held.created_at, held.decided_by, held.decided_at, held.decision_reason, held.expires_at,
-             held.used_at),
-        )
-
-    def get_held_call(self, held_id: str) -> HeldCall | None:
-        row = self._run(f"SELECT {self._HELD_COLS} FROM held_calls WHERE id = ?", (held_id,)).fetchone()
-        return HeldCall(*row) if row else None
-
-    def list_held_calls(self, tenant_id: str | None = None, status: str | None = None,
-                        limit: int = 100) -> list[HeldCall]:
-        where, params = _where(tenant_id=tenant_id, status=status)
-        sql = f"SELECT {self._HELD_COLS} FROM held_calls{where} ORDER BY created_at DESC, id LIMIT ?"
-        return [HeldCall(*r) for r in self._run(sql, [*params, limit])]
-
-    def find_pending_hold(self, tenant_id: str, actor_id: str, upstream: str, tool: str,
-                          args_digest: str) -> HeldCall | None:
-        row = self._run(
-            f"SELECT {self._HELD_COLS} FROM held_calls WHERE tenant_id = ? AND actor_id = ? AND upstream = ?"
-            " AND tool = ? AND args_digest = ? AND status = 'pending' ORDER BY created_at DESC LIMIT 1",
-            (tenant_id, actor_id, upstream, tool, args_digest),
-        ).fetchone()
-        return HeldCall(*row) if row else None
-
-    def decide_held_call(self, held_id: str, status: str, by: str, at: float, reason: str,
-                         expires_at: float | None) -> bool:
-        """pending -> approved/denied, once: False when it was already decided (or does not exist)."""
-        cur = self._run(
-            "UPDATE held_calls SET status = ?, decided_by = ?, decided_at = ?, decision_reason = ?, expires_at = ?"
-            " WHERE id = ? AND status = 'pending'", (status, by, at, reason, expires_at, held_id),
-        )
-        return cur.rowcount == 1
 
     def consume_approval(self, tenant_id: str, actor_id: str, upstream: str, tool: str, args_digest: str,
                          now: float) -> HeldCall | None:
@@ -435,7 +387,7 @@ class SQLiteStore(SQLStore):
         conn = self._tx()
         try:
             row = conn.execute(
-                f"SELECT {self._HELD_COLS} FROM held_calls WHERE tenant_id = ? AND actor_id = ? AND upstream = ?"
+                f"SELECT {HELD_COLS} FROM held_calls WHERE tenant_id = ? AND actor_id = ? AND upstream = ?"
                 " AND tool = ? AND args_digest = ? AND status = 'approved' AND used_at IS NULL AND expires_at > ?"
                 " ORDER BY decided_at LIMIT 1", (tenant_id, actor_id, upstream, tool, args_digest, now),
             ).fetchone()
