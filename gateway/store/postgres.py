@@ -32,7 +32,18 @@ from gateway.store.base import (
     extend_logs,
 )
 from gateway.store.migrations import MIGRATION_LOCK, MIGRATIONS, SchemaStatus
-from gateway.store.sql import HELD_COLS, UP_COLS, SQLStore, already_exists, postgres_sql, upstream_config
+from gateway.store.sql import (
+    HELD_COLS,
+    INSERT_CALL,
+    INSERT_EVIDENCE,
+    UP_COLS,
+    UPSERT_HEAD,
+    SQLStore,
+    already_exists,
+    postgres_sql,
+    sealed_rows,
+    upstream_config,
+)
 from gateway.types import Actor, Tenant, TokenInfo, UpstreamSpec
 
 if TYPE_CHECKING:
@@ -49,12 +60,10 @@ EVIDENCE_LOCK = 0x4AE6
 POOL_SIZE_ENV = "AEGRESS_DATABASE_POOL_SIZE"
 _HINT = "Check the database server is up and AEGRESS_DATABASE_URL (user, password, database name)."
 
-_CALL_COLS = (
-    "tenant_id, actor_id, token_id, method, target, upstream, verdict, rule_id, outcome,"
-    " started_at, duration_ms, error_code, session_id, client_name"
-)
-_TOKEN_COLS = "id, tenant_id, actor_id, created_at, revoked_at, label"
-_EV_COLS = "id, origin, seq, kind, time, tenant, actor, tool, verdict, status, intent_seq, leaf_hash, data"
+# the evidence append's statements, rewritten once here rather than on every batch
+_INSERT_EVIDENCE = postgres_sql(INSERT_EVIDENCE)
+_UPSERT_HEAD = postgres_sql(UPSERT_HEAD)
+_INSERT_CALL = postgres_sql(INSERT_CALL)
 
 
 def origin_lock_key(origin: str) -> int:
@@ -82,33 +91,12 @@ class _EvidenceTx:
         return {str(o): ChainHead(str(o), int(s), bytes(h)) for o, s, h in rows}
 
     def insert_sealed(self, sealed: Sequence[Sealed], heads: Mapping[str, ChainHead], replica: str) -> None:
+        records, head_rows, calls = sealed_rows(sealed, heads, replica)
         with self.conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO evidence (origin, seq, kind, time, tenant, actor, tool, verdict, status, intent_seq,"
-                " leaf_hash, data, replica) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                [
-                    (s.record.origin, s.record.seq, s.record.kind, s.entry.time, s.entry.columns.tenant,
-                     s.entry.columns.actor, s.entry.columns.tool, s.entry.columns.verdict, s.entry.columns.status,
-                     s.entry.columns.intent_seq, s.record.leaf_hash, s.record.canonical, replica)
-                    for s in sealed
-                ],
-            )
-            cur.executemany(
-                "INSERT INTO evidence_heads (origin, size, last_hash) VALUES (%s, %s, %s) ON CONFLICT (origin)"
-                " DO UPDATE SET size = excluded.size, last_hash = excluded.last_hash",
-                [(o, h.size, h.last_hash) for o, h in heads.items() if h.last_hash is not None],
-            )
-            calls = [s.entry.call for s in sealed if s.entry.call is not None]
+            cur.executemany(_INSERT_EVIDENCE, records)
+            cur.executemany(_UPSERT_HEAD, head_rows)
             if calls:
-                cur.executemany(
-                    f"INSERT INTO calls ({_CALL_COLS}) VALUES ({', '.join(['%s'] * 14)})",
-                    [
-                        (r.tenant_id, r.actor_id, r.token_id, r.method, r.target, r.upstream, r.verdict,
-                         r.rule_id, r.outcome, r.started_at, r.duration_ms, r.error_code, r.session_id,
-                         r.client_name)
-                        for r in calls
-                    ],
-                )
+                cur.executemany(_INSERT_CALL, calls)
 
 
 class PostgresStore(SQLStore):

@@ -30,11 +30,15 @@ import json
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import AlreadyExists, NotFound
 from gateway.store.base import EvidenceFilter, EvidenceRow, HeldCall, PinChange, PolicyVersion
 from gateway.types import Actor, CallRecord, Tenant, TokenInfo, UpstreamLimits, UpstreamSpec
+
+if TYPE_CHECKING:
+    from gateway.audit.log import Sealed
+    from gateway.audit.records import ChainHead
 
 CALL_COLS = (
     "tenant_id, actor_id, token_id, method, target, upstream, verdict, rule_id, outcome,"
@@ -51,6 +55,37 @@ EV_COLS = "id, origin, seq, kind, time, tenant, actor, tool, verdict, status, in
 
 # statements on the request path, built once (not per call)
 FIND_TOKEN = f"SELECT {TOKEN_COLS} FROM tokens WHERE hash = ?"
+
+
+# statements of the evidence append, the same on both (Postgres rewrites them once, at import)
+INSERT_EVIDENCE = (
+    "INSERT INTO evidence (origin, seq, kind, time, tenant, actor, tool, verdict, status, intent_seq,"
+    " leaf_hash, data, replica) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+UPSERT_HEAD = (
+    "INSERT INTO evidence_heads (origin, size, last_hash) VALUES (?, ?, ?) ON CONFLICT (origin)"
+    " DO UPDATE SET size = excluded.size, last_hash = excluded.last_hash"
+)
+INSERT_CALL = f"INSERT INTO calls ({CALL_COLS}) VALUES ({', '.join('?' * 14)})"
+
+
+def sealed_rows(sealed: Sequence[Sealed], heads: Mapping[str, ChainHead],
+                replica: str) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]], list[tuple[object, ...]]]:
+    """The rows an `EvidenceTx.insert_sealed` writes with INSERT_EVIDENCE, UPSERT_HEAD and INSERT_CALL
+    (the last list empty when no record carries a call)."""
+    records = [
+        (s.record.origin, s.record.seq, s.record.kind, s.entry.time, s.entry.columns.tenant,
+         s.entry.columns.actor, s.entry.columns.tool, s.entry.columns.verdict, s.entry.columns.status,
+         s.entry.columns.intent_seq, s.record.leaf_hash, s.record.canonical, replica)
+        for s in sealed
+    ]
+    head_rows = [(o, h.size, h.last_hash) for o, h in heads.items() if h.last_hash is not None]
+    calls = [
+        (r.tenant_id, r.actor_id, r.token_id, r.method, r.target, r.upstream, r.verdict, r.rule_id, r.outcome,
+         r.started_at, r.duration_ms, r.error_code, r.session_id, r.client_name)
+        for r in (s.entry.call for s in sealed) if r is not None
+    ]
+    return records, head_rows, calls
 
 
 @lru_cache(maxsize=1024)

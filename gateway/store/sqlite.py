@@ -27,7 +27,18 @@ from gateway.store.base import (
     extend_logs,
 )
 from gateway.store.migrations import MIGRATIONS, SchemaStatus
-from gateway.store.sql import FIND_TOKEN, HELD_COLS, UP_COLS, SQLStore, already_exists, upstream_config
+from gateway.store.sql import (
+    FIND_TOKEN,
+    HELD_COLS,
+    INSERT_CALL,
+    INSERT_EVIDENCE,
+    UP_COLS,
+    UPSERT_HEAD,
+    SQLStore,
+    already_exists,
+    sealed_rows,
+    upstream_config,
+)
 from gateway.types import Actor, Tenant, TokenInfo, UpstreamSpec
 
 if TYPE_CHECKING:
@@ -60,10 +71,6 @@ def _create_private(path: Path) -> None:
 
 
 
-_CALL_COLS = (
-    "tenant_id, actor_id, token_id, method, target, upstream, verdict, rule_id, outcome,"
-    " started_at, duration_ms, error_code, session_id, client_name"
-)
 
 
 class _EvidenceTx:
@@ -84,33 +91,11 @@ class _EvidenceTx:
         return heads
 
     def insert_sealed(self, sealed: Sequence[Sealed], heads: Mapping[str, ChainHead], replica: str) -> None:
-        conn = self.conn
-        conn.executemany(
-            "INSERT INTO evidence (origin, seq, kind, time, tenant, actor, tool, verdict, status, intent_seq,"
-            " leaf_hash, data, replica) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (s.record.origin, s.record.seq, s.record.kind, s.entry.time, s.entry.columns.tenant,
-                 s.entry.columns.actor, s.entry.columns.tool, s.entry.columns.verdict, s.entry.columns.status,
-                 s.entry.columns.intent_seq, s.record.leaf_hash, s.record.canonical, replica)
-                for s in sealed
-            ],
-        )
-        conn.executemany(
-            "INSERT INTO evidence_heads (origin, size, last_hash) VALUES (?, ?, ?) ON CONFLICT (origin)"
-            " DO UPDATE SET size = excluded.size, last_hash = excluded.last_hash",
-            [(o, h.size, h.last_hash) for o, h in heads.items() if h.last_hash is not None],
-        )
-        calls = [s.entry.call for s in sealed if s.entry.call is not None]
+        records, head_rows, calls = sealed_rows(sealed, heads, replica)
+        self.conn.executemany(INSERT_EVIDENCE, records)
+        self.conn.executemany(UPSERT_HEAD, head_rows)
         if calls:
-            conn.executemany(
-                f"INSERT INTO calls ({_CALL_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (r.tenant_id, r.actor_id, r.token_id, r.method, r.target, r.upstream, r.verdict,
-                     r.rule_id, r.outcome, r.started_at, r.duration_ms, r.error_code, r.session_id,
-                     r.client_name)
-                    for r in calls
-                ],
-            )
+            self.conn.executemany(INSERT_CALL, calls)
 
 
 class SQLiteStore(SQLStore):
@@ -403,8 +388,6 @@ class SQLiteStore(SQLStore):
             raise
 
     # -- sealed evidence (issue 4) -----------------------------------------------------------------
-    _EV_COLS = "id, origin, seq, kind, time, tenant, actor, tool, verdict, status, intent_seq, leaf_hash, data"
-
     def evidence_prefix(self, default: str) -> str:
         """The deployment's origin prefix: chosen once (first writer wins), then fixed."""
         self._run("INSERT OR IGNORE INTO meta (key, value) VALUES ('audit_origin_prefix', ?)", (default,))
