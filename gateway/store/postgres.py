@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from gateway.errors import AlreadyExists, ConfigError, NotFound, StoreUnavailable
+from gateway.errors import ConfigError, StoreUnavailable
 from gateway.store.base import (
     BeforeCommit,
     HeldCall,
@@ -36,15 +36,12 @@ from gateway.store.sql import (
     HELD_COLS,
     INSERT_CALL,
     INSERT_EVIDENCE,
-    UP_COLS,
     UPSERT_HEAD,
     SQLStore,
-    already_exists,
     postgres_sql,
     sealed_rows,
-    upstream_config,
 )
-from gateway.types import Actor, Tenant, TokenInfo, UpstreamSpec
+from gateway.types import TokenInfo
 
 if TYPE_CHECKING:
     import psycopg
@@ -220,8 +217,23 @@ class PostgresStore(SQLStore):
             return conn.execute(postgres_sql(sql), params).rowcount
 
     # -- the shared SQL's hooks (gateway.store.sql) ----------------------------------------------
+    _NOCASE_ID = "lower(id) = lower(?)"  # ids are ASCII (gateway.naming)
     _CONTAINS = "position(convert_to(?, 'UTF8') IN data) > 0"
     _FOR_UPDATE = " FOR UPDATE"  # the row's lock serialises a read-then-write across processes
+
+    @staticmethod
+    def _bump(conn: psycopg.Connection[Any], key: str) -> None:
+        conn.execute("UPDATE meta SET value = (value::bigint + 1)::text WHERE key = %s", (key,))
+
+    @staticmethod
+    def _violation(exc: BaseException) -> str | None:
+        import psycopg
+
+        if isinstance(exc, psycopg.errors.UniqueViolation):
+            return "unique"
+        if isinstance(exc, psycopg.errors.ForeignKeyViolation):
+            return "foreign-key"
+        return None
 
     @staticmethod
     def _x(conn: psycopg.Connection[Any], sql: str, params: Sequence[object] = ()) -> psycopg.Cursor[Any]:
@@ -284,71 +296,10 @@ class PostgresStore(SQLStore):
             log.info("database migrated to version %d", done[-1])
         return done
 
-    # -- tenants -----------------------------------------------------------------------------
-    def create_tenant(self, tenant_id: str, now: str) -> Tenant:
-        import psycopg
-
-        try:
-            with self.transaction() as conn:
-                row = conn.execute("SELECT id FROM tenants WHERE lower(id) = lower(%s) ORDER BY id = %s DESC, id"
-                                   " LIMIT 1", (tenant_id, tenant_id)).fetchone()
-                if row is not None:
-                    raise already_exists("Tenant", tenant_id, str(row[0]), "")
-                conn.execute("INSERT INTO tenants (id, created_at) VALUES (%s, %s)", (tenant_id, now))
-        except psycopg.errors.UniqueViolation as exc:  # a twin committed by another process meanwhile
-            raise AlreadyExists(f"Tenant {tenant_id!r} already exists (or differs from one only by case).") from exc
-        return Tenant(tenant_id, now)
-
-    # -- actors ------------------------------------------------------------------------------
-    def add_actor(self, tenant_id: str, actor_id: str, now: str) -> Actor:
-        import psycopg
-
-        try:
-            with self.transaction() as conn:
-                if conn.execute("SELECT 1 FROM tenants WHERE id = %s", (tenant_id,)).fetchone() is None:
-                    raise NotFound(f"No tenant {tenant_id!r}.", hint="Create it with `aegress tenant create`.")
-                row = conn.execute(
-                    "SELECT id FROM actors WHERE tenant_id = %s AND lower(id) = lower(%s) ORDER BY id = %s DESC, id"
-                    " LIMIT 1", (tenant_id, actor_id, actor_id),
-                ).fetchone()
-                if row is not None:
-                    raise already_exists("Actor", actor_id, str(row[0]), f" in tenant {tenant_id!r}")
-                conn.execute("INSERT INTO actors (tenant_id, id, created_at) VALUES (%s, %s, %s)",
-                             (tenant_id, actor_id, now))
-        except psycopg.errors.UniqueViolation as exc:
-            raise AlreadyExists(f"Actor {actor_id!r} already exists in tenant {tenant_id!r}.") from exc
-        except psycopg.errors.ForeignKeyViolation as exc:
-            raise NotFound(f"No tenant {tenant_id!r}.", hint="Create it with `aegress tenant create`.") from exc
-        return Actor(tenant_id, actor_id, now)
-
     # -- tokens ------------------------------------------------------------------------------
     def find_token_nowait(self, token_hash: str) -> TokenInfo | None:
         """The interface's default: a lookup is a network round trip, so the caller uses a thread."""
         raise WouldBlock
-
-    # -- upstreams ---------------------------------------------------------------------------
-    @staticmethod
-    def _bump(conn: psycopg.Connection[Any], key: str) -> None:
-        conn.execute("UPDATE meta SET value = (value::bigint + 1)::text WHERE key = %s", (key,))
-
-    def add_upstream(self, spec: UpstreamSpec) -> None:
-        import psycopg
-
-        try:
-            with self.transaction() as conn:
-                conn.execute(
-                    f"INSERT INTO upstreams ({UP_COLS}, tools) VALUES (%s, %s, %s, %s, %s, %s, %s, '[]')",
-                    (spec.tenant_id, spec.name, spec.transport, upstream_config(spec), int(spec.prefix),
-                     int(spec.allow_private), spec.created_at),
-                )
-                self._bump(conn, "upstreams_version")
-        except psycopg.errors.ForeignKeyViolation as exc:
-            raise NotFound(f"No tenant {spec.tenant_id!r}.", hint="Create it with `aegress tenant create`.") from exc
-        except psycopg.errors.UniqueViolation as exc:
-            raise AlreadyExists(
-                f"Upstream {spec.name!r} already exists in tenant {spec.tenant_id!r}.",
-                hint="Remove it first with `aegress upstream remove`, or pick another name.",
-            ) from exc
 
     # -- sealed evidence -----------------------------------------------------------------------
     @contextlib.contextmanager

@@ -12,6 +12,9 @@ A dialect class supplies the rest, small and explicit:
   dialect's connection handling and error mapping; `_x(conn, sql, params)` and `_many(conn, sql, rows)`
   run one inside `transaction()`;
 * `_bump(conn, key)`: add one to a `meta` counter;
+* `_violation(exc)`: which constraint a driver error broke: "unique", "foreign-key", "constraint"
+  (SQLite: it does not say which) or None (not a constraint);
+* `_NOCASE_ID`: "id equals ? ignoring ASCII case", as the unique case-insensitive indexes compare;
 * `_CONTAINS`: "the evidence record's bytes contain the UTF-8 of ?";
 * `_FOR_UPDATE`: the row lock a read-then-write takes (Postgres); SQLite's BEGIN IMMEDIATE already
   holds every other writer off;
@@ -138,6 +141,7 @@ def evidence_row(r: Sequence[Any]) -> EvidenceRow:
 class SQLStore:
     """The store methods whose SQL is the same on both backends; a dialect class supplies the hooks."""
 
+    _NOCASE_ID: str
     _CONTAINS: str
     _FOR_UPDATE: str
     _UPSERT_DEFINITION: str
@@ -165,6 +169,9 @@ class SQLStore:
         raise NotImplementedError
 
     def _guard(self, what: str) -> AbstractContextManager[None]:
+        raise NotImplementedError
+
+    def _violation(self, exc: BaseException) -> str | None:
         raise NotImplementedError
 
     def transaction(self) -> Any:
@@ -273,6 +280,41 @@ class SQLStore:
         return info
 
     # -- tenants and actors ------------------------------------------------------------------------
+    def create_tenant(self, tenant_id: str, now: str) -> Tenant:
+        try:
+            with self.transaction() as conn:
+                row = self._x(conn, f"SELECT id FROM tenants WHERE {self._NOCASE_ID} ORDER BY id = ? DESC, id LIMIT 1",
+                              (tenant_id, tenant_id)).fetchone()
+                if row is not None:
+                    raise already_exists("Tenant", tenant_id, str(row[0]), "")
+                self._x(conn, "INSERT INTO tenants (id, created_at) VALUES (?, ?)", (tenant_id, now))
+        except Exception as exc:
+            if self._violation(exc) != "unique":
+                raise
+            # a twin committed by another process meanwhile
+            raise AlreadyExists(f"Tenant {tenant_id!r} already exists (or differs from one only by case).") from exc
+        return Tenant(tenant_id, now)
+
+    def add_actor(self, tenant_id: str, actor_id: str, now: str) -> Actor:
+        try:
+            with self.transaction() as conn:
+                if self._x(conn, "SELECT 1 FROM tenants WHERE id = ?", (tenant_id,)).fetchone() is None:
+                    raise NotFound(f"No tenant {tenant_id!r}.", hint="Create it with `aegress tenant create`.")
+                row = self._x(conn, f"SELECT id FROM actors WHERE tenant_id = ? AND {self._NOCASE_ID}"
+                              " ORDER BY id = ? DESC, id LIMIT 1", (tenant_id, actor_id, actor_id)).fetchone()
+                if row is not None:
+                    raise already_exists("Actor", actor_id, str(row[0]), f" in tenant {tenant_id!r}")
+                self._x(conn, "INSERT INTO actors (tenant_id, id, created_at) VALUES (?, ?, ?)",
+                        (tenant_id, actor_id, now))
+        except Exception as exc:
+            violation = self._violation(exc)
+            if violation == "unique":
+                raise AlreadyExists(f"Actor {actor_id!r} already exists in tenant {tenant_id!r}.") from exc
+            if violation == "foreign-key":
+                raise NotFound(f"No tenant {tenant_id!r}.", hint="Create it with `aegress tenant create`.") from exc
+            raise
+        return Actor(tenant_id, actor_id, now)
+
     def get_tenant(self, tenant_id: str) -> Tenant | None:
         row = self._one("SELECT id, created_at FROM tenants WHERE id = ?", (tenant_id,))
         return Tenant(*row) if row else None
@@ -306,6 +348,25 @@ class SQLStore:
                 raise NotFound(f"No actor {actor_id!r} in tenant {tenant_id!r}.")
 
     # -- upstreams ---------------------------------------------------------------------------------
+    def add_upstream(self, spec: UpstreamSpec) -> None:
+        try:
+            with self.transaction() as conn:
+                self._x(conn, f"INSERT INTO upstreams ({UP_COLS}, tools) VALUES (?, ?, ?, ?, ?, ?, ?, '[]')",
+                        (spec.tenant_id, spec.name, spec.transport, upstream_config(spec), int(spec.prefix),
+                         int(spec.allow_private), spec.created_at))
+                self._bump(conn, "upstreams_version")
+        except Exception as exc:
+            violation = self._violation(exc)
+            if violation is None:
+                raise
+            if violation == "foreign-key" or (violation == "constraint" and self.get_tenant(spec.tenant_id) is None):
+                raise NotFound(f"No tenant {spec.tenant_id!r}.",
+                               hint="Create it with `aegress tenant create`.") from exc
+            raise AlreadyExists(
+                f"Upstream {spec.name!r} already exists in tenant {spec.tenant_id!r}.",
+                hint="Remove it first with `aegress upstream remove`, or pick another name.",
+            ) from exc
+
     def update_upstream(self, spec: UpstreamSpec) -> None:
         with self.transaction() as conn:
             cur = self._x(

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.errors import AlreadyExists, NotFound, StoreUnavailable
+from gateway.errors import StoreUnavailable
 from gateway.store.base import (
     BeforeCommit,
     HeldCall,
@@ -32,14 +32,11 @@ from gateway.store.sql import (
     HELD_COLS,
     INSERT_CALL,
     INSERT_EVIDENCE,
-    UP_COLS,
     UPSERT_HEAD,
     SQLStore,
-    already_exists,
     sealed_rows,
-    upstream_config,
 )
-from gateway.types import Actor, Tenant, TokenInfo, UpstreamSpec
+from gateway.types import TokenInfo
 
 if TYPE_CHECKING:
     from gateway.audit.log import Entry, Sealed
@@ -160,6 +157,7 @@ class SQLiteStore(SQLStore):
             raise _unavailable(exc) from exc
 
     # -- the shared SQL's hooks (gateway.store.sql) ----------------------------------------------
+    _NOCASE_ID = "id = ? COLLATE NOCASE"
     _CONTAINS = "instr(data, CAST(? AS BLOB)) > 0"
     _FOR_UPDATE = ""  # BEGIN IMMEDIATE already holds every other writer off
 
@@ -188,6 +186,12 @@ class SQLiteStore(SQLStore):
     @staticmethod
     def _bump(conn: sqlite3.Connection, key: str) -> None:
         conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = ?", (key,))
+
+    @staticmethod
+    def _violation(exc: BaseException) -> str | None:
+        """Any IntegrityError (SQLite's message names the constraint, its type does not); a create
+        checks for a twin inside BEGIN IMMEDIATE first, so only adding an upstream meets one."""
+        return "constraint" if isinstance(exc, sqlite3.IntegrityError) else None
 
     @contextlib.contextmanager
     def _guard(self, what: str) -> Iterator[None]:
@@ -255,30 +259,6 @@ class SQLiteStore(SQLStore):
     def ping(self) -> None:
         self._run("SELECT 1").fetchone()
 
-    # -- tenants -----------------------------------------------------------------------------
-    def create_tenant(self, tenant_id: str, now: str) -> Tenant:
-        with self.transaction() as conn:
-            row = conn.execute("SELECT id FROM tenants WHERE id = ? COLLATE NOCASE ORDER BY id = ? DESC, id LIMIT 1",
-                               (tenant_id, tenant_id)).fetchone()
-            if row is not None:
-                raise already_exists("Tenant", tenant_id, str(row[0]), "")
-            conn.execute("INSERT INTO tenants (id, created_at) VALUES (?, ?)", (tenant_id, now))
-        return Tenant(tenant_id, now)
-
-    # -- actors ------------------------------------------------------------------------------
-    def add_actor(self, tenant_id: str, actor_id: str, now: str) -> Actor:
-        with self.transaction() as conn:
-            if conn.execute("SELECT 1 FROM tenants WHERE id = ?", (tenant_id,)).fetchone() is None:
-                raise NotFound(f"No tenant {tenant_id!r}.", hint="Create it with `aegress tenant create`.")
-            row = conn.execute(
-                "SELECT id FROM actors WHERE tenant_id = ? AND id = ? COLLATE NOCASE ORDER BY id = ? DESC, id LIMIT 1",
-                (tenant_id, actor_id, actor_id),
-            ).fetchone()
-            if row is not None:
-                raise already_exists("Actor", actor_id, str(row[0]), f" in tenant {tenant_id!r}")
-            conn.execute("INSERT INTO actors (tenant_id, id, created_at) VALUES (?, ?, ?)", (tenant_id, actor_id, now))
-        return Actor(tenant_id, actor_id, now)
-
     # -- tokens ------------------------------------------------------------------------------
     def find_token_nowait(self, token_hash: str) -> TokenInfo | None:
         """On the event loop, every request: a read-only connection that never waits for a lock (WAL readers
@@ -288,26 +268,6 @@ class SQLiteStore(SQLStore):
         except sqlite3.Error as exc:
             raise WouldBlock from exc
         return TokenInfo(*row) if row else None
-
-    # -- upstreams ---------------------------------------------------------------------------
-    def add_upstream(self, spec: UpstreamSpec) -> None:
-        try:
-            with self.transaction() as conn:
-                conn.execute(
-                    f"INSERT INTO upstreams ({UP_COLS}, tools) VALUES (?, ?, ?, ?, ?, ?, ?, '[]')",
-                    (spec.tenant_id, spec.name, spec.transport, upstream_config(spec), int(spec.prefix),
-                     int(spec.allow_private), spec.created_at),
-                )
-                self._bump(conn, "upstreams_version")
-        except sqlite3.IntegrityError as exc:
-            if self.get_tenant(spec.tenant_id) is None:
-                raise NotFound(
-                    f"No tenant {spec.tenant_id!r}.", hint="Create it with `aegress tenant create`."
-                ) from exc
-            raise AlreadyExists(
-                f"Upstream {spec.name!r} already exists in tenant {spec.tenant_id!r}.",
-                hint="Remove it first with `aegress upstream remove`, or pick another name.",
-            ) from exc
 
     # -- transactions ------------------------------------------------------------------------------
     def _tx(self) -> sqlite3.Connection:
