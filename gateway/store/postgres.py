@@ -11,6 +11,10 @@ global order (by key), so writers on different replicas serialise per log, never
 the head inside the transaction; `UNIQUE (origin, seq)` is the backstop against a fork. Records are
 the exact hashed bytes (`bytea`). Every connection runs with `synchronous_commit = on` (a commit is
 durable when it returns, whatever the server default) and a `lock_timeout` of the store's busy timeout.
+
+The statements both stores share live once in `gateway.store.sql` (`SQLStore`), in SQLite's dialect;
+`postgres_sql` rewrites each once per process (`?` -> `%s`, byte-order collation). This module holds
+the pool, transactions, advisory locks, migrations, error mapping and the statements that differ.
 """
 
 from __future__ import annotations

@@ -19,12 +19,14 @@ A dialect class supplies the rest, small and explicit:
 * `_FOR_UPDATE`: the row lock a read-then-write takes (Postgres); SQLite's BEGIN IMMEDIATE already
   holds every other writer off;
 * `_guard(what)`: the driver's errors of a write, as StoreUnavailable("<what>: <reason>.");
-* `_UPSERT_DEFINITION`, `_INSERT_PIN_CHANGES`, `_INSERT_BASELINE`, `_UPSERT_PIN`: upserts. They stay per dialect because
-  they are not the same: `INSERT OR REPLACE` deletes the old row, `ON CONFLICT DO UPDATE` updates it.
+* `_UPSERT_DEFINITION`, `_INSERT_PIN_CHANGES`, `_INSERT_BASELINE`, `_UPSERT_PIN`: upserts. They stay
+  per dialect because they are not the same: `INSERT OR REPLACE` deletes the old row, `ON CONFLICT DO
+  UPDATE` updates it; `OR IGNORE` skips more than a duplicate key.
 
 What differs in substance stays in the dialect modules: connections and transactions, locking
-(BEGIN IMMEDIATE against advisory locks and FOR UPDATE SKIP LOCKED), the evidence append, migrations
-and the mapping of driver errors to ours.
+(BEGIN IMMEDIATE against advisory locks and FOR UPDATE SKIP LOCKED), consuming an approval, sealing,
+migrations and the mapping of driver errors to ours. A shared statement never holds a literal `?`,
+`%` or `COLLATE BINARY` other than as above (the rewrite is textual).
 """
 
 from __future__ import annotations

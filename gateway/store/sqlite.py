@@ -6,6 +6,10 @@ Schema changes go through `gateway.store.migrations` (ordered, shared with Postg
 `PRAGMA user_version`); sqlite-utils is imported only when a migration runs, so opening the store
 stays fast for CLI commands. Evidence is appended by the shared `extend_logs` inside BEGIN IMMEDIATE
 (SQLite's one write lock holds every other writer off until COMMIT).
+
+The statements both stores share live once in `gateway.store.sql` (`SQLStore`), written in this
+dialect; this module holds connections, transactions, locking, migrations, error mapping and the
+few statements that differ.
 """
 
 from __future__ import annotations
@@ -324,7 +328,6 @@ class SQLiteStore(SQLStore):
                                                 "locks, then run the command again.") from exc
 
     # -- held calls and approvals ------------------------------------------------------------------
-
     def consume_approval(self, tenant_id: str, actor_id: str, upstream: str, tool: str, args_digest: str,
                          now: float) -> HeldCall | None:
         """Use an approval exactly once: the oldest approved, unused, unexpired matching hold, atomically
