@@ -193,8 +193,9 @@ class SQLiteStore(SQLStore):
 
     @staticmethod
     def _violation(exc: BaseException) -> str | None:
-        """Any IntegrityError (SQLite's message names the constraint, its type does not); a create
-        checks for a twin inside BEGIN IMMEDIATE first, so only adding an upstream meets one."""
+        """Any IntegrityError, as "constraint": its type does not say which one broke, so adding an
+        upstream looks the tenant up. Creating a tenant or an actor checks for a twin inside BEGIN
+        IMMEDIATE and maps only "unique" and "foreign-key": there it propagates as it always did."""
         return "constraint" if isinstance(exc, sqlite3.IntegrityError) else None
 
     @contextlib.contextmanager
