@@ -28,12 +28,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[object]:
-    """This run's own Postgres database (tests.pg), dropped at the end; skips when no server answers."""
+    """This run's own Postgres database (tests.pg), dropped at the end. The machine's Postgres runs before
+    every session and CI run: when no server answers, the tests that need it fail (never skip)."""
     from tests.pg import PgDatabase, reachable
 
     why = reachable()
     if why is not None:
-        pytest.skip(why)
+        pytest.fail(f"{why} (the Postgres tests need the server at AEGRESS_TEST_POSTGRES_URL)")
     db = PgDatabase()
     try:
         yield db

@@ -19,10 +19,13 @@ import pytest
 from tests.e2e.clients_support import NODE_BIN, World, user_dirs, world_fixture
 from tests.procs import aegress
 
-pytestmark = [
-    pytest.mark.npm,
-    pytest.mark.skipif(not NODE_BIN.is_dir(), reason="tests/node_modules is absent: run `npm ci --prefix tests`"),
-]
+pytestmark = pytest.mark.npm
+
+
+@pytest.fixture(autouse=True)
+def _clients_installed() -> None:
+    """The test command installs the real clients: missing, these tests fail rather than skip."""
+    assert NODE_BIN.is_dir(), "tests/node_modules is absent: run scripts/install-test-deps.sh"
 
 
 @pytest.fixture(scope="module")

@@ -23,11 +23,15 @@ HARNESS = ROOT / "tests" / "node_modules" / "@modelcontextprotocol" / "conforman
 HARNESS_NEXT = ROOT / "tests" / "node_modules" / "conformance-next" / "dist" / "index.js"
 EVERYTHING = Path(sys.executable).parent / "mcp-everything-server"
 
-pytestmark = [
-    pytest.mark.npm,
-    pytest.mark.skipif(not HARNESS.exists() or not EVERYTHING.exists(),
-                       reason="conformance tools missing: run scripts/install-test-deps.sh"),
-]
+pytestmark = pytest.mark.npm
+
+
+@pytest.fixture(autouse=True)
+def _tools_installed() -> None:
+    """The test command installs the harnesses and the reference server: missing, these tests fail (a skip
+    would let a run without them pass)."""
+    missing = [str(p) for p in (HARNESS, HARNESS_NEXT, EVERYTHING) if not p.exists()]
+    assert not missing, f"conformance tools missing ({', '.join(missing)}): run scripts/install-test-deps.sh"
 
 
 def _free_port() -> int:

