@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from gateway import binding, naming, ratelimit
+from gateway.bus import Bus
 from gateway.decide import CLIENT_REQUESTS, POLL_INTERVAL_S, AllowAll, Decider, GateDecision
 from gateway.errors import AegressError, AuthError, ProtocolError, StoreUnavailable, UpstreamError
 from gateway.evidence import now_time
@@ -109,8 +110,10 @@ class Pipeline:
         recorder: Recorder,
         decider: Decider | None = None,
         review_desk: ReviewDesk | None = None,
+        bus: Bus | None = None,
     ) -> None:
         self.store = store
+        self.bus = bus or Bus(store.replica_id)  # the other replicas (gateway.bus); local only without Redis
         self.runtime = runtime
         self.recorder = recorder
         self.decider: Decider = decider or AllowAll()

@@ -29,6 +29,7 @@ import orjson
 
 from gateway import naming
 from gateway.audit.redact import REDACTED, scrub, truncate
+from gateway.bus import Bus
 from gateway.config import Limits
 from gateway.errors import ProtocolError, UpstreamError
 from gateway.jsonrpc import (
@@ -389,9 +390,10 @@ def injected_secrets(spec: UpstreamSpec) -> tuple[str, ...]:
 class Runtime:
     """All tenants' runtimes; picks up upstream registrations changed by the CLI while serving."""
 
-    def __init__(self, store: Store, limits: Limits) -> None:
+    def __init__(self, store: Store, limits: Limits, bus: Bus | None = None) -> None:
         self.store = store
         self.limits = limits
+        self.bus = bus or Bus(store.replica_id)  # the other replicas (gateway.bus); local only without Redis
         self._tenants: dict[str, TenantRuntime] = {}
         self._version = -1
         self._checked = 0.0

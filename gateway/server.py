@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from gateway.bus import connect as connect_bus
 from gateway.config import Limits, ServeSettings
 from gateway.datadir import DataDirLock, hold
 from gateway.decide import Decider, PolicyDecider
@@ -121,7 +122,8 @@ def build_gateway(home: Path, settings: ServeSettings, *, database_url: str | No
     lock = lock or hold(home)
     store = open_store(home, database_url, busy_timeout_s=STORE_BUSY_S)
     master = load_master_key(home)
-    runtime = Runtime(store, settings.limits)
+    bus = connect_bus(store, store.replica_id)  # Redis/Valkey when AEGRESS_REDIS_URL is set
+    runtime = Runtime(store, settings.limits, bus)
     # sealed evidence: key loaded (a readable key file refuses start-up), open intents recovered, writer started
     evidence_settings = EvidenceSettings.from_env(home)
     recorder: Evidence | NoEvidence = (
@@ -130,7 +132,7 @@ def build_gateway(home: Path, settings: ServeSettings, *, database_url: str | No
     if decider is None:  # each tenant's stored policy; an invalid one stops start-up here (ConfigError)
         decider = PolicyDecider(store)
         decider.check_stored()
-    pipeline = Pipeline(store, master, runtime, recorder, decider)
+    pipeline = Pipeline(store, master, runtime, recorder, decider, bus=bus)
     hosts, origins = default_allowed(settings.host)
     endpoint = McpEndpoint(
         pipeline,
@@ -138,6 +140,7 @@ def build_gateway(home: Path, settings: ServeSettings, *, database_url: str | No
         settings.limits,
         allowed_hosts=hosts + settings.allowed_hosts,
         allowed_origins=origins + settings.allowed_origins,
+        bus=bus,
     )
 
     async def probe() -> tuple[bool, str | None]:
@@ -164,11 +167,13 @@ def build_gateway(home: Path, settings: ServeSettings, *, database_url: str | No
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await bus.start()
         reaper = asyncio.create_task(endpoint.reaper())
         try:
             yield
         finally:
             reaper.cancel()
+            await bus.close()
             await endpoint.close()
             await runtime.close()
             await asyncio.to_thread(recorder.close)

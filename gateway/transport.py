@@ -33,6 +33,7 @@ from typing import Any
 from starlette.datastructures import Headers, QueryParams
 
 from gateway import binding, ratelimit
+from gateway.bus import Bus
 from gateway.config import Limits
 from gateway.errors import AegressError, AuthError, ProtocolError, RateLimited
 from gateway.jsonrpc import (
@@ -285,8 +286,10 @@ class McpEndpoint:
         limits: Limits,
         allowed_hosts: tuple[str, ...],
         allowed_origins: tuple[str, ...],
+        bus: Bus | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self.bus = bus or Bus()  # the other replicas (gateway.bus); local only without Redis
         self.runtime = runtime
         self.limits = limits
         self.allowed_hosts = allowed_hosts

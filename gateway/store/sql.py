@@ -183,6 +183,14 @@ class SQLStore:
         row = self._one("SELECT value FROM meta WHERE key = ?", (key,))
         return int(row[0]) if row else 0
 
+    def shared_value(self, key: str, proposed: str) -> str:
+        """The `meta` value under `key`, set to `proposed` by whichever process asks first (the rest read
+        the winner's): how replicas agree on a fleet id or a shared session key without a coordinator."""
+        with self.transaction() as conn:
+            self._x(conn, "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (key, proposed))
+            row = self._x(conn, "SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return str(row[0])
+
     # -- calls and evidence reads ------------------------------------------------------------------
     def list_calls(self, tenant_id: str | None = None, limit: int = 100) -> list[CallRecord]:
         sql, params = where(tenant_id=tenant_id)
