@@ -176,6 +176,8 @@ META_PROTOCOL_VERSION = "io.modelcontextprotocol/protocolVersion"
 META_CLIENT_INFO = "io.modelcontextprotocol/clientInfo"
 META_CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
 META_LOG_LEVEL = "io.modelcontextprotocol/logLevel"
+SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId"
+"""2026-07-28: the `_meta` key on every frame of a `subscriptions/listen` stream: that request's id."""
 META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
 MISSING_CAPABILITY = -32021
 UNSUPPORTED_VERSION = -32022

@@ -38,6 +38,7 @@ from gateway.jsonrpc import (
     MODERN_VERSIONS,
     REMOVED_IN_MODERN,
     STREAM_OPEN,
+    SUBSCRIPTION_ID,
     decorate_modern_result,
     error,
     error_from,
@@ -57,7 +58,6 @@ log = logging.getLogger("aegress.pipeline")
 Send = Callable[[JSON], Awaitable[None]]
 SERVER_INFO = {"name": "aegress", "title": "Aegress MCP gateway", "version": "0.1.0"}
 SERVER_INFO_STAMP = {"name": "aegress", "version": "0.1.0"}
-SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId"
 # which policy rules a method's targets answer to
 _POLICY_KIND = {
     "resources/list": "resource", "resources/templates/list": "resource", "resources/read": "resource",
@@ -81,6 +81,11 @@ OUTCOME_WAIT_S = 3.0
 """At most this long for an outcome's commit before answering without a receipt; the writer keeps the
 outcome and retries until the store takes it."""
 _LISTEN_TIMEOUT_S = 24 * 3600.0
+
+
+def _either(first: asyncio.Future[Any], second: asyncio.Future[Any]) -> asyncio.Future[Any]:
+    """A future done as soon as either is (the other is left running)."""
+    return asyncio.ensure_future(asyncio.wait({first, second}, return_when=asyncio.FIRST_COMPLETED))
 
 
 def _now() -> str:
@@ -467,8 +472,8 @@ class Pipeline:
             acks.append((up, ack))
         honored: JSON = {}
         try:
-            if acks:
-                await asyncio.wait([a for _, a in acks], timeout=10)
+            if acks:  # an upstream whose listen ended (an error, say) acknowledges nothing: stop waiting for it
+                await asyncio.wait([_either(a, s) for (_, a), s in zip(acks, streams, strict=True)], timeout=10)
             for up, ack in acks:
                 got = ack.result() if ack.done() else {}
                 for key in ("toolsListChanged", "promptsListChanged", "resourcesListChanged"):

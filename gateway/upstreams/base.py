@@ -24,6 +24,7 @@ from gateway.jsonrpc import (
     META_CLIENT_INFO,
     META_PROTOCOL_VERSION,
     MODERN_VERSION,
+    SUBSCRIPTION_ID,
     notification,
 )
 from gateway.types import UpstreamSpec
@@ -31,6 +32,17 @@ from gateway.types import UpstreamSpec
 log = logging.getLogger("aegress.upstream")
 
 Sink = Callable[[JSON], Awaitable[None]]
+
+
+def _subscription_id(msg: JSON) -> int | None:
+    """Pure: the id of our `subscriptions/listen` request a notification belongs to (2026-07-28), if it says.
+
+    Over stdio every frame shares one pipe, so the acknowledgement and the events of a listen stream are
+    told apart only by this `_meta` tag; without it they would reach no sink and the listen would stall."""
+    params = msg.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    value = meta.get(SUBSCRIPTION_ID) if isinstance(meta, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 CLIENT_INFO = {"name": "aegress-gateway", "version": "0.1.0"}
 _COURTESY_TIMEOUT_S = 2.0
@@ -302,6 +314,8 @@ class UpstreamConnection:
             target = self._state.by_progress.get(token) if isinstance(token, str) else None
             if target is None:
                 return  # a progress token we did not hand out: never guess its owner
+        elif target is None and (sub_id := _subscription_id(msg)) in self._state.pending:
+            target = self._state.pending[sub_id]  # a listen stream's frame, on a transport without per-request streams
         elif target is None and ("id" in msg or method == "notifications/message"):
             live = [p for p in self._state.pending.values() if p.sink is not None and p.method != "initialize"]
             if len(live) == 1:
