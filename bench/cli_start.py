@@ -94,7 +94,8 @@ def cli_env(home: Path, user_home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in dropped}
     env.update({"AEGRESS_HOME": str(home), "HOME": str(user_home), "PYTHONPATH": str(ROOT), "COLUMNS": "100",
                 "NO_COLOR": "1", "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"})
-    for name in ("AEGRESS_TENANT_ID", "AEGRESS_ACTOR_ID", "AEGRESS_MCP_GATEWAY_TOKEN"):
+    for name in ("AEGRESS_TENANT_ID", "AEGRESS_ACTOR_ID", "AEGRESS_MCP_GATEWAY_TOKEN", "MCP_TUNNEL_PROVIDER",
+                 "MCP_TUNNEL_ID", "MCP_TUNNEL_WORKSPACE", "MCP_TUNNEL_OWNER"):  # `tunnel status` expects none
         env.pop(name, None)
     return env
 
