@@ -36,10 +36,11 @@ def serve(
                            "flight may still run before they are cut with an error.")] = _D.drain_grace_s,
     max_connections: Annotated[int, typer.Option(envvar="AEGRESS_MAX_CONNECTIONS", help="Open HTTP connections; "
                                "beyond it requests get 503.")] = _D.max_connections,
-    max_connections_per_address: Annotated[int, typer.Option(envvar="AEGRESS_MAX_CONNECTIONS_PER_ADDRESS",
-                                           help="Open HTTP connections from one client address; beyond it "
-                                           "new connections get 503 (raise it behind a reverse proxy)."
-                                           )] = _D.max_connections_per_address,
+    max_connections_per_address: Annotated[int | None, typer.Option(
+        envvar="AEGRESS_MAX_CONNECTIONS_PER_ADDRESS", show_default=False,
+        help=f"Open HTTP connections from one client address; beyond it new connections get 503 (raise it "
+        f"behind a reverse proxy). Default: {_D.max_connections_per_address}; with --ingress tunnel, "
+        "--max-connections (every connection comes from the tunnel's address).")] = None,
     header_timeout: Annotated[float, typer.Option(envvar="AEGRESS_HEADER_TIMEOUT", help="Seconds a client may "
                               "take to send a request's headers (then 408).")] = _D.header_timeout_s,
     body_timeout: Annotated[float, typer.Option(envvar="AEGRESS_BODY_TIMEOUT", help="Longest pause, in seconds, "
@@ -63,18 +64,46 @@ def serve(
                              "pass).")] = _D.auth_failures,
     auth_throttle_window: Annotated[float, typer.Option(envvar="AEGRESS_AUTH_THROTTLE_WINDOW", help="Seconds "
                                     "over which --auth-throttle counts failures.")] = _D.auth_failure_window_s,
+    ingress: Annotated[str, typer.Option("--ingress", envvar="MCP_INGRESS_MODE", help="direct, or tunnel: an "
+                       "outbound tunnel client beside the gateway carries MCP traffic (loopback bind only, "
+                       "--public-url required). See docs/operations/tunnel.md.")] = "direct",
+    public_url: Annotated[str | None, typer.Option("--public-url", envvar="MCP_PUBLIC_URL", help="The URL "
+                          "clients use (the tunnel's or reverse proxy's, ending in /mcp): every URL the gateway "
+                          "prints is built from it, and its host passes the Host and Origin checks.")] = None,
+    auth_mode: Annotated[str, typer.Option("--auth-mode", envvar="MCP_AUTH_MODE", help="bearer (Aegress "
+                         "tokens); oauth is not available yet.")] = "bearer",
+    trusted_proxy: Annotated[list[str] | None, typer.Option("--trusted-proxy", envvar="AEGRESS_TRUSTED_PROXIES",
+                             help="Address or CIDR of a proxy whose X-Forwarded-For and X-Forwarded-Host are "
+                             "believed (repeatable; in the env var, space-separated). From any other peer "
+                             "they are ignored.")] = None,
+    static_tenant: Annotated[str | None, typer.Option("--static-tenant", envvar="AEGRESS_STATIC_TENANT",
+                             help="Static binding, for a customer-hosted pilot: accept only one token, that "
+                             "of this tenant and --static-actor (start-up fails when it is missing, revoked or "
+                             "bound elsewhere).")] = None,
+    static_actor: Annotated[str | None, typer.Option("--static-actor", envvar="AEGRESS_STATIC_ACTOR",
+                            help="The static binding's actor (see --static-tenant).")] = None,
+    static_token_ref: Annotated[str | None, typer.Option("--static-token-ref", envvar="AEGRESS_STATIC_TOKEN_REF",
+                                help="Where that token is kept: keyring:NAME or file:/path (mode 0600), never "
+                                "the token itself. Default: keyring:token:TENANT:ACTOR, where `aegress token "
+                                "issue` keeps it.")] = None,
 ) -> None:
     """Run the gateway in the foreground until Ctrl-C (SIGTERM drains calls in flight first)."""
     import logging
 
     from gateway.config import ServeSettings
-    from gateway.errors import ConfigError
+    from gateway.ingress import check_auth_mode, check_ingress, parse_trusted_proxies, static_binding
     from gateway.server import check_bind
 
-    auth_mode = os.environ.get("MCP_AUTH_MODE", "bearer")
-    if auth_mode != "bearer":
-        raise ConfigError(f"MCP_AUTH_MODE={auth_mode!r} is not supported.", hint="Use MCP_AUTH_MODE=bearer.")
+    auth_mode = check_auth_mode(auth_mode)
+    ingress = ingress.strip().lower()
+    public = check_ingress(ingress, host, public_url, allow_public_bind)
     check_bind(host, allow_public_bind)
+    pinned = static_binding(static_tenant, static_actor, static_token_ref)
+    proxies = tuple(trusted_proxy or ())
+    parse_trusted_proxies(proxies)
+    if max_connections_per_address is None:  # behind a tunnel every peer is its loopback address
+        max_connections_per_address = (max_connections if ingress == "tunnel"
+                                       else _D.max_connections_per_address)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if os.environ.get("AEGRESS_AUDIT", "on").lower() in ("off", "0", "false") and not no_evidence:
         err("Warning: AEGRESS_AUDIT=off is ignored: evidence stays on. Pass --no-evidence to turn it off.")
@@ -101,10 +130,17 @@ def serve(
                     max_calls_per_tenant=max_calls_per_tenant, auth_failures=auth_throttle,
                     auth_failure_window_s=auth_throttle_window)
     settings = ServeSettings(host=host, port=port, allowed_hosts=tuple(allowed_host or ()),
-                             allowed_origins=tuple(allowed_origin or ()), auth_mode=auth_mode, limits=limits)
+                             allowed_origins=tuple(allowed_origin or ()), auth_mode=auth_mode, limits=limits,
+                             public_url=public.url if public else None, ingress=ingress, trusted_proxies=proxies,
+                             static_binding=pinned)
 
     def ready(url: str) -> None:
         print(f"Aegress gateway listening on {url}", flush=True)
+        if public is not None:
+            print(f"Public URL ({ingress} ingress): {public.url}", flush=True)
+        if pinned is not None:
+            print(f"Static binding: only the token under {pinned.token_ref} (tenant {pinned.tenant}, actor "
+                  f"{pinned.actor}) is accepted.", flush=True)
         print(f"Data dir: {data}", flush=True)
         if database:
             from gateway.store import mask_url
@@ -113,7 +149,7 @@ def serve(
         if no_evidence:
             print("EVIDENCE IS OFF (--no-evidence): calls are not recorded and carry no receipts.", flush=True)
         if demo:
-            _print_demo(url, fresh_token)
+            _print_demo(public.url if public else url, fresh_token)
         print("Press Ctrl-C to stop.", flush=True)
 
     from gateway.server import serve as run

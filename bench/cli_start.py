@@ -57,7 +57,7 @@ def commands(policy_file: Path) -> list[tuple[str, list[str], int]]:
     """(label, arguments, expected exit code) of every command timed."""
     helps = [("--help", ["--help"], 0)]
     for group in ("tenant", "actor", "token", "upstream", "upstream secret", "policy", "review", "audit", "client",
-                  "serve", "bridge", "db"):
+                  "tunnel", "serve", "bridge", "db"):
         helps.append((f"{group} --help", [*group.split(), "--help"], 0))
     runs = [
         ("tenant list", ["tenant", "list"], 0),
@@ -84,6 +84,7 @@ def commands(policy_file: Path) -> list[tuple[str, list[str], int]]:
         ("client env", ["client", "env", "-t", "acme", "-a", "alice"], 0),
         ("client setup --dry-run", ["client", "setup", "claude-code", "-t", "acme", "-a", "alice", "--dry-run"], 0),
         ("db status", ["db", "status"], 0),
+        ("tunnel status", ["tunnel", "status"], 3),  # no MCP_TUNNEL_* in the bench's environment
     ]
     return helps + runs
 
@@ -93,7 +94,8 @@ def cli_env(home: Path, user_home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in dropped}
     env.update({"AEGRESS_HOME": str(home), "HOME": str(user_home), "PYTHONPATH": str(ROOT), "COLUMNS": "100",
                 "NO_COLOR": "1", "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"})
-    for name in ("AEGRESS_TENANT_ID", "AEGRESS_ACTOR_ID", "AEGRESS_MCP_GATEWAY_TOKEN"):
+    for name in ("AEGRESS_TENANT_ID", "AEGRESS_ACTOR_ID", "AEGRESS_MCP_GATEWAY_TOKEN", "MCP_TUNNEL_PROVIDER",
+                 "MCP_TUNNEL_ID", "MCP_TUNNEL_WORKSPACE", "MCP_TUNNEL_OWNER"):  # `tunnel status` expects none
         env.pop(name, None)
     return env
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.ingress import StaticBinding
 
 ENV_HOME = "AEGRESS_HOME"
 DEFAULT_PORT = 8765
@@ -56,5 +60,8 @@ class ServeSettings:
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     auth_mode: str = "bearer"
-    public_url: str | None = None
+    public_url: str | None = None  # the URL clients use (a tunnel's, a reverse proxy's): see gateway.ingress
     limits: Limits = Limits()
+    ingress: str = "direct"  # or "tunnel": loopback bind, public URL required (gateway.ingress)
+    trusted_proxies: tuple[str, ...] = ()  # whose X-Forwarded-For / X-Forwarded-Host are believed
+    static_binding: StaticBinding | None = None  # accept only this one token (gateway.ingress)

