@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "audit": "aegress_cli.audit:app",
     "client": "aegress_cli.client:app",
     "db": "aegress_cli.db:app",
+    "deploy": "aegress_cli.deploy:app",
 }
 """The root's commands as `module:attribute`: a function joins with `command()`, a group's Typer with
 `add_typer()`. This is the order of `aegress --help`."""
