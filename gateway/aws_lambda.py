@@ -106,6 +106,7 @@ def materialize_secrets(home: Path, env: Mapping[str, str], fetch: Fetch) -> dic
     """Fetch every referenced secret once (cold start): file secrets are written 0600 under `home`; the
     others are returned as variables for the process. Errors name the variable, never a secret value."""
     updates: dict[str, str] = {}
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
     for name, ref in sorted(secret_refs(env).items()):
         try:
             value = fetch(ref)
@@ -224,7 +225,9 @@ class LambdaGateway:
                           "environment runs, and start-up recovery marks open calls outcome_unknown", SETTLE_S)
 
     def close(self) -> None:
-        """Shut the app down (store, recorder, upstreams) and drop the loop; tests and SIGTERM call it."""
+        """Shut the app down (store, recorder, upstreams) and drop the loop. Tests call it; Lambda ends an
+        environment without telling a function that registers no extension, and nothing is in flight then:
+        every invocation settles its calls and records before it returns."""
         try:
             self._lifespan.__exit__(None, None, None)
         finally:
@@ -252,9 +255,12 @@ def cold_start(env: Mapping[str, str] | None = None, fetch: Fetch = secrets_mana
     updates["AEGRESS_AUDIT_AWAIT_OUTCOME"] = "on"  # the outcome is committed before the answer leaves
     if env.get("AEGRESS_AUDIT_AWAIT_OUTCOME", "on").lower() not in ("on", "1", "true"):
         log.warning("AEGRESS_AUDIT_AWAIT_OUTCOME is forced on: Lambda freezes the process after each answer")
-    os.environ.update(updates)
     config = lambda_config({**env, **updates})
+    # the rest (a Redis URL, an upstream credential read as env:NAME) is read from the process environment;
+    # the database URL is handed over directly and stays out of it
+    os.environ.update({k: v for k, v in updates.items() if k != "AEGRESS_DATABASE_URL"})
     logging.basicConfig(level=config.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(config.log_level.upper())  # the Lambda runtime installs its own handler first
     install_log_redaction()
     return LambdaGateway(config)
 
