@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "client": "aegress_cli.client:app",
     "tunnel": "aegress_cli.tunnel:app",
     "db": "aegress_cli.db:app",
+    "deploy": "aegress_cli.deploy:app",
 }
 """The root's commands as `module:attribute`: a function joins with `command()`, a group's Typer with
 `add_typer()`. This is the order of `aegress --help`."""

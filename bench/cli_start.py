@@ -57,7 +57,7 @@ def commands(policy_file: Path) -> list[tuple[str, list[str], int]]:
     """(label, arguments, expected exit code) of every command timed."""
     helps = [("--help", ["--help"], 0)]
     for group in ("tenant", "actor", "token", "upstream", "upstream secret", "policy", "review", "audit", "client",
-                  "tunnel", "serve", "bridge", "db"):
+                  "tunnel", "serve", "bridge", "db", "deploy"):
         helps.append((f"{group} --help", [*group.split(), "--help"], 0))
     runs = [
         ("tenant list", ["tenant", "list"], 0),
@@ -85,6 +85,9 @@ def commands(policy_file: Path) -> list[tuple[str, list[str], int]]:
         ("client setup --dry-run", ["client", "setup", "claude-code", "-t", "acme", "-a", "alice", "--dry-run"], 0),
         ("db status", ["db", "status"], 0),
         ("tunnel status", ["tunnel", "status"], 3),  # no MCP_TUNNEL_* in the bench's environment
+        ("deploy list", ["deploy", "list"], 0),
+        ("deploy render", ["deploy", "render", "aws-lambda", "--out", str(policy_file.parent / "rendered"),
+                           "--image", "example.com/aegress:1", "--force"], 0),
     ]
     return helps + runs
 

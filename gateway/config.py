@@ -51,6 +51,10 @@ class Limits:
     auth_failures: int = 60
     auth_failure_window_s: float = 60.0
     drain_grace_s: float = 20.0  # on SIGTERM, how long calls in flight may still run
+    # answer every request as one JSON body, never an SSE stream: for hosts that buffer whole responses
+    # (AWS Lambda). GET streams are refused (405), messages a call causes before its answer are dropped,
+    # and a call that needs a client round trip (sampling, elicitation, roots) is ended with an error.
+    json_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)

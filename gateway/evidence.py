@@ -312,6 +312,7 @@ class EvidenceWriter:
         self._ready_since = 0.0
         self._later_lock = threading.Lock()
         self._wake_queued = False
+        self._building = 0  # deferred records taken from _later and not yet in _ready (see flush)
         self._held: list[tuple[Entry, _Waiter]] = []
         self._max_held = max_held
         self._max_held_bytes = max_held_bytes
@@ -385,6 +386,21 @@ class EvidenceWriter:
             wake, self._wake_queued = not self._wake_queued, True
         if wake:
             self._queue.put(_WAKE)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every record handed over so far (deferred ones too) has left the writer: committed, or
+        refused; False if some still wait after `timeout` (the store refuses them; they stay held). For hosts
+        that freeze the process between requests (AWS Lambda): nothing may sit in memory while it sleeps."""
+        deadline = time.monotonic() + timeout
+        self._queue.put(_WAKE)  # deferred records are built and committed now, not after defer_s
+        while True:
+            with self._later_lock:
+                pending = bool(self._later or self._ready or self._building)
+            if not pending and self._waiting == 0:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
 
     def append_sync(self, entries: Sequence[Entry], timeout: float = 30.0) -> list[Sealed]:
         futures = [self.submit(e) for e in entries]
@@ -481,15 +497,20 @@ class EvidenceWriter:
             builders, self._later, self._wake_queued = self._later, [], False
             if builders and not self._ready:
                 self._ready_since = self._later_since
-        for build in builders:
-            try:
-                entry = build()
-                validate_body(entry.kind, entry.body)
-                self._admit(entry)
-            except Exception:
-                log.exception("could not build a deferred evidence record")
-                continue
-            self._ready.append((entry, None))
+            self._building += len(builders)
+        try:
+            for build in builders:
+                try:
+                    entry = build()
+                    validate_body(entry.kind, entry.body)
+                    self._admit(entry)
+                except Exception:
+                    log.exception("could not build a deferred evidence record")
+                    continue
+                self._ready.append((entry, None))
+        finally:
+            with self._later_lock:
+                self._building -= len(builders)
 
     def _deferred(self) -> list[tuple[Entry, _Waiter]]:
         """Every deferred record, built, for the commit about to run."""
@@ -874,7 +895,14 @@ class Evidence:
             self._wake.set()
 
     # background: checkpoints and the security log
-    def _flush_auth(self) -> None:
+    def settle(self, timeout: float = 10.0) -> bool:
+        """Commit now what would otherwise wait in memory: the authentication failures counted so far and every
+        queued or deferred record. AWS Lambda freezes the process once an answer leaves, so its handler calls
+        this before each answer (with AEGRESS_AUDIT_AWAIT_OUTCOME on). False if the store took not all in time."""
+        self._flush_auth(wait=timeout)
+        return self.writer.flush(timeout)
+
+    def _flush_auth(self, wait: float = 30.0) -> None:
         taken = self.auth.take()
         if taken is None:
             return
@@ -883,7 +911,7 @@ class Evidence:
                       {"window_start": start, "window_end": end, "count": sum(reasons.values()),
                        "reasons": sorted(reasons)}, Columns(verdict="auth_failures_aggregate"))
         try:
-            self.writer.submit(entry).result(30)
+            self.writer.submit(entry).result(wait)
         except Exception as exc:  # counted again next window would double count: log and drop
             log.error("could not record %d authentication failures: %s", sum(reasons.values()), exc)
 
@@ -950,6 +978,9 @@ class NoEvidence:
 
     def auth_failure(self, reason: str) -> None:
         return None
+
+    def settle(self, timeout: float = 10.0) -> bool:
+        return True
 
     def crash(self, point: str) -> None:
         return None

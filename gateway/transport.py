@@ -16,6 +16,7 @@ Header deadlines, header count and the connection caps sit below ASGI, in `gatew
 Handshake-era (2025-06-18, 2025-11-25) requests are answered on an SSE stream, as the reference
 server does. A 2026-07-28 request is answered with JSON when nothing related (progress, a log)
 comes before the result, and on an SSE stream otherwise, as that revision's reference does.
+With `Limits.json_only` (AWS Lambda, which buffers whole responses) every answer is JSON: see `JSON_ONLY`.
 """
 
 from __future__ import annotations
@@ -91,6 +92,18 @@ CREDENTIAL_PARAMS = frozenset({"access_token", "token", "api_key", "apikey", "ap
                                "id_token", "key", "auth", "password", "secret", "client_secret"})
 _MAX_THROTTLED_PEERS = 10_000
 SHUTTING_DOWN = -32000
+JSON_ONLY = "This deployment answers with JSON only (no SSE streams)"
+"""`Limits.json_only`: GET streams get 405; POSTs need only `Accept: application/json`; the client is declared
+upstream without sampling, elicitation or roots (they need a stream to reach it); related messages (progress,
+logs) are dropped; a call whose upstream still sends a request to the client ends with an error."""
+_STREAM_ONLY_CAPS = ("sampling", "elicitation", "roots")
+
+
+def deliverable_caps(caps: dict[str, Any], json_only: bool) -> dict[str, Any]:
+    """Pure: the client capabilities the gateway can honour; without streams no upstream request reaches it."""
+    if not json_only:
+        return caps
+    return {k: v for k, v in caps.items() if k not in _STREAM_ONLY_CAPS}
 
 
 def header(headers: Headers, name: str) -> str | None:
@@ -325,6 +338,10 @@ class McpEndpoint:
             if method not in ("POST", "GET", "DELETE") or (modern and method != "POST"):
                 raise HttpError(f"Method {method} is not allowed.", http_status=405, code="method-not-allowed",
                                 hint="2026-07-28 uses POST only." if modern else None)
+            if method == "GET" and self.limits.json_only:
+                raise HttpError(f"{JSON_ONLY}: GET streams are not served.", http_status=405, code="json-only",
+                                hint="Send requests with POST and Accept: application/json; for streams deploy "
+                                "the gateway as a long-running server (docs/operations/README.md).")
             raw_query = scope.get("query_string", b"")
             query = QueryParams(raw_query.decode("latin-1")) if raw_query else _NO_QUERY
             if any(k.lower() in CREDENTIAL_PARAMS for k in query):
@@ -452,7 +469,8 @@ class McpEndpoint:
         info = meta.get(META_CLIENT_INFO) if isinstance(meta.get(META_CLIENT_INFO), dict) else {}
         envelope = {k: meta[k] for k in (META_PROTOCOL_VERSION, META_CLIENT_CAPABILITIES, META_CLIENT_INFO,
                                          META_LOG_LEVEL) if k in meta}
-        session = ClientSession("", who, MODERN_VERSION, meta[META_CLIENT_CAPABILITIES], info, self.runtime, envelope)
+        caps = deliverable_caps(meta[META_CLIENT_CAPABILITIES], self.limits.json_only)
+        session = ClientSession("", who, MODERN_VERSION, caps, info, self.runtime, envelope)
         # Mcp-Param-* headers mirror tool arguments that are forwarded unchanged: pass them on as sent.
         session.param_headers = {k: v for k, v in headers.items() if k.startswith("mcp-param-")}
         try:
@@ -466,7 +484,11 @@ class McpEndpoint:
         if ctype != "application/json":
             raise HttpError("Content-Type must be application/json.", http_status=415, code="unsupported-media-type")
         accept = headers.get("accept", "").lower()
-        if not ("*/*" in accept or ("application/json" in accept and "text/event-stream" in accept)):
+        if self.limits.json_only:
+            if not ("*/*" in accept or "application/json" in accept):
+                raise HttpError(f"{JSON_ONLY}: Accept must include application/json.", http_status=406,
+                                code="json-only", hint="Accept application/json; this deployment never streams.")
+        elif not ("*/*" in accept or ("application/json" in accept and "text/event-stream" in accept)):
             raise HttpError("Accept must include application/json and text/event-stream.", http_status=406,
                             code="not-acceptable")
         return validate_message(loads_strict(await self._read_body(receive)))
@@ -505,6 +527,7 @@ class McpEndpoint:
     async def _initialize(self, send: ASGISend, who: Identity, msg: JSON) -> None:
         params = msg.get("params") or {}
         caps = params.get("capabilities") if isinstance(params.get("capabilities"), dict) else {}
+        caps = deliverable_caps(caps, self.limits.json_only)
         info = params.get("clientInfo") if isinstance(params.get("clientInfo"), dict) else {}
         if len(self.sessions) + self._initializing >= self.limits.max_sessions:
             self._reap(force=True)
@@ -591,7 +614,7 @@ class McpEndpoint:
         response. On a resumable session (2025-11-25) the stream outlives the response: when the
         client drops it, or the upstream closes its own stream mid-call (SSE polling, SEP-1699), the
         call goes on and the client reconnects with GET + Last-Event-ID (`_resume`)."""
-        resumable = session.version in RESUMABLE_VERSIONS
+        resumable = session.version in RESUMABLE_VERSIONS and not self.limits.json_only
         key = repr(msg["id"])
         if key in session.requests:
             raise HttpError("A request with this id is still in flight on this session.", http_status=409,
@@ -725,6 +748,15 @@ class McpEndpoint:
                             status = _MODERN_STATUS.get(message["error"].get("code"), 200)
                         await self._respond(send, status, dumps(message))
                         return "done"
+                    if self.limits.json_only:  # no stream to carry it: drop it, or end a call that needs one
+                        cursor += 1
+                        if is_request(message):
+                            stream.expire(ProtocolError(
+                                f"{JSON_ONLY}: the upstream asked the client for {str(message['method'])[:60]}, "
+                                "which needs a stream.", code="json-only", http_status=502, jsonrpc_code=-32603,
+                                hint="Use this tool through a streaming deployment (docs/operations/README.md)."),
+                                "json_only")
+                        continue
                     if not streaming:  # something comes before the answer: commit to SSE
                         await start()
                     cursor += 1
@@ -761,6 +793,8 @@ class McpEndpoint:
                     continue
                 if ticked:
                     ticked = False
+                    if self.limits.json_only:  # nothing to keep alive: the answer comes whole
+                        continue
                     if not streaming:  # a silent call: commit to SSE so idle proxies keep the connection
                         await start()
                     await write(b": ping\n\n")
@@ -878,6 +912,11 @@ class McpEndpoint:
         for s in sessions:
             await s.close()
 
+    def tasks_in_flight(self) -> list[asyncio.Future[JSON]]:
+        """Dispatch tasks not finished yet: a cut call records its outcome on the way out, so a host that
+        freezes the process once the answer is sent (AWS Lambda) lets these end first."""
+        return [s.task for s in self._running if s.task is not None and not s.task.done()]
+
     async def drain(self, grace: float, forced: Callable[[], bool] = lambda: False) -> tuple[int, int]:
         """SIGTERM: refuse new requests (503), give the calls in flight `grace` seconds, then answer each
         one still running with a JSON-RPC error (-32000 "gateway shutting down") as its last event and
@@ -932,7 +971,8 @@ class McpEndpoint:
         if exc.http_status in (408, 413) or exc.code == "shutting-down":  # a body may be left unread
             extra.append((b"connection", b"close"))
         if exc.http_status == 405:
-            extra.append((b"allow", b"POST" if modern else b"GET, POST, DELETE"))
+            allow = b"POST" if modern else b"POST, DELETE" if self.limits.json_only else b"GET, POST, DELETE"
+            extra.append((b"allow", allow))
         with contextlib.suppress(RuntimeError, OSError):
             await self._respond(send, exc.http_status, dumps(error_from(None, exc)), extra)
 

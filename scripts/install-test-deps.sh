@@ -11,6 +11,9 @@
 #   5. Debian packages, pinned: nginx (the load balancer of the multi-replica tests,
 #      tests/cluster.py), redis-server (the private Redis those tests start) and OpenSSH
 #      (sshd, ssh, ssh-keygen: the real reverse tunnel of tests/e2e/test_tunnel.py)
+#   6. the recipe linters in tests/requirements-lint.txt (cfn-lint, ...) in their own
+#      venv, .cache/lint-venv (created with $PYTHON when missing): they pin many
+#      packages of their own, which must not move the project's
 #
 # Each step leaves a stamp (a hash of its inputs) and is skipped on re-runs while the
 # inputs are unchanged. FORCE=1 redoes every step. Downloads go to
@@ -163,6 +166,23 @@ else
             trap - EXIT
         fi
     fi
+    printf '%s\n' "$want" > "$stamp"
+fi
+
+# --- 6. recipe linters (their own venv) -----------------------------------------------
+lint_reqs="$ROOT/tests/requirements-lint.txt"
+LINT_VENV="$ROOT/.cache/lint-venv"
+stamp="$LINT_VENV/.aegress-lint.sha256"
+want="$(hash_of "$lint_reqs")"
+if up_to_date "$stamp" "$want" && [[ -x "$LINT_VENV/bin/python" ]]; then
+    log "recipe linters: up to date"
+else
+    if [[ ! -x "$LINT_VENV/bin/python" ]]; then
+        log "recipe linters: creating $LINT_VENV"
+        "${PYTHON:-python3}" -m venv "$LINT_VENV"
+    fi
+    log "recipe linters: pip install -r tests/requirements-lint.txt"
+    "$LINT_VENV/bin/python" -m pip install --quiet -r "$lint_reqs"
     printf '%s\n' "$want" > "$stamp"
 fi
 

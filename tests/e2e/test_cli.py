@@ -157,6 +157,7 @@ FAST_COMMANDS: list[tuple[list[str], tuple[str, ...]]] = [
     (["review", "list"], ()),
     (["audit", "query", "-t", "acme"], ()),
     (["audit", "verify", "-t", "acme"], ()),
+    (["deploy", "list", "--json"], ("sqlite_utils", "keyring", "cryptography", "gateway.evidence", "gateway.store")),
 ]
 
 
