@@ -106,6 +106,7 @@ def _verifies(store: Store, home: Path, origin: str) -> bool:
 
 def test_a_log_arrives_bit_for_bit_and_verifies(source: Store, store: Store, tmp_path: Path) -> None:
     home = tmp_path / "target-home"
+    store.evidence_prefix("aegress.local/d-chosen")  # a command that only read chose one: no record uses it
     seen: list[object] = []
     report = import_bundles(store, home, _export(source, tmp_path / "moved"), confirm=seen.append)
     assert len(seen) == 1 and report.keys_trusted == (KEY.verifier_key,) and report.prefix == PREFIX
