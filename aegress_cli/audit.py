@@ -579,24 +579,26 @@ def import_(
     keys = _trusted(key, db_home=False) if key else None
     data = home()
 
-    def ask(preview: ImportPreview) -> None:
-        for b in preview.bundles:
-            have = preview.sizes.get(b.origin, 0)
-            seqs = f", seq {b.start}..{b.end - 1}" if b.records else ""
-            err(f"{b.origin}: {len(b.records)} record(s){seqs}, {len(b.checkpoints)} checkpoint(s); this database "
-                f"holds {have} record(s) of it")
-        for verifier_key in preview.keys_to_trust:
-            err(f"will trust the verifier key {verifier_key} (it signed the bundle's checkpoints)")
-        if preview.keys_from_bundle:
-            err("Note: checkpoints were checked against the bundle's own keys.txt and the keys this data dir trusts; "
-                "pass --key with the source's verifier keys to rely on those instead.")
-        confirm(f"Import {len(preview.bundles)} log(s) into {_location(db)}?", yes)
-
     with _progress(json_out) as progress:
         task = progress.add_task("Importing", total=1)
 
         def show(what: str, done: int, total: int) -> None:
             progress.update(task, description=what, completed=done, total=max(1, total))
+
+        def ask(preview: ImportPreview) -> None:
+            progress.stop()  # the question, not the bar, on the terminal
+            for b in preview.bundles:
+                have = preview.sizes.get(b.origin, 0)
+                seqs = f", seq {b.start}..{b.end - 1}" if b.records else ""
+                err(f"{b.origin}: {len(b.records)} record(s){seqs}, {len(b.checkpoints)} checkpoint(s); this "
+                    f"database holds {have} record(s) of it")
+            for verifier_key in preview.keys_to_trust:
+                err(f"will trust the verifier key {verifier_key} (it signed the bundle's checkpoints)")
+            if preview.keys_to_trust and preview.keys_from_bundle:
+                err("Note: the bundle's own keys.txt names that key; pass --key with the source's verifier keys "
+                    "(`aegress audit pubkey --all` there) to rely on those instead.")
+            confirm(f"Import {len(preview.bundles)} log(s) into {_location(db)}?", yes)
+            progress.start()
 
         report = import_bundles(db, data, path, keys=keys, confirm=ask, progress=show)
     if json_out:

@@ -167,13 +167,15 @@ def check_bundle(path: Path, trusted: Sequence[Verifier], keys: Sequence[Verifie
     signers: dict[str, Verifier] = {}
     checkpoints: dict[int, tuple[int, bytes, str]] = {}
     for note in notes:
-        for sig in parse_note(note).signatures:  # verified above: every known key's signature holds
+        signed = parse_note(note)
+        cp = parse_checkpoint(signed.text)
+        if not first <= cp.size <= end:  # only those checked against the records are imported (and trusted)
+            continue
+        checkpoints.setdefault(cp.size, (cp.size, cp.root, note))
+        for sig in signed.signatures:  # verified above: every known key's signature holds
             signer = known.get((sig.name, sig.key_id))
             if signer is not None:
                 signers.setdefault(signer.to_string(), signer)
-        cp = parse_checkpoint(parse_note(note).text)
-        if first <= cp.size <= end:  # the ones checked against the records (a smaller one was not)
-            checkpoints.setdefault(cp.size, (cp.size, cp.root, note))
     return CheckedBundle(path, origin, first, None if start is None else start.prev, tuple(records), parsed,
                          tuple(checkpoints[s] for s in sorted(checkpoints)), tuple(signers.values()),
                          report.log.open_intents)

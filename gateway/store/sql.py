@@ -163,6 +163,7 @@ class SQLStore:
     _INSERT_PIN_CHANGES: str
     _INSERT_BASELINE: str
     _UPSERT_PIN: str
+    replica_id: str
 
     # -- dialect hooks ---------------------------------------------------------------------------
     def _one(self, sql: str, params: Sequence[object] = ()) -> Sequence[Any] | None:
@@ -194,8 +195,6 @@ class SQLStore:
 
     def transaction(self) -> Any:
         raise NotImplementedError
-
-    replica_id: str
 
     def _counter(self, key: str) -> int:
         row = self._one("SELECT value FROM meta WHERE key = ?", (key,))
