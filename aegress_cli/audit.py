@@ -7,7 +7,6 @@ A thin shell over `gateway.audit` (pure: records, Merkle proofs, checkpoints, bu
 
 from __future__ import annotations
 
-import itertools
 import json
 import sys
 import time
@@ -380,38 +379,52 @@ def _range(db: Any, origin: str, since: str, until: str) -> tuple[int, int]:
 @app.command("export")
 @handle_errors
 def export(
+    out: Annotated[Path, typer.Option("--out", help="File (jsonl, csv) or new directory (bundle; with --all, a new "
+                                      "directory of bundles).")],
     tenant: Annotated[str, typer.Option("--tenant", "-t", help="Tenant whose log to export (`security` for the "
-                                        "deployment's security log).", envvar="AEGRESS_TENANT_ID")],
-    out: Annotated[Path, typer.Option("--out", help="File (jsonl, csv) or new directory (bundle).")],
+                                        "deployment's security log).", envvar="AEGRESS_TENANT_ID")] = "",
+    all_logs: Annotated[bool, typer.Option("--all", help="Every log in the database (each tenant's and the "
+                                           "security log), one bundle each under --out (`security`, "
+                                           "`tenant-<id>`): what `aegress audit import` reads to move them to "
+                                           "another database.")] = False,
     fmt: Annotated[str, typer.Option("--format", help="jsonl, csv or bundle.")] = "bundle",
     since: SinceOpt = "",
     until: UntilOpt = "",
     sign: Annotated[bool, typer.Option("--sign/--no-sign", help="Sign a fresh checkpoint first (if this host "
                                        "has the key) so the bundle covers every record.")] = True,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing file (or bundle directory) at "
-                                        "--out. A symlink is never followed.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file (or bundle directory, or with "
+                                        "--all a directory of bundles) at --out. A symlink is never "
+                                        "followed.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Export a tenant log: jsonl (exact record bytes), csv (queryable columns) or a verifiable bundle.
+    """Export a tenant log (--all: every log): jsonl (exact bytes), csv (columns) or a verifiable bundle.
 
     Files are created readable by the owner only (0600; a bundle directory 0700), never through a
     symlink, and never over an existing file without --force."""
-    from rich.progress import Progress
-
     from gateway.errors import UsageError
 
     if fmt not in ("jsonl", "csv", "bundle"):
         raise UsageError(f"Unknown format {fmt!r}.", hint="Use jsonl, csv or bundle.")
+    if all_logs and tenant:
+        raise UsageError("Give --tenant or --all, not both.", hint="AEGRESS_TENANT_ID counts as --tenant: unset it "
+                         "to export every log.")
+    if not all_logs and not tenant:
+        raise UsageError("Give --tenant TENANT (`security` for the security log), or --all for every log.")
+    if all_logs and fmt != "bundle":
+        raise UsageError("--all exports bundles only.", hint="Drop --format, or export one log with --tenant.")
     from gateway.admin import require_log_tenant
 
     db = store()
+    if all_logs:
+        _export_all(db, out, since, until, sign, force, json_out)
+        return
     require_log_tenant(db, tenant)  # never an empty export for a misspelt tenant
     origin = _origin_for(db, tenant)
     if sign and fmt == "bundle":
         _sign_if_possible(db)
     first, end = _range(db, origin, since, until)
     records = db.evidence_records(origin, first, end)
-    with Progress(transient=True, disable=json_out or not sys.stderr.isatty()) as progress:
+    with _progress(json_out) as progress:
         task = progress.add_task(f"Exporting {origin}", total=max(1, len(records)))
         if fmt == "jsonl":
             from gateway.audit.bundle import open_private
@@ -432,6 +445,54 @@ def export(
         print_json(summary)
     else:
         err(f"Exported {len(records)} record(s) of {origin} to {out}.")
+
+
+def _progress(quiet: bool) -> Any:
+    """A progress bar on stderr, only when stderr is a terminal (and not with --json)."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    return Progress(console=Console(stderr=True), transient=True, disable=quiet or not sys.stderr.isatty())
+
+
+def _bundle_name(prefix: str, origin: str) -> str:
+    """The directory of a log's bundle under `export --all`: `security`, `tenant-<id>` (ids are file-safe)."""
+    import re
+
+    from gateway.audit.log import security_origin, tenant_of
+
+    if origin == security_origin(prefix):
+        return "security"
+    tenant = tenant_of(prefix, origin)
+    return f"tenant-{tenant}" if tenant else re.sub(r"[^A-Za-z0-9._-]", "_", origin)
+
+
+def _export_all(db: Any, out: Path, since: str, until: str, sign: bool, force: bool, json_out: bool) -> None:
+    """`export --all`: one bundle per log under a new directory."""
+    from gateway.audit.bundle import create_bundle_dir
+
+    if sign:
+        _sign_if_possible(db)
+    prefix = _prefix(db)
+    origins = db.evidence_origins()
+    root = create_bundle_dir(out, force=force)
+    logs: list[dict[str, Any]] = []
+    with _progress(json_out) as progress:
+        for origin in origins:
+            first, end = _range(db, origin, since, until)
+            records = db.evidence_records(origin, first, end)
+            target = root / _bundle_name(prefix, origin)
+            task = progress.add_task(f"Exporting {origin}", total=max(1, len(records)))
+            _export_bundle(db, origin, first, end, records, target, progress, task, False)
+            progress.update(task, completed=max(1, len(records)))
+            logs.append({"origin": origin, "out": str(target), "first_seq": first, "end_seq": end,
+                         "records": len(records)})
+    if json_out:
+        print_json({"format": "bundle", "out": str(out), "records": sum(x["records"] for x in logs), "logs": logs})
+    else:
+        for x in logs:
+            err(f"Exported {x['records']} record(s) of {x['origin']} to {x['out']}.")
+        err(f"{len(logs)} log(s) in {out}. Move them to another database with `aegress audit import {out}`.")
 
 
 def _sign_if_possible(db: Any) -> None:
@@ -476,33 +537,99 @@ def _export_csv(db: Any, origin: str, first: int, end: int, out: Path, progress:
 
 def _export_bundle(db: Any, origin: str, first: int, end: int, records: list[tuple[int, bytes]], out: Path,
                    progress: Any, task: Any, force: bool) -> None:
-    from gateway.audit.bundle import build_bundle_files, write_bundle
-    from gateway.audit.checkpoint import TlogProof
-    from gateway.audit.merkle import MerkleTree
-    from gateway.audit.verify import ConsistencyProof, LogStart
+    from gateway.audit.bundle import write_bundle
+    from gateway.evidence_bundles import log_bundle_files
 
-    tree = MerkleTree(db.evidence_leaf_hashes(origin)[:end])
     progress.update(task, completed=len(records) // 2)
-    checkpoints = [(size, note) for size, note in db.list_checkpoints(origin) if first <= size <= end]
-    proofs = [
-        ConsistencyProof(a, b, tuple(tree.consistency_proof(a, b)))
-        for (a, _), (b, _) in itertools.pairwise(checkpoints)
-    ]
-    inclusion: dict[int, str] = {}
-    if checkpoints:
-        size, note = checkpoints[-1]
-        for seq in sorted({first, min(end, size) - 1}):
-            if first <= seq < size:
-                inclusion[seq] = TlogProof(seq, tuple(tree.inclusion_proof(seq, size)), note).to_string()
-    start = None
-    if first > 0:
-        start = LogStart(seq=first, prev=tree.leaf(first - 1), frontier=tuple(tree.frontier(first)))
-    files = build_bundle_files(
-        origin=origin, records=[data for _, data in records], checkpoints=[note for _, note in checkpoints],
-        verifier_keys=[v.to_string() for v in _trusted(None)], consistency_proofs=proofs,
-        inclusion_proofs=inclusion, start=start,
-    )
+    files = log_bundle_files(db, origin, first, end, [v.to_string() for v in _trusted(None)], records=records)
     write_bundle(out, files, force=force)
+
+
+# -- import -------------------------------------------------------------------------------------------
+@app.command("import")
+@handle_errors
+def import_(
+    path: Annotated[Path, typer.Argument(help="A bundle directory (`audit export`), or a directory of bundles "
+                                         "(`audit export --all`).")],
+    key: Annotated[list[str] | None, typer.Option("--key", help="Verifier key the bundle's checkpoints must be "
+                                                  "signed with, or a file of them; repeatable. Default: the "
+                                                  "keys this data dir trusts plus the bundle's own keys.txt.")]
+        = None,
+    yes: YesOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Import exported evidence logs into this database as they were sealed (SQLite -> Postgres...).
+
+    Each bundle is verified first, as `audit verify --bundle` does; then every record goes in with
+    its exact bytes, seq and origin, with its signed checkpoints, in ONE transaction. Nothing is
+    re-sealed. A log must be empty here, or the bundle must continue it exactly, or repeat records
+    it already holds (only the rest is added: the same bundle twice changes nothing). A fork, a
+    gap, another deployment's logs or a bundle that does not verify is refused, nothing is written
+    (exit 3).
+
+    The keys that signed the imported checkpoints are added to this data dir's audit/keys.txt, so
+    `audit verify` here checks them; the command names them and asks first (--yes: do not ask).
+    Pass --key with the source's `aegress audit pubkey --all` to rely on those keys rather than the
+    bundle's own. Uses AEGRESS_DATABASE_URL (Postgres) like every command. On a new database, run
+    it before the gateway first starts there, so that its logs continue the imported ones.
+    """
+    from gateway.evidence_bundles import ImportPreview, import_bundles
+
+    db = store()
+    keys = _trusted(key, db_home=False) if key else None
+    data = home()
+
+    with _progress(json_out) as progress:
+        task = progress.add_task("Importing", total=1)
+
+        def show(what: str, done: int, total: int) -> None:
+            progress.update(task, description=what, completed=done, total=max(1, total))
+
+        def ask(preview: ImportPreview) -> None:
+            progress.stop()  # the question, not the bar, on the terminal
+            for b in preview.bundles:
+                have = preview.sizes.get(b.origin, 0)
+                seqs = f", seq {b.start}..{b.end - 1}" if b.records else ""
+                err(f"{b.origin}: {len(b.records)} record(s){seqs}, {len(b.checkpoints)} checkpoint(s); this "
+                    f"database holds {have} record(s) of it")
+            for verifier_key in preview.keys_to_trust:
+                err(f"will trust the verifier key {verifier_key} (it signed the bundle's checkpoints)")
+            if preview.keys_to_trust and preview.keys_from_bundle:
+                err("Note: the bundle's own keys.txt names that key; pass --key with the source's verifier keys "
+                    "(`aegress audit pubkey --all` there) to rely on those instead.")
+            confirm(f"Import {len(preview.bundles)} log(s) into {_location(db)}?", yes)
+            progress.start()
+
+        report = import_bundles(db, data, path, keys=keys, confirm=ask, progress=show)
+    if json_out:
+        print_json(report.to_dict())
+        return
+    for r in report.logs:
+        cps = f", {r.checkpoints} checkpoint(s)" if r.checkpoints else ""
+        if r.status == "unchanged":
+            added = f"; added{cps}" if cps else ""
+            print(f"unchanged {r.origin}: this database already holds every record of the bundle "
+                  f"({r.size_before} in all){added}")
+        else:
+            print(f"{r.status:<9} {r.origin}: {r.records} record(s), seq {r.first}..{r.end - 1}{cps}")
+    for verifier_key in report.keys_trusted:
+        print(f"trusted   {verifier_key} (added to {data / 'audit' / 'keys.txt'})")
+    for origin, seqs in report.open_intents.items():
+        if seqs:
+            err(f"Note: {origin} has {len(seqs)} intent(s) without an outcome (seq {', '.join(map(str, seqs[:5]))}"
+                f"{', ...' if len(seqs) > 5 else ''}): the gateway that wrote them was running when it was "
+                "exported, or crashed.")
+    for warning in report.warnings:
+        err(f"Warning: {warning}")
+    if report.changed:
+        err("Check the result with `aegress audit verify`.")
+    else:
+        err("Nothing to import: this database already holds every record and checkpoint.")
+
+
+def _location(db: Any) -> str:
+    status = db.schema_status()
+    return f"{status.backend} at {status.location}"
 
 
 # -- verify -------------------------------------------------------------------------------------------

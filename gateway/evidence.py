@@ -628,6 +628,16 @@ def published_checkpoint(directory: Path, origin: str) -> Path:
     return directory / _slug(origin) / "checkpoint"
 
 
+def write_published(directory: Path, origin: str, size: int, note: str) -> None:
+    """Publish a checkpoint: `<size>.note` kept, `checkpoint` replaced atomically (raises OSError)."""
+    target = published_checkpoint(directory, origin).parent
+    target.mkdir(parents=True, exist_ok=True)
+    (target / f"{size:012d}.note").write_text(note)
+    tmp = target / "checkpoint.tmp"
+    tmp.write_text(note)
+    os.replace(tmp, target / "checkpoint")
+
+
 @dataclass
 class _LogState:
     """A log as the checkpointer knows it: only its right edge (O(log n) hashes), so memory stays flat
@@ -739,12 +749,7 @@ class Checkpointer:
         directory = self.settings.publish_dir
         if directory is not None:
             try:
-                target = published_checkpoint(directory, origin).parent
-                target.mkdir(parents=True, exist_ok=True)
-                (target / f"{size:012d}.note").write_text(note)
-                tmp = target / "checkpoint.tmp"
-                tmp.write_text(note)
-                os.replace(tmp, target / "checkpoint")
+                write_published(directory, origin, size, note)
             except OSError as exc:
                 log.error("cannot publish a checkpoint to %s: %s", directory, exc.strerror)
         hook = self.settings.publish_hook

@@ -140,6 +140,36 @@ def write_bundle(directory: str | os.PathLike[str], files: Mapping[str, bytes], 
             handle.write(data)
 
 
+def create_bundle_dir(directory: str | os.PathLike[str], *, force: bool = False) -> Path:
+    """A new, empty 0700 directory to write several bundles into (`audit export --all`); with `force`, an
+    existing directory is replaced only when it holds nothing but bundle directories."""
+    root = Path(directory)
+    st = _existing(root, force, "directory of bundles")
+    if st is not None:
+        children = list(root.iterdir()) if stat.S_ISDIR(st.st_mode) else None
+        if children is None or not all(c.is_dir() and not c.is_symlink() and (c / MANIFEST).is_file()
+                                       for c in children):
+            raise UnsafeExportPath(f"{root} exists and is not a directory of evidence bundles; refusing to replace "
+                                   "it.", hint="Choose another --out path.")
+        shutil.rmtree(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    root.mkdir(mode=0o700)
+    os.chmod(root, 0o700)
+    return root
+
+
+def find_bundles(path: str | os.PathLike[str]) -> list[Path]:
+    """The bundle at `path`, or the bundles directly inside it (what `audit export --all` writes), by name."""
+    root = Path(path)
+    if (root / MANIFEST).is_file():
+        return [root]
+    found = sorted(c for c in root.iterdir() if (c / MANIFEST).is_file()) if root.is_dir() else []
+    if not found:
+        raise InvalidRecord(f"{os.fspath(path)} is neither an evidence bundle nor a directory of bundles (no "
+                            f"{MANIFEST})", hint="Give a directory written by `aegress audit export`.")
+    return found
+
+
 def read_bundle(directory: str | os.PathLike[str]) -> dict[str, bytes]:
     """Every regular file of a bundle directory, by relative POSIX path."""
     root = Path(directory)
@@ -203,6 +233,34 @@ def _split_records(data: bytes) -> list[bytes]:
     return data[:-1].split(b"\n")
 
 
+def bundle_log(files: Mapping[str, bytes]) -> tuple[str, LogStart | None, list[bytes], list[str]]:
+    """A bundle's origin, start (None: from seq 0), exact record bytes and checkpoint notes, as its files
+    hold them: parsed, not verified (`verify_bundle_files` does that)."""
+    manifest = parse_canonical(files[MANIFEST])
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("origin"), str):
+        raise InvalidRecord("bundle manifest has no origin")
+    start = None
+    raw_start = manifest.get("start")
+    if isinstance(raw_start, dict):
+        start = LogStart(
+            seq=int(raw_start["seq"]),
+            prev=bytes.fromhex(str(raw_start["prev"])),
+            frontier=tuple(bytes.fromhex(h) for h in raw_start["frontier"]),
+        )
+    records = _split_records(files.get("records.jsonl", b""))
+    notes = [files[p].decode("utf-8") for p in sorted(files) if p.startswith("checkpoints/")]
+    return manifest["origin"], start, records, notes
+
+
+def bundle_keys(files: Mapping[str, bytes]) -> list[Verifier]:
+    """The verifier keys in a bundle's keys.txt (none when it cannot be parsed: nothing then verifies)."""
+    try:
+        return [parse_verifier_key(line) for line in files.get("keys.txt", b"").decode("utf-8").splitlines()
+                if line.strip()]
+    except (MalformedNote, UnicodeDecodeError):
+        return []
+
+
 def verify_bundle_files(
     files: Mapping[str, bytes],
     *,
@@ -215,30 +273,11 @@ def verify_bundle_files(
     `against` adds checkpoints held elsewhere (a witness, an earlier export) that the log must match.
     """
     manifest = parse_canonical(files[MANIFEST])
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("origin"), str):
-        raise InvalidRecord("bundle manifest has no origin")
-    origin: str = manifest["origin"]
-    start = None
-    raw_start = manifest.get("start")
-    if isinstance(raw_start, dict):
-        start = LogStart(
-            seq=int(raw_start["seq"]),
-            prev=bytes.fromhex(str(raw_start["prev"])),
-            frontier=tuple(bytes.fromhex(h) for h in raw_start["frontier"]),
-        )
+    origin, start, records, notes = bundle_log(files)
     first = 0 if start is None else start.seq
     keys_from_bundle = verifiers is None
     if verifiers is None:
-        try:
-            verifiers = [
-                parse_verifier_key(line)
-                for line in files.get("keys.txt", b"").decode("utf-8").splitlines()
-                if line.strip()
-            ]
-        except MalformedNote:
-            verifiers = []
-    records = _split_records(files.get("records.jsonl", b""))
-    notes = [files[p].decode("utf-8") for p in sorted(files) if p.startswith("checkpoints/")]
+        verifiers = bundle_keys(files)
     proofs = [
         ConsistencyProof(
             old_size=p["old_size"], new_size=p["new_size"], hashes=tuple(base64.b64decode(h) for h in p["hashes"])

@@ -7,7 +7,13 @@
     CheckFailed (exit 3)
     ├── ProofInvalid         proof-invalid      an inclusion or consistency proof that does not verify
     ├── BadSignature         bad-signature      a note signature that does not verify, or no trusted signature
-    └── InconsistentCheckpoint inconsistent-checkpoint  refusing to sign a checkpoint that contradicts an earlier one
+    ├── InconsistentCheckpoint inconsistent-checkpoint  refusing to sign a checkpoint that contradicts an earlier one
+    ├── BundleRejected       bundle-rejected    `audit import`: the bundle does not verify (tampered, truncated,
+    │                                           unsigned by a trusted key); nothing was written
+    └── ImportConflict       import-fork, import-gap, import-other-deployment
+                                                `audit import`: the bundle does not continue the target's log exactly
+                                                (other bytes at a seq, a missing stretch, another origin prefix);
+                                                nothing was written
     ConfigError
     └── KeyFileError         key-file           a signing key file that is unreadable, malformed or readable by others
 """
@@ -39,6 +45,18 @@ class BadSignature(CheckFailed):
 
 class InconsistentCheckpoint(CheckFailed):
     code = "inconsistent-checkpoint"
+
+
+class BundleRejected(CheckFailed):
+    code = "bundle-rejected"
+
+
+class ImportConflict(CheckFailed):
+    """`code` says which: `import-fork` (the target holds other bytes, or another checkpoint root, where the
+    bundle has its own), `import-gap` (records between the target's end and the bundle's start are missing),
+    `import-other-deployment` (the target's logs have another origin prefix)."""
+
+    code = "import-fork"
 
 
 class KeyFileError(ConfigError):

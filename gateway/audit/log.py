@@ -16,7 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.audit.records import BuiltRecord, ChainHead
+from gateway.audit.merkle import leaf_hash
+from gateway.audit.records import BuiltRecord, ChainHead, parse_record
 from gateway.types import CallRecord
 
 SECURITY_LOG = "security"
@@ -34,6 +35,17 @@ def tenant_of(prefix: str, origin: str) -> str | None:
     """The tenant id of a tenant log's origin; None for the security log or another deployment."""
     head = f"{prefix}/tenant/"
     return origin[len(head):] if origin.startswith(head) else None
+
+
+def origin_prefixes(origin: str) -> list[str]:
+    """The deployment prefixes `origin` can belong to, a tenant log's reading first; at most two, since a
+    tenant named `security` under `P` and the security log of a prefix `P/tenant` share one origin."""
+    head, _, last = origin.rpartition("/")
+    base, _, middle = head.rpartition("/")
+    found = [base] if middle == "tenant" and base and last else []
+    if last == SECURITY_LOG and head:
+        found.append(head)
+    return found
 
 
 @dataclass(frozen=True)
@@ -105,3 +117,13 @@ def seal(entries: Sequence[Entry], heads: Mapping[str, ChainHead]) -> tuple[list
         record, current[entry.origin] = head.append(kind=entry.kind, time=entry.time, body=entry.body)
         out.append(Sealed(entry, record))
     return out, current
+
+
+def restore(data: bytes, tenant: str, intent: Mapping[str, Any] | None = None) -> Sealed:
+    """A stored record's exact bytes as the `Sealed` a store inserts, for an import: never re-sealed, the
+    bytes stay as they are; the queryable copies are the ones the bytes imply (`expected_columns`, with an
+    outcome's `intent` body). Pure: raises InvalidRecord for bytes that are not a record."""
+    record = parse_record(data)
+    columns = expected_columns(record.kind, record.body, tenant, intent)
+    return Sealed(Entry(record.origin, record.kind, record.time, record.body, columns),
+                  BuiltRecord(record.origin, record.seq, record.kind, data, leaf_hash(data)))

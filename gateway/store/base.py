@@ -9,6 +9,10 @@ The rules that stop an evidence log from forking are part of this contract, not 
   never by backend code;
 * the schema keeps `(origin, seq)` unique (`gateway.store.migrations`), so a writer that slipped past
   the lock fails instead of forking the log, and stores the exact hashed bytes.
+
+An import (`aegress audit import`, moving a log between stores) never seals: it inserts records that were
+sealed elsewhere, exact bytes at their seqs, under the same locks, and only where they continue the log
+(`plan_import`, the one import rule of every store).
 """
 
 from __future__ import annotations
@@ -143,6 +147,108 @@ class EvidenceTx(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class ImportedLog:
+    """Records sealed elsewhere, to insert as they are: exact bytes at their seqs (with the columns they imply,
+    `gateway.audit.log.restore`) from `start` on; `prev` is the leaf hash of the record before `start` (None
+    at genesis); `checkpoints` are (size, root, signed note) that verified against them."""
+
+    origin: str
+    start: int
+    prev: bytes | None
+    records: tuple[Sealed, ...]
+    checkpoints: tuple[tuple[int, bytes, str], ...] = ()
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.records)
+
+
+@dataclass(frozen=True, slots=True)
+class LogImported:
+    """What an import did to one log: `status` is `created` (the log was empty), `extended` (records appended
+    after the ones it held) or `unchanged` (it already held every record); seqs [first, end) were written."""
+
+    origin: str
+    status: str
+    first: int
+    end: int
+    size_before: int
+    checkpoints: int
+
+    @property
+    def records(self) -> int:
+        return self.end - self.first
+
+
+@dataclass(frozen=True, slots=True)
+class ImportPlan:
+    """What `plan_import` decided: the records and checkpoints to insert and the log's new head (None: the
+    records change nothing)."""
+
+    records: tuple[Sealed, ...]
+    head: ChainHead | None
+    checkpoints: tuple[tuple[int, bytes, str], ...]
+    result: LogImported
+
+
+def plan_import(log: ImportedLog, head: ChainHead | None, stored: Sequence[bytes],
+                stored_roots: Mapping[int, bytes]) -> ImportPlan:
+    """The one import rule, pure: `log` goes in only where it continues the stored log exactly.
+
+    `head` is the stored log's head (None: empty), `stored` the stored record bytes at seqs
+    [log.start, min(log.end, head size)) in seq order, `stored_roots` the stored checkpoints' roots by size.
+    The stored log must be empty, or end exactly where `log` starts with the leaf hash `log.prev`, or hold
+    the same bytes where the two overlap (then only the records after its end are new: importing the same
+    bundle twice changes nothing). Anything else raises ImportConflict and nothing may be written:
+    `import-gap` (records before `log.start` are missing), `import-fork` (other bytes at a seq, another
+    chain link at the join, another checkpoint root at a size)."""
+    from gateway.audit.errors import ImportConflict
+    from gateway.audit.records import ChainHead
+
+    size = head.size if head is not None else 0
+    where = f"log {log.origin}"
+    if log.start > size:
+        raise ImportConflict(
+            f"The bundle of {where} starts at seq {log.start}, but this database's log ends at seq {size}: "
+            f"records {size}..{log.start - 1} would be missing.",
+            hint="Nothing was imported. Import the bundle that holds those records first, or export the whole "
+                 "log (without --since).", code="import-gap")
+    if log.start == size and size > 0 and log.records and (head is None or log.prev != head.last_hash):
+        raise ImportConflict(
+            f"The bundle of {where} does not continue this database's log: its first record (seq {size}) "
+            f"does not link to the stored record {size - 1}. The two logs have forked.",
+            hint="Nothing was imported. Both logs keep their own history; keep them apart (`aegress audit "
+                 "verify` each) and find out which deployment wrote the other one.")
+    overlap = max(0, min(log.end, size) - log.start)
+    if len(stored) != overlap:
+        raise ImportConflict(
+            f"This database's {where} is missing records it counts ({len(stored)} of {overlap} between seq "
+            f"{log.start} and {log.start + overlap}).", hint="Nothing was imported. Run `aegress audit verify`.")
+    for i, data in enumerate(stored):
+        if data != log.records[i].record.canonical:
+            raise ImportConflict(
+                f"The bundle of {where} holds other bytes at seq {log.start + i} than this database: the two "
+                "logs have forked.",
+                hint="Nothing was imported. Keep both for investigation (`aegress audit verify`; `aegress "
+                     "audit show`) and find out which deployment wrote the other one.")
+    checkpoints = []
+    for cp_size, root, note in log.checkpoints:
+        known = stored_roots.get(cp_size)
+        if known is None:
+            checkpoints.append((cp_size, root, note))
+        elif known != root:
+            raise ImportConflict(
+                f"This database holds a checkpoint of {where} at size {cp_size} with another root than the "
+                "bundle's: the two logs have forked.", hint="Nothing was imported. Run `aegress audit verify`.")
+    new = log.records[overlap:]
+    new_head = ChainHead(log.origin, log.end, new[-1].record.leaf_hash) if new else None
+    status = "unchanged" if not new else ("created" if size == 0 else "extended")
+    first = log.start + overlap
+    result = LogImported(log.origin, status, first, first + len(new), size, len(checkpoints))
+    return ImportPlan(tuple(new), new_head, tuple(checkpoints), result)
+
+
 def extend_logs(tx: EvidenceTx, entries: Sequence[Entry], replica: str) -> list[Sealed]:
     """Chain `entries` onto their logs inside `tx`'s open transaction: the one append rule of every store."""
     from gateway.audit.log import seal
@@ -246,6 +352,12 @@ class Store(Protocol):
     def get_evidence(self, record_id: int) -> EvidenceRow | None: ...
     def get_evidence_at(self, origin: str, seq: int) -> EvidenceRow | None: ...
     def add_checkpoint(self, origin: str, size: int, root: bytes, note: str, now: str) -> None: ...
+    def import_evidence(self, logs: Sequence[ImportedLog], prefix: str, now: str) -> list[LogImported]:
+        """Insert records sealed elsewhere, as they are, in ONE transaction under the logs' write locks
+        (`EvidenceTx.lock_heads`), where `plan_import` allows; raises ImportConflict (nothing written) where
+        it does not. `prefix` is the logs' origin prefix: it becomes this database's when it has none, or none
+        that names a record; another prefix with records is `import-other-deployment`."""
+        ...
     def list_checkpoints(self, origin: str) -> list[tuple[int, str]]: ...
     def probe_write(self, now: str) -> None: ...
 

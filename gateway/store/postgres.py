@@ -226,6 +226,10 @@ class PostgresStore(SQLStore):
     _FOR_UPDATE = " FOR UPDATE"  # the row's lock serialises a read-then-write across processes
 
     @staticmethod
+    def _evidence_tx(conn: psycopg.Connection[Any]) -> _EvidenceTx:
+        return _EvidenceTx(conn)
+
+    @staticmethod
     def _bump(conn: psycopg.Connection[Any], key: str) -> None:
         conn.execute("UPDATE meta SET value = (value::bigint + 1)::text WHERE key = %s", (key,))
 

@@ -19,6 +19,8 @@ A dialect class supplies the rest, small and explicit:
 * `_FOR_UPDATE`: the row lock a read-then-write takes (Postgres); SQLite's BEGIN IMMEDIATE already
   holds every other writer off;
 * `_guard(what)`: the driver's errors of a write, as StoreUnavailable("<what>: <reason>.");
+* `_evidence_tx(conn)`: the dialect's `EvidenceTx` (its per-log write locks) on a connection inside
+  `transaction()`, for an import;
 * `_UPSERT_DEFINITION`, `_INSERT_PIN_CHANGES`, `_INSERT_BASELINE`, `_UPSERT_PIN`: upserts. They stay
   per dialect because they are not the same: `INSERT OR REPLACE` deletes the old row, `ON CONFLICT DO
   UPDATE` updates it; `OR IGNORE` skips more than a duplicate key.
@@ -37,8 +39,18 @@ from contextlib import AbstractContextManager
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from gateway.errors import AlreadyExists, NotFound
-from gateway.store.base import EvidenceFilter, EvidenceRow, HeldCall, PinChange, PolicyVersion
+from gateway.errors import AegressError, AlreadyExists, NotFound, StoreUnavailable
+from gateway.store.base import (
+    EvidenceFilter,
+    EvidenceRow,
+    EvidenceTx,
+    HeldCall,
+    ImportedLog,
+    LogImported,
+    PinChange,
+    PolicyVersion,
+    plan_import,
+)
 from gateway.types import Actor, CallRecord, Tenant, TokenInfo, UpstreamLimits, UpstreamSpec
 
 if TYPE_CHECKING:
@@ -72,6 +84,7 @@ UPSERT_HEAD = (
     " DO UPDATE SET size = excluded.size, last_hash = excluded.last_hash"
 )
 INSERT_CALL = f"INSERT INTO calls ({CALL_COLS}) VALUES ({', '.join('?' * 14)})"
+PREFIX_KEY = "audit_origin_prefix"
 
 
 def sealed_rows(sealed: Sequence[Sealed], heads: Mapping[str, ChainHead],
@@ -150,6 +163,7 @@ class SQLStore:
     _INSERT_PIN_CHANGES: str
     _INSERT_BASELINE: str
     _UPSERT_PIN: str
+    replica_id: str
 
     # -- dialect hooks ---------------------------------------------------------------------------
     def _one(self, sql: str, params: Sequence[object] = ()) -> Sequence[Any] | None:
@@ -174,6 +188,9 @@ class SQLStore:
         raise NotImplementedError
 
     def _violation(self, exc: BaseException) -> str | None:
+        raise NotImplementedError
+
+    def _evidence_tx(self, conn: Any) -> EvidenceTx:
         raise NotImplementedError
 
     def transaction(self) -> Any:
@@ -260,6 +277,61 @@ class SQLStore:
     def list_checkpoints(self, origin: str) -> list[tuple[int, str]]:
         rows = self._all("SELECT size, note FROM checkpoints WHERE origin = ? ORDER BY size", (origin,))
         return [(int(s), str(n)) for s, n in rows]
+
+    # -- importing logs sealed elsewhere (aegress audit import) ---------------------------------------
+    def import_evidence(self, logs: Sequence[ImportedLog], prefix: str, now: str) -> list[LogImported]:
+        """See `Store.import_evidence`: heads locked and read, the overlap compared, the rule applied
+        (`plan_import`) and the records inserted by the same `insert_sealed` as an append, in ONE transaction."""
+        if not logs:
+            return []
+        try:
+            with self._guard("Could not import evidence"), self.transaction() as conn:
+                self._claim_prefix(conn, prefix)
+                tx = self._evidence_tx(conn)
+                heads = tx.lock_heads(sorted({log.origin for log in logs}))
+                results: list[LogImported] = []
+                for log in logs:
+                    head = heads.get(log.origin)
+                    size = head.size if head is not None else 0
+                    stored = [bytes(r[0]) for r in self._x(
+                        conn, "SELECT data FROM evidence WHERE origin = ? AND seq >= ? AND seq < ? ORDER BY seq",
+                        (log.origin, log.start, min(log.end, size))).fetchall()]
+                    roots = {int(n): bytes(r) for n, r in self._x(
+                        conn, "SELECT size, root FROM checkpoints WHERE origin = ?", (log.origin,)).fetchall()}
+                    plan = plan_import(log, head, stored, roots)
+                    if plan.head is not None:
+                        tx.insert_sealed(plan.records, {log.origin: plan.head}, self.replica_id)
+                    if plan.checkpoints:
+                        self._many(conn, "INSERT INTO checkpoints (origin, size, root, note, signed_at)"
+                                   " VALUES (?, ?, ?, ?, ?)",
+                                   [(log.origin, n, root, note, now) for n, root, note in plan.checkpoints])
+                    results.append(plan.result)
+                return results
+        except AegressError:
+            raise
+        except Exception as exc:
+            if self._violation(exc) is None:
+                raise
+            raise StoreUnavailable("Could not import evidence: another writer stored a record or checkpoint of "
+                                   "these logs at the same moment.",
+                                   hint="Nothing was imported. Run the import again.") from exc
+
+    def _claim_prefix(self, conn: Any, prefix: str) -> None:
+        """Make `prefix` this database's origin prefix: set it when there is none, replace one that names no
+        record (a command that only read may have chosen one); refuse another deployment's."""
+        from gateway.audit.errors import ImportConflict
+
+        row = self._x(conn, "SELECT value FROM meta WHERE key = ?" + self._FOR_UPDATE, (PREFIX_KEY,)).fetchone()
+        if row is None:
+            self._x(conn, "INSERT INTO meta (key, value) VALUES (?, ?)", (PREFIX_KEY, prefix))
+        elif str(row[0]) != prefix:
+            if self._x(conn, "SELECT 1 FROM evidence_heads LIMIT 1").fetchone() is not None:
+                raise ImportConflict(
+                    f"This database's logs belong to the deployment {str(row[0])!r}; the bundle's to {prefix!r}.",
+                    hint="Nothing was imported. Import into the database of the deployment that wrote the logs, "
+                         "or into a new one before the gateway first starts on it.",
+                    code="import-other-deployment")
+            self._x(conn, "UPDATE meta SET value = ? WHERE key = ?", (prefix, PREFIX_KEY))
 
     # -- tokens ------------------------------------------------------------------------------------
     def add_token(self, info: TokenInfo, token_hash: str) -> None:

@@ -188,6 +188,10 @@ class SQLiteStore(SQLStore):
         conn.executemany(sql, rows)
 
     @staticmethod
+    def _evidence_tx(conn: sqlite3.Connection) -> _EvidenceTx:
+        return _EvidenceTx(conn)
+
+    @staticmethod
     def _bump(conn: sqlite3.Connection, key: str) -> None:
         conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = ?", (key,))
 
