@@ -5,7 +5,8 @@ redact) to `$REC_LOG` (fsynced) before it answers, so the soak can compare what 
 the gateway recorded. On start it appends its pid to
 `$REC_PIDS`, so the soak can kill it mid-call. Calls run on threads: several can be in flight.
 
-Tools: `record(mark)`, `slow_record(mark, seconds)` (at most 30 s).
+Tools: `record(mark)`, `slow_record(mark, seconds)` (at most 30 s); a call that asks for progress
+(`_meta.progressToken`) first gets one progress notification whose message names its nonce.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ def _call(msg: dict[str, Any]) -> None:
     args = params.get("arguments") or {}
     nonce = str(args.get("mark", ""))
     _append(os.environ["REC_LOG"], nonce)
+    token = (params.get("_meta") or {}).get("progressToken")
+    if token is not None:  # one notification naming the nonce (the soak checks no other tenant sees it)
+        _write({"jsonrpc": "2.0", "method": "notifications/progress",
+                "params": {"progressToken": token, "progress": 1, "total": 2, "message": "progress " + nonce}})
     if params.get("name") == "slow_record":
         time.sleep(min(float(args.get("seconds", 1.0)), 30.0))
     result = {"content": [{"type": "text", "text": "ok " + nonce}], "isError": False}

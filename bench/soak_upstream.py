@@ -7,8 +7,10 @@ gateway". Each `tools/call` appends its `mark` argument (a nonce; not called `no
 previews redact) to `--log` (fsynced) before anything else.
 
 Tools: `record(mark)` answers at once; `slow_record(mark, seconds)` answers after at most 30 s;
-`big(mark, mb, sse)` answers `mb` MiB of text as JSON or as one SSE event. With `--hang`, every
-`tools/call` is logged and then never answered (a black hole that still handshakes).
+`big(mark, mb, sse)` answers `mb` MiB of text as JSON or as one SSE event. A `record` or `slow_record`
+call that asks for progress (`_meta.progressToken`) gets one progress notification whose message names
+its nonce before the answer, both as one SSE response (the soak checks no other tenant ever sees it).
+With `--hang`, every `tools/call` is logged and then never answered (a black hole that still handshakes).
 
     python bench/soak_upstream.py --log calls.log [--port 0] [--hang]
 
@@ -122,7 +124,15 @@ class Upstream:
             return await _big(writer, msg["id"], nonce, min(int(args.get("mb", 200)), _MAX_BIG_MB),
                               bool(args.get("sse", False)))
         result = {"content": [{"type": "text", "text": "ok " + nonce}], "isError": False}
-        return await _json(writer, {"jsonrpc": "2.0", "id": msg["id"], "result": result})
+        answer = {"jsonrpc": "2.0", "id": msg["id"], "result": result}
+        token = (params.get("_meta") or {}).get("progressToken")
+        if token is None:
+            return await _json(writer, answer)
+        # asked for progress: one notification naming the nonce, then the answer, as one SSE response
+        progress = {"jsonrpc": "2.0", "method": "notifications/progress",
+                    "params": {"progressToken": token, "progress": 1, "total": 2, "message": "progress " + nonce}}
+        events = b"".join(b"event: message\ndata: " + json.dumps(m).encode() + b"\n\n" for m in (progress, answer))
+        return await _send(writer, 200, events, ctype="text/event-stream")
 
 
 async def _send(writer: asyncio.StreamWriter, status: int, body: bytes, ctype: str = "application/json",

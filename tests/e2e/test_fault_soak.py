@@ -19,6 +19,8 @@ import pytest
 
 from tests.procs import ROOT
 
+pytestmark = pytest.mark.timeout(300)  # the soak runs in the module fixture, up to 240 s
+
 FAULTS = ("upstream-restart", "stdio-kill", "sqlite-lock", "sigterm")
 
 
@@ -28,7 +30,7 @@ def soak(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "fault_soak.py"), "--short", "--faults", ",".join(FAULTS),
          "--json", str(out)],
-        capture_output=True, text=True, cwd=ROOT, timeout=110,
+        capture_output=True, text=True, cwd=ROOT, timeout=240,
     )
     assert proc.returncode in (0, 3), f"the soak failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}"
     results = json.loads(out.read_text())
