@@ -70,14 +70,13 @@ def write_private_file(path: Path, data: bytes) -> None:
 def mounted_key_problem(mode: int, read_only: bool) -> str | None:
     """Pure: why a mounted master key file (`AEGRESS_MASTER_KEY_FILE`) must be refused, or None.
 
-    Platforms cannot always mount a secret 0600: Kubernetes with `fsGroup` makes it 0440 for the pod's
-    group, a Container Apps secret volume decides its own mode. So group read is accepted, and so is
-    read by others when the file sits on a read-only mount (a platform secret mount, seen only inside
-    the container). Never accepted: a file that group or others can write (the key could be swapped),
-    or one that others can read on a writable file system (the case the 0600 rule is there for)."""
+    Owner-only (as the data dir's key), unless the file sits on a read-only mount: a platform secret
+    (Kubernetes Secret volume, Compose secret, Container Apps secret volume) seen only inside the
+    container, whose mode the platform decides (Kubernetes with `fsGroup` makes it 0440). A file that
+    group or others can write is refused everywhere: the key could be swapped under the gateway."""
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
         return f"is writable by group or others (mode {stat.S_IMODE(mode):o})"
-    if mode & stat.S_IRWXO and not read_only:
+    if mode & (stat.S_IRWXG | stat.S_IRWXO) and not read_only:
         return f"is readable by other users on a writable file system (mode {stat.S_IMODE(mode):o})"
     return None
 
@@ -87,7 +86,7 @@ def _check_mounted_file(path: Path) -> None:
     if problem:
         raise ConfigError(
             f"{path} ({MASTER_KEY_FILE_ENV}) {problem}.",
-            hint=f"Run: chmod 400 {path} (or 440 for the gateway's group), or mount it read-only.",
+            hint=f"Run: chmod 400 {path}, or mount it read-only (as a platform secret).",
             code="insecure-key-file",
         )
 

@@ -19,10 +19,11 @@ KEY_HEX = "ab" * 32
     [
         (0o400, False, False),
         (0o600, False, False),
-        (0o440, False, False),  # Kubernetes Secret volume with fsGroup: group read for the pod's group
-        (0o640, False, False),
+        (0o440, True, False),  # Kubernetes Secret volume with fsGroup: read-only mount, group read
         (0o444, True, False),  # a platform secret mount: read-only, seen only inside the container
         (0o644, True, False),
+        (0o440, False, True),  # group read on a writable disk: the 0600 rule holds there
+        (0o640, False, True),
         (0o644, False, True),  # world-readable on a writable file system: the case the 0600 rule is for
         (0o604, False, True),
         (0o660, True, True),  # group may swap the key
@@ -43,7 +44,7 @@ def _key_file(tmp_path: Path, mode: int, text: str = KEY_HEX + "\n") -> Path:
 
 
 def test_mounted_key_is_read_and_the_data_dir_gets_none(tmp_path: Path) -> None:
-    path = _key_file(tmp_path, 0o440)
+    path = _key_file(tmp_path, 0o400)
     home = tmp_path / "home"
     assert load_master_key(home, environ={MASTER_KEY_FILE_ENV: str(path)}) == bytes.fromhex(KEY_HEX)
     assert not (home / "secrets" / "master.key").exists()
