@@ -211,7 +211,7 @@ class Pipeline:
         info = session.client_info
         return CallFacts(
             identity=session.identity, client_name=str(info.get("name") or "") or None,
-            client_version=str(info.get("version") or "") or None, session_id=session.id, method=method,
+            client_version=str(info.get("version") or "") or None, session_id=session.digest[:32], method=method,
             upstream=upstream, tool=target, tool_def=tool, decision=decision or Decision("allow", "no-policy"),
             arguments=arguments, request_id=str(request_id if request_id is not None else ""),
             started_at=started_at, time=now_time(), secrets=secrets,

@@ -467,6 +467,11 @@ class ClientSession:
         self.closed = False
         self.requests: dict[str, Any] = {}  # transport.RequestStream by repr(request id), while running
         self.streams: dict[str, Any] = {}  # transport.RequestStream by stream id, parked for resumption
+        # handshake-era sessions (gateway.sessions): the sha256 of the sealed id names the session in the
+        # ended-sessions table, bus messages and records; `counted` only on the replica that initialized it
+        self.digest = ""
+        self.counted = False
+        self.expires_at = float("inf")  # wall clock (time.time())
 
     # -- upstream access -----------------------------------------------------------------------
     async def tenant_runtime(self) -> TenantRuntime:

@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from gateway import sessions
 from gateway.bus import connect as connect_bus
 from gateway.config import Limits, ServeSettings
 from gateway.datadir import DataDirLock, hold
@@ -134,6 +135,8 @@ def build_gateway(home: Path, settings: ServeSettings, *, database_url: str | No
         decider.check_stored()
     pipeline = Pipeline(store, master, runtime, recorder, decider, bus=bus)
     hosts, origins = default_allowed(settings.host)
+    # session ids are sealed with a key every replica of this database derives alike (gateway.sessions)
+    session_key = sessions.session_key(master, store.shared_value(sessions.SHARED_KEY, sessions.new_shared_secret()))
     endpoint = McpEndpoint(
         pipeline,
         runtime,
@@ -141,6 +144,7 @@ def build_gateway(home: Path, settings: ServeSettings, *, database_url: str | No
         allowed_hosts=hosts + settings.allowed_hosts,
         allowed_origins=origins + settings.allowed_origins,
         bus=bus,
+        session_key=session_key,
     )
 
     async def probe() -> tuple[bool, str | None]:

@@ -32,7 +32,7 @@ from typing import Any
 
 from starlette.datastructures import Headers, QueryParams
 
-from gateway import binding, ratelimit
+from gateway import binding, ratelimit, sessions
 from gateway.bus import Bus
 from gateway.config import Limits
 from gateway.errors import AegressError, AuthError, ProtocolError, RateLimited
@@ -61,7 +61,7 @@ from gateway.jsonrpc import (
     validate_message,
 )
 from gateway.pipeline import Pipeline
-from gateway.proxy import ClientSession, Runtime
+from gateway.proxy import ClientSession, Runtime, known_capabilities
 from gateway.types import Identity
 
 log = logging.getLogger("aegress.transport")
@@ -90,6 +90,11 @@ CREDENTIAL_PARAMS = frozenset({"access_token", "token", "api_key", "apikey", "ap
                                "id_token", "key", "auth", "password", "secret", "client_secret"})
 _MAX_THROTTLED_PEERS = 10_000
 SHUTTING_DOWN = -32000
+# sessions across replicas (gateway.sessions; docs/replicas.md)
+ENDED_TOPIC = "session.ended"
+_MAX_ENDED_NOTED = 10_000  # recently ended sessions remembered in memory (the database has them all)
+_RECHECK_LIVE_FACTOR = 15  # with Redis up, the re-check against the database is only a backstop
+_PRUNE_EVERY_S = 600.0
 
 
 def header(headers: Headers, name: str) -> str | None:
@@ -287,14 +292,24 @@ class McpEndpoint:
         allowed_hosts: tuple[str, ...],
         allowed_origins: tuple[str, ...],
         bus: Bus | None = None,
+        session_key: bytes | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.bus = bus or Bus()  # the other replicas (gateway.bus); local only without Redis
+        self.store = pipeline.store
+        self.replica = pipeline.store.replica_id
+        # the key that seals session ids (gateway.sessions); alone, a random one: sessions end with the process
+        self._session_key = session_key or secrets.token_bytes(32)
         self.runtime = runtime
         self.limits = limits
         self.allowed_hosts = allowed_hosts
         self.allowed_origins = allowed_origins
         self.sessions: dict[str, ClientSession] = {}
+        self._by_digest: dict[str, ClientSession] = {}  # the same sessions by the sha256 of their id
+        self._ended_noted: collections.OrderedDict[str, None] = collections.OrderedDict()  # newest last
+        self._recheck_now = asyncio.Event()
+        self.bus.subscribe(ENDED_TOPIC, self._on_ended)
+        self.bus.on_reconnect(self._recheck_now.set)  # messages sent during an outage are lost: look now
         self._closing: set[asyncio.Future[None]] = set()
         self._stream_ids = itertools.count(1)
         # fair shares: open sessions and requests in flight per (tenant, actor) and per tenant
@@ -392,7 +407,7 @@ class McpEndpoint:
         if is_request(msg) and msg["method"] == "initialize":
             await self._initialize(send, who, msg)
             return
-        session = self._session(headers, who)
+        session = await self._session(headers, who)
         session.last_seen = time.monotonic()
         if is_request(msg):
             await self._stream_request(scope, receive, send, session, msg)
@@ -516,14 +531,19 @@ class McpEndpoint:
         self._initializing += 1
         try:
             version = self.pipeline.negotiate(params.get("protocolVersion"))
-            session = ClientSession(secrets.token_urlsafe(24), who, version, caps, info, self.runtime)
+            # the id carries the session (any replica serves it); the session is built from the id's own
+            # claims, exactly as a replica that never saw this initialize builds it (`_materialize`)
+            claims = sessions.new_claims(self.replica, who.tenant_id, who.actor_id, version,
+                                         known_capabilities(caps), info, time.time())
+            session = self._build(sessions.seal(claims, self._session_key), claims, who)
+            session.counted = True
             body = result(msg["id"], await self.pipeline.initialize_result(session))
         except BaseException:
             self._release((actor, who.tenant_id))
             raise
         finally:
             self._initializing -= 1
-        self.sessions[session.id] = session
+        self._hold(session)
         await self._respond(send, 200, dumps(body), extra=[(b"mcp-session-id", session.id.encode())])
 
     def _session_cap(self, who: Identity) -> str | None:
@@ -535,7 +555,7 @@ class McpEndpoint:
         """Close up to `need` of an actor's ((tenant, actor) key) or a tenant's (tenant id key) sessions
         that sit idle with nothing in flight, oldest first."""
         mine = [s for s in self.sessions.values()
-                if key in ((s.identity.tenant_id, s.identity.actor_id), s.identity.tenant_id)]
+                if s.counted and key in ((s.identity.tenant_id, s.identity.actor_id), s.identity.tenant_id)]
         ids = ratelimit.to_reclaim(
             ((s.id, s.last_seen, bool(s.requests or s.streams) or s.get_queue is not None) for s in mine),
             time.monotonic(), self.limits.session_reclaim_idle_s, need)
@@ -548,16 +568,20 @@ class McpEndpoint:
             if self._sessions_open[key] <= 0:
                 del self._sessions_open[key]
 
-    def _session(self, headers: Headers, who: Identity) -> ClientSession:
+    async def _session(self, headers: Headers, who: Identity) -> ClientSession:
+        """The request's session: held here, or rebuilt from its sealed id (`_materialize`). Unknown,
+        tampered, expired, ended and other actors' ids all answer the same 404."""
         sid = headers.get("mcp-session-id")
         if not sid:
             raise HttpError("Missing Mcp-Session-Id header.", hint="Send initialize first.", code="missing-session")
         session = self.sessions.get(sid)
-        if session is None or session.identity.tenant_id != who.tenant_id or session.identity.actor_id != who.actor_id:
-            raise HttpError(
-                "Session not found.", hint="Start a new session with initialize.", http_status=404,
-                code="unknown-session", jsonrpc_code=-32001,
-            )
+        if session is None:
+            session = await self._materialize(sid, who)
+        elif session.identity.tenant_id != who.tenant_id or session.identity.actor_id != who.actor_id:
+            raise _unknown_session()
+        if time.time() >= session.expires_at:
+            self._evict_later(session)
+            raise _unknown_session()
         version = header(headers, "mcp-protocol-version")
         if version is not None and not version_fits(version, session.version):
             raise HttpError(f"MCP-Protocol-Version {version[:40]} is newer than this session's {session.version}.",
@@ -566,11 +590,49 @@ class McpEndpoint:
             session.identity = who  # same tenant and actor, rotated token: keep the session
         return session
 
+    def _build(self, sid: str, claims: sessions.SessionClaims, who: Identity) -> ClientSession:
+        session = ClientSession(sid, who, claims.version, claims.capabilities, claims.client_info, self.runtime)
+        session.digest = sessions.digest(sid)
+        session.expires_at = claims.issued_at + self.limits.session_max_age_s
+        return session
+
+    async def _materialize(self, sid: str, who: Identity) -> ClientSession:
+        """A session this replica does not hold: verify its sealed id, the caller's identity against it and
+        that it was not ended (one indexed lookup, once per session and replica), then hold it here.
+        It counts against the session caps only on the replica that initialized it."""
+        claims = sessions.unseal(sid, self._session_key, time.time(), self.limits.session_max_age_s)
+        if claims is None or claims.tenant_id != who.tenant_id or claims.actor_id != who.actor_id:
+            raise _unknown_session()
+        digest = sessions.digest(sid)
+        if digest in self._ended_noted or await asyncio.to_thread(self.store.ended_sessions, [digest]):
+            raise _unknown_session()
+        if digest in self._ended_noted:  # ended while the database answered
+            raise _unknown_session()
+        held = self.sessions.get(sid)
+        if held is not None:  # another request of this session got here first
+            return held
+        if len(self.sessions) + self._initializing >= self.limits.max_sessions:
+            self._reap(force=True)
+            if len(self.sessions) + self._initializing >= self.limits.max_sessions:
+                raise HttpError("Too many sessions.", http_status=503, code="too-many-sessions")
+        session = self._build(sid, claims, who)
+        self._hold(session)
+        log.debug("serving session %s (initialized on %s)", digest[:12], claims.replica)
+        return session
+
+    def _hold(self, session: ClientSession) -> None:
+        self.sessions[session.id] = session
+        self._by_digest[session.digest] = session
+
     def _forget(self, session: ClientSession) -> None:
-        """Take a session out of the table and out of its actor's and tenant's counts."""
+        """Take a session out of the table and, on the replica that initialized it, out of its actor's and
+        tenant's counts."""
         if self.sessions.pop(session.id, None) is session:
-            who = session.identity
-            self._release(((who.tenant_id, who.actor_id), who.tenant_id))
+            if self._by_digest.get(session.digest) is session:
+                del self._by_digest[session.digest]
+            if session.counted:
+                who = session.identity
+                self._release(((who.tenant_id, who.actor_id), who.tenant_id))
 
     async def _stream_request(self, scope: Scope, receive: Receive, send: ASGISend, session: ClientSession,
                               msg: JSON) -> None:
@@ -801,7 +863,7 @@ class McpEndpoint:
             raise HttpError("Accept must include text/event-stream.", http_status=406, code="not-acceptable")
         if headers.get("mcp-protocol-version") == MODERN_VERSION:
             raise HttpError("GET streams do not exist in 2026-07-28.", http_status=405, code="method-not-allowed")
-        session = self._session(headers, who)
+        session = await self._session(headers, who)
         last_event_id = header(headers, "last-event-id")
         if last_event_id:
             await self._resume(scope, receive, send, session, last_event_id)
@@ -836,35 +898,119 @@ class McpEndpoint:
 
     # -- DELETE ------------------------------------------------------------------------------------
     async def _delete(self, send: ASGISend, headers: Headers, who: Identity) -> None:
-        session = self._session(headers, who)
+        session = await self._session(headers, who)
+        await self._end(session)
+        await self._respond(send, 200, b"")
+
+    # -- ending sessions everywhere ------------------------------------------------------------------
+    async def _end(self, session: ClientSession) -> None:
+        """DELETE: recorded first (a replica that has not seen the session refuses it from then on; if the
+        store cannot take it the session lives on and the client gets 503), then announced, so replicas
+        holding it drop it at once (without Redis, at their next re-check)."""
+        await asyncio.to_thread(self.store.end_session, session.digest, time.time())
+        self._note_ended(session.digest)
         self._forget(session)
         await session.close()
-        await self._respond(send, 200, b"")
+        await self.bus.publish(ENDED_TOPIC, {"d": session.digest})
+
+    def _close_later(self, session: ClientSession) -> None:
+        """End a session everywhere from synchronous code (reclaimed at a session cap): refused here at
+        once, recorded and announced in the background."""
+        self._note_ended(session.digest)
+        self._forget(session)
+        self._later(self._ended_here(session))
+
+    async def _ended_here(self, session: ClientSession) -> None:
+        await session.close()
+        try:
+            await asyncio.to_thread(self.store.end_session, session.digest, time.time())
+        except AegressError as exc:  # the other replicas keep serving it until it expires
+            log.warning("could not record an ended session: %s", exc.message)
+            return
+        await self.bus.publish(ENDED_TOPIC, {"d": session.digest})
+
+    def _evict_later(self, session: ClientSession) -> None:
+        """Forget a session here only (idle, expired, or ended elsewhere): nothing is recorded; an idle one
+        comes back on its next request, here or anywhere."""
+        self._forget(session)
+        self._later(session.close())
+
+    def _later(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _note_ended(self, digest: str) -> None:
+        self._ended_noted[digest] = None
+        self._ended_noted.move_to_end(digest)
+        while len(self._ended_noted) > _MAX_ENDED_NOTED:
+            self._ended_noted.popitem(last=False)
+
+    def _on_ended(self, message: JSON) -> None:
+        """Bus `session.ended`: another replica (or this one) ended a session; drop it if held here."""
+        digest = message.get("d")
+        if not isinstance(digest, str):
+            return
+        self._note_ended(digest)
+        session = self._by_digest.get(digest)
+        if session is not None:
+            self._evict_later(session)
+
+    async def recheck(self) -> int:
+        """Drop the held sessions the ended-sessions table names (no Redis, or a message lost in an outage):
+        one batched, indexed lookup per 500 sessions, in a worker thread. How many were dropped."""
+        held = list(self._by_digest)
+        if not held:
+            return 0
+        try:
+            ended = await asyncio.to_thread(self.store.ended_sessions, held)
+        except AegressError as exc:
+            log.warning("could not re-check sessions against the store: %s", exc.message)
+            return 0
+        for digest in ended:
+            self._on_ended({"d": digest})
+        return len(ended)
+
+    async def _recheck_loop(self) -> None:
+        pruned = time.monotonic()
+        while True:
+            every = self.limits.session_recheck_s * (_RECHECK_LIVE_FACTOR if self.bus.live else 1)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._recheck_now.wait(), every)
+            self._recheck_now.clear()
+            await self.recheck()
+            if time.monotonic() - pruned >= _PRUNE_EVERY_S:
+                pruned = time.monotonic()
+                cutoff = time.time() - self.limits.session_max_age_s - sessions.FUTURE_SKEW_S
+                try:
+                    await asyncio.to_thread(self.store.prune_ended_sessions, cutoff)
+                except AegressError as exc:
+                    log.warning("could not prune ended sessions: %s", exc.message)
 
     # -- housekeeping --------------------------------------------------------------------------------
     def _reap(self, force: bool = False) -> None:
+        """Forget sessions idle here (they live on: any replica rebuilds one from its id)."""
         cutoff = time.monotonic() - (self.limits.session_reclaim_idle_s if force
                                      else self.limits.session_idle_timeout_s)
         for session in list(self.sessions.values()):
             if session.last_seen < cutoff and session.get_queue is None:
-                self._close_later(session)
-
-    def _close_later(self, session: ClientSession) -> None:
-        self._forget(session)
-        task = asyncio.ensure_future(session.close())
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+                self._evict_later(session)
 
     async def reaper(self) -> None:
+        """Housekeeping while serving: idle sessions forgotten every minute, ended ones re-checked."""
+        await asyncio.gather(self._reap_loop(), self._recheck_loop())
+
+    async def _reap_loop(self) -> None:
         while True:
             await asyncio.sleep(60)
             self._reap()
 
     async def close(self) -> None:
-        sessions = list(self.sessions.values())
+        held = list(self.sessions.values())
         self.sessions.clear()
+        self._by_digest.clear()
         self._sessions_open.clear()
-        for s in sessions:
+        for s in held:
             await s.close()
 
     async def drain(self, grace: float, forced: Callable[[], bool] = lambda: False) -> tuple[int, int]:
@@ -924,6 +1070,12 @@ class McpEndpoint:
             extra.append((b"allow", b"POST" if modern else b"GET, POST, DELETE"))
         with contextlib.suppress(RuntimeError, OSError):
             await self._respond(send, exc.http_status, dumps(error_from(None, exc)), extra)
+
+
+def _unknown_session() -> HttpError:
+    """Every session id that cannot be served answers alike: never why (tampered, expired, ended, foreign)."""
+    return HttpError("Session not found.", hint="Start a new session with initialize.", http_status=404,
+                     code="unknown-session", jsonrpc_code=-32001)
 
 
 class _ModernError(HttpError):
