@@ -435,6 +435,14 @@ class Runtime:
 _gids = itertools.count(1)
 
 
+def request_owner(request_id: Any) -> str | None:
+    """Pure: the replica that relayed a server-to-client request (its id is `aeg-<n>@<replica>`), or None
+    for an id the gateway did not make. A replica id never holds '@' (gateway.store.replica_id_from_env)."""
+    if isinstance(request_id, str) and request_id.startswith("aeg-") and "@" in request_id:
+        return request_id.rpartition("@")[2] or None
+    return None
+
+
 class ClientSession:
     """One client session (legacy revisions) or one request's worth of state (2026-07-28)."""
 
@@ -545,7 +553,7 @@ class ClientSession:
         return sink
 
     def relay_server_request(self, up: Upstream, msg: JSON) -> JSON:
-        gid = f"aeg-{next(_gids)}"
+        gid = f"aeg-{next(_gids)}@{self.runtime.store.replica_id}"  # the client may answer on any replica
         log.debug("relaying upstream request %s to the client as %s", msg.get("method"), gid)
         self.server_requests[gid] = (up, msg["id"])
         return {**msg, "id": gid}

@@ -61,7 +61,8 @@ from gateway.jsonrpc import (
     validate_message,
 )
 from gateway.pipeline import Pipeline
-from gateway.proxy import ClientSession, Runtime, known_capabilities
+from gateway.proxy import ClientSession, Runtime, known_capabilities, request_owner
+from gateway.relay import SESSION_TOPIC, Relay
 from gateway.types import Identity
 
 log = logging.getLogger("aegress.transport")
@@ -95,6 +96,7 @@ ENDED_TOPIC = "session.ended"
 _MAX_ENDED_NOTED = 10_000  # recently ended sessions remembered in memory (the database has them all)
 _RECHECK_LIVE_FACTOR = 15  # with Redis up, the re-check against the database is only a backstop
 _PRUNE_EVERY_S = 600.0
+_ANSWER_RELAY_S = 5.0  # a client's answer relayed to the replica that asked: it records evidence first (<= 3 s)
 
 
 def header(headers: Headers, name: str) -> str | None:
@@ -309,6 +311,9 @@ class McpEndpoint:
         self._ended_noted: collections.OrderedDict[str, None] = collections.OrderedDict()  # newest last
         self._recheck_now = asyncio.Event()
         self.bus.subscribe(ENDED_TOPIC, self._on_ended)
+        self.bus.subscribe(SESSION_TOPIC, self._on_session_cast)
+        self.relay = Relay(self.bus, self.replica)
+        self.relay.serve("answer", self._relayed_answer)
         self.bus.on_reconnect(self._recheck_now.set)  # messages sent during an outage are lost: look now
         self._closing: set[asyncio.Future[None]] = set()
         self._stream_ids = itertools.count(1)
@@ -413,10 +418,69 @@ class McpEndpoint:
             await self._stream_request(scope, receive, send, session, msg)
         elif is_notification(msg):
             await self._respond(send, 202, b"")
-            await self.pipeline.client_notification(session, msg)
+            await self._client_notification(session, msg)
         else:
-            await self.pipeline.client_response(session, msg)
+            owner = request_owner(msg.get("id"))
+            if owner is not None and owner != self.replica and msg.get("id") not in session.server_requests:
+                await self._answer_elsewhere(session, owner, msg)
+            else:
+                await self.pipeline.client_response(session, msg)
             await self._respond(send, 202, b"")
+
+    # -- what the client sends that concerns another replica (docs/replicas.md) -------------------------
+    async def _client_notification(self, session: ClientSession, msg: JSON) -> None:
+        """Handled here, then told to the other replicas holding the session when it concerns them: a
+        cancellation of a request not running here (the replica running it stops it), a roots change
+        (each passes it to the upstreams the session uses there)."""
+        method = msg["method"]
+        params = msg.get("params") if isinstance(msg.get("params"), dict) else {}
+        running_here = repr(params.get("requestId")) in session.requests
+        await self.pipeline.client_notification(session, msg)
+        if (method == "notifications/cancelled" and not running_here) or method == "notifications/roots/list_changed":
+            await self.pipeline.tell_replicas(session, "notify", msg=msg)
+
+    async def _answer_elsewhere(self, session: ClientSession, owner: str, msg: JSON) -> None:
+        """A client's answer to a server-to-client request another replica relayed: that replica records it
+        (elicitation evidence) and returns it upstream; its verdict is this POST's."""
+        who = session.identity
+        reply = await self.relay.ask(owner, "answer", {"d": session.digest, "t": who.tenant_id, "a": who.actor_id,
+                                                       "msg": msg}, _ANSWER_RELAY_S)
+        if reply is None:
+            raise HttpError("The gateway replica that asked this could not be reached.", http_status=503,
+                            code="replica-unreachable",
+                            hint="Retry shortly; if the request it answers has failed meanwhile, send that again.")
+        failed = reply.get("error")
+        if isinstance(failed, dict):
+            raise _relayed_error(failed)
+
+    async def _relayed_answer(self, body: JSON) -> JSON:
+        """The owner's side of `_answer_elsewhere`: the same checks and path as a POST made here."""
+        session = self._by_digest.get(str(body.get("d")))
+        msg = body.get("msg")
+        who = session.identity if session is not None else None
+        if who is None or who.tenant_id != body.get("t") or who.actor_id != body.get("a") or not isinstance(msg, dict):
+            return {"error": _error_dict(ProtocolError("A response for a request this session was not sent.",
+                                                       http_status=400))}
+        try:
+            await self.pipeline.client_response(session, msg)
+        except AegressError as exc:
+            return {"error": _error_dict(exc)}
+        return {"ok": True}
+
+    def _on_session_cast(self, message: JSON) -> None:
+        """Bus `session.cast` from another replica about a session held here."""
+        if message.get("from") == self.replica:
+            return
+        session = self._by_digest.get(str(message.get("d")))
+        if session is None:
+            return
+        kind = message.get("kind")
+        if kind == "notify" and isinstance(message.get("msg"), dict):
+            self._later(self.pipeline.client_notification(session, message["msg"]))
+        elif kind == "level" and isinstance(message.get("level"), str):
+            self._later(self.pipeline.apply_log_level(session, message["level"]))
+        elif kind == "unsubscribe":
+            session.subscriptions.discard(message.get("uri"))
 
     async def _modern_post(self, scope: Scope, receive: Receive, send: ASGISend, headers: Headers,
                            who: Identity) -> None:
@@ -1070,6 +1134,19 @@ class McpEndpoint:
             extra.append((b"allow", b"POST" if modern else b"GET, POST, DELETE"))
         with contextlib.suppress(RuntimeError, OSError):
             await self._respond(send, exc.http_status, dumps(error_from(None, exc)), extra)
+
+
+def _error_dict(exc: AegressError) -> JSON:
+    """An error as it crosses to another replica (gateway.relay), to be raised there alike."""
+    return {**exc.to_dict(), "status": exc.http_status, "rpc": exc.jsonrpc_code}
+
+
+def _relayed_error(err: JSON) -> HttpError:
+    status, rpc = err.get("status"), err.get("rpc")
+    return HttpError(str(err.get("message") or "The request failed on another replica."),
+                     hint=err.get("hint") if isinstance(err.get("hint"), str) else None,
+                     code=str(err.get("code") or "protocol"), http_status=status if isinstance(status, int) else 400,
+                     jsonrpc_code=rpc if isinstance(rpc, int) else None)
 
 
 def _unknown_session() -> HttpError:

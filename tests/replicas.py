@@ -9,6 +9,7 @@ registered once, through the CLI, in the shared database; every replica starts i
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -33,6 +34,7 @@ class Fleet:
     gateways: list[Gateway]
     tokens: dict[tuple[str, str], str] = field(default_factory=dict)
     redis: str | None = None
+    database: str = ""
 
     @property
     def urls(self) -> list[str]:
@@ -84,7 +86,7 @@ def run_fleet(tmp_path: Path, database_url: str, *, count: int = 3, redis: str |
             raise errors[0]
         started = [g for g in gateways if g is not None]
         assert len(started) == count, "a replica did not start"
-        fleet = Fleet(started, tokens, redis)
+        fleet = Fleet(started, tokens, redis, database_url)
         for g in started:
             g.tokens.update(tokens)
         yield fleet
@@ -98,6 +100,7 @@ class RoundRobin(httpx2.AsyncBaseTransport):
         self._next = 0
         self._inner = httpx2.AsyncHTTPTransport()
         self.sent: list[tuple[str, int]] = []  # (method, replica index) per request, in order
+        self.bodies: list[tuple[int, dict[str, object]]] = []  # (replica index, JSON-RPC message) per POST
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         index = self._next % len(self._targets)
@@ -106,6 +109,9 @@ class RoundRobin(httpx2.AsyncBaseTransport):
         request.url = request.url.copy_with(host=target.host, port=target.port)
         request.headers["host"] = f"{target.host}:{target.port}"
         self.sent.append((request.method, index))
+        if request.method == "POST":
+            with contextlib.suppress(ValueError):
+                self.bodies.append((index, json.loads(request.content)))
         return await self._inner.handle_async_request(request)
 
     async def aclose(self) -> None:

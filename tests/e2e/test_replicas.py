@@ -5,16 +5,18 @@ stickiness at all. See docs/replicas.md "Sessions across replicas"."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
 
-from tests.procs import answer, run
+from tests.procs import add_stdio_fixture, aegress, answer, run, setup_tenant
 from tests.replicas import Fleet, RoundRobin, redis_url, run_fleet
 
 pytestmark = pytest.mark.slow
@@ -172,3 +174,186 @@ def test_tampered_foreign_and_other_actors_ids_answer_404_alike(fleet: Fleet) ->
         # alice's own session still works on both, bob's token never reached it
         for url in (a, b):
             assert answer(post(http, url, alice, sid, "2025-11-25", rpc("ping")))["result"] == {}
+
+
+# -- server-to-client requests and client notifications across replicas --------------------------------
+def sse_messages(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """JSON-RPC messages of an SSE response as they arrive (data lines only; the priming event has none)."""
+    for line in lines:
+        if line.startswith("data:") and line[5:].strip():
+            yield json.loads(line[5:].strip())
+
+
+def evidence(fleet: Fleet, *args: str) -> list[dict[str, Any]]:
+    out = aegress(fleet[0].home, "audit", "query", "--limit", "100000", *args, "--json",
+                  AEGRESS_DATABASE_URL=fleet.database)
+    return list(json.loads(out.stdout))
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_an_elicitation_asked_on_one_replica_is_answered_on_another(fleet: Fleet, version: str) -> None:
+    """The upstream's elicitation travels on the call's stream from A; the client POSTs its answer to B,
+    which relays it to A over Redis: A records the answer's evidence and returns it upstream. Without
+    Redis B cannot reach A and says so (503), and the same answer on A still completes the call."""
+    token = fleet.tokens[("acme", "alice")]
+    a, b, _ = fleet.urls
+    with httpx2.Client(timeout=30) as http, httpx2.Client(timeout=30) as other:
+        sid = initialize(http, a, token, version, {"elicitation": {}})
+        call = rpc("tools/call", {"name": "tools__ask_user", "arguments": {"question": "which?"}}, 5)
+        with http.stream("POST", a, headers=headers(token, sid, version), json=call) as r:
+            messages = sse_messages(r.iter_lines())
+            asked = next(m for m in messages if m.get("method") == "elicitation/create")
+            gid = asked["id"]
+            assert isinstance(gid, str) and gid.endswith("@replica-a"), gid
+            reply = {"jsonrpc": "2.0", "id": gid, "result": {"action": "accept", "content": {"answer": "from B"}}}
+            relayed = post(other, b, token, sid, version, reply)
+            if fleet.redis is None:
+                assert relayed.status_code == 503 and relayed.json()["error"]["data"]["code"] == "replica-unreachable"
+                reply["result"]["content"]["answer"] = "from A"
+                assert post(other, a, token, sid, version, reply).status_code == 202
+            else:
+                assert relayed.status_code == 202, relayed.text
+            done = next(m for m in messages if m.get("id") == 5)
+        said = "from B" if fleet.redis else "from A"
+        assert done["result"]["content"][0]["text"] == f"user said: {said}"
+        # an answer to a request nobody sent, relayed or not, is refused as on one replica
+        stale = post(other, b, token, sid, version, reply)
+        assert stale.status_code in ((400,) if fleet.redis else (503,)), stale.text
+    answers = [row for row in evidence(fleet, "--tenant", "acme", "--kind", "elicitation_answer")]
+    assert any(json.dumps(row).count(gid) for row in answers), answers  # recorded by the replica that asked
+
+
+@pytest.mark.parametrize("fleet", ["redis"], indirect=True)
+def test_sampling_and_elicitation_through_a_round_robin(fleet: Fleet) -> None:
+    """The SDK client answers each upstream request with a new POST, which the balancer sends elsewhere."""
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp_types import CreateMessageResult, ElicitResult, TextContent
+
+    async def sampling(ctx, params):  # type: ignore[no-untyped-def]
+        text = params.messages[0].content.text
+        return CreateMessageResult(role="assistant", content=TextContent(type="text", text=f"echo {text}"),
+                                   model="test-model")
+
+    async def elicit(ctx, params):  # type: ignore[no-untyped-def]
+        return ElicitResult(action="accept", content={"answer": "round robin"})
+
+    token = fleet.tokens[("acme", "alice")]
+    balancer = RoundRobin(fleet.urls)
+
+    async def go() -> None:
+        async with (
+            httpx2.AsyncClient(transport=balancer, headers={"Authorization": f"Bearer {token}"},
+                               timeout=httpx2.Timeout(30.0, read=60.0)) as http,
+            Client(streamable_http_client(fleet.urls[0], http_client=http), mode="legacy",
+                   sampling_callback=sampling, elicitation_callback=elicit) as client,
+        ):
+            for i in range(3):
+                r = await client.call_tool("tools__ask_model", {"prompt": f"p{i}"})
+                assert r.content[0].text == f"model said: echo p{i}"
+                r = await client.call_tool("tools__ask_user", {"question": "ok?"})
+                assert r.content[0].text == "user said: round robin"
+
+    run(go())
+    answers = [(index, str(m["id"])) for index, m in balancer.bodies if "result" in m]
+    assert len(answers) == 6
+    # every answer reached a replica other than the one whose upstream asked (ids end @replica-<a|b|c>)
+    assert all(gid.rsplit("@replica-", 1)[1] != "abc"[index] for index, gid in answers), answers
+
+
+@pytest.mark.parametrize("fleet", ["redis"], indirect=True)
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_cancellation_sent_to_another_replica_stops_the_call(fleet: Fleet, version: str) -> None:
+    token = fleet.tokens[("acme", "alice")]
+    a, b, _ = fleet.urls
+
+    def cancelled_on_a(http: httpx2.Client, sid: str, msg_id: int) -> int:
+        r = post(http, a, token, sid, version, rpc("tools/call", {"name": "tools__cancellations", "arguments": {}},
+                                                   msg_id))
+        return int(answer(r)["result"]["content"][0]["text"])
+
+    async def go(sid: str) -> str:
+        async with httpx2.AsyncClient(timeout=30) as client:
+            slow = rpc("tools/call", {"name": "tools__slow", "arguments": {"seconds": 20}}, 9)
+            call = asyncio.ensure_future(client.post(a, headers=headers(token, sid, version), json=slow))
+            await asyncio.sleep(1.0)  # at the upstream by now
+            cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 9}}
+            r = await client.post(b, headers=headers(token, sid, version), json=cancel)
+            assert r.status_code == 202
+            started = time.monotonic()
+            response = await asyncio.wait_for(call, 10)
+            assert time.monotonic() - started < 3, "the call on A stops when B hears the cancellation"
+            return response.text
+
+    with httpx2.Client(timeout=30) as http:
+        sid = initialize(http, a, token, version)
+        before = cancelled_on_a(http, sid, 1)
+        body = run(go(sid))
+        assert '"id":9' not in body.replace(" ", "")  # no answer: the call was cancelled
+        for attempt in range(50):  # the upstream on A heard of it (bounded: 5 s)
+            if cancelled_on_a(http, sid, 100 + attempt) == before + 1:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the upstream never heard of the cancellation")
+
+
+CONFIRM_POLICY = """
+version = 1
+trusted_upstreams = ["tools"]
+
+[review]
+mode = "approve"
+hold_timeout_seconds = 20
+
+[[rules]]
+id = "echo-confirm"
+upstream = "tools"
+name = "echo"
+verdict = "review"
+review_mode = "confirm"
+reason = "the caller confirms"
+"""
+
+
+@pytest.mark.parametrize("fleet", ["redis"], indirect=True)
+def test_a_review_confirmation_asked_on_one_replica_is_given_on_another(
+        fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Confirm mode: the gateway itself asks the caller (elicitation) on the call's replica; the answer,
+    POSTed through the balancer to another replica, is relayed back and releases the call."""
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp_types import ElicitResult
+
+    monkeypatch.setenv("AEGRESS_DATABASE_URL", fleet.database)
+    home = fleet[0].home
+    token = setup_tenant(home, "rev", "carol")
+    add_stdio_fixture(home, "rev", "tools")
+    policy = tmp_path / "confirm.toml"
+    policy.write_text(CONFIRM_POLICY)
+    aegress(home, "policy", "apply", str(policy), "--tenant", "rev", "--yes", "--as", "setup")
+    time.sleep(1.5)  # every replica polls registrations (1 s) and policies (0.5 s)
+    asked: list[str] = []
+
+    async def elicit(ctx, params):  # type: ignore[no-untyped-def]
+        asked.append(params.message)
+        return ElicitResult(action="accept", content={"decision": "approve", "reason": "fine by me"})
+
+    balancer = RoundRobin(fleet.urls)
+
+    async def go() -> None:
+        async with (
+            httpx2.AsyncClient(transport=balancer, headers={"Authorization": f"Bearer {token}"},
+                               timeout=httpx2.Timeout(30.0, read=60.0)) as http,
+            Client(streamable_http_client(fleet.urls[0], http_client=http), mode="legacy",
+                   elicitation_callback=elicit) as client,
+        ):
+            for i in range(2):
+                r = await client.call_tool("tools__echo", {"text": f"confirmed {i}"})
+                assert not r.is_error and r.content[0].text == f"confirmed {i}", r
+
+    run(go())
+    assert len(asked) == 2 and "tools__echo" in asked[0]
+    answers = [(index, str(m["id"])) for index, m in balancer.bodies if "result" in m]
+    assert len(answers) == 2 and all(gid.startswith("aeg-confirm-rev_") for _, gid in answers), answers
+    assert all(gid.rsplit("@replica-", 1)[1] != "abc"[index] for index, gid in answers), answers
