@@ -480,6 +480,9 @@ class ClientSession:
         self.digest = ""
         self.counted = False
         self.expires_at = float("inf")  # wall clock (time.time())
+        # a message no request caused, while this replica has no GET stream of the session: the endpoint
+        # hands it to the replica that has one (gateway.transport; none without Redis)
+        self.elsewhere: Callable[[ClientSession, JSON], None] | None = None
 
     # -- upstream access -----------------------------------------------------------------------
     async def tenant_runtime(self) -> TenantRuntime:
@@ -587,6 +590,8 @@ class ClientSession:
         if self.get_queue is not None:
             with contextlib.suppress(asyncio.QueueFull):
                 self.get_queue.put_nowait(out)
+        elif self.elsewhere is not None:
+            self.elsewhere(self, out)
 
     async def close(self) -> None:
         self.closed = True

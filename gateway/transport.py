@@ -97,6 +97,11 @@ _MAX_ENDED_NOTED = 10_000  # recently ended sessions remembered in memory (the d
 _RECHECK_LIVE_FACTOR = 15  # with Redis up, the re-check against the database is only a backstop
 _PRUNE_EVERY_S = 600.0
 _ANSWER_RELAY_S = 5.0  # a client's answer relayed to the replica that asked: it records evidence first (<= 3 s)
+_RESUME_ASK_S = 1.0  # a Last-Event-ID for another replica's stream: its owner must answer this fast, else 404
+_RELAY_ALIVE_S = 5.0  # the replica writing a relayed stream says every this often that its client is there
+_RELAY_GONE_S = 20.0  # the owner ends a relayed stream's reader (parks the stream) after this much silence
+_RELAY_SILENT_S = 3 * _KEEPALIVE_S  # the relaying replica ends its response after this much silence from the owner
+_MAX_RELAYED_FRAMES = 2000  # frames waiting at the relaying replica; beyond, the client reconnects
 
 
 def header(headers: Headers, name: str) -> str | None:
@@ -314,6 +319,7 @@ class McpEndpoint:
         self.bus.subscribe(SESSION_TOPIC, self._on_session_cast)
         self.relay = Relay(self.bus, self.replica)
         self.relay.serve("answer", self._relayed_answer)
+        self.relay.serve("resume", self._relayed_resume)
         self.bus.on_reconnect(self._recheck_now.set)  # messages sent during an outage are lost: look now
         self._closing: set[asyncio.Future[None]] = set()
         self._stream_ids = itertools.count(1)
@@ -481,6 +487,9 @@ class McpEndpoint:
             self._later(self.pipeline.apply_log_level(session, message["level"]))
         elif kind == "unsubscribe":
             session.subscriptions.discard(message.get("uri"))
+        elif kind == "push" and isinstance(message.get("msg"), dict) and session.get_queue is not None:
+            with contextlib.suppress(asyncio.QueueFull):
+                session.get_queue.put_nowait(message["msg"])
 
     async def _modern_post(self, scope: Scope, receive: Receive, send: ASGISend, headers: Headers,
                            who: Identity) -> None:
@@ -658,7 +667,15 @@ class McpEndpoint:
         session = ClientSession(sid, who, claims.version, claims.capabilities, claims.client_info, self.runtime)
         session.digest = sessions.digest(sid)
         session.expires_at = claims.issued_at + self.limits.session_max_age_s
+        session.elsewhere = self._push_elsewhere
         return session
+
+    def _push_elsewhere(self, session: ClientSession, msg: JSON) -> None:
+        """A message for the session's GET stream, which is not here: the replica that has it writes it
+        (every replica holding the session hears it; only one has the stream). Without Redis it is dropped,
+        as it is on one replica while no GET stream is open."""
+        if self.bus.live:
+            self._later(self.pipeline.tell_replicas(session, "push", msg=msg))
 
     async def _materialize(self, sid: str, who: Identity) -> ClientSession:
         """A session this replica does not hold: verify its sealed id, the caller's identity against it and
@@ -719,7 +736,8 @@ class McpEndpoint:
             raise RateLimited(f"Too many requests in flight for this {cap}.", retry_after=2, code="too-many-calls",
                               hint="Wait for running calls to finish before starting more.")
         # ids only mean something inside their session (itself a secret bound to one identity)
-        stream = RequestStream(f"s{next(self._stream_ids)}" if resumable else None)
+        # the stream id names its replica: a Last-Event-ID that reaches another one is relayed here
+        stream = RequestStream(f"s{next(self._stream_ids)}@{self.replica}" if resumable else None)
         task = asyncio.ensure_future(self.pipeline.dispatch(session, msg, stream.related))
         stream.start(task, msg["id"], time.monotonic() + (
             float("inf") if msg["method"] == "subscriptions/listen" else self.limits.request_deadline_s))
@@ -901,12 +919,146 @@ class McpEndpoint:
         """GET with Last-Event-ID: replay what the client missed on one request's stream, then go on live."""
         sid, _, number = last_event_id.strip().rpartition(":")
         stream = session.streams.get(sid)
+        owner = sid.rpartition("@")[2] if "@" in sid else None
+        if stream is None and owner and owner != self.replica and number.isdigit():
+            await self._resume_elsewhere(scope, receive, send, session, owner, sid, int(number))
+            return
         if stream is None or not number.isdigit() or not stream.dropped <= int(number) <= stream.total:
-            raise HttpError("Unknown or expired Last-Event-ID.", http_status=404, code="unknown-stream",
-                            hint="The call's events are gone; send the request again.")
+            raise _unknown_stream()
         stream.unpark()
         self._after_pump(session, stream, await self._pump(scope, receive, send, session, stream, int(number),
                                                                    resumed=True))
+
+    # -- a resumable stream whose call runs on another replica (docs/replicas.md) ------------------------
+    async def _resume_elsewhere(self, scope: Scope, receive: Receive, send: ASGISend, session: ClientSession,
+                                owner: str, sid: str, cursor: int) -> None:
+        """Ask the owner to write the stream from `cursor` on here: it replays what the client missed and
+        sends the rest live, as ASGI messages over the bus, which this response writes as they come (the
+        same bytes, the same event ids). No answer within `_RESUME_ASK_S` (owner gone, or no Redis): 404.
+        The client going away is told to the owner, which parks the stream again."""
+        frames: collections.deque[JSON] = collections.deque()
+        wake = asyncio.Event()
+        overflow = False
+
+        def sink(frame: JSON) -> None:
+            nonlocal overflow
+            if len(frames) >= _MAX_RELAYED_FRAMES:
+                overflow = True
+            else:
+                frames.append(frame)
+            wake.set()
+
+        rid = secrets.token_urlsafe(12)
+        stop = self.relay.listen(rid, sink)
+        who = session.identity
+        watch = scope.get(DISCONNECT_KEY)
+        watcher = None if isinstance(watch, ConnectionWatch) else asyncio.ensure_future(_wait_disconnect(receive))
+        if isinstance(watch, ConnectionWatch):
+            watch.add(wake.set)
+        else:
+            assert watcher is not None
+            watcher.add_done_callback(lambda _: wake.set())
+        started = finished = False
+        try:
+            reply = await self.relay.ask(owner, "resume", {"d": session.digest, "t": who.tenant_id,
+                                                           "a": who.actor_id, "stream": sid, "cursor": cursor,
+                                                           "rid": rid}, _RESUME_ASK_S)
+            if reply is None or not reply.get("ok"):
+                raise _unknown_stream()
+            expected, alive_at, heard = 0, time.monotonic(), time.monotonic()
+            while True:
+                while frames:
+                    frame = frames.popleft()
+                    heard = time.monotonic()
+                    if frame.get("end"):
+                        return
+                    if frame.get("seq") != expected:  # lost in an outage: the client resumes from what it has
+                        return
+                    expected += 1
+                    message = _decode_asgi(frame.get("a"))
+                    if message is None:
+                        return
+                    await send(message)
+                    if message["type"] == "http.response.start":
+                        started = True
+                    elif not message.get("more_body", False):
+                        finished = True
+                        return
+                if overflow or (watch.gone if watcher is None else watcher.done()):
+                    return
+                now = time.monotonic()
+                if now - heard > _RELAY_SILENT_S:
+                    return
+                if now - alive_at >= _RELAY_ALIVE_S:
+                    alive_at = now
+                    await self.relay.tell(owner, {"t": "frame", "rid": rid, "alive": True})
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), _RELAY_ALIVE_S)
+        finally:
+            stop()
+            if isinstance(watch, ConnectionWatch):
+                watch.discard(wake.set)
+            elif watcher is not None and not watcher.done():
+                watcher.cancel()
+            if not finished:  # the client went away, or the relay broke: the owner parks the stream again
+                with contextlib.suppress(Exception):
+                    await self.relay.tell(owner, {"t": "frame", "rid": rid, "gone": True})
+                if started:
+                    with contextlib.suppress(RuntimeError, OSError):
+                        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _relayed_resume(self, body: JSON) -> JSON:
+        """The owner's side of `_resume_elsewhere`: the same checks as a GET made here, then `_pump` writes
+        to the asking replica instead of a socket."""
+        session = self._by_digest.get(str(body.get("d")))
+        who = session.identity if session is not None else None
+        cursor, rid, reader = body.get("cursor"), body.get("rid"), body.get("from")
+        if session is None or who is None or who.tenant_id != body.get("t") or who.actor_id != body.get("a") \
+                or not isinstance(cursor, int) or not isinstance(rid, str) or not isinstance(reader, str):
+            return {"error": _error_dict(_unknown_stream())}
+        stream = session.streams.get(str(body.get("stream")))
+        if stream is None or not stream.dropped <= cursor <= stream.total:
+            return {"error": _error_dict(_unknown_stream())}
+        stream.unpark()
+        self._later(self._pump_to(session, stream, cursor, reader, rid))
+        return {"ok": True}
+
+    async def _pump_to(self, session: ClientSession, stream: RequestStream, cursor: int, reader: str,
+                       rid: str) -> None:
+        """`_pump` for a reader on another replica: its ASGI messages go there as numbered frames; that
+        replica's silence for `_RELAY_GONE_S`, or its word, counts as the client going away."""
+        gone = asyncio.Event()
+        heard = time.monotonic()
+        numbers = itertools.count()
+
+        def control(frame: JSON) -> None:
+            nonlocal heard
+            heard = time.monotonic()
+            if frame.get("gone"):
+                gone.set()
+
+        async def receive() -> dict[str, Any]:
+            while not gone.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(gone.wait(), _RELAY_ALIVE_S)
+                if time.monotonic() - heard > _RELAY_GONE_S:
+                    gone.set()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            frame = {"t": "frame", "rid": rid, "seq": next(numbers), "a": _encode_asgi(message)}
+            if not await self.relay.tell(reader, frame):
+                gone.set()  # Redis is down: the reader cannot get anything more
+
+        stop = self.relay.listen(rid, control)
+        try:
+            ended = await self._pump({}, receive, send, session, stream, cursor, resumed=True)
+        finally:
+            stop()
+        self._after_pump(session, stream, ended)
+        if ended != "done":
+            await self.relay.tell(reader, {"t": "frame", "rid": rid, "end": True})
 
     async def _start_sse(self, send: ASGISend) -> None:
         await send(
@@ -1147,6 +1299,32 @@ def _relayed_error(err: JSON) -> HttpError:
                      hint=err.get("hint") if isinstance(err.get("hint"), str) else None,
                      code=str(err.get("code") or "protocol"), http_status=status if isinstance(status, int) else 400,
                      jsonrpc_code=rpc if isinstance(rpc, int) else None)
+
+
+def _unknown_stream() -> HttpError:
+    return HttpError("Unknown or expired Last-Event-ID.", http_status=404, code="unknown-stream",
+                     hint="The call's events are gone; send the request again.")
+
+
+def _encode_asgi(message: dict[str, Any]) -> JSON:
+    """An ASGI response message as JSON (bytes as latin-1 text, which round-trips every byte)."""
+    if message["type"] == "http.response.start":
+        return {"type": message["type"], "status": message["status"],
+                "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in message.get("headers", [])]}
+    return {"type": message["type"], "body": bytes(message.get("body", b"")).decode("latin-1"),
+            "more_body": bool(message.get("more_body", False))}
+
+
+def _decode_asgi(frame: Any) -> dict[str, Any] | None:
+    if not isinstance(frame, dict):
+        return None
+    if frame.get("type") == "http.response.start" and isinstance(frame.get("status"), int):
+        return {"type": "http.response.start", "status": frame["status"],
+                "headers": [(str(k).encode("latin-1"), str(v).encode("latin-1")) for k, v in frame.get("headers", [])]}
+    if frame.get("type") == "http.response.body" and isinstance(frame.get("body"), str):
+        return {"type": "http.response.body", "body": frame["body"].encode("latin-1"),
+                "more_body": bool(frame.get("more_body"))}
+    return None
 
 
 def _unknown_session() -> HttpError:

@@ -357,3 +357,158 @@ def test_a_review_confirmation_asked_on_one_replica_is_given_on_another(
     answers = [(index, str(m["id"])) for index, m in balancer.bodies if "result" in m]
     assert len(answers) == 2 and all(gid.startswith("aeg-confirm-rev_") for _, gid in answers), answers
     assert all(gid.rsplit("@replica-", 1)[1] != "abc"[index] for index, gid in answers), answers
+
+
+# -- resumable streams (2025-11-25) and the GET stream across replicas -----------------------------------
+def sse_events(text: str) -> list[dict[str, str]]:
+    out = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in block.split("\n"):
+            if line and not line.startswith(":"):
+                name, _, value = line.partition(":")
+                fields[name] = value[1:] if value.startswith(" ") else value
+        if fields:
+            out.append(fields)
+    return out
+
+
+def drop_after_priming(url: str, token: str, sid: str, body: dict[str, Any]) -> dict[str, str]:
+    """POST a call on its own connection, read its priming event, then go away mid-call."""
+    with httpx2.Client(timeout=30) as http, http.stream("POST", url, headers=headers(token, sid, "2025-11-25"),
+                                                        json=body) as r:
+        first = b""
+        for chunk in r.iter_raw():
+            first += chunk
+            if b"\n\n" in first:
+                break
+    return sse_events(first.decode())[0]
+
+
+def resume_headers(token: str, sid: str, last_event_id: str) -> dict[str, str]:
+    out = headers(token, sid, "2025-11-25")
+    out.update({"Accept": "text/event-stream", "Last-Event-ID": last_event_id})
+    out.pop("Content-Type")
+    return out
+
+
+def slow(msg_id: int, seconds: float) -> dict[str, Any]:
+    return rpc("tools/call", {"name": "tools__slow", "arguments": {"seconds": seconds}}, msg_id)
+
+
+@pytest.mark.parametrize("fleet", ["redis"], indirect=True)
+def test_a_stream_dropped_on_one_replica_resumes_on_another(fleet: Fleet) -> None:
+    """Last-Event-ID on B for A's stream: A replays what the client missed (the answer, here) and B writes
+    it with the same event ids; during the call, the rest comes live over the relay."""
+    token = fleet.tokens[("acme", "alice")]
+    a, b, c = fleet.urls
+    with httpx2.Client(timeout=30) as http:
+        sid = initialize(http, a, token, "2025-11-25")
+        priming = drop_after_priming(a, token, sid, slow(7, 0.5))
+        stream = priming["id"].rsplit(":", 1)[0]
+        assert stream.endswith("@replica-a") and priming["data"] == ""
+        time.sleep(1.0)  # the call has finished on A meanwhile: its answer waits there
+        r = http.get(b, headers=resume_headers(token, sid, priming["id"]))
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.text
+        got = sse_events(r.text)
+        assert got[0]["id"] == priming["id"] and got[0]["data"] == ""  # primed again at the cursor
+        assert got[-1]["id"] == f"{stream}:1" and json.loads(got[-1]["data"])["result"]["content"][0]["text"] == "done"
+        # finished and forgotten on A: resuming it again, anywhere, is refused
+        for url in (a, b):
+            r = http.get(url, headers=resume_headers(token, sid, priming["id"]))
+            assert r.status_code == 404 and r.json()["error"]["data"]["code"] == "unknown-stream"
+
+        # resumed on C while the call still runs: the answer comes live, relayed
+        priming = drop_after_priming(a, token, sid, slow(8, 2.0))
+        started = time.monotonic()
+        r = http.get(c, headers=resume_headers(token, sid, priming["id"]))
+        assert time.monotonic() - started > 1.0  # it waited for the call on A
+        assert json.loads(sse_events(r.text)[-1]["data"])["id"] == 8
+
+        # a bob token cannot pick up alice's stream on any replica
+        bob = fleet.tokens[("acme", "bob")]
+        bob_sid = initialize(http, b, bob, "2025-11-25")
+        priming = drop_after_priming(a, token, sid, slow(9, 1.0))
+        assert http.get(b, headers=resume_headers(bob, bob_sid, priming["id"])).status_code == 404
+        assert json.loads(sse_events(http.get(b, headers=resume_headers(token, sid, priming["id"])).text)[-1]["data"]
+                          )["id"] == 9
+
+    outcomes = [row["outcome"] for row in evidence(fleet, "--tenant", "acme", "--kind", "outcome")
+                if row.get("tool") == "tools__slow"]
+    # every call above ran to its end on A while its client was away or on another replica
+    assert outcomes.count("completed") >= 3 and "client_disconnected" not in outcomes, outcomes
+
+
+@pytest.mark.parametrize("fleet", ["redis"], indirect=True)
+def test_a_client_leaving_the_relaying_replica_parks_the_stream_for_any_other(fleet: Fleet) -> None:
+    token = fleet.tokens[("acme", "alice")]
+    a, b, c = fleet.urls
+    with httpx2.Client(timeout=30) as http:
+        sid = initialize(http, a, token, "2025-11-25")
+        priming = drop_after_priming(a, token, sid, slow(11, 2.5))
+        with httpx2.Client(timeout=30) as doomed, doomed.stream(
+                "GET", b, headers=resume_headers(token, sid, priming["id"])) as r:  # B relays, then the client goes
+            assert r.status_code == 200
+            first = b""
+            for chunk in r.iter_raw():
+                first += chunk
+                if b"\n\n" in first:
+                    break
+        assert sse_events(first.decode())[0]["id"] == priming["id"]
+        time.sleep(0.5)
+        r = http.get(c, headers=resume_headers(token, sid, priming["id"]))  # parked again on A: C picks it up
+        assert r.status_code == 200, r.text
+        final = json.loads(sse_events(r.text)[-1]["data"])
+        assert final["id"] == 11 and final["result"]["content"][0]["text"] == "done"
+
+
+def test_a_stream_whose_replica_cannot_answer_is_unknown_at_once(fleet: Fleet) -> None:
+    """Without Redis (or for a replica that is gone) the Last-Event-ID cannot be served elsewhere: 404
+    `unknown-stream` within about a second, whose hint says to send the request again."""
+    token = fleet.tokens[("acme", "alice")]
+    a, b, _ = fleet.urls
+    with httpx2.Client(timeout=30) as http:
+        sid = initialize(http, a, token, "2025-11-25")
+        owners = ["replica-gone"] if fleet.redis else ["replica-gone", "replica-a"]
+        for owner in owners:
+            started = time.monotonic()
+            r = http.get(b, headers=resume_headers(token, sid, f"s1@{owner}:0"))
+            assert r.status_code == 404 and r.json()["error"]["data"]["code"] == "unknown-stream"
+            assert "send the request again" in r.json()["error"]["message"]
+            assert time.monotonic() - started < 2.5
+
+
+@pytest.mark.parametrize("fleet", ["redis"], indirect=True)
+def test_messages_no_request_caused_reach_the_get_stream_on_another_replica(fleet: Fleet) -> None:
+    """The GET stream is open on B; C's upstream announces a tools list change after a call made on C:
+    C hands it over and B writes it."""
+    token = fleet.tokens[("acme", "alice")]
+    a, b, c = fleet.urls
+    got: list[dict[str, Any]] = []
+
+    async def listen(sid: str, ready: asyncio.Event) -> None:
+        get = {**headers(token, sid, "2025-11-25"), "Accept": "text/event-stream"}
+        get.pop("Content-Type")
+        async with httpx2.AsyncClient(timeout=30) as client, client.stream("GET", b, headers=get) as r:
+            assert r.status_code == 200
+            ready.set()
+            async for line in r.aiter_lines():
+                if line.startswith("data:"):
+                    got.append(json.loads(line[5:]))
+                    return
+
+    async def go(sid: str) -> None:
+        ready = asyncio.Event()
+        listener = asyncio.ensure_future(listen(sid, ready))
+        await asyncio.wait_for(ready.wait(), 10)
+        async with httpx2.AsyncClient(timeout=30) as client:
+            r = await client.post(c, headers=headers(token, sid, "2025-11-25"),
+                                  json=rpc("tools/call", {"name": "tools__later_list_changed",
+                                                          "arguments": {"delay": 0.5}}, 3))
+            assert answer(r)["result"]["content"][0]["text"] == "scheduled"
+        await asyncio.wait_for(listener, 10)
+
+    with httpx2.Client(timeout=30) as http:
+        sid = initialize(http, a, token, "2025-11-25")
+        run(go(sid), timeout=30)
+    assert got == [{"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}], got
