@@ -16,7 +16,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from tests.procs import add_stdio_fixture, aegress, answer, run, setup_tenant
+from tests.procs import add_stdio_fixture, aegress, answer, run, run_gateway, setup_tenant
 from tests.replicas import Fleet, RoundRobin, redis_url, run_fleet
 
 pytestmark = pytest.mark.slow
@@ -512,3 +512,21 @@ def test_messages_no_request_caused_reach_the_get_stream_on_another_replica(flee
         sid = initialize(http, a, token, "2025-11-25")
         run(go(sid), timeout=30)
     assert got == [{"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}], got
+
+
+def test_a_session_expires_after_its_max_age_on_one_replica_too(tmp_path: Path) -> None:
+    """SQLite, one gateway: `--session-max-age` ends a session the replica holds as well as ids it
+    would rebuild; the reclaim and idle rules of one replica are covered in test_edge_bounds."""
+    from tests.procs import gateway_with_fixture
+
+    home = tmp_path / "home"
+    with gateway_with_fixture(home) as gw:
+        token = gw.tokens[("acme", "alice")]
+    with run_gateway(home, "--session-max-age", "3") as gw, httpx2.Client(timeout=30) as http:
+        initialize(http, gw.url, token, "2025-06-18")  # the upstream starts: the next initialize is quick
+        issued = time.time()
+        sid = initialize(http, gw.url, token, "2025-06-18")
+        first = post(http, gw.url, token, sid, "2025-06-18", rpc("ping"))
+        assert answer(first).get("result") == {}, first.text
+        time.sleep(max(0.0, issued + 4.0 - time.time()))
+        assert is_unknown_session(post(http, gw.url, token, sid, "2025-06-18", rpc("ping")))
