@@ -440,6 +440,36 @@ def test_a_stream_dropped_on_one_replica_resumes_on_another(fleet: Fleet) -> Non
 
 
 @pytest.mark.parametrize("fleet", ["redis"], indirect=True)
+def test_progress_missed_on_one_replica_is_replayed_on_another_then_the_rest_comes_live(fleet: Fleet) -> None:
+    token = fleet.tokens[("acme", "alice")]
+    a, b, _ = fleet.urls
+    with httpx2.Client(timeout=30) as http:
+        sid = initialize(http, a, token, "2025-11-25")
+        call = rpc("tools/call", {"name": "tools__slow_steps", "arguments": {"steps": 6, "seconds": 3.0},
+                                  "_meta": {"progressToken": "p-1"}}, 21)
+        with httpx2.Client(timeout=30) as doomed, doomed.stream("POST", a, headers=headers(token, sid, "2025-11-25"),
+                                                               json=call) as r:
+            seen = ""
+            for text in r.iter_text():  # the priming event and the first progress event, then away
+                seen += text
+                if "step 1" in seen and seen.endswith("\n\n"):
+                    break
+        first = [e for e in sse_events(seen) if e.get("data")]
+        assert json.loads(first[0]["data"])["params"]["message"] == "step 1"
+        last_id = first[-1]["id"]
+        time.sleep(1.2)  # steps 2-3 or so happen while nobody listens
+        r = http.get(b, headers=resume_headers(token, sid, last_id))
+        assert r.status_code == 200, r.text
+        got = [e for e in sse_events(r.text) if e.get("data")]
+        stream, _, number = last_id.rpartition(":")
+        assert [e["id"] for e in got] == [f"{stream}:{int(number) + 1 + i}" for i in range(len(got))]
+        progress = [json.loads(e["data"])["params"]["message"] for e in got[:-1]]
+        assert progress == [f"step {i}" for i in range(len(first) + 1, 7)], progress  # none lost, none twice
+        assert all(json.loads(e["data"])["params"]["progressToken"] == "p-1" for e in got[:-1])
+        assert json.loads(got[-1]["data"])["result"]["content"][0]["text"] == "6 steps"
+
+
+@pytest.mark.parametrize("fleet", ["redis"], indirect=True)
 def test_a_client_leaving_the_relaying_replica_parks_the_stream_for_any_other(fleet: Fleet) -> None:
     token = fleet.tokens[("acme", "alice")]
     a, b, c = fleet.urls
@@ -512,6 +542,25 @@ def test_messages_no_request_caused_reach_the_get_stream_on_another_replica(flee
         sid = initialize(http, a, token, "2025-11-25")
         run(go(sid), timeout=30)
     assert got == [{"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}], got
+
+
+def test_a_session_outlives_a_restart_of_its_only_gateway(tmp_path: Path) -> None:
+    """SQLite, one gateway: the sealing key is in the database, so a restarted gateway serves the sessions
+    of its previous run (what lived only in that process, such as parked streams, is gone); a DELETE made
+    before the restart still holds after it."""
+    from tests.procs import gateway_with_fixture
+
+    home = tmp_path / "home"
+    with gateway_with_fixture(home) as gw, httpx2.Client(timeout=30) as http:
+        token = gw.tokens[("acme", "alice")]
+        kept = initialize(http, gw.url, token, "2025-11-25")
+        ended = initialize(http, gw.url, token, "2025-11-25")
+        assert http.delete(gw.url, headers=headers(token, ended, "2025-11-25")).status_code == 200
+    with run_gateway(home) as gw, httpx2.Client(timeout=30) as http:
+        r = post(http, gw.url, token, kept, "2025-11-25", rpc("tools/call", {"name": "tools__echo",
+                                                                            "arguments": {"text": "again"}}))
+        assert answer(r)["result"]["content"][0]["text"] == "again"
+        assert is_unknown_session(post(http, gw.url, token, ended, "2025-11-25", rpc("ping")))
 
 
 def test_a_session_expires_after_its_max_age_on_one_replica_too(tmp_path: Path) -> None:

@@ -75,6 +75,16 @@ async def ask_user(question: str, ctx: Context) -> str:
     return f"user {result.action}"
 
 
+@server.tool()
+async def slow_steps(steps: int, seconds: float, ctx: Context) -> str:
+    """Report `steps` (at most 50) progress notifications over `seconds` (at most 30), then answer."""
+    steps = max(1, min(steps, 50))
+    for i in range(1, steps + 1):
+        await ctx.report_progress(i, steps, f"step {i}")
+        await asyncio.sleep(min(max(seconds, 0.0), 30.0) / steps)
+    return f"{steps} steps"
+
+
 LATER: set[asyncio.Task[None]] = set()
 
 
