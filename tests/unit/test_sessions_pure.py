@@ -77,3 +77,23 @@ def test_a_well_tagged_payload_of_the_wrong_shape_opens_to_none(field: str, valu
     body = base64.urlsafe_b64encode(json.dumps(payload).encode()).rstrip(b"=").decode()
     tag = base64.urlsafe_b64encode(sessions._tag(KEY, body)).rstrip(b"=").decode()
     assert sessions.unseal(f"{body}.{tag}", KEY, NOW, DAY) is None
+
+
+def test_relayed_ids_name_their_replica() -> None:
+    from gateway.proxy import request_owner
+
+    assert request_owner("aeg-12@replica-a") == "replica-a"
+    assert request_owner("aeg-confirm-rev_abc@r-1a2b:x.y") == "r-1a2b:x.y"
+    for other in ("aeg-12", "aeg-12@", "x-1@replica-a", 12, None, {"id": 1}):
+        assert request_owner(other) is None
+
+
+def test_a_response_crosses_replicas_byte_for_byte() -> None:
+    from gateway.transport import _decode_asgi, _encode_asgi
+
+    start = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
+    event = "id: s1@a:1\ndata: {\"x\":\"h\u00e9\u2603\"}\n\n".encode()
+    body = {"type": "http.response.body", "body": event + bytes(range(256)), "more_body": True}
+    for message in (start, body, {**body, "more_body": False, "body": b""}):
+        assert _decode_asgi(json.loads(json.dumps(_encode_asgi(message)))) == message
+    assert _decode_asgi({"type": "http.response.body", "body": 5}) is None and _decode_asgi("x") is None
