@@ -55,6 +55,10 @@ def serve(
                                     "session cap is reached, that actor's (tenant's) sessions idle this many "
                                     "seconds with nothing in flight are closed to make room."
                                     )] = _D.session_reclaim_idle_s,
+    session_max_age: Annotated[float, typer.Option(envvar="AEGRESS_SESSION_MAX_AGE", help="Seconds a session "
+                               "id stays valid after initialize: any replica serves it until then unless it was "
+                               "ended (DELETE); then 404 and the client starts a new session.")
+                               ] = _D.session_max_age_s,
     max_calls_per_actor: Annotated[int, typer.Option(envvar="AEGRESS_MAX_CALLS_PER_ACTOR", help="Requests in "
                                    "flight per actor (then 429).")] = _D.max_calls_per_actor,
     max_calls_per_tenant: Annotated[int, typer.Option(envvar="AEGRESS_MAX_CALLS_PER_TENANT", help="Requests in "
@@ -126,7 +130,8 @@ def serve(
                     body_idle_timeout_s=body_timeout, body_deadline_s=body_deadline,
                     max_connections_per_address=max_connections_per_address,
                     max_sessions_per_actor=max_sessions_per_actor, max_sessions_per_tenant=max_sessions_per_tenant,
-                    session_reclaim_idle_s=session_reclaim_idle, max_calls_per_actor=max_calls_per_actor,
+                    session_reclaim_idle_s=session_reclaim_idle, session_max_age_s=session_max_age,
+                    max_calls_per_actor=max_calls_per_actor,
                     max_calls_per_tenant=max_calls_per_tenant, auth_failures=auth_throttle,
                     auth_failure_window_s=auth_throttle_window)
     settings = ServeSettings(host=host, port=port, allowed_hosts=tuple(allowed_host or ()),

@@ -32,7 +32,11 @@ class Limits:
     max_header_bytes: int = 16 * 1024
     request_deadline_s: float = 300.0
     max_sessions: int = 10_000
-    session_idle_timeout_s: float = 1800.0
+    session_idle_timeout_s: float = 1800.0  # a replica forgets a session idle this long (it can come back)
+    # a session id is valid this long after initialize (it carries its own state: gateway.sessions)
+    session_max_age_s: float = 24 * 3600.0
+    # without Redis, how often a replica re-checks the sessions it holds against the ended-sessions table
+    session_recheck_s: float = 2.0
     # the HTTP edge (docs/operations.md "Limits and failure behaviour")
     header_timeout_s: float = 10.0  # a request's headers must be complete this long after its first byte
     body_idle_timeout_s: float = 30.0  # longest silence while a request body is being received

@@ -49,6 +49,7 @@ from gateway.jsonrpc import (
 )
 from gateway.proxy import ClientSession, Runtime, UnknownTarget, Upstream, list_all
 from gateway.record import CallFacts, Recorder, call_entry, elicitation_entry, outcome_entry, with_receipt
+from gateway.relay import SESSION_TOPIC
 from gateway.review import ReviewDesk, tool_error
 from gateway.secrets import derive_key, mint_id, token_hash
 from gateway.store.base import Store, WouldBlock
@@ -227,7 +228,7 @@ class Pipeline:
         info = session.client_info
         return CallFacts(
             identity=session.identity, client_name=str(info.get("name") or "") or None,
-            client_version=str(info.get("version") or "") or None, session_id=session.id, method=method,
+            client_version=str(info.get("version") or "") or None, session_id=session.digest[:32], method=method,
             upstream=upstream, tool=target, tool_def=tool, decision=decision or Decision("allow", "no-policy"),
             arguments=arguments, request_id=str(request_id if request_id is not None else ""),
             started_at=started_at, time=now_time(), secrets=secrets,
@@ -788,6 +789,7 @@ class Pipeline:
                 session.subscriptions.add(uri)
             else:
                 session.subscriptions.discard(uri)
+                await self.tell_replicas(session, "unsubscribe", uri=uri)  # another may hold the subscription
         return response
 
     async def _get_prompt(self, session: ClientSession, msg: JSON, send: Send) -> JSON:
@@ -829,7 +831,25 @@ class Pipeline:
             if isinstance(r, dict) and "error" in r:
                 return {"jsonrpc": "2.0", "id": msg["id"], "error": up.client_error("logging/setLevel", r["error"])}
         session.log_level = level
+        await self.tell_replicas(session, "level", level=level)
         return result(msg["id"], {})
+
+    async def apply_log_level(self, session: ClientSession, level: str) -> None:
+        """Another replica set this session's log level: pass it to the upstream connections the session
+        uses here (connecting none), so its log messages outside a call follow it on this replica too."""
+        session.log_level = level
+        if session.tenant is None:
+            return
+        ups = [u for u in session.tenant._live.values() if session in u.listeners and "logging" in u.conn.capabilities]
+        await asyncio.gather(*(u.conn.request("logging/setLevel", {"level": level}) for u in ups),
+                             return_exceptions=True)
+
+    async def tell_replicas(self, session: ClientSession, kind: str, **body: Any) -> None:
+        """Tell the other replicas holding this session (gateway.relay.SESSION_TOPIC); a lost message
+        only means they keep what they had (see docs/replicas.md)."""
+        if session.digest and self.bus.live:
+            await self.bus.publish(SESSION_TOPIC, {"d": session.digest, "from": self.store.replica_id, "kind": kind,
+                                                   **body})
 
     _handlers: ClassVar[dict[str, Callable[[Pipeline, ClientSession, JSON, Send], Awaitable[JSON]]]] = {
         "ping": _ping,

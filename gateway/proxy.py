@@ -435,6 +435,14 @@ class Runtime:
 _gids = itertools.count(1)
 
 
+def request_owner(request_id: Any) -> str | None:
+    """Pure: the replica that relayed a server-to-client request (its id is `aeg-<n>@<replica>`), or None
+    for an id the gateway did not make. A replica id never holds '@' (gateway.store.replica_id_from_env)."""
+    if isinstance(request_id, str) and request_id.startswith("aeg-") and "@" in request_id:
+        return request_id.rpartition("@")[2] or None
+    return None
+
+
 class ClientSession:
     """One client session (legacy revisions) or one request's worth of state (2026-07-28)."""
 
@@ -467,6 +475,14 @@ class ClientSession:
         self.closed = False
         self.requests: dict[str, Any] = {}  # transport.RequestStream by repr(request id), while running
         self.streams: dict[str, Any] = {}  # transport.RequestStream by stream id, parked for resumption
+        # handshake-era sessions (gateway.sessions): the sha256 of the sealed id names the session in the
+        # ended-sessions table, bus messages and records; `counted` only on the replica that initialized it
+        self.digest = ""
+        self.counted = False
+        self.expires_at = float("inf")  # wall clock (time.time())
+        # a message no request caused, while this replica has no GET stream of the session: the endpoint
+        # hands it to the replica that has one (gateway.transport; none without Redis)
+        self.elsewhere: Callable[[ClientSession, JSON], None] | None = None
 
     # -- upstream access -----------------------------------------------------------------------
     async def tenant_runtime(self) -> TenantRuntime:
@@ -540,7 +556,7 @@ class ClientSession:
         return sink
 
     def relay_server_request(self, up: Upstream, msg: JSON) -> JSON:
-        gid = f"aeg-{next(_gids)}"
+        gid = f"aeg-{next(_gids)}@{self.runtime.store.replica_id}"  # the client may answer on any replica
         log.debug("relaying upstream request %s to the client as %s", msg.get("method"), gid)
         self.server_requests[gid] = (up, msg["id"])
         return {**msg, "id": gid}
@@ -574,6 +590,8 @@ class ClientSession:
         if self.get_queue is not None:
             with contextlib.suppress(asyncio.QueueFull):
                 self.get_queue.put_nowait(out)
+        elif self.elsewhere is not None:
+            self.elsewhere(self, out)
 
     async def close(self) -> None:
         self.closed = True

@@ -179,7 +179,7 @@ class ReviewDesk:
         held = self._new_hold(session, upstream, tool, exposed, arguments, digest, rule_id, reason, policy_version,
                               "confirm")
         await self._io(self.store.add_held_call, held)
-        gid = f"aeg-confirm-{held.id}"
+        gid = f"aeg-confirm-{held.id}@{self.store.replica_id}"  # answered on any replica: relayed here
         answer = _Answer()
         session.server_requests[gid] = (answer, gid)
         why = f" Reason: {reason}." if reason else ""

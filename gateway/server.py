@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from gateway import sessions
 from gateway.bus import connect as connect_bus
 from gateway.config import Limits, ServeSettings
 from gateway.datadir import DataDirLock, hold
@@ -140,6 +141,8 @@ def build_gateway(home: Path, settings: ServeSettings, *, database_url: str | No
     if settings.public_url:  # the tunnel's (or reverse proxy's) name is the one clients send
         public = parse_public_url(settings.public_url)
         hosts, origins = hosts + public.host_values, (*origins, public.origin)
+    # session ids are sealed with a key every replica of this database derives alike (gateway.sessions)
+    session_key = sessions.session_key(master, store.shared_value(sessions.SHARED_KEY, sessions.new_shared_secret()))
     endpoint = McpEndpoint(
         pipeline,
         runtime,
@@ -147,6 +150,7 @@ def build_gateway(home: Path, settings: ServeSettings, *, database_url: str | No
         allowed_hosts=hosts + settings.allowed_hosts,
         allowed_origins=origins + settings.allowed_origins,
         bus=bus,
+        session_key=session_key,
     )
     endpoint.trusted_proxies = parse_trusted_proxies(settings.trusted_proxies)
 

@@ -33,7 +33,7 @@ from typing import Any
 
 from starlette.datastructures import Headers, QueryParams
 
-from gateway import binding, ratelimit
+from gateway import binding, ratelimit, sessions
 from gateway.bus import Bus
 from gateway.config import Limits
 from gateway.errors import AegressError, AuthError, ProtocolError, RateLimited
@@ -63,7 +63,8 @@ from gateway.jsonrpc import (
     validate_message,
 )
 from gateway.pipeline import Pipeline
-from gateway.proxy import ClientSession, Runtime
+from gateway.proxy import ClientSession, Runtime, known_capabilities, request_owner
+from gateway.relay import SESSION_TOPIC, Relay
 from gateway.types import Identity
 
 log = logging.getLogger("aegress.transport")
@@ -104,6 +105,19 @@ def deliverable_caps(caps: dict[str, Any], json_only: bool) -> dict[str, Any]:
     if not json_only:
         return caps
     return {k: v for k, v in caps.items() if k not in _STREAM_ONLY_CAPS}
+
+
+# sessions across replicas (gateway.sessions; docs/replicas.md)
+ENDED_TOPIC = "session.ended"
+_MAX_ENDED_NOTED = 10_000  # recently ended sessions remembered in memory (the database has them all)
+_RECHECK_LIVE_FACTOR = 15  # with Redis up, the re-check against the database is only a backstop
+_PRUNE_EVERY_S = 600.0
+_ANSWER_RELAY_S = 5.0  # a client's answer relayed to the replica that asked: it records evidence first (<= 3 s)
+_RESUME_ASK_S = 1.0  # a Last-Event-ID for another replica's stream: its owner must answer this fast, else 404
+_RELAY_ALIVE_S = 5.0  # the replica writing a relayed stream says every this often that its client is there
+_RELAY_GONE_S = 20.0  # the owner ends a relayed stream's reader (parks the stream) after this much silence
+_RELAY_SILENT_S = 3 * _KEEPALIVE_S  # the relaying replica ends its response after this much silence from the owner
+_MAX_RELAYED_FRAMES = 2000  # frames waiting at the relaying replica; beyond, the client reconnects
 
 
 def header(headers: Headers, name: str) -> str | None:
@@ -305,14 +319,28 @@ class McpEndpoint:
         allowed_hosts: tuple[str, ...],
         allowed_origins: tuple[str, ...],
         bus: Bus | None = None,
+        session_key: bytes | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.bus = bus or Bus()  # the other replicas (gateway.bus); local only without Redis
+        self.store = pipeline.store
+        self.replica = pipeline.store.replica_id
+        # the key that seals session ids (gateway.sessions); alone, a random one: sessions end with the process
+        self._session_key = session_key or secrets.token_bytes(32)
         self.runtime = runtime
         self.limits = limits
         self.allowed_hosts = allowed_hosts
         self.allowed_origins = allowed_origins
         self.sessions: dict[str, ClientSession] = {}
+        self._by_digest: dict[str, ClientSession] = {}  # the same sessions by the sha256 of their id
+        self._ended_noted: collections.OrderedDict[str, None] = collections.OrderedDict()  # newest last
+        self._recheck_now = asyncio.Event()
+        self.bus.subscribe(ENDED_TOPIC, self._on_ended)
+        self.bus.subscribe(SESSION_TOPIC, self._on_session_cast)
+        self.relay = Relay(self.bus, self.replica)
+        self.relay.serve("answer", self._relayed_answer)
+        self.relay.serve("resume", self._relayed_resume)
+        self.bus.on_reconnect(self._recheck_now.set)  # messages sent during an outage are lost: look now
         self._closing: set[asyncio.Future[None]] = set()
         self._stream_ids = itertools.count(1)
         # fair shares: open sessions and requests in flight per (tenant, actor) and per tenant
@@ -420,16 +448,78 @@ class McpEndpoint:
         if is_request(msg) and msg["method"] == "initialize":
             await self._initialize(send, who, msg)
             return
-        session = self._session(headers, who)
+        session = await self._session(headers, who)
         session.last_seen = time.monotonic()
         if is_request(msg):
             await self._stream_request(scope, receive, send, session, msg)
         elif is_notification(msg):
             await self._respond(send, 202, b"")
-            await self.pipeline.client_notification(session, msg)
+            await self._client_notification(session, msg)
         else:
-            await self.pipeline.client_response(session, msg)
+            owner = request_owner(msg.get("id"))
+            if owner is not None and owner != self.replica and msg.get("id") not in session.server_requests:
+                await self._answer_elsewhere(session, owner, msg)
+            else:
+                await self.pipeline.client_response(session, msg)
             await self._respond(send, 202, b"")
+
+    # -- what the client sends that concerns another replica (docs/replicas.md) -------------------------
+    async def _client_notification(self, session: ClientSession, msg: JSON) -> None:
+        """Handled here, then told to the other replicas holding the session when it concerns them: a
+        cancellation of a request not running here (the replica running it stops it), a roots change
+        (each passes it to the upstreams the session uses there)."""
+        method = msg["method"]
+        params = msg.get("params") if isinstance(msg.get("params"), dict) else {}
+        running_here = repr(params.get("requestId")) in session.requests
+        await self.pipeline.client_notification(session, msg)
+        if (method == "notifications/cancelled" and not running_here) or method == "notifications/roots/list_changed":
+            await self.pipeline.tell_replicas(session, "notify", msg=msg)
+
+    async def _answer_elsewhere(self, session: ClientSession, owner: str, msg: JSON) -> None:
+        """A client's answer to a server-to-client request another replica relayed: that replica records it
+        (elicitation evidence) and returns it upstream; its verdict is this POST's."""
+        who = session.identity
+        reply = await self.relay.ask(owner, "answer", {"d": session.digest, "t": who.tenant_id, "a": who.actor_id,
+                                                       "msg": msg}, _ANSWER_RELAY_S)
+        if reply is None:
+            raise HttpError("The gateway replica that asked this could not be reached.", http_status=503,
+                            code="replica-unreachable",
+                            hint="Retry shortly; if the request it answers has failed meanwhile, send that again.")
+        failed = reply.get("error")
+        if isinstance(failed, dict):
+            raise _relayed_error(failed)
+
+    async def _relayed_answer(self, body: JSON) -> JSON:
+        """The owner's side of `_answer_elsewhere`: the same checks and path as a POST made here."""
+        session = self._by_digest.get(str(body.get("d")))
+        msg = body.get("msg")
+        who = session.identity if session is not None else None
+        if who is None or who.tenant_id != body.get("t") or who.actor_id != body.get("a") or not isinstance(msg, dict):
+            return {"error": _error_dict(ProtocolError("A response for a request this session was not sent.",
+                                                       http_status=400))}
+        try:
+            await self.pipeline.client_response(session, msg)
+        except AegressError as exc:
+            return {"error": _error_dict(exc)}
+        return {"ok": True}
+
+    def _on_session_cast(self, message: JSON) -> None:
+        """Bus `session.cast` from another replica about a session held here."""
+        if message.get("from") == self.replica:
+            return
+        session = self._by_digest.get(str(message.get("d")))
+        if session is None:
+            return
+        kind = message.get("kind")
+        if kind == "notify" and isinstance(message.get("msg"), dict):
+            self._later(self.pipeline.client_notification(session, message["msg"]))
+        elif kind == "level" and isinstance(message.get("level"), str):
+            self._later(self.pipeline.apply_log_level(session, message["level"]))
+        elif kind == "unsubscribe":
+            session.subscriptions.discard(message.get("uri"))
+        elif kind == "push" and isinstance(message.get("msg"), dict) and session.get_queue is not None:
+            with contextlib.suppress(asyncio.QueueFull):
+                session.get_queue.put_nowait(message["msg"])
 
     async def _modern_post(self, scope: Scope, receive: Receive, send: ASGISend, headers: Headers,
                            who: Identity) -> None:
@@ -550,14 +640,19 @@ class McpEndpoint:
         self._initializing += 1
         try:
             version = self.pipeline.negotiate(params.get("protocolVersion"))
-            session = ClientSession(secrets.token_urlsafe(24), who, version, caps, info, self.runtime)
+            # the id carries the session (any replica serves it); the session is built from the id's own
+            # claims, exactly as a replica that never saw this initialize builds it (`_materialize`)
+            claims = sessions.new_claims(self.replica, who.tenant_id, who.actor_id, version,
+                                         known_capabilities(caps), info, time.time())
+            session = self._build(sessions.seal(claims, self._session_key), claims, who)
+            session.counted = True
             body = result(msg["id"], await self.pipeline.initialize_result(session))
         except BaseException:
             self._release((actor, who.tenant_id))
             raise
         finally:
             self._initializing -= 1
-        self.sessions[session.id] = session
+        self._hold(session)
         await self._respond(send, 200, dumps(body), extra=[(b"mcp-session-id", session.id.encode())])
 
     def _session_cap(self, who: Identity) -> str | None:
@@ -569,7 +664,7 @@ class McpEndpoint:
         """Close up to `need` of an actor's ((tenant, actor) key) or a tenant's (tenant id key) sessions
         that sit idle with nothing in flight, oldest first."""
         mine = [s for s in self.sessions.values()
-                if key in ((s.identity.tenant_id, s.identity.actor_id), s.identity.tenant_id)]
+                if s.counted and key in ((s.identity.tenant_id, s.identity.actor_id), s.identity.tenant_id)]
         ids = ratelimit.to_reclaim(
             ((s.id, s.last_seen, bool(s.requests or s.streams) or s.get_queue is not None) for s in mine),
             time.monotonic(), self.limits.session_reclaim_idle_s, need)
@@ -582,16 +677,20 @@ class McpEndpoint:
             if self._sessions_open[key] <= 0:
                 del self._sessions_open[key]
 
-    def _session(self, headers: Headers, who: Identity) -> ClientSession:
+    async def _session(self, headers: Headers, who: Identity) -> ClientSession:
+        """The request's session: held here, or rebuilt from its sealed id (`_materialize`). Unknown,
+        tampered, expired, ended and other actors' ids all answer the same 404."""
         sid = headers.get("mcp-session-id")
         if not sid:
             raise HttpError("Missing Mcp-Session-Id header.", hint="Send initialize first.", code="missing-session")
         session = self.sessions.get(sid)
-        if session is None or session.identity.tenant_id != who.tenant_id or session.identity.actor_id != who.actor_id:
-            raise HttpError(
-                "Session not found.", hint="Start a new session with initialize.", http_status=404,
-                code="unknown-session", jsonrpc_code=-32001,
-            )
+        if session is None:
+            session = await self._materialize(sid, who)
+        elif session.identity.tenant_id != who.tenant_id or session.identity.actor_id != who.actor_id:
+            raise _unknown_session()
+        if time.time() >= session.expires_at:
+            self._evict_later(session)
+            raise _unknown_session()
         version = header(headers, "mcp-protocol-version")
         if version is not None and not version_fits(version, session.version):
             raise HttpError(f"MCP-Protocol-Version {version[:40]} is newer than this session's {session.version}.",
@@ -600,11 +699,57 @@ class McpEndpoint:
             session.identity = who  # same tenant and actor, rotated token: keep the session
         return session
 
+    def _build(self, sid: str, claims: sessions.SessionClaims, who: Identity) -> ClientSession:
+        session = ClientSession(sid, who, claims.version, claims.capabilities, claims.client_info, self.runtime)
+        session.digest = sessions.digest(sid)
+        session.expires_at = claims.issued_at + self.limits.session_max_age_s
+        session.elsewhere = self._push_elsewhere
+        return session
+
+    def _push_elsewhere(self, session: ClientSession, msg: JSON) -> None:
+        """A message for the session's GET stream, which is not here: the replica that has it writes it
+        (every replica holding the session hears it; only one has the stream). Without Redis it is dropped,
+        as it is on one replica while no GET stream is open."""
+        if self.bus.live:
+            self._later(self.pipeline.tell_replicas(session, "push", msg=msg))
+
+    async def _materialize(self, sid: str, who: Identity) -> ClientSession:
+        """A session this replica does not hold: verify its sealed id, the caller's identity against it and
+        that it was not ended (one indexed lookup, once per session and replica), then hold it here.
+        It counts against the session caps only on the replica that initialized it."""
+        claims = sessions.unseal(sid, self._session_key, time.time(), self.limits.session_max_age_s)
+        if claims is None or claims.tenant_id != who.tenant_id or claims.actor_id != who.actor_id:
+            raise _unknown_session()
+        digest = sessions.digest(sid)
+        if digest in self._ended_noted or await asyncio.to_thread(self.store.ended_sessions, [digest]):
+            raise _unknown_session()
+        if digest in self._ended_noted:  # ended while the database answered
+            raise _unknown_session()
+        held = self.sessions.get(sid)
+        if held is not None:  # another request of this session got here first
+            return held
+        if len(self.sessions) + self._initializing >= self.limits.max_sessions:
+            self._reap(force=True)
+            if len(self.sessions) + self._initializing >= self.limits.max_sessions:
+                raise HttpError("Too many sessions.", http_status=503, code="too-many-sessions")
+        session = self._build(sid, claims, who)
+        self._hold(session)
+        log.debug("serving session %s (initialized on %s)", digest[:12], claims.replica)
+        return session
+
+    def _hold(self, session: ClientSession) -> None:
+        self.sessions[session.id] = session
+        self._by_digest[session.digest] = session
+
     def _forget(self, session: ClientSession) -> None:
-        """Take a session out of the table and out of its actor's and tenant's counts."""
+        """Take a session out of the table and, on the replica that initialized it, out of its actor's and
+        tenant's counts."""
         if self.sessions.pop(session.id, None) is session:
-            who = session.identity
-            self._release(((who.tenant_id, who.actor_id), who.tenant_id))
+            if self._by_digest.get(session.digest) is session:
+                del self._by_digest[session.digest]
+            if session.counted:
+                who = session.identity
+                self._release(((who.tenant_id, who.actor_id), who.tenant_id))
 
     async def _stream_request(self, scope: Scope, receive: Receive, send: ASGISend, session: ClientSession,
                               msg: JSON) -> None:
@@ -627,7 +772,8 @@ class McpEndpoint:
             raise RateLimited(f"Too many requests in flight for this {cap}.", retry_after=2, code="too-many-calls",
                               hint="Wait for running calls to finish before starting more.")
         # ids only mean something inside their session (itself a secret bound to one identity)
-        stream = RequestStream(f"s{next(self._stream_ids)}" if resumable else None)
+        # the stream id names its replica: a Last-Event-ID that reaches another one is relayed here
+        stream = RequestStream(f"s{next(self._stream_ids)}@{self.replica}" if resumable else None)
         task = asyncio.ensure_future(self.pipeline.dispatch(session, msg, stream.related))
         stream.start(task, msg["id"], time.monotonic() + (
             float("inf") if msg["method"] == "subscriptions/listen" else self.limits.request_deadline_s))
@@ -820,12 +966,146 @@ class McpEndpoint:
         """GET with Last-Event-ID: replay what the client missed on one request's stream, then go on live."""
         sid, _, number = last_event_id.strip().rpartition(":")
         stream = session.streams.get(sid)
+        owner = sid.rpartition("@")[2] if "@" in sid else None
+        if stream is None and owner and owner != self.replica and number.isdigit():
+            await self._resume_elsewhere(scope, receive, send, session, owner, sid, int(number))
+            return
         if stream is None or not number.isdigit() or not stream.dropped <= int(number) <= stream.total:
-            raise HttpError("Unknown or expired Last-Event-ID.", http_status=404, code="unknown-stream",
-                            hint="The call's events are gone; send the request again.")
+            raise _unknown_stream()
         stream.unpark()
         self._after_pump(session, stream, await self._pump(scope, receive, send, session, stream, int(number),
                                                                    resumed=True))
+
+    # -- a resumable stream whose call runs on another replica (docs/replicas.md) ------------------------
+    async def _resume_elsewhere(self, scope: Scope, receive: Receive, send: ASGISend, session: ClientSession,
+                                owner: str, sid: str, cursor: int) -> None:
+        """Ask the owner to write the stream from `cursor` on here: it replays what the client missed and
+        sends the rest live, as ASGI messages over the bus, which this response writes as they come (the
+        same bytes, the same event ids). No answer within `_RESUME_ASK_S` (owner gone, or no Redis): 404.
+        The client going away is told to the owner, which parks the stream again."""
+        frames: collections.deque[JSON] = collections.deque()
+        wake = asyncio.Event()
+        overflow = False
+
+        def sink(frame: JSON) -> None:
+            nonlocal overflow
+            if len(frames) >= _MAX_RELAYED_FRAMES:
+                overflow = True
+            else:
+                frames.append(frame)
+            wake.set()
+
+        rid = secrets.token_urlsafe(12)
+        stop = self.relay.listen(rid, sink)
+        who = session.identity
+        watch = scope.get(DISCONNECT_KEY)
+        watcher = None if isinstance(watch, ConnectionWatch) else asyncio.ensure_future(_wait_disconnect(receive))
+        if isinstance(watch, ConnectionWatch):
+            watch.add(wake.set)
+        else:
+            assert watcher is not None
+            watcher.add_done_callback(lambda _: wake.set())
+        started = finished = False
+        try:
+            reply = await self.relay.ask(owner, "resume", {"d": session.digest, "t": who.tenant_id,
+                                                           "a": who.actor_id, "stream": sid, "cursor": cursor,
+                                                           "rid": rid}, _RESUME_ASK_S)
+            if reply is None or not reply.get("ok"):
+                raise _unknown_stream()
+            expected, alive_at, heard = 0, time.monotonic(), time.monotonic()
+            while True:
+                while frames:
+                    frame = frames.popleft()
+                    heard = time.monotonic()
+                    if frame.get("end"):
+                        return
+                    if frame.get("seq") != expected:  # lost in an outage: the client resumes from what it has
+                        return
+                    expected += 1
+                    message = _decode_asgi(frame.get("a"))
+                    if message is None:
+                        return
+                    await send(message)
+                    if message["type"] == "http.response.start":
+                        started = True
+                    elif not message.get("more_body", False):
+                        finished = True
+                        return
+                if overflow or (watch.gone if watcher is None else watcher.done()):
+                    return
+                now = time.monotonic()
+                if now - heard > _RELAY_SILENT_S:
+                    return
+                if now - alive_at >= _RELAY_ALIVE_S:
+                    alive_at = now
+                    await self.relay.tell(owner, {"t": "frame", "rid": rid, "alive": True})
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), _RELAY_ALIVE_S)
+        finally:
+            stop()
+            if isinstance(watch, ConnectionWatch):
+                watch.discard(wake.set)
+            elif watcher is not None and not watcher.done():
+                watcher.cancel()
+            if not finished:  # the client went away, or the relay broke: the owner parks the stream again
+                with contextlib.suppress(Exception):
+                    await self.relay.tell(owner, {"t": "frame", "rid": rid, "gone": True})
+                if started:
+                    with contextlib.suppress(RuntimeError, OSError):
+                        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _relayed_resume(self, body: JSON) -> JSON:
+        """The owner's side of `_resume_elsewhere`: the same checks as a GET made here, then `_pump` writes
+        to the asking replica instead of a socket."""
+        session = self._by_digest.get(str(body.get("d")))
+        who = session.identity if session is not None else None
+        cursor, rid, reader = body.get("cursor"), body.get("rid"), body.get("from")
+        if session is None or who is None or who.tenant_id != body.get("t") or who.actor_id != body.get("a") \
+                or not isinstance(cursor, int) or not isinstance(rid, str) or not isinstance(reader, str):
+            return {"error": _error_dict(_unknown_stream())}
+        stream = session.streams.get(str(body.get("stream")))
+        if stream is None or not stream.dropped <= cursor <= stream.total:
+            return {"error": _error_dict(_unknown_stream())}
+        stream.unpark()
+        self._later(self._pump_to(session, stream, cursor, reader, rid))
+        return {"ok": True}
+
+    async def _pump_to(self, session: ClientSession, stream: RequestStream, cursor: int, reader: str,
+                       rid: str) -> None:
+        """`_pump` for a reader on another replica: its ASGI messages go there as numbered frames; that
+        replica's silence for `_RELAY_GONE_S`, or its word, counts as the client going away."""
+        gone = asyncio.Event()
+        heard = time.monotonic()
+        numbers = itertools.count()
+
+        def control(frame: JSON) -> None:
+            nonlocal heard
+            heard = time.monotonic()
+            if frame.get("gone"):
+                gone.set()
+
+        async def receive() -> dict[str, Any]:
+            while not gone.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(gone.wait(), _RELAY_ALIVE_S)
+                if time.monotonic() - heard > _RELAY_GONE_S:
+                    gone.set()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            frame = {"t": "frame", "rid": rid, "seq": next(numbers), "a": _encode_asgi(message)}
+            if not await self.relay.tell(reader, frame):
+                gone.set()  # Redis is down: the reader cannot get anything more
+
+        stop = self.relay.listen(rid, control)
+        try:
+            ended = await self._pump({}, receive, send, session, stream, cursor, resumed=True)
+        finally:
+            stop()
+        self._after_pump(session, stream, ended)
+        if ended != "done":
+            await self.relay.tell(reader, {"t": "frame", "rid": rid, "end": True})
 
     async def _start_sse(self, send: ASGISend) -> None:
         await send(
@@ -846,7 +1126,7 @@ class McpEndpoint:
             raise HttpError("Accept must include text/event-stream.", http_status=406, code="not-acceptable")
         if headers.get("mcp-protocol-version") == MODERN_VERSION:
             raise HttpError("GET streams do not exist in 2026-07-28.", http_status=405, code="method-not-allowed")
-        session = self._session(headers, who)
+        session = await self._session(headers, who)
         last_event_id = header(headers, "last-event-id")
         if last_event_id:
             await self._resume(scope, receive, send, session, last_event_id)
@@ -881,35 +1161,119 @@ class McpEndpoint:
 
     # -- DELETE ------------------------------------------------------------------------------------
     async def _delete(self, send: ASGISend, headers: Headers, who: Identity) -> None:
-        session = self._session(headers, who)
+        session = await self._session(headers, who)
+        await self._end(session)
+        await self._respond(send, 200, b"")
+
+    # -- ending sessions everywhere ------------------------------------------------------------------
+    async def _end(self, session: ClientSession) -> None:
+        """DELETE: recorded first (a replica that has not seen the session refuses it from then on; if the
+        store cannot take it the session lives on and the client gets 503), then announced, so replicas
+        holding it drop it at once (without Redis, at their next re-check)."""
+        await asyncio.to_thread(self.store.end_session, session.digest, time.time())
+        self._note_ended(session.digest)
         self._forget(session)
         await session.close()
-        await self._respond(send, 200, b"")
+        await self.bus.publish(ENDED_TOPIC, {"d": session.digest})
+
+    def _close_later(self, session: ClientSession) -> None:
+        """End a session everywhere from synchronous code (reclaimed at a session cap): refused here at
+        once, recorded and announced in the background."""
+        self._note_ended(session.digest)
+        self._forget(session)
+        self._later(self._ended_here(session))
+
+    async def _ended_here(self, session: ClientSession) -> None:
+        await session.close()
+        try:
+            await asyncio.to_thread(self.store.end_session, session.digest, time.time())
+        except AegressError as exc:  # the other replicas keep serving it until it expires
+            log.warning("could not record an ended session: %s", exc.message)
+            return
+        await self.bus.publish(ENDED_TOPIC, {"d": session.digest})
+
+    def _evict_later(self, session: ClientSession) -> None:
+        """Forget a session here only (idle, expired, or ended elsewhere): nothing is recorded; an idle one
+        comes back on its next request, here or anywhere."""
+        self._forget(session)
+        self._later(session.close())
+
+    def _later(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _note_ended(self, digest: str) -> None:
+        self._ended_noted[digest] = None
+        self._ended_noted.move_to_end(digest)
+        while len(self._ended_noted) > _MAX_ENDED_NOTED:
+            self._ended_noted.popitem(last=False)
+
+    def _on_ended(self, message: JSON) -> None:
+        """Bus `session.ended`: another replica (or this one) ended a session; drop it if held here."""
+        digest = message.get("d")
+        if not isinstance(digest, str):
+            return
+        self._note_ended(digest)
+        session = self._by_digest.get(digest)
+        if session is not None:
+            self._evict_later(session)
+
+    async def recheck(self) -> int:
+        """Drop the held sessions the ended-sessions table names (no Redis, or a message lost in an outage):
+        one batched, indexed lookup per 500 sessions, in a worker thread. How many were dropped."""
+        held = list(self._by_digest)
+        if not held:
+            return 0
+        try:
+            ended = await asyncio.to_thread(self.store.ended_sessions, held)
+        except AegressError as exc:
+            log.warning("could not re-check sessions against the store: %s", exc.message)
+            return 0
+        for digest in ended:
+            self._on_ended({"d": digest})
+        return len(ended)
+
+    async def _recheck_loop(self) -> None:
+        pruned = time.monotonic()
+        while True:
+            every = self.limits.session_recheck_s * (_RECHECK_LIVE_FACTOR if self.bus.live else 1)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._recheck_now.wait(), every)
+            self._recheck_now.clear()
+            await self.recheck()
+            if time.monotonic() - pruned >= _PRUNE_EVERY_S:
+                pruned = time.monotonic()
+                cutoff = time.time() - self.limits.session_max_age_s - sessions.FUTURE_SKEW_S
+                try:
+                    await asyncio.to_thread(self.store.prune_ended_sessions, cutoff)
+                except AegressError as exc:
+                    log.warning("could not prune ended sessions: %s", exc.message)
 
     # -- housekeeping --------------------------------------------------------------------------------
     def _reap(self, force: bool = False) -> None:
+        """Forget sessions idle here (they live on: any replica rebuilds one from its id)."""
         cutoff = time.monotonic() - (self.limits.session_reclaim_idle_s if force
                                      else self.limits.session_idle_timeout_s)
         for session in list(self.sessions.values()):
             if session.last_seen < cutoff and session.get_queue is None:
-                self._close_later(session)
-
-    def _close_later(self, session: ClientSession) -> None:
-        self._forget(session)
-        task = asyncio.ensure_future(session.close())
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+                self._evict_later(session)
 
     async def reaper(self) -> None:
+        """Housekeeping while serving: idle sessions forgotten every minute, ended ones re-checked."""
+        await asyncio.gather(self._reap_loop(), self._recheck_loop())
+
+    async def _reap_loop(self) -> None:
         while True:
             await asyncio.sleep(60)
             self._reap()
 
     async def close(self) -> None:
-        sessions = list(self.sessions.values())
+        held = list(self.sessions.values())
         self.sessions.clear()
+        self._by_digest.clear()
         self._sessions_open.clear()
-        for s in sessions:
+        for s in held:
             await s.close()
 
     def tasks_in_flight(self) -> list[asyncio.Future[JSON]]:
@@ -975,6 +1339,51 @@ class McpEndpoint:
             extra.append((b"allow", allow))
         with contextlib.suppress(RuntimeError, OSError):
             await self._respond(send, exc.http_status, dumps(error_from(None, exc)), extra)
+
+
+def _error_dict(exc: AegressError) -> JSON:
+    """An error as it crosses to another replica (gateway.relay), to be raised there alike."""
+    return {**exc.to_dict(), "status": exc.http_status, "rpc": exc.jsonrpc_code}
+
+
+def _relayed_error(err: JSON) -> HttpError:
+    status, rpc = err.get("status"), err.get("rpc")
+    return HttpError(str(err.get("message") or "The request failed on another replica."),
+                     hint=err.get("hint") if isinstance(err.get("hint"), str) else None,
+                     code=str(err.get("code") or "protocol"), http_status=status if isinstance(status, int) else 400,
+                     jsonrpc_code=rpc if isinstance(rpc, int) else None)
+
+
+def _unknown_stream() -> HttpError:
+    return HttpError("Unknown or expired Last-Event-ID.", http_status=404, code="unknown-stream",
+                     hint="The call's events are gone; send the request again.")
+
+
+def _encode_asgi(message: dict[str, Any]) -> JSON:
+    """An ASGI response message as JSON (bytes as latin-1 text, which round-trips every byte)."""
+    if message["type"] == "http.response.start":
+        return {"type": message["type"], "status": message["status"],
+                "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in message.get("headers", [])]}
+    return {"type": message["type"], "body": bytes(message.get("body", b"")).decode("latin-1"),
+            "more_body": bool(message.get("more_body", False))}
+
+
+def _decode_asgi(frame: Any) -> dict[str, Any] | None:
+    if not isinstance(frame, dict):
+        return None
+    if frame.get("type") == "http.response.start" and isinstance(frame.get("status"), int):
+        return {"type": "http.response.start", "status": frame["status"],
+                "headers": [(str(k).encode("latin-1"), str(v).encode("latin-1")) for k, v in frame.get("headers", [])]}
+    if frame.get("type") == "http.response.body" and isinstance(frame.get("body"), str):
+        return {"type": "http.response.body", "body": frame["body"].encode("latin-1"),
+                "more_body": bool(frame.get("more_body"))}
+    return None
+
+
+def _unknown_session() -> HttpError:
+    """Every session id that cannot be served answers alike: never why (tampered, expired, ended, foreign)."""
+    return HttpError("Session not found.", hint="Start a new session with initialize.", http_status=404,
+                     code="unknown-session", jsonrpc_code=-32001)
 
 
 class _ModernError(HttpError):

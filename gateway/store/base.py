@@ -327,6 +327,17 @@ class Store(Protocol):
     # values the replicas of one database agree on (first writer wins; see SqlStore.shared_value)
     def shared_value(self, key: str, proposed: str) -> str: ...
 
+    # ended sessions (gateway.sessions): a session id carries its state; ending it is recorded for all replicas
+    def end_session(self, digest: str, now: float) -> None:
+        """Record the session whose id has this sha256 as ended (epoch seconds); idempotent."""
+        ...
+    def ended_sessions(self, digests: Sequence[str]) -> set[str]:
+        """Those of `digests` recorded as ended (bounded batches)."""
+        ...
+    def prune_ended_sessions(self, before: float) -> int:
+        """Delete the records of sessions ended before `before`; how many were deleted."""
+        ...
+
     # calls (the record stage's plain records)
     def list_calls(self, tenant_id: str | None = None, limit: int = 100) -> list[CallRecord]: ...
 

@@ -214,6 +214,15 @@ def _sqlite_5(db: object) -> None:
             " WHERE kind = 'intent'")
 
 
+def _sqlite_6(db: object) -> None:
+    """Ended sessions (issue 11): a session id carries its own state, so any replica can serve it; ending one
+    (DELETE, or reclaimed at a cap) is recorded here by the id's sha256, for every replica to refuse it.
+    Rows older than the longest session lifetime are pruned."""
+    execute = db.execute  # type: ignore[attr-defined]
+    execute("CREATE TABLE IF NOT EXISTS ended_sessions (digest TEXT PRIMARY KEY, ended_at REAL NOT NULL)")
+    execute("CREATE INDEX IF NOT EXISTS ended_sessions_at ON ended_sessions (ended_at)")
+
+
 _PG_1 = (
     "CREATE TABLE tenants (id text PRIMARY KEY, created_at text NOT NULL)",
     "CREATE TABLE actors (tenant_id text NOT NULL REFERENCES tenants (id), id text NOT NULL,"
@@ -297,12 +306,18 @@ _PG_5 = (
     "CREATE INDEX evidence_open_intents ON evidence (replica, origin, seq) WHERE kind = 'intent'",
 )
 
+_PG_6 = (
+    "CREATE TABLE ended_sessions (digest text PRIMARY KEY, ended_at double precision NOT NULL)",
+    "CREATE INDEX ended_sessions_at ON ended_sessions (ended_at)",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "tenants, actors, tokens, upstreams, calls", _sqlite_1, _PG_1),
     Migration(2, "policies, tool definitions, pins, held calls", _sqlite_2, _PG_2),
     Migration(3, "sealed evidence, chain heads, checkpoints", _sqlite_3, _PG_3),
     Migration(4, "tenant and actor ids unique ignoring case", _sqlite_4, _PG_4),
     Migration(5, "replica id of each evidence record", _sqlite_5, _PG_5),
+    Migration(6, "ended sessions", _sqlite_6, _PG_6),
 )
 """In order; `version` is the position + 1."""
 

@@ -70,6 +70,9 @@ HELD_COLS = (
 )
 EV_COLS = "id, origin, seq, kind, time, tenant, actor, tool, verdict, status, intent_seq, leaf_hash, data"
 
+ENDED_BATCH = 500
+"""Session digests looked up per statement (`ended_sessions`): bounded statements, few round trips."""
+
 # statements on the request path, built once (not per call)
 FIND_TOKEN = f"SELECT {TOKEN_COLS} FROM tokens WHERE hash = ?"
 
@@ -207,6 +210,29 @@ class SQLStore:
             self._x(conn, "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (key, proposed))
             row = self._x(conn, "SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return str(row[0])
+
+    # -- ended sessions (gateway.sessions) -----------------------------------------------------------
+    def end_session(self, digest: str, now: float) -> None:
+        """Record a session as ended (by its id's sha256); ending it again keeps the first time."""
+        with self._guard("Cannot record the ended session"):
+            self._exec("INSERT INTO ended_sessions (digest, ended_at) VALUES (?, ?) ON CONFLICT (digest) DO NOTHING",
+                       (digest, now))
+
+    def ended_sessions(self, digests: Sequence[str]) -> set[str]:
+        """Those of `digests` that were ended, in batches of ENDED_BATCH per statement."""
+        found: set[str] = set()
+        unique = sorted(set(digests))
+        for start in range(0, len(unique), ENDED_BATCH):
+            batch = unique[start:start + ENDED_BATCH]
+            marks = ", ".join("?" * len(batch))
+            found.update(str(r[0]) for r in self._all(
+                f"SELECT digest FROM ended_sessions WHERE digest IN ({marks})", batch))
+        return found
+
+    def prune_ended_sessions(self, before: float) -> int:
+        """Forget sessions ended before `before` (their ids have expired by then); how many went."""
+        with self._guard("Cannot prune ended sessions"):
+            return self._exec("DELETE FROM ended_sessions WHERE ended_at < ?", (before,))
 
     # -- calls and evidence reads ------------------------------------------------------------------
     def list_calls(self, tenant_id: str | None = None, limit: int = 100) -> list[CallRecord]:

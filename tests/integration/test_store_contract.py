@@ -178,6 +178,27 @@ def test_checkpoints_prefix_and_probe(store: Store) -> None:
     store.ping()
 
 
+def test_ended_sessions_are_seen_by_every_store_of_the_database_and_pruned(store: Store,
+                                                                           make_store: Callable[..., Store]) -> None:
+    other = make_store(replica_id="r-other")  # another replica of the same database
+    store.end_session("d1", 1000.0)
+    store.end_session("d1", 2000.0)  # ending twice keeps the first time
+    store.end_session("d2", 3000.0)
+    assert other.ended_sessions(["d1", "d2", "d3", "d1"]) == {"d1", "d2"}
+    assert other.ended_sessions([]) == set()
+    many = [f"x{i}" for i in range(1200)]  # more than one batch per statement
+    for d in many[::400]:
+        other.end_session(d, 3000.0)
+    assert store.ended_sessions([*many, "d2"]) == {*many[::400], "d2"}
+    assert store.prune_ended_sessions(1500.0) == 1  # d1 (ended at 1000) only
+    assert other.ended_sessions(["d1", "d2"]) == {"d2"}
+
+
+def test_the_first_shared_value_wins_for_every_replica(store: Store, make_store: Callable[..., Store]) -> None:
+    assert store.shared_value("session_key", "first") == "first"
+    assert make_store(replica_id="r-other").shared_value("session_key", "second") == "first"
+
+
 def test_schema_is_at_the_latest_migration_and_migrating_again_does_nothing(store: Store,
                                                                             make_store: Callable[..., Store]
                                                                             ) -> None:

@@ -75,6 +75,35 @@ async def ask_user(question: str, ctx: Context) -> str:
     return f"user {result.action}"
 
 
+@server.tool()
+async def slow_steps(steps: int, seconds: float, ctx: Context) -> str:
+    """Report `steps` (at most 50) progress notifications over `seconds` (at most 30), then answer."""
+    steps = max(1, min(steps, 50))
+    for i in range(1, steps + 1):
+        await ctx.report_progress(i, steps, f"step {i}")
+        await asyncio.sleep(min(max(seconds, 0.0), 30.0) / steps)
+    return f"{steps} steps"
+
+
+LATER: set[asyncio.Task[None]] = set()
+
+
+@server.tool()
+async def later_list_changed(delay: float, ctx: Context) -> str:
+    """Answer at once, then announce tools/list_changed `delay` (at most 10) seconds later: a message no
+    call caused, which a gateway sends on its clients' GET streams."""
+    session = ctx.session
+
+    async def later() -> None:
+        await asyncio.sleep(min(max(delay, 0.0), 10.0))
+        await session.send_tool_list_changed()
+
+    task = asyncio.ensure_future(later())
+    LATER.add(task)
+    task.add_done_callback(LATER.discard)
+    return "scheduled"
+
+
 CANCELLED: list[float] = []
 
 
