@@ -13,7 +13,7 @@ The rules that stop an evidence log from forking are part of this contract, not 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -203,6 +203,10 @@ class Store(Protocol):
         """`find_token` without waiting, safe on the event loop; raises WouldBlock when it cannot answer at once."""
         raise WouldBlock
     def get_token(self, token_id: str) -> TokenInfo | None: ...
+    def active_tokens(self, token_ids: Iterable[str]) -> set[str]:
+        """Which of these token ids exist and are not revoked (one batched read: the gateway's re-check of
+        what open sessions and streams hold)."""
+        ...
     def list_tokens(self, tenant_id: str | None = None, actor_id: str | None = None) -> list[TokenInfo]: ...
     def revoke_token(self, token_id: str, now: str) -> TokenInfo: ...
 
