@@ -471,6 +471,10 @@ class SharedLimits:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # redis.RedisError, OSError, TimeoutError: Redis is down for our purposes
+            # idle pooled connections may be as dead as this one (a restarted server): drop them, so the
+            # next command connects afresh instead of failing once per stale connection
+            with contextlib.suppress(Exception):
+                await self._redis.connection_pool.disconnect(inuse_connections=False)
             raise _RedisDown(type(exc).__name__) from exc
 
     def _degrade(self, exc: Exception) -> None:
