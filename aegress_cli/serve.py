@@ -106,10 +106,13 @@ def serve(
     def ready(url: str) -> None:
         print(f"Aegress gateway listening on {url}", flush=True)
         print(f"Data dir: {data}", flush=True)
-        if database:
-            from gateway.store import mask_url
+        from gateway.store import mask_url
 
+        if database:
             print(f"Database: {mask_url(database)}", flush=True)
+        redis_url = os.environ.get("AEGRESS_REDIS_URL", "").strip()
+        if redis_url:
+            print(f"Redis: {mask_url(redis_url)} (signals and shared limits across replicas)", flush=True)
         if no_evidence:
             print("EVIDENCE IS OFF (--no-evidence): calls are not recorded and carry no receipts.", flush=True)
         if demo:
