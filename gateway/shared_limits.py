@@ -286,7 +286,10 @@ class SharedLimits:
     async def _tick_forever(self) -> None:
         while True:
             await asyncio.sleep(self.tick_s)
-            await self.tick()
+            try:
+                await self.tick()
+            except Exception:  # a bug must not end the heartbeats (the membership would go stale)
+                log.exception("shared limits: heartbeat failed")
 
     async def tick(self) -> None:
         """Heartbeat, renew (and give back) leases, learn the membership: one round trip."""

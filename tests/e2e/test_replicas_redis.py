@@ -57,7 +57,7 @@ def redis_fleet(tmp_path_factory: pytest.TempPathFactory, pg_database: Any) -> I
         pytest.fail(f"{why} (the Redis tests need the machine's server at AEGRESS_TEST_REDIS_URL)")
     with fleet(tmp_path_factory.mktemp("fleet"), pg_database.schema_url(), 3, redis_url=REDIS_URL) as f:
         for r in f.replicas:
-            wait_output(r.proc, "listening on")
+            wait_output(r.proc, "Redis: redis://127.0.0.1:")  # serve says which Redis it uses
         yield f
 
 
