@@ -60,9 +60,9 @@ _CLIENT_CAP_FLAGS: dict[str, tuple[str, ...]] = {
 }
 MAX_PROFILES_PER_UPSTREAM = 16
 BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 60.0
 UPSTREAMS_POLL_S = 1.0
 """How often the store's upstream registrations are polled (with or without live signals)."""
-BACKOFF_MAX_S = 60.0
 MAX_ERROR_MESSAGE_CHARS = 1000
 _MAX_LOGGED_ERROR_CHARS = 16_000
 
