@@ -147,10 +147,13 @@ def serve(
             print(f"Static binding: only the token under {pinned.token_ref} (tenant {pinned.tenant}, actor "
                   f"{pinned.actor}) is accepted.", flush=True)
         print(f"Data dir: {data}", flush=True)
-        if database:
-            from gateway.store import mask_url
+        from gateway.store import mask_url
 
+        if database:
             print(f"Database: {mask_url(database)}", flush=True)
+        redis_url = os.environ.get("AEGRESS_REDIS_URL", "").strip()
+        if redis_url:
+            print(f"Redis: {mask_url(redis_url)} (signals and shared limits across replicas)", flush=True)
         if no_evidence:
             print("EVIDENCE IS OFF (--no-evidence): calls are not recorded and carry no receipts.", flush=True)
         if demo:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from gateway import naming, netguard
+from gateway import naming, netguard, signals
 from gateway.errors import InvalidInput, NotFound, UpstreamError
 from gateway.secrets import derive_key, mint_id, mint_token, token_hash
 from gateway.store.base import Store
@@ -61,6 +61,9 @@ def delete_tenant(store: Store, tenant_id: str, by: str | None = None) -> None:
     with sealed_change(store) as change:
         store.delete_tenant(tenant_id)
         change.operator_change(tenant_id, "tenant_deleted", tenant_id, by or operator_name())
+    # committed: the gateways end what the tenant's tokens hold open and drop its upstreams now
+    signals.announce(store, signals.TOKEN_REVOKED, signals.token_revoked(tenant_id))
+    signals.announce(store, signals.UPSTREAMS_CHANGED, signals.tenant_changed(tenant_id))
 
 
 def _hint(wanted: str, known: list[str], otherwise: str) -> str:
@@ -148,6 +151,7 @@ def remove_actor(store: Store, tenant_id: str, actor_id: str, by: str | None = N
     with sealed_change(store) as change:
         store.remove_actor(tenant_id, actor_id)
         change.operator_change(tenant_id, "actor_removed", actor_id, by or operator_name())
+    signals.announce(store, signals.TOKEN_REVOKED, signals.token_revoked(tenant_id, actor=actor_id))
 
 
 def require_actor(store: Store, tenant_id: str, actor_id: str) -> Actor:
@@ -203,6 +207,8 @@ def revoke_token(store: Store, token_id: str, now: str, by: str | None = None) -
         info = store.revoke_token(token_id, now)
         if before is not None and before.active:
             change.seal(info.tenant_id, "token_revoked", {"token_id": info.id, "actor": by or operator_name()})
+    if before is not None and before.active:  # committed: the gateways end what the token holds open now
+        signals.announce(store, signals.TOKEN_REVOKED, signals.token_revoked(info.tenant_id, token_id=info.id))
     return info
 
 
@@ -362,6 +368,7 @@ def add_upstream(store: Store, spec: UpstreamSpec, probed: ProbeResult | None) -
         store.add_upstream(spec)
         store.set_upstream_tools(spec.tenant_id, spec.name, tool_names)
         change.upstream(spec, "upstream_added", operator_name())
+    signals.announce(store, signals.UPSTREAMS_CHANGED, signals.tenant_changed(spec.tenant_id))
     return tool_names
 
 
@@ -371,6 +378,7 @@ def remove_upstream(store: Store, tenant_id: str, name: str, by: str | None = No
     with sealed_change(store) as change:
         store.remove_upstream(tenant_id, name)
         change.operator_change(tenant_id, "upstream_removed", name, by or operator_name())
+    signals.announce(store, signals.UPSTREAMS_CHANGED, signals.tenant_changed(tenant_id))
 
 
 def change_upstream(store: Store, spec: UpstreamSpec, update: Callable[[], object], by: str | None = None) -> None:
@@ -380,6 +388,7 @@ def change_upstream(store: Store, spec: UpstreamSpec, update: Callable[[], objec
     with sealed_change(store) as change:
         update()
         change.upstream(spec, "upstream_changed", by or operator_name())
+    signals.announce(store, signals.UPSTREAMS_CHANGED, signals.tenant_changed(spec.tenant_id))
 
 
 # -- the demo ----------------------------------------------------------------------------------------
@@ -415,6 +424,7 @@ def ensure_demo(store: Store, master_key: bytes, now: str, have_token: bool) -> 
                 ["echo", "add", "get_time", "write_note", "delete_note", "shell_preview", "count_slowly"],
             )
             change.upstream(wanted, "upstream_added" if current is None else "upstream_changed", by)
+        signals.announce(store, signals.UPSTREAMS_CHANGED, signals.tenant_changed(DEMO_TENANT))
     if store.get_policy_version(DEMO_TENANT) is None:  # the demo policy: allow, review and block on `demo`
         from gateway.policy import demo_policy_text
         from gateway.policy_admin import apply_policy

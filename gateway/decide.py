@@ -2,8 +2,8 @@
 
 `PolicyDecider` applies each tenant's policy (gateway.policy, pure) to live requests. Policies are
 stored as versions (`aegress policy apply`); the decider polls the store's policy counter at most
-every `POLL_INTERVAL_S`, so an applied policy or an approved tool definition is in force within a
-second, without a restart. Nothing fails open:
+every `POLL_INTERVAL_S` (and at once on a `policy.changed` signal, gateway.signals), so an applied
+policy or an approved tool definition is in force within a second, without a restart. Nothing fails open:
 
 * a tenant with no applied policy gets the built-in default (`BUILTIN_DEFAULT_TEXT`, the starter
   file without rules: default block, destructive tools -> review, read-only tools of trusted
@@ -131,7 +131,7 @@ class TenantPolicy:
 
 
 class Decider(Protocol):
-    def refresh(self, now: float) -> None: ...
+    def refresh(self, now: float, force: bool = False) -> None: ...
     def visible(self, identity: Identity, upstream: str, tool: dict[str, Any]) -> bool: ...
     def decide(
         self, identity: Identity, upstream: str, tool: dict[str, Any], arguments: dict[str, Any]
@@ -150,7 +150,7 @@ class AllowAll:
 
     _ALLOW = GateDecision("allow", rule_id="no-policy")
 
-    def refresh(self, now: float) -> None:
+    def refresh(self, now: float, force: bool = False) -> None:
         return None
 
     def visible(self, identity: Identity, upstream: str, tool: dict[str, Any]) -> bool:
@@ -221,9 +221,10 @@ class PolicyDecider:
             self._tenants[tenant_id] = state
         return state
 
-    def refresh(self, now: float) -> None:
-        """Called by the pipeline with a monotonic time; reloads what changed since the last poll."""
-        if now - self._checked < POLL_INTERVAL_S:
+    def refresh(self, now: float, force: bool = False) -> None:
+        """Called by the pipeline with a monotonic time; reloads what changed since the last poll. `force`
+        (a `policy.changed` signal) looks at the store even if it was polled less than POLL_INTERVAL_S ago."""
+        if now - self._checked < POLL_INTERVAL_S and not force:
             return
         self._checked = now
         version = self.store.policies_version()

@@ -24,7 +24,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from gateway import binding, naming, ratelimit
+from gateway import binding, naming, signals
 from gateway.bus import Bus
 from gateway.decide import CLIENT_REQUESTS, POLL_INTERVAL_S, AllowAll, Decider, GateDecision
 from gateway.errors import AegressError, AuthError, ProtocolError, StoreUnavailable, UpstreamError
@@ -52,6 +52,7 @@ from gateway.record import CallFacts, Recorder, call_entry, elicitation_entry, o
 from gateway.relay import SESSION_TOPIC
 from gateway.review import ReviewDesk, tool_error
 from gateway.secrets import derive_key, mint_id, token_hash
+from gateway.shared_limits import SharedLimits
 from gateway.store.base import Store, WouldBlock
 from gateway.types import Decision, Identity
 
@@ -76,6 +77,9 @@ def _target_name(item: JSON) -> str:
             return value
     return ""
 MODERN_ONLY = ("server/discover", "subscriptions/listen")
+LIVE_POLL_S = 1.0
+"""How often policies are polled while the bus is live (signals carry changes at once; the poll is the
+backstop for a lost message). Without live signals: POLL_INTERVAL_S."""
 INTENT_WAIT_S = 3.0
 """At most this long for the store to take a call's intent; then 503 + Retry-After, nothing forwarded (an
 intent committed after that is answered `not_forwarded` by the evidence writer)."""
@@ -118,16 +122,21 @@ class Pipeline:
         decider: Decider | None = None,
         review_desk: ReviewDesk | None = None,
         bus: Bus | None = None,
+        shared: SharedLimits | None = None,
     ) -> None:
         self.store = store
         self.bus = bus or Bus(store.replica_id)  # the other replicas (gateway.bus); local only without Redis
         self.runtime = runtime
         self.recorder = recorder
         self.decider: Decider = decider or AllowAll()
-        self.review_desk = review_desk or ReviewDesk(store)
+        self.review_desk = review_desk or ReviewDesk(store, bus=self.bus)
+        self.shared = shared or SharedLimits(self.bus)  # rate limits (and the edge's caps) across replicas
         self._token_key = derive_key(master_key, "token-hash")
-        self._buckets: dict[tuple[str, str], ratelimit.Bucket] = {}
         self._policies_polled = float("-inf")
+        self._refreshing = asyncio.Lock()  # one decider refresh at a time (a poll and a signal may meet)
+        self._tasks: set[asyncio.Future[None]] = set()
+        self.bus.subscribe(signals.POLICY_CHANGED, self._policy_changed)
+        self.bus.on_reconnect(self._policy_changed_all)
 
     # -- stage 1: authenticate -----------------------------------------------------------------
     only_token: str | None = None
@@ -172,24 +181,45 @@ class Pipeline:
 
     # -- stage 3: decide -----------------------------------------------------------------------
     async def refresh_policies(self) -> None:
-        """Newly applied policies and approvals are in force within POLL_INTERVAL_S: the decider's poll of
-        the store runs in a worker thread, so a locked or full store never stalls the event loop."""
+        """Newly applied policies and approvals are in force within POLL_INTERVAL_S (LIVE_POLL_S while the
+        bus is live: a `policy.changed` signal then refreshes at once, see `_policy_changed`): the decider's
+        poll of the store runs in a worker thread, so a locked or full store never stalls the event loop."""
         now = time.monotonic()
-        if now - self._policies_polled >= POLL_INTERVAL_S:
+        if now - self._policies_polled >= (LIVE_POLL_S if self.bus.live else POLL_INTERVAL_S):
             self._policies_polled = now
-            await asyncio.to_thread(self.decider.refresh, now)
+            await self._refresh(now, force=False)
+
+    async def _refresh(self, now: float, force: bool) -> None:
+        async with self._refreshing:
+            await asyncio.to_thread(self.decider.refresh, now, force)
+
+    def _policy_changed(self, message: JSON) -> None:
+        """A `policy.changed` signal (or Redis back after an outage): look at the store now, not at the next poll."""
+        task = asyncio.ensure_future(self._refresh_now())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _policy_changed_all(self) -> None:
+        self._policy_changed({})
+
+    async def _refresh_now(self) -> None:
+        try:
+            await self._refresh(time.monotonic(), force=True)
+        except Exception as exc:  # StoreUnavailable and the like: the next poll tries again
+            log.warning("refreshing policies on a signal failed (%s); the next poll retries",
+                        getattr(exc, "message", type(exc).__name__))
 
     def decide(self, session: ClientSession, up: Upstream, tool: JSON, arguments: JSON) -> GateDecision:
         """The policy's verdict for one call (pure over the decider's state; refresh_policies polls first)."""
         return self.decider.decide(session.identity, up.spec.name, tool, arguments)
 
-    def over_budget(self, session: ClientSession) -> str | None:
-        """The actor's call budget from the policy's rate_limits: a message when it is spent, else None."""
+    async def over_budget(self, session: ClientSession) -> str | None:
+        """The actor's call budget from the policy's rate_limits: a message when it is spent, else None. One
+        bucket per (tenant, actor) for the whole fleet while Redis answers (gateway.shared_limits)."""
         limit = self.decider.rate_limit(session.identity)
         if limit is None:
             return None
-        key = (session.identity.tenant_id, session.identity.actor_id)
-        allowed, self._buckets[key], wait = ratelimit.admit(self._buckets.get(key), limit, time.monotonic())
+        allowed, wait = await self.shared.admit_rate(session.identity.tenant_id, session.identity.actor_id, limit)
         if allowed:
             return None
         return (f"Rate limit reached: at most {limit.calls} calls per {limit.per_seconds:g} s for this actor. "
@@ -594,7 +624,7 @@ class Pipeline:
                 self.record(session, "tools/call", name, up.spec.name, Decision("block", "header-mismatch"),
                             "refused", started, started_at, HEADER_MISMATCH, arguments=arguments, tool=tool)
                 return error(msg["id"], HEADER_MISMATCH, mismatch)
-        limited = self.over_budget(session)
+        limited = await self.over_budget(session)
         if limited is not None:
             decision = GateDecision("block", "rate-limit", limited, audit_id=mint_id("aud_"))
             self.record(session, "tools/call", name, up.spec.name, decision, "refused", started, started_at,

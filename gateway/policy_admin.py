@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway import naming
+from gateway import naming, signals
 from gateway.admin import require_tenant
 from gateway.decide import FIRST_USE, TenantPolicy, load_stored
 from gateway.errors import InvalidInput, NotFound
@@ -101,6 +101,7 @@ def apply_policy(store: Store, tenant_id: str, text: str, filename: str, now: st
         if previous is not None:
             body["previous_version"] = str(previous.version)
         change.seal(tenant_id, "policy_changed", body)
+    signals.announce(store, signals.POLICY_CHANGED, signals.tenant_changed(tenant_id))  # committed: in force now
     return version
 
 
@@ -242,4 +243,5 @@ def approve_tools(store: Store, tenant_id: str, upstream: str, names: Iterable[s
             store.set_pins(tenant_id, upstream, pins, by, now)
             change.operator_change(tenant_id, "tools_approved", upstream, by, tools=sorted(pins),
                                    config_digest=pins_digest(pins))
+        signals.announce(store, signals.POLICY_CHANGED, signals.tenant_changed(tenant_id))
     return chosen

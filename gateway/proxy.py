@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from gateway import naming
+from gateway import naming, signals
 from gateway.audit.redact import REDACTED, scrub, truncate
 from gateway.bus import Bus
 from gateway.config import Limits
@@ -61,6 +61,8 @@ _CLIENT_CAP_FLAGS: dict[str, tuple[str, ...]] = {
 MAX_PROFILES_PER_UPSTREAM = 16
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 60.0
+UPSTREAMS_POLL_S = 1.0
+"""How often the store's upstream registrations are polled (with or without live signals)."""
 MAX_ERROR_MESSAGE_CHARS = 1000
 _MAX_LOGGED_ERROR_CHARS = 16_000
 
@@ -388,7 +390,8 @@ def injected_secrets(spec: UpstreamSpec) -> tuple[str, ...]:
 
 
 class Runtime:
-    """All tenants' runtimes; picks up upstream registrations changed by the CLI while serving."""
+    """All tenants' runtimes; picks up upstream registrations changed by the CLI while serving: polled every
+    UPSTREAMS_POLL_S, and at once on an `upstreams.changed` signal (gateway.signals)."""
 
     def __init__(self, store: Store, limits: Limits, bus: Bus | None = None) -> None:
         self.store = store
@@ -397,15 +400,16 @@ class Runtime:
         self._tenants: dict[str, TenantRuntime] = {}
         self._version = -1
         self._checked = 0.0
+        self._reloading = asyncio.Lock()  # one reload at a time (a poll and a signal may meet)
+        self._tasks: set[asyncio.Future[None]] = set()
+        self.bus.subscribe(signals.UPSTREAMS_CHANGED, self._changed)
+        self.bus.on_reconnect(lambda: self._changed({}))
 
     async def tenant(self, tenant_id: str) -> TenantRuntime:
         now = time.monotonic()
-        if now - self._checked > 1.0:
+        if now - self._checked > UPSTREAMS_POLL_S:
             self._checked = now
-            version = await asyncio.to_thread(self.store.upstreams_version)  # never on the event loop
-            if version != self._version:
-                self._version = version
-                await self._reload()
+            await self.refresh()
         rt = self._tenants.get(tenant_id)
         if rt is None:
             specs = await asyncio.to_thread(self.store.list_upstreams, tenant_id)
@@ -414,6 +418,27 @@ class Runtime:
                 rt = TenantRuntime(tenant_id, specs, self.limits)
                 self._tenants[tenant_id] = rt
         return rt
+
+    async def refresh(self) -> None:
+        """Compare the store's upstreams counter with the one last loaded; reload when it moved."""
+        async with self._reloading:
+            version = await asyncio.to_thread(self.store.upstreams_version)  # never on the event loop
+            if version != self._version:
+                self._version = version
+                await self._reload()
+
+    def _changed(self, message: JSON) -> None:
+        """An `upstreams.changed` signal (or Redis back after an outage): reload now, not at the next poll."""
+        task = asyncio.ensure_future(self._refresh_now())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _refresh_now(self) -> None:
+        try:
+            await self.refresh()
+        except Exception as exc:  # StoreUnavailable and the like: the next poll tries again
+            log.warning("reloading upstreams on a signal failed (%s); the next poll retries",
+                        getattr(exc, "message", type(exc).__name__))
 
     async def _reload(self) -> None:
         """Registrations changed: rebuild the runtimes whose upstream specs differ."""

@@ -1,8 +1,8 @@
 """Per-actor call budgets (the policy's `rate_limits`) as a pure token bucket; the edge's caps and auth throttle.
 
 A bucket holds at most `calls` tokens and refills at `calls / per_seconds` tokens per second; a call
-takes one. State lives in the gateway process: with several replicas each enforces its own budget
-(a shared Redis budget is future work, see docs/policy.md).
+takes one. Without Redis the state lives in the gateway process; with Redis the same bucket lives
+there, one for the whole fleet (gateway.shared_limits, docs/replicas.md).
 """
 
 from __future__ import annotations

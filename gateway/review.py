@@ -2,8 +2,9 @@
 
 The store is the channel between processes: the gateway writes a held call (`rev_...`), `aegress
 review approve|deny` (any process, any replica sharing the database) decides it, and the waiting
-gateway sees the decision by polling. The approval logic itself (binding, single use, expiry,
-separation of duties) is pure, in gateway.policy.approvals; this module does the I/O around it.
+gateway sees the decision by polling, or at once when a `review.decided` signal arrives (Redis). The
+approval logic itself (binding, single use, expiry, separation of duties) is pure, in
+gateway.policy.approvals; this module does the I/O around it.
 
     approve mode                                   confirm mode (client declared form elicitation)
     ────────────                                   ───────────────────────────────────────────────
@@ -20,18 +21,23 @@ separation of duties) is pure, in gateway.policy.approvals; this module does the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from gateway import signals
 from gateway.errors import NotFound, UsageError
 from gateway.policy import ReviewSettings, argument_digest, check_approver
 from gateway.sealed_change import SealedChange, sealed_change
 from gateway.secrets import mint_id
 from gateway.store.base import HeldCall, Store
+
+if TYPE_CHECKING:
+    from gateway.bus import Bus
 
 log = logging.getLogger("aegress.review")
 
@@ -39,6 +45,7 @@ JSON = dict[str, Any]
 Send = Callable[[JSON], Awaitable[None]]
 
 POLL_S = 0.2
+LIVE_POLL_S = 1.0
 KEEPALIVE_S = 5.0
 MAX_STORED_ARGUMENTS = 64 * 1024
 CONFIRM_SCHEMA: JSON = {
@@ -91,11 +98,36 @@ def supports_form_elicitation(client_caps: JSON) -> bool:
 
 
 class ReviewDesk:
-    """Held calls for the gateway side. `clock` is wall time (approvals expire in wall time)."""
+    """Held calls for the gateway side. `clock` is wall time (approvals expire in wall time).
 
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+    A held call looks at the store every POLL_S, or at once when a `review.decided` signal names it
+    (`aegress review approve` on any machine); while the bus is live the poll slows to `live_poll_s`
+    (the backstop for a lost message), never stops."""
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time, bus: Bus | None = None,
+                 live_poll_s: float = LIVE_POLL_S) -> None:
         self.store = store
         self.clock = clock
+        self.bus = bus
+        self.live_poll_s = live_poll_s
+        self._waiting: dict[str, set[asyncio.Event]] = {}  # held id -> the calls waiting on it here
+        if bus is not None:
+            bus.subscribe(signals.REVIEW_DECIDED, self._decided)
+            bus.on_reconnect(self.wake_all)
+
+    @property
+    def poll_s(self) -> float:
+        return self.live_poll_s if self.bus is not None and self.bus.live else POLL_S
+
+    def _decided(self, message: JSON) -> None:
+        for event in self._waiting.get(str(message.get("held_id", "")), ()):
+            event.set()
+
+    def wake_all(self) -> None:
+        """Every held call looks at the store now (Redis back: decisions announced meanwhile were lost)."""
+        for events in self._waiting.values():
+            for event in events:
+                event.set()
 
     async def _io(self, fn: Callable[..., Any], *args: Any) -> Any:
         return fn(*args) if self.store.inline_safe else await asyncio.to_thread(fn, *args)
@@ -142,8 +174,23 @@ class ReviewDesk:
             await self._io(self.store.add_held_call, held)
             log.info("held %s: tenant %s actor %s tool %s (rule %s)", held.id, identity.tenant_id,
                      identity.actor_id, exposed, rule_id)
+        woken = asyncio.Event()  # set by a review.decided signal for this hold
+        self._waiting.setdefault(held.id, set()).add(woken)
+        try:
+            return await self._wait(held, woken, session, send, upstream, tool, digest, reason,
+                                    settings.hold_timeout_seconds, progress_token)
+        finally:
+            waiters = self._waiting.get(held.id, set())
+            waiters.discard(woken)
+            if not waiters:
+                self._waiting.pop(held.id, None)
+
+    async def _wait(self, held: HeldCall, woken: asyncio.Event, session: Any, send: Send, upstream: str, tool: str,
+                    digest: str, reason: str, timeout: float, progress_token: Any) -> Settled:
+        """Look at the hold until it is decided or `timeout` passes: every `poll_s`, or when woken."""
+        identity = session.identity
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + settings.hold_timeout_seconds
+        deadline = loop.time() + timeout
         next_ping = loop.time()
         beat = 0
         while True:
@@ -154,6 +201,7 @@ class ReviewDesk:
                     "progressToken": progress_token, "progress": beat,
                     "message": f"held for review as {held.id}; waiting for an operator"}})
                 next_ping = now + KEEPALIVE_S
+            woken.clear()  # a decision from here on is seen by the read below or wakes the wait after it
             current = await self._io(self.store.get_held_call, held.id)
             if current is None:
                 return Settled(False, "denied", held.id, tool_error(f"Review {held.id} was removed; call again."))
@@ -171,7 +219,11 @@ class ReviewDesk:
                     "to be held for a new review."))
             if now >= deadline:
                 return Settled(False, "held", held.id, tool_error(held_text(held.id, reason)))
-            await asyncio.sleep(min(POLL_S, max(0.0, deadline - now)))
+            wait = min(self.poll_s, max(0.0, deadline - now))
+            if progress_token is not None:
+                wait = min(wait, max(0.0, next_ping - now))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), wait)
 
     async def _confirm(self, session: Any, send: Send, upstream: str, tool: str, exposed: str, arguments: JSON,
                        digest: str, rule_id: str, reason: str, policy_version: int,
@@ -237,6 +289,7 @@ def approve(store: Store, held_id: str, approver: str, now: float, lifetime_seco
         if not store.decide_held_call(held_id, "approved", approver, now, "", now + lifetime_seconds):
             raise UsageError(f"Review {held_id} was decided meanwhile.", code="already-decided")
         _seal_review(change, store, held, "review_approved", approver, "")
+    signals.announce(store, signals.REVIEW_DECIDED, signals.review_decided(held.tenant_id, held_id))
     return get_held(store, held_id)
 
 
@@ -249,6 +302,7 @@ def deny(store: Store, held_id: str, approver: str, now: float, reason: str) -> 
         if not store.decide_held_call(held_id, "denied", approver, now, reason, None):
             raise UsageError(f"Review {held_id} was decided meanwhile.", code="already-decided")
         _seal_review(change, store, held, "review_denied", approver, reason)
+    signals.announce(store, signals.REVIEW_DECIDED, signals.review_decided(held.tenant_id, held_id))
     return get_held(store, held_id)
 
 

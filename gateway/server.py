@@ -46,6 +46,7 @@ from gateway.pipeline import Pipeline
 from gateway.proxy import Runtime
 from gateway.secrets import load_master_key
 from gateway.store import open_store
+from gateway.token_watch import TokenWatch
 from gateway.transport import DISCONNECT_KEY, ConnectionWatch, McpEndpoint, default_allowed
 
 if TYPE_CHECKING:
@@ -153,6 +154,7 @@ def build_gateway(home: Path, settings: ServeSettings, *, database_url: str | No
         session_key=session_key,
     )
     endpoint.trusted_proxies = parse_trusted_proxies(settings.trusted_proxies)
+    tokens = TokenWatch(store, bus, endpoint)  # a revoked token's open sessions and streams end on every replica
 
     async def probe() -> tuple[bool, str | None]:
         try:
@@ -179,11 +181,15 @@ def build_gateway(home: Path, settings: ServeSettings, *, database_url: str | No
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await bus.start()
+        await pipeline.shared.start()  # the first heartbeat: the fleet's membership is known before serving
+        tokens.start()
         reaper = asyncio.create_task(endpoint.reaper())
         try:
             yield
         finally:
             reaper.cancel()
+            await tokens.close()
+            await pipeline.shared.close()  # frees this replica's leased slots for the others at once
             await bus.close()
             await endpoint.close()
             await runtime.close()

@@ -215,6 +215,7 @@ class RequestStream:
         self.waiters: set[asyncio.Future[None]] = set()  # one per reader waiting for news
         self.deadline = float("inf")
         self.task: asyncio.Future[JSON] | None = None
+        self.who: Identity | None = None  # whose token the request came with: a revocation ends the stream
         self._msg_id: Any = None
         self._parked: asyncio.TimerHandle | None = None
 
@@ -350,6 +351,10 @@ class McpEndpoint:
         self._running: set[RequestStream] = set()  # every request being dispatched, for the drain
         self._auth_failures = ratelimit.FailureTable(_MAX_THROTTLED_PEERS)
         self.draining = False
+        # the caps across replicas (leases in Redis; this replica's share while Redis is down)
+        self.shared = pipeline.shared
+        self.shared.track("sessions", self._sessions_open)
+        self.shared.track("calls", self._calls_open)
 
     # -- the ASGI entry point ----------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: ASGISend) -> None:
@@ -656,9 +661,8 @@ class McpEndpoint:
         await self._respond(send, 200, dumps(body), extra=[(b"mcp-session-id", session.id.encode())])
 
     def _session_cap(self, who: Identity) -> str | None:
-        return ratelimit.over_cap(self._sessions_open[(who.tenant_id, who.actor_id)],
-                                  self._sessions_open[who.tenant_id],
-                                  self.limits.max_sessions_per_actor, self.limits.max_sessions_per_tenant)
+        return self.shared.over_cap_now("sessions", who.tenant_id, who.actor_id, self.limits.max_sessions_per_actor,
+                                        self.limits.max_sessions_per_tenant)
 
     def _reclaim(self, key: Any, need: int) -> None:
         """Close up to `need` of an actor's ((tenant, actor) key) or a tenant's (tenant id key) sessions
@@ -761,19 +765,22 @@ class McpEndpoint:
         call goes on and the client reconnects with GET + Last-Event-ID (`_resume`)."""
         resumable = session.version in RESUMABLE_VERSIONS and not self.limits.json_only
         key = repr(msg["id"])
-        if key in session.requests:
-            raise HttpError("A request with this id is still in flight on this session.", http_status=409,
-                            code="duplicate-request-id", hint="Use a new id for every request of a session.")
         who = session.identity
         actor = (who.tenant_id, who.actor_id)
-        cap = ratelimit.over_cap(self._calls_open[actor], self._calls_open[who.tenant_id],
-                                 self.limits.max_calls_per_actor, self.limits.max_calls_per_tenant)
+        # across replicas: no Redis round trip while this replica's lease covers the call (gateway.shared_limits);
+        # from here to the counting below nothing awaits, so concurrent requests cannot all pass the cap
+        cap = await self.shared.over_cap("calls", who.tenant_id, who.actor_id, self.limits.max_calls_per_actor,
+                                         self.limits.max_calls_per_tenant)
         if cap is not None:
             raise RateLimited(f"Too many requests in flight for this {cap}.", retry_after=2, code="too-many-calls",
                               hint="Wait for running calls to finish before starting more.")
+        if key in session.requests:
+            raise HttpError("A request with this id is still in flight on this session.", http_status=409,
+                            code="duplicate-request-id", hint="Use a new id for every request of a session.")
         # ids only mean something inside their session (itself a secret bound to one identity)
         # the stream id names its replica: a Last-Event-ID that reaches another one is relayed here
         stream = RequestStream(f"s{next(self._stream_ids)}@{self.replica}" if resumable else None)
+        stream.who = who
         task = asyncio.ensure_future(self.pipeline.dispatch(session, msg, stream.related))
         stream.start(task, msg["id"], time.monotonic() + (
             float("inf") if msg["method"] == "subscriptions/listen" else self.limits.request_deadline_s))
@@ -1306,6 +1313,31 @@ class McpEndpoint:
         done = len(running) - len(cut)
         log.warning("drained: %d completed, %d cut", done, len(cut))
         return done, len(cut)
+
+    # -- revoked tokens (gateway.token_watch) ---------------------------------------------------------
+    def open_tokens(self, match: Callable[[Identity], bool] = lambda _: True) -> set[str]:
+        """The token ids that open sessions and running requests (GET streams, held calls, listens) hold."""
+        held = {s.identity.token_id for s in self.sessions.values() if match(s.identity)}
+        held.update(s.who.token_id for s in self._running if s.who is not None and not s.done and match(s.who))
+        return held
+
+    def end_tokens(self, revoked: set[str]) -> int:
+        """The tokens in `revoked` are revoked: their running requests end with an error event (a held call
+        stops waiting), their sessions close (a GET stream ends). Returns how many were ended."""
+        if not revoked:
+            return 0
+        ended = 0
+        gone = AuthError("The bearer token of this request was revoked.", code="token-revoked",
+                         hint="Issue a new one with `aegress token issue`, then start a new session.")
+        for stream in list(self._running):
+            if stream.who is not None and stream.who.token_id in revoked and not stream.done:
+                stream.expire(gone, "token_revoked")
+                ended += 1
+        for session in list(self.sessions.values()):
+            if session.identity.token_id in revoked:
+                self._close_later(session)
+                ended += 1
+        return ended
 
     # -- responses -----------------------------------------------------------------------------------
     async def _respond(

@@ -17,7 +17,7 @@ sealed elsewhere, exact bytes at their seqs, under the same locks, and only wher
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -309,6 +309,10 @@ class Store(Protocol):
         """`find_token` without waiting, safe on the event loop; raises WouldBlock when it cannot answer at once."""
         raise WouldBlock
     def get_token(self, token_id: str) -> TokenInfo | None: ...
+    def active_tokens(self, token_ids: Iterable[str]) -> set[str]:
+        """Which of these token ids exist and are not revoked (one batched read: the gateway's re-check of
+        what open sessions and streams hold)."""
+        ...
     def list_tokens(self, tenant_id: str | None = None, actor_id: str | None = None) -> list[TokenInfo]: ...
     def revoke_token(self, token_id: str, now: str) -> TokenInfo: ...
 

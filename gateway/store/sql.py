@@ -34,7 +34,7 @@ migrations and the mapping of driver errors to ours. A shared statement never ho
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -68,6 +68,7 @@ HELD_COLS = (
     "id, tenant_id, actor_id, upstream, tool, exposed, args_digest, arguments, rule_id, reason, policy_version,"
     " mode, status, created_at, decided_by, decided_at, decision_reason, expires_at, used_at"
 )
+_ID_BATCH = 500  # ids per `IN (...)`: far below SQLite's and Postgres's parameter limits
 EV_COLS = "id, origin, seq, kind, time, tenant, actor, tool, verdict, status, intent_seq, leaf_hash, data"
 
 ENDED_BATCH = 500
@@ -374,6 +375,16 @@ class SQLStore:
     def get_token(self, token_id: str) -> TokenInfo | None:
         row = self._one(f"SELECT {TOKEN_COLS} FROM tokens WHERE id = ?", (token_id,))
         return TokenInfo(*row) if row else None
+
+    def active_tokens(self, token_ids: Iterable[str]) -> set[str]:
+        ids = sorted(set(token_ids))
+        active: set[str] = set()
+        for start in range(0, len(ids), _ID_BATCH):
+            batch = ids[start:start + _ID_BATCH]
+            marks = ", ".join("?" * len(batch))
+            rows = self._all(f"SELECT id FROM tokens WHERE revoked_at IS NULL AND id IN ({marks})", batch)
+            active.update(str(r[0]) for r in rows)
+        return active
 
     def list_tokens(self, tenant_id: str | None = None, actor_id: str | None = None) -> list[TokenInfo]:
         sql, params = where(tenant_id=tenant_id, actor_id=actor_id)

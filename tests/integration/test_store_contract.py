@@ -76,8 +76,14 @@ def test_tokens(store: Store) -> None:
     except WouldBlock:  # Postgres: every lookup is a round trip, so it always goes to a thread
         nowait = store.find_token("h2")
     assert nowait is not None and nowait.id == "tok_2"
+    # the gateway's batched re-check of what open sessions hold: revoked and unknown ids are not active
+    assert store.active_tokens(["tok_1", "tok_2", "tok_9", "tok_2"]) == {"tok_2"}
+    assert store.active_tokens([]) == set()
+    many = [f"tok_x{i}" for i in range(1200)] + ["tok_2"]  # more than one batch of ids
+    assert store.active_tokens(many) == {"tok_2"}
     store.remove_actor("acme", "alice")  # an actor's tokens go with it
     assert store.find_token("h2") is None
+    assert store.active_tokens(["tok_2"]) == set()
 
 
 def test_upstreams(store: Store) -> None:
