@@ -17,9 +17,9 @@ locally while its count stays within its lease: no Redis round trip per call whi
 A lease grows by one atomic script (one round trip, only when the local count reaches it) that grants
 only what the other replicas' unexpired leases leave under the cap, plus a little headroom; the
 background tick (every TICK_S) renews leases and gives unused slots back. So with Redis up the fleet
-never holds more calls in flight than the cap. Opening a session cannot wait for Redis (the check is
-synchronous), so a replica may open ONE session per key beyond its lease while its lease grows in the
-background: sessions may exceed a cap by at most one per replica.
+never holds more calls in flight, or sessions open, than the cap. An `initialize` takes the same path as
+a call (`over_cap`); `over_cap_now` (no waiting: one beyond the lease while it grows in the background)
+is for callers that cannot await.
 
 Degraded: every replica heartbeats into a sorted set (replica id by Redis time) at each tick and
 remembers the membership it last saw; while Redis does not answer, each replica enforces its share of

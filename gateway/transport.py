@@ -629,12 +629,12 @@ class McpEndpoint:
             if len(self.sessions) + self._initializing >= self.limits.max_sessions:
                 raise HttpError("Too many sessions.", http_status=503, code="too-many-sessions")
         actor = (who.tenant_id, who.actor_id)
-        cap = self._session_cap(who)
+        cap = await self._session_cap(who)
         if cap is not None:  # make room from this actor's (tenant's) own idle sessions first
             key, limit = ((actor, self.limits.max_sessions_per_actor) if cap == "actor"
                           else (who.tenant_id, self.limits.max_sessions_per_tenant))
             self._reclaim(key, self._sessions_open[key] - limit + 1)
-            cap = self._session_cap(who)
+            cap = await self._session_cap(who)
         if cap is not None:
             raise RateLimited(f"Too many open sessions for this {cap}.", retry_after=30, code="too-many-sessions",
                               hint="End sessions you no longer use (DELETE /mcp); sessions idle for "
@@ -660,9 +660,12 @@ class McpEndpoint:
         self._hold(session)
         await self._respond(send, 200, dumps(body), extra=[(b"mcp-session-id", session.id.encode())])
 
-    def _session_cap(self, who: Identity) -> str | None:
-        return self.shared.over_cap_now("sessions", who.tenant_id, who.actor_id, self.limits.max_sessions_per_actor,
-                                        self.limits.max_sessions_per_tenant)
+    async def _session_cap(self, who: Identity) -> str | None:
+        """Which session cap one more session would exceed. Across replicas the lease grows with one Redis round
+        trip when it must (never per session otherwise), so a burst of initializes is admitted up to the cap;
+        the caller counts the session before its next await."""
+        return await self.shared.over_cap("sessions", who.tenant_id, who.actor_id, self.limits.max_sessions_per_actor,
+                                          self.limits.max_sessions_per_tenant)
 
     def _reclaim(self, key: Any, need: int) -> None:
         """Close up to `need` of an actor's ((tenant, actor) key) or a tenant's (tenant id key) sessions
