@@ -69,6 +69,17 @@ def now() -> str:
     return now_iso()
 
 
+def version() -> str:
+    """This installation's version (the package metadata; a source tree run without installing has none)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("aegress")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
 def err(text: str) -> None:
     print(text, file=sys.stderr)
 

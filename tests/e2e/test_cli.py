@@ -197,7 +197,7 @@ def test_fast_commands_do_not_import_the_sdk_or_server(aegress_home: Path) -> No
 def test_a_command_loads_only_its_own_group(aegress_home: Path) -> None:
     modules = imported_modules(aegress_home, "tenant", "list")
     assert sorted(m for m in modules if m.startswith("aegress_cli")) == [
-        "aegress_cli", "aegress_cli._common", "aegress_cli.tenant"]
+        "aegress_cli", "aegress_cli._common", "aegress_cli._help", "aegress_cli.tenant"]
 
 
 def test_mistyped_commands_get_suggestions(aegress_home: Path) -> None:

@@ -1,0 +1,140 @@
+"""A CLI that feels finished (issue 14): what a new user trips over, tried with real `aegress` processes.
+
+--version, completion and bare help; flags shown as flags; JSON errors under --json; choices the parser
+checks; tables that keep ids whole; progress on a terminal; confirmations and --yes; `upstream add`
+showing the server's own stderr with hints that work. The quickstart has its own test
+(test_quickstart.py); streaming memory is tests/integration/test_evidence_stream.py.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import re
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+from tests.procs import (
+    ROOT,
+    aegress,
+    cli_env,
+)
+
+FIXTURE = ["--command", sys.executable, "--command", "-m", "--command", "tests.servers.fixture_server",
+           "--env", f"PYTHONPATH={ROOT}", "--cwd", str(ROOT)]
+
+
+def on_terminal(home: Path, *args: str, answer: str | None = None, timeout: float = 120,
+                **env: str) -> tuple[int, str, str]:
+    """Run `aegress ARGS` with stdin and stderr on a pseudo-terminal (120 columns), stdout on a pipe, as an
+    operator at a terminal piping the output on. Returns (exit code, stdout, what the terminal showed)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "aegress_cli.main", *args], stdin=slave, stdout=subprocess.PIPE,
+                            stderr=slave, env=cli_env(home, TERM="xterm-256color", **env), cwd=ROOT)
+    os.close(slave)
+    if answer is not None:
+        os.write(master, answer.encode() + b"\n")  # typed ahead: the terminal holds it for the prompt
+    shown = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the other side is closed
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+            elif proc.poll() is not None:
+                break
+        else:
+            proc.kill()
+        stdout = proc.stdout.read().decode() if proc.stdout else ""  # type: ignore[union-attr]
+        proc.wait(30)
+    finally:
+        os.close(master)
+        if proc.stdout:
+            proc.stdout.close()
+    return proc.returncode, stdout, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode(errors="replace"))
+
+
+def error_json(proc: subprocess.CompletedProcess[str]) -> dict[str, object]:
+    """The one JSON error line --json prints on stderr (and nothing on stdout)."""
+    assert proc.stdout == "", proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    body = json.loads(lines[0])
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "hint", "exit_code"}, body
+    assert body["error"]["exit_code"] == proc.returncode
+    return body["error"]  # type: ignore[no-any-return]
+
+
+# -- 1. --version, shell completion, bare help ------------------------------------------------------
+def test_version_and_bare_groups_print_help_with_exit_0(aegress_home: Path) -> None:
+    from importlib.metadata import version
+
+    r = aegress(aegress_home, "--version")
+    assert r.stdout == f"aegress {version('aegress')}\n"
+    for args in ([], ["tenant"], ["upstream", "secret"], ["completion"]):
+        r = aegress(aegress_home, *args)
+        assert r.returncode == 0 and f"Usage: aegress {' '.join(args)}".rstrip() in r.stdout, (args, r.stderr)
+        assert "Commands" in r.stdout and r.stderr == ""
+
+
+def test_completion_installs_and_completes_in_a_real_bash(aegress_home: Path, tmp_path: Path) -> None:
+    for shell in ("bash", "zsh", "fish"):
+        script = aegress(aegress_home, "completion", "show", shell).stdout
+        assert "_AEGRESS_COMPLETE" in script and "aegress" in script
+    user = tmp_path / "user"
+    r = aegress(aegress_home, "completion", "install", "bash", HOME=str(user))
+    installed = user / ".bash_completions" / "aegress.sh"
+    assert str(installed) in r.stdout and installed.is_file()
+    assert f"source '{installed}'" in (user / ".bashrc").read_text()
+    r = aegress(aegress_home, "completion", "install", SHELL="/bin/tcsh", HOME=str(user), check=False)
+    assert r.returncode == 2 and "aegress completion install bash" in r.stderr
+
+    bin_dir = tmp_path / "bin"  # `aegress` on PATH, as the venv's entry point would be
+    bin_dir.mkdir()
+    (bin_dir / "aegress").write_text(f"#!/bin/sh\nexec {sys.executable} -m aegress_cli.main \"$@\"\n")
+    (bin_dir / "aegress").chmod(0o755)
+    env = cli_env(aegress_home, HOME=str(user), PATH=f"{bin_dir}:{os.environ['PATH']}")
+
+    def complete(*words: str) -> list[str]:
+        line = " ".join(f"'{w}'" for w in words)
+        script = (f"source ~/.bashrc; COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; _aegress_completion aegress; "
+                  "printf '%s\\n' \"${COMPREPLY[@]}\"")
+        out = subprocess.run(["bash", "--norc", "-c", script], capture_output=True, text=True, env=env, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()
+
+    assert complete("aegress", "ten") == ["tenant"]
+    assert complete("aegress", "audit", "ver") == ["verify"]
+    assert complete("aegress", "audit", "export", "--format", "") == ["jsonl", "csv", "bundle"]
+    assert "claude-code" in complete("aegress", "client", "setup", "")
+
+
+# -- 2. help shows flags as flags ---------------------------------------------------------------------
+def test_help_shows_flags_as_flags_and_names_as_metavars(aegress_home: Path) -> None:
+    reference = (ROOT / "docs" / "cli-reference.md").read_text()  # every command's --help (test_docs keeps it current)
+    for placeholder in ("<bool>", "<str>", "<int>", "<float>", "<list[", "<path>", "<file>", "<Path>"):
+        assert placeholder not in reference, placeholder
+    usages = [line for line in reference.splitlines() if line.startswith("Usage: ")]
+    assert len(usages) > 60 and not [u for u in usages if "{" in u]
+    text = aegress(aegress_home, "upstream", "add", "--help").stdout
+    assert "Usage: aegress upstream add [OPTIONS] NAME" in text
+    assert re.search(r"--json\s+Print JSON", text) and re.search(r"--header\s+-H\s+TEXT", text)
+    assert re.search(r"--timeout\s+NUMBER", text) and re.search(r"--probe\s+--no-probe\s+Connect", text)
+    text = aegress(aegress_home, "audit", "export", "--help").stdout
+    assert "[jsonl|csv|bundle]" in text and re.search(r"--out\s+PATH", text)
+
+
