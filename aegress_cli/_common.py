@@ -22,7 +22,7 @@ YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confir
 TenantOpt = Annotated[str, typer.Option("--tenant", "-t", help="Tenant id.", envvar="AEGRESS_TENANT_ID")]
 ActorOpt = Annotated[str, typer.Option("--actor", "-a", help="Actor id.", envvar="AEGRESS_ACTOR_ID")]
 
-_state: dict[str, Any] = {"home": None}
+_state: dict[str, Any] = {"home": None, "json": False}
 
 
 def set_home(path: Path | None) -> None:
@@ -84,7 +84,21 @@ def err(text: str) -> None:
     print(text, file=sys.stderr)
 
 
+def json_errors(on: bool = True) -> None:
+    """From now on print errors as JSON (the command was given --json)."""
+    _state["json"] = _state["json"] or on
+
+
+def print_error_json(code: str, message: str, hint: str | None, exit_code: int) -> None:
+    """The one shape of an error under --json, on stderr: stdout stays for results."""
+    body = {"error": {"code": code, "message": message, "hint": hint, "exit_code": exit_code}}
+    sys.stderr.write(json.dumps(body) + "\n")
+
+
 def fail(exc: AegressError) -> typer.Exit:
+    if _state["json"]:
+        print_error_json(exc.code, exc.message, exc.hint, exc.exit_code)
+        return typer.Exit(exc.exit_code)
     err(f"Error: {exc.message}")
     if exc.hint:
         err(f"Hint: {exc.hint}")
@@ -92,10 +106,12 @@ def fail(exc: AegressError) -> typer.Exit:
 
 
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Map our errors to the documented exit codes; anything else is a bug and shows its traceback."""
+    """Map our errors to the documented exit codes (as JSON on stderr with --json); anything else is a
+    bug and shows its traceback."""
 
     @wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        json_errors(bool(kwargs.get("json_out")))
         try:
             return fn(*args, **kwargs)
         except AegressError as exc:
@@ -125,12 +141,13 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
 
 
 def confirm(question: str, yes: bool) -> None:
+    """Ask `question` (it says what is about to change) unless --yes; without a terminal to ask, refuse."""
     if yes:
         return
     if not sys.stdin.isatty():
-        err("Error: confirmation needed, and stdin is not a terminal.")
-        err("Hint: pass --yes to confirm.")
-        raise typer.Exit(2)
+        from gateway.errors import UsageError
+
+        raise UsageError(f"Confirmation needed, and stdin is not a terminal to ask: {question}",
+                         hint="Pass --yes to confirm.", code="confirmation-needed")
     if not typer.confirm(question, default=False):
-        err("Aborted; nothing changed.")
-        raise typer.Exit(1)
+        raise AegressError("Aborted; nothing changed.", code="aborted")

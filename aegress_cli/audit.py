@@ -16,7 +16,18 @@ from typing import Annotated, Any
 
 import typer
 
-from aegress_cli._common import JsonOpt, YesOpt, confirm, err, handle_errors, home, master_key, print_json, store
+from aegress_cli._common import (
+    JsonOpt,
+    YesOpt,
+    confirm,
+    err,
+    handle_errors,
+    home,
+    json_errors,
+    master_key,
+    print_json,
+    store,
+)
 
 app = typer.Typer(help="Query, export, prove and verify the tamper-evident evidence logs.", no_args_is_help=True)
 
@@ -529,21 +540,20 @@ def verify(
     (AEGRESS_CHECKPOINT_DIR), so a log cut short in the database is found. Exit 0 verified, 3 tampered
     or incomplete, 1 could not run.
     """
+    from aegress_cli._common import fail
     from gateway.errors import AegressError
 
+    json_errors(json_out)
     started = time.perf_counter()
     try:
         if bundle is not None:
             reports = [_verify_bundle(bundle, key, [p.read_text() for p in (against or [])], final)]
         else:
             reports = _verify_store(tenant, all_logs, key, against or [], final)
-    except (AegressError, OSError, ValueError, KeyError) as exc:
-        message = exc.message if isinstance(exc, AegressError) else f"{type(exc).__name__}: {exc}"
-        err(f"Error: could not verify: {message}")
-        hint = getattr(exc, "hint", None)
-        if hint:
-            err(f"Hint: {hint}")
-        raise typer.Exit(1) from None
+    except (AegressError, OSError, ValueError, KeyError) as exc:  # could not run: exit 1, whatever it was
+        if isinstance(exc, AegressError):
+            raise fail(AegressError(f"could not verify: {exc.message}", hint=exc.hint, code=exc.code)) from None
+        raise fail(AegressError(f"could not verify: {type(exc).__name__}: {exc}", code="verify-failed")) from None
     elapsed = time.perf_counter() - started
     total = sum(r["records"] for r in reports)
     ok = all(r["ok"] for r in reports)

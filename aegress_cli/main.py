@@ -9,6 +9,7 @@ suggestions for a mistyped command and the generated docs still see every comman
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator, MutableMapping
 from importlib import import_module
 from pathlib import Path
@@ -128,6 +129,33 @@ class RootGroup(_help.Group):
             _help.polish(command)
             commands[name] = command
         self.commands = commands
+
+    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:
+        """With `--json` anywhere on the line, usage errors (unknown option, missing argument, a value
+        not among the choices) are printed as JSON on stderr too, like the commands' own errors."""
+        argv = list(sys.argv[1:] if args is None else args)
+        if "--json" not in argv or extra.get("standalone_mode") is False:
+            return super().main(args=argv, prog_name=prog_name, **extra)
+        from typer._click.exceptions import ClickException
+        from typer.exceptions import Abort
+
+        _common.json_errors()
+        try:
+            code = super().main(args=argv, prog_name=prog_name, standalone_mode=False, **extra)
+        except ClickException as exc:
+            _common.print_error_json("usage", exc.format_message(), _usage_hint(exc), exc.exit_code)
+            sys.exit(exc.exit_code)
+        except Abort:
+            _common.print_error_json("aborted", "Aborted; nothing changed.", None, 1)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_hint(exc: Any) -> str | None:
+    ctx = getattr(exc, "ctx", None)
+    if ctx is None:
+        return None
+    return f"See `{ctx.command_path} --help`."
 
 
 def _print_version(value: bool) -> None:

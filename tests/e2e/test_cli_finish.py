@@ -138,3 +138,28 @@ def test_help_shows_flags_as_flags_and_names_as_metavars(aegress_home: Path) -> 
     assert "[jsonl|csv|bundle]" in text and re.search(r"--out\s+PATH", text)
 
 
+# -- 3. errors as JSON under --json -------------------------------------------------------------------
+def test_under_json_every_error_is_json_on_stderr(aegress_home: Path) -> None:
+    aegress(aegress_home, "tenant", "create", "acme")
+    e = error_json(aegress(aegress_home, "actor", "add", "--tenant", "nope", "alice", "--json", check=False))
+    assert e["code"] == "not-found" and e["message"] == "No tenant 'nope'." and e["exit_code"] == 1
+    assert "aegress tenant list" in str(e["hint"])
+    e = error_json(aegress(aegress_home, "actor", "add", "--tenant", "acme", "--json", check=False))
+    assert e["code"] == "usage" and e["exit_code"] == 2 and "Missing argument 'NAME'" in str(e["message"])
+    assert e["hint"] == "See `aegress actor add --help`."
+    e = error_json(aegress(aegress_home, "audit", "query", "--verdict", "maybe", "--json", check=False))
+    assert e["code"] == "usage" and "'maybe' is not one of" in str(e["message"])
+    e = error_json(aegress(aegress_home, "tenant", "frobnicate", "--json", check=False))
+    assert e["code"] == "usage" and "No such command" in str(e["message"])
+    e = error_json(aegress(aegress_home, "tenant", "delete", "acme", "--json", check=False))
+    assert e["code"] == "confirmation-needed" and e["exit_code"] == 2 and e["hint"] == "Pass --yes to confirm."
+    e = error_json(aegress(aegress_home, "audit", "verify", "--tenant", "nope", "--json", check=False))
+    assert e["code"] == "not-found" and e["exit_code"] == 1 and str(e["message"]).startswith("could not verify:")
+    e = error_json(aegress(aegress_home, "upstream", "add", "--tenant", "acme", "x", "--command", "/nonexistent/srv",
+                           "--json", check=False))
+    assert e["code"] == "upstream" and "Nothing was saved" in str(e["hint"])
+    # without --json: the same error as text
+    r = aegress(aegress_home, "actor", "add", "--tenant", "nope", "alice", check=False)
+    assert r.stderr.startswith("Error: No tenant 'nope'.\nHint: ")
+
+
