@@ -12,7 +12,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -34,10 +34,20 @@ app = typer.Typer(help="Query, export, prove and verify the tamper-evident evide
 TenantFilter = Annotated[str, typer.Option("--tenant", "-t", help="Only this tenant.", envvar="AEGRESS_TENANT_ID")]
 ActorFilter = Annotated[str, typer.Option("--actor", "-a", help="Only this actor.")]
 ToolFilter = Annotated[str, typer.Option("--tool", help="Only this tool (the name clients call).")]
-VerdictFilter = Annotated[str, typer.Option("--verdict", help="allow, review_approved, deny, hidden, review.")]
-OutcomeFilter = Annotated[str, typer.Option("--outcome", help="completed, failed, timeout, cancelled, "
-                                            "client_disconnected, outcome_unknown.")]
-KindFilter = Annotated[str, typer.Option("--kind", help="Record kind: intent, outcome, decision, ...")]
+Verdict = Literal["allow", "review_approved", "deny", "hidden", "review"]
+"""A call record's verdict: forwarded (allow, review_approved) or not (deny, hidden, review: held)."""
+Outcome = Literal["completed", "failed", "timeout", "cancelled", "client_disconnected", "not_forwarded",
+                  "outcome_unknown"]
+"""A call's outcome: gateway.audit.records.OUTCOME_STATUSES, and outcome_unknown (after a crash)."""
+Kind = Literal["intent", "decision", "outcome", "outcome_unknown", "review_approved", "review_denied",
+               "elicitation_answer", "policy_changed", "token_revoked", "operator_change", "key_event", "repair",
+               "auth_failures_aggregate"]
+"""Record kinds: gateway.audit.records.KINDS (a unit test keeps them equal)."""
+VerdictFilter = Annotated[Verdict | None, typer.Option("--verdict", help="Only calls with this verdict.",
+                                                       show_default=False)]
+OutcomeFilter = Annotated[Outcome | None, typer.Option("--outcome", help="Only calls with this outcome.",
+                                                       show_default=False)]
+KindFilter = Annotated[Kind | None, typer.Option("--kind", help="Only records of this kind.", show_default=False)]
 SinceOpt = Annotated[str, typer.Option("--since", help="From this time on (RFC 3339, e.g. 2026-01-02 or "
                                        "2026-01-02T03:04:05Z).")]
 UntilOpt = Annotated[str, typer.Option("--until", help="Before this time (RFC 3339).")]
@@ -65,11 +75,12 @@ def _time_arg(value: str) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _filter(tenant: str = "", actor: str = "", tool: str = "", verdict: str = "", outcome: str = "",
-            kind: str = "", since: str = "", until: str = "", digest: str = "", after_id: int = 0) -> Any:
+def _filter(tenant: str = "", actor: str = "", tool: str = "", verdict: str | None = None, outcome: str | None = None,
+            kind: str | None = None, since: str = "", until: str = "", digest: str = "", after_id: int = 0) -> Any:
     from gateway.store.base import EvidenceFilter
 
-    return EvidenceFilter(tenant=tenant, actor=actor, tool=tool, verdict=verdict, status=outcome, kind=kind,
+    return EvidenceFilter(tenant=tenant, actor=actor, tool=tool, verdict=verdict or "", status=outcome or "",
+                          kind=kind or "",
                           since=_time_arg(since), until=_time_arg(until), contains=digest, after_id=after_id)
 
 
@@ -87,8 +98,8 @@ def _row_cells(row: Any) -> list[Any]:
 
 @app.command("query")
 @handle_errors
-def query(tenant: TenantFilter = "", actor: ActorFilter = "", tool: ToolFilter = "", verdict: VerdictFilter = "",
-          outcome: OutcomeFilter = "", kind: KindFilter = "", since: SinceOpt = "", until: UntilOpt = "",
+def query(tenant: TenantFilter = "", actor: ActorFilter = "", tool: ToolFilter = "", verdict: VerdictFilter = None,
+          outcome: OutcomeFilter = None, kind: KindFilter = None, since: SinceOpt = "", until: UntilOpt = "",
           digest: DigestFilter = "",
           limit: Annotated[int, typer.Option(help="At most this many records, newest first.")] = 50,
           json_out: JsonOpt = False) -> None:
@@ -109,8 +120,8 @@ def query(tenant: TenantFilter = "", actor: ActorFilter = "", tool: ToolFilter =
 
 @app.command("tail")
 @handle_errors
-def tail(tenant: TenantFilter = "", actor: ActorFilter = "", tool: ToolFilter = "", verdict: VerdictFilter = "",
-         outcome: OutcomeFilter = "", kind: KindFilter = "",
+def tail(tenant: TenantFilter = "", actor: ActorFilter = "", tool: ToolFilter = "", verdict: VerdictFilter = None,
+         outcome: OutcomeFilter = None, kind: KindFilter = None,
          follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new records until "
                                               "Ctrl-C.")] = False,
          lines: Annotated[int, typer.Option("--lines", "-n", help="Records to show first.")] = 20,
@@ -372,6 +383,9 @@ def proof(
         sys.stdout.write(text)
 
 
+ExportFormat = Literal["jsonl", "csv", "bundle"]
+
+
 # -- export -----------------------------------------------------------------------------------------
 def _range(db: Any, origin: str, since: str, until: str) -> tuple[int, int]:
     """[first, end) seqs of records with since <= time < until (whole log without bounds)."""
@@ -394,7 +408,8 @@ def export(
     tenant: Annotated[str, typer.Option("--tenant", "-t", help="Tenant whose log to export (`security` for the "
                                         "deployment's security log).", envvar="AEGRESS_TENANT_ID")],
     out: Annotated[Path, typer.Option("--out", help="File (jsonl, csv) or new directory (bundle).")],
-    fmt: Annotated[str, typer.Option("--format", help="jsonl, csv or bundle.")] = "bundle",
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="jsonl (exact record bytes), csv (queryable "
+                                              "columns) or bundle (verifiable offline).")] = "bundle",
     since: SinceOpt = "",
     until: UntilOpt = "",
     sign: Annotated[bool, typer.Option("--sign/--no-sign", help="Sign a fresh checkpoint first (if this host "

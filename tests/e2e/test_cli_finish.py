@@ -163,3 +163,29 @@ def test_under_json_every_error_is_json_on_stderr(aegress_home: Path) -> None:
     assert r.stderr.startswith("Error: No tenant 'nope'.\nHint: ")
 
 
+# -- 4. fixed choices are checked by the parser -------------------------------------------------------
+def test_fixed_choices_are_checked_by_the_parser(aegress_home: Path, tmp_path: Path) -> None:
+    aegress(aegress_home, "tenant", "create", "acme")
+    out = tmp_path / "export.xml"
+    for args, bad in [
+        (["audit", "export", "-t", "acme", "--out", str(out), "--format", "xml"], "'xml'"),
+        (["audit", "query", "--outcome", "exploded"], "'exploded'"),
+        (["audit", "tail", "--kind", "gossip"], "'gossip'"),
+        (["client", "setup", "emacs", "-t", "acme", "-a", "alice"], "'emacs'"),
+        (["client", "setup", "codex", "-t", "acme", "-a", "alice", "--scope", "galaxy"], "'galaxy'"),
+        (["serve", "--log-level", "loud"], "'loud'"),
+        (["serve", "--ingress", "carrier-pigeon"], "'carrier-pigeon'"),
+        (["bridge", "-t", "acme", "-a", "alice", "--log-level", "loud"], "'loud'"),
+        (["completion", "show", "tcsh"], "'tcsh'"),
+    ]:
+        r = aegress(aegress_home, *args, check=False)
+        assert r.returncode == 2 and f"{bad} is not one of" in r.stderr, (args, r.stderr)
+    assert not out.exists()
+    # choices from the environment are checked alike, ignoring case: this one passes the parser and is refused
+    # later, for the public address
+    r = aegress(aegress_home, "serve", "--host", "0.0.0.0", "--port", "0", AEGRESS_LOG_LEVEL="INFO",
+                MCP_INGRESS_MODE="Direct", check=False)
+    assert r.returncode == 1 and "--allow-public-bind" in r.stderr
+    assert "[debug|info|warning|error]" in aegress(aegress_home, "serve", "--help").stdout
+
+

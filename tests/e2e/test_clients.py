@@ -112,7 +112,7 @@ def test_setup_needs_a_stored_token(world: World, tmp_path: Path) -> None:
 def test_unknown_client_and_scope_are_usage_errors(world: World, tmp_path: Path) -> None:
     home, _ = user_dirs(tmp_path)
     proc = world.cli(home, "client", "setup", "emacs", "-t", "acme", "-a", "alice", check=False)
-    assert proc.returncode == 2 and "unknown client" in proc.stderr
+    assert proc.returncode == 2 and "'emacs' is not one of" in proc.stderr  # the parser checks the choice
     proc = world.cli(home, "client", "setup", "codex", "-t", "acme", "-a", "alice", "--scope", "project", check=False)
     assert proc.returncode == 2 and "no project-scope config" in proc.stderr
 
