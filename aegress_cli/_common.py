@@ -124,20 +124,53 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], empty: str) -> None:
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], empty: str,
+                keep: Sequence[str] | None = None) -> None:
+    """A table on stdout that never cuts the `keep` columns (default: the first), which hold what the next
+    command needs (ids, tool names): they stay whole on one line and the other columns wrap. When the
+    terminal is too narrow even for that, each row is printed as a block under its id instead."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = Console()
     if not rows:
         console.print(f"[dim]{empty}[/dim]")
         return
+    cells = [["" if v is None else str(v) for v in row] for row in rows]
+    kept = [i for i, col in enumerate(columns) if col in (keep if keep is not None else columns[:1])]
+    widths = {i: max(len(columns[i]), *(len(row[i]) for row in cells)) for i in kept}
+    # each column costs its padding and a border (3); every other column needs a few characters to wrap in
+    needed = sum(widths.values()) + 3 * len(columns) + 1 + _MIN_WRAPPED * (len(columns) - len(kept))
+    if needed > console.width:
+        _print_blocks(console, title, columns, cells, kept)
+        return
     table = Table(title=title, title_justify="left", header_style="bold")
-    for col in columns:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
+    for i, col in enumerate(columns):
+        if i in kept:
+            table.add_column(col, no_wrap=True, min_width=widths[i])
+        else:
+            table.add_column(col, overflow="fold")
+    for row in cells:
+        table.add_row(*(Text(cell) for cell in row))  # values are data, never markup
     console.print(table)
+
+
+_MIN_WRAPPED = 6
+
+
+def _print_blocks(console: Any, title: str, columns: Sequence[str], cells: list[list[str]], kept: list[int]) -> None:
+    """A narrow terminal's table: one block per row, its first kept column as the heading, nothing cut."""
+    from rich.markup import escape
+
+    console.print(f"[bold]{escape(title)}[/bold]")
+    head = kept[0] if kept else 0
+    width = max(len(c) for c in columns)
+    for row in cells:
+        console.print(escape(row[head]), soft_wrap=True)
+        for i, col in enumerate(columns):
+            if i != head and row[i]:
+                console.print(f"  {escape(col):<{width}}  {escape(row[i])}", soft_wrap=True)
 
 
 def confirm(question: str, yes: bool) -> None:

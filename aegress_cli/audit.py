@@ -115,7 +115,7 @@ def query(tenant: TenantFilter = "", actor: ActorFilter = "", tool: ToolFilter =
         return
     from aegress_cli._common import print_table
 
-    print_table("Evidence", _COLUMNS, [_row_cells(r) for r in rows], "No matching records.")
+    print_table("Evidence", _COLUMNS, [_row_cells(r) for r in rows], "No matching records.", keep=("id", "tool"))
 
 
 @app.command("tail")

@@ -57,7 +57,8 @@ def _show_plan(changes: list[Any], complete: bool, old_version: int) -> None:
                  f"{c.new_verdict}{'' if c.new_visible else ' (hidden)'}", c.new_rule_id,
                  "yes" if c.argument_dependent else "") for c in changes]
         print_table(f"Plan: changes compared with {was}",
-                    ["upstream", "tool", "actor", "before", "after", "rule", "depends on args"], rows, "")
+                    ["upstream", "tool", "actor", "before", "after", "rule", "depends on args"], rows, "",
+                    keep=("upstream", "tool"))
     if not complete:
         err("Note: some upstreams are known by tool names only (no client has listed their tools through the "
             "gateway yet), so annotations were not considered for them.")
@@ -300,7 +301,7 @@ def replay(
           "upstream).")
     print_table("Changes", ["call", "upstream", "tool", "actor", "was", "would be", "rule"],
                 [(c.call_id, c.upstream, c.name, c.actor, c.old_verdict, c.new_verdict, c.new_rule_id)
-                 for c in report.changed], "No verdict would change.")
+                 for c in report.changed], "No verdict would change.", keep=("call", "tool"))
     err("Note: call records keep no arguments, so argument rules saw every argument as absent.")
 
 
@@ -324,7 +325,8 @@ def pins(tenant: TenantOpt, history: Annotated[bool, typer.Option("--history", h
             return
         print_table(f"Tool definition changes of {tenant}", ["upstream", "tool", "old", "new", "seen", "approved by"],
                     [(c.upstream, c.tool, (c.old_hash or "(new)")[:19], c.new_hash[:19], c.seen_at,
-                      c.resolved_by or "(pending)") for c in changes], "No changes recorded.")
+                      c.resolved_by or "(pending)") for c in changes], "No changes recorded.",
+                    keep=("upstream", "tool"))
         return
     rows = policy_admin.pin_report(s, tenant)
     if json_out:
@@ -333,7 +335,8 @@ def pins(tenant: TenantOpt, history: Annotated[bool, typer.Option("--history", h
         return
     print_table(f"Tool pins of {tenant}", ["upstream", "tool", "status", "pinned", "current"],
                 [(r.upstream, r.tool, r.status, (r.pinned_hash or "")[:19], (r.current_hash or "")[:19])
-                 for r in rows], "No tool definitions seen yet (a client must list tools through the gateway).")
+                 for r in rows], "No tool definitions seen yet (a client must list tools through the gateway).",
+                keep=("upstream", "tool"))
 
 
 @app.command("approve-tool")

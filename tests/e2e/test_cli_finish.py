@@ -23,8 +23,14 @@ from pathlib import Path
 
 from tests.procs import (
     ROOT,
+    add_stdio_fixture,
     aegress,
+    aegress_json,
     cli_env,
+    mcp_client,
+    run,
+    run_gateway,
+    setup_tenant,
 )
 
 FIXTURE = ["--command", sys.executable, "--command", "-m", "--command", "tests.servers.fixture_server",
@@ -187,5 +193,57 @@ def test_fixed_choices_are_checked_by_the_parser(aegress_home: Path, tmp_path: P
                 MCP_INGRESS_MODE="Direct", check=False)
     assert r.returncode == 1 and "--allow-public-bind" in r.stderr
     assert "[debug|info|warning|error]" in aegress(aegress_home, "serve", "--help").stdout
+
+
+# -- 5. tables keep ids whole ---------------------------------------------------------------------------
+HOLD = """
+version = 1
+default = "allow"
+
+[review]
+mode = "approve"
+hold_timeout_seconds = 1
+
+[[rules]]
+id = "hold-whoami-for-an-operator"
+upstream = "long-upstream-name-for-tables"
+name = "whoami"
+verdict = "review"
+"""
+
+
+def _one_line_each(text: str, values: list[str]) -> None:
+    for value in values:
+        assert any(value in line for line in text.splitlines()), (value, text)
+
+
+def test_tables_never_cut_the_ids_the_next_command_needs(aegress_home: Path, tmp_path: Path) -> None:
+    token = setup_tenant(aegress_home, "acme-corporation-with-a-long-name", "alice.with.a.long.name@example.com")
+    add_stdio_fixture(aegress_home, "acme-corporation-with-a-long-name", "long-upstream-name-for-tables")
+    policy = tmp_path / "hold.toml"
+    policy.write_text(HOLD)
+    aegress(aegress_home, "policy", "apply", str(policy), "-t", "acme-corporation-with-a-long-name", "--yes")
+    tool = "long-upstream-name-for-tables__whoami"
+    with run_gateway(aegress_home) as gw:
+        async def call() -> str:
+            async with mcp_client(gw.url, token) as client:
+                result = await client.call_tool(tool, {})
+                return str(result.content[0].text)
+
+        held = re.search(r"rev_[a-z0-9]+", run(call()))
+    assert held, "the call was not held"
+    review_id = held.group(0)
+    token_id = aegress_json(aegress_home, "token", "list")[0]["id"]
+    for columns in ("50", "72", "100", "200"):
+        listed = aegress(aegress_home, "review", "list", COLUMNS=columns).stdout
+        _one_line_each(listed, [review_id, tool])
+        _one_line_each(aegress(aegress_home, "token", "list", COLUMNS=columns).stdout, [token_id])
+        evidence = aegress(aegress_home, "audit", "query", "-t", "acme-corporation-with-a-long-name",
+                           COLUMNS=columns).stdout
+        _one_line_each(evidence, [tool])
+    assert "…" not in aegress(aegress_home, "review", "list", COLUMNS="50").stdout
+    # what the table shows is what the next command takes
+    shown = aegress_json(aegress_home, "review", "show", review_id)
+    assert shown["tool"] == tool and shown["state"] == "pending"
 
 
