@@ -244,8 +244,9 @@ def rotate_key(yes: YesOpt = False, json_out: JsonOpt = False) -> None:
         rotate_signing_key,
     )
 
-    confirm("Rotate the checkpoint signing key?", yes)
     data = home()
+    confirm(f"Replace the checkpoint signing key of {data} with a new one? Checkpoints signed from now on use the "
+            "new key; the old public key stays trusted.", yes)
     db = store()
     settings = EvidenceSettings.from_env(data)
     prefix = _prefix(db)

@@ -130,7 +130,9 @@ def apply(file: FileArg, tenant: TenantOpt, yes: YesOpt = False, as_: AsOpt = No
         _show_plan(changes, complete, old_version)
     _warn(warnings)
     if not json_out or not yes:
-        confirm(f"Apply {file} to tenant {tenant!r}?", yes)
+        was = f"policy version {old_version}" if old_version else "the built-in default"
+        confirm(f"Apply {file} to tenant {tenant!r}, replacing {was} ({len(changes)} tool change(s) shown "
+                "above)?", yes)
     row = policy_admin.apply_policy(s, tenant, text, str(file), now(), _operator(as_))
     if json_out:
         print_json({"tenant": tenant, "version": row.version, "replaces": old_version, "digest": row.digest,
@@ -362,7 +364,8 @@ def approve_tool(
         for r in pending:
             print(f"  {r.upstream}/{r.tool}: {r.status}  {r.pinned_hash or '(none)'} -> {r.current_hash}")
     if pending and (not json_out or not yes):
-        confirm(f"Approve {len(pending)} tool definition(s) of {upstream!r}?", yes)
+        confirm(f"Approve the current definition(s) of {len(pending)} tool(s) of upstream {upstream!r} in tenant "
+                f"{tenant!r} (listed above), so they leave review?", yes)
     done = policy_admin.approve_tools(s, tenant, upstream, tools, _operator(as_), now())
     if json_out:
         print_json([{"upstream": r.upstream, "tool": r.tool, "was": r.status, "pinned_hash": r.current_hash}

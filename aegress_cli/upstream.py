@@ -199,7 +199,8 @@ def remove(name: Annotated[str, typer.Argument(help="Upstream name.")], tenant: 
 
     s = store()
     admin.require_upstream(s, tenant, name)
-    confirm(f"Remove upstream {name!r} from tenant {tenant!r}?", yes)
+    confirm(f"Remove upstream {name!r} from tenant {tenant!r}? A running gateway drops its tools within a second.",
+            yes)
     admin.remove_upstream(s, tenant, name)
     if json_out:
         print_json({"removed": name, "tenant": tenant})

@@ -34,7 +34,7 @@ def test_tenant_actor_token_lifecycle(aegress_home: Path) -> None:
     listed = aegress_json(aegress_home, "token", "list", "--tenant", "acme")
     assert listed[0]["id"] == issued["id"] and listed[0]["active"] is True
     assert token not in json.dumps(listed)
-    aegress(aegress_home, "token", "revoke", issued["id"])
+    aegress(aegress_home, "token", "revoke", issued["id"], "--yes")
     assert aegress_json(aegress_home, "token", "list")[0]["active"] is False
 
     shown = aegress_json(aegress_home, "tenant", "show", "acme")

@@ -247,3 +247,38 @@ def test_tables_never_cut_the_ids_the_next_command_needs(aegress_home: Path, tmp
     assert shown["tool"] == tool and shown["state"] == "pending"
 
 
+# -- 7. confirmations say what they confirm; --yes wherever one can appear -------------------------------
+def test_token_revoke_confirms_takes_yes_and_says_when_it_was_revoked_already(aegress_home: Path) -> None:
+    aegress(aegress_home, "tenant", "create", "acme")
+    aegress(aegress_home, "actor", "add", "-t", "acme", "alice")
+    issued = aegress_json(aegress_home, "token", "issue", "-t", "acme", "-a", "alice", "--label", "laptop")
+    code, out, shown = on_terminal(aegress_home, "token", "revoke", issued["id"], answer="n")
+    assert code == 1 and "Aborted; nothing changed." in shown
+    assert f"Revoke token {issued['id']} of actor 'alice' in tenant 'acme' (laptop)?" in out + shown
+    assert aegress_json(aegress_home, "token", "list")[0]["active"] is True
+    r = aegress(aegress_home, "token", "revoke", issued["id"], check=False)  # no terminal to ask
+    assert r.returncode == 2 and issued["id"] in r.stderr and "--yes" in r.stderr
+    done = aegress_json(aegress_home, "token", "revoke", issued["id"], "--yes")
+    assert done["already_revoked"] is False and done["revoked_at"]
+    again = aegress(aegress_home, "token", "revoke", issued["id"])  # nothing to ask: nothing changes
+    said = f"{issued['id']} (alice in acme) was already revoked at {done['revoked_at']}; nothing changed."
+    assert said in again.stdout
+    again = aegress_json(aegress_home, "token", "revoke", issued["id"])
+    assert again == {"id": issued["id"], "revoked_at": done["revoked_at"], "already_revoked": True}
+
+
+def test_confirmations_name_what_changes(aegress_home: Path) -> None:
+    aegress(aegress_home, "tenant", "create", "acme")
+    aegress(aegress_home, "actor", "add", "-t", "acme", "alice")
+    aegress(aegress_home, "token", "issue", "-t", "acme", "-a", "alice")
+    for args, words in [
+        (["tenant", "delete", "acme"],
+         "Delete tenant 'acme' with its 1 actor(s), 1 active token(s) and 0 upstream(s)?"),
+        (["actor", "remove", "alice", "-t", "acme"], "Remove actor 'alice' of tenant 'acme' and revoke its 1 active"),
+        (["audit", "rotate-key"], "Replace the checkpoint signing key of"),
+    ]:
+        code, out, shown = on_terminal(aegress_home, *args, answer="n")
+        assert code == 1 and words in out + shown and "Aborted; nothing changed." in shown, (args, out, shown)
+    assert aegress_json(aegress_home, "tenant", "show", "acme")["tokens_active"] == 1
+
+

@@ -267,7 +267,7 @@ def test_a_bad_or_revoked_token_is_an_authentication_failure(sshd: Sshd, tunnell
         assert _check(gw.home, tunnelled.public_url, AEGRESS_MCP_GATEWAY_TOKEN=carol)[0] == 0
         token_id = next(t["id"] for t in aegress_json(gw.home, "token", "list", "--actor", "carol")
                         if t["tenant"] == "acme")
-        aegress(gw.home, "token", "revoke", token_id)
+        aegress(gw.home, "token", "revoke", token_id, "--yes")
         code, report = _check(gw.home, tunnelled.public_url, AEGRESS_MCP_GATEWAY_TOKEN=carol)
         assert (code, report["reason"]) == (3, "auth-failed"), report
 
@@ -437,7 +437,7 @@ def test_serve_refuses_unsafe_or_broken_tunnel_settings(tmp_path: Path) -> None:
     assert "readable by other users" in _serve_fails(home, AEGRESS_STATIC_TENANT="acme", AEGRESS_STATIC_ACTOR="alice",
                                                      AEGRESS_STATIC_TOKEN_REF=f"file:{token_file}")
     token_id = next(t["id"] for t in aegress_json(home, "token", "list", "--actor", "alice"))
-    aegress(home, "token", "revoke", token_id)
+    aegress(home, "token", "revoke", token_id, "--yes")
     assert "is revoked" in _serve_fails(home, AEGRESS_STATIC_TENANT="acme", AEGRESS_STATIC_ACTOR="alice")
 
 
