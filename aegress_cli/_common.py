@@ -173,6 +173,18 @@ def _print_blocks(console: Any, title: str, columns: Sequence[str], cells: list[
                 console.print(f"  {escape(col):<{width}}  {escape(row[i])}", soft_wrap=True)
 
 
+def progress(quiet: bool = False, *, spinner: bool = False) -> Any:
+    """A progress display on stderr for long work (a bar, or with `spinner` a spinner and the time spent), shown
+    only when stderr is a terminal and not with --json; it disappears when done. Use as a context manager."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = ([SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()] if spinner else
+               [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()])
+    return Progress(*columns, console=Console(stderr=True), transient=True,
+                    disable=quiet or _state["json"] or not sys.stderr.isatty())
+
+
 def confirm(question: str, yes: bool) -> None:
     """Ask `question` (it says what is about to change) unless --yes; without a terminal to ask, refuse."""
     if yes:

@@ -21,6 +21,8 @@ import termios
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.procs import (
     ROOT,
     add_stdio_fixture,
@@ -282,3 +284,53 @@ def test_confirmations_name_what_changes(aegress_home: Path) -> None:
     assert aegress_json(aegress_home, "tenant", "show", "acme")["tokens_active"] == 1
 
 
+# -- 8. upstream add: the server's own stderr, and hints that work --------------------------------------
+FAILS = "import sys; print('boom: MISSING_API_KEY is not set', file=sys.stderr); sys.exit(3)"
+
+
+def test_upstream_add_shows_the_servers_stderr_and_hints_that_work(aegress_home: Path) -> None:
+    aegress(aegress_home, "tenant", "create", "acme")
+    r = aegress(aegress_home, "upstream", "add", "-t", "acme", "bad", "--command", sys.executable, "--command", "-c",
+                "--command", FAILS, check=False)
+    assert r.returncode == 1, r.stderr
+    assert "Its process exited with status 3." in r.stderr and "| boom: MISSING_API_KEY is not set" in r.stderr
+    assert "Nothing was saved" in r.stderr and aegress_json(aegress_home, "upstream", "list", "-t", "acme") == []
+    hinted = re.search(r"`aegress (upstream test [^`]+)`", r.stderr)
+    assert hinted and "--no-probe" in r.stderr
+    # follow the hint: save it unchecked, then the hinted test fails naming a command that works from there
+    aegress(aegress_home, "upstream", "add", "-t", "acme", "bad", "--command", sys.executable, "--command", "-c",
+            "--command", FAILS, "--no-probe")
+    r = aegress(aegress_home, *hinted.group(1).split(), check=False)
+    assert r.returncode == 1 and "| boom: MISSING_API_KEY is not set" in r.stderr
+    remove = re.search(r"`aegress (upstream remove [^`]+)`", r.stderr)
+    assert remove and "Nothing was saved" not in r.stderr
+    aegress(aegress_home, *remove.group(1).split())
+    assert aegress_json(aegress_home, "upstream", "list", "-t", "acme") == []
+
+    r = aegress(aegress_home, "upstream", "add", "-t", "acme", "ghost", "--command", "ghost-mcp-server", check=False)
+    assert r.returncode == 1 and "'ghost-mcp-server' is installed and on the PATH" in r.stderr
+    # a healthy one still just works, and says how to check it when not probed
+    aegress(aegress_home, "upstream", "add", "-t", "acme", "good", *FIXTURE)
+    r = aegress(aegress_home, "upstream", "add", "-t", "acme", "later", *FIXTURE, "--no-probe")
+    assert "`aegress upstream test --tenant acme later`" in r.stderr
+
+
+@pytest.mark.parametrize("header", [None, "Authorization=Bearer wrong"])
+def test_an_http_upstream_that_wants_a_token_gets_a_hint_naming_upstream_secret_set(
+        aegress_home: Path, header: str | None) -> None:
+    from tests.procs import Proc
+
+    aegress(aegress_home, "tenant", "create", "acme")
+    server = Proc([sys.executable, "-m", "gateway.demo", "--http", "--port", "0"],
+                  dict(os.environ, PYTHONPATH=str(ROOT), AEGRESS_DEMO_TOKEN="right"))
+    try:
+        url = server.wait_for("listening on", timeout=120).split("listening on", 1)[1].strip()
+        r = aegress(aegress_home, "upstream", "add", "-t", "acme", "tracker", "--url", url, "--allow-private",
+                    *(["--header", header] if header else []), check=False)
+        assert r.returncode == 1 and "HTTP 401" in r.stderr, r.stderr
+        assert "`aegress upstream secret set tracker-token`" in r.stderr and "keyring:tracker-token" in r.stderr
+        aegress(aegress_home, "upstream", "secret", "set", "tracker-token", "--stdin", input="Bearer right")
+        aegress(aegress_home, "upstream", "add", "-t", "acme", "tracker", "--url", url, "--allow-private",
+                "--header", "Authorization=keyring:tracker-token")
+    finally:
+        server.stop()
