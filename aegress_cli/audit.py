@@ -26,6 +26,7 @@ from aegress_cli._common import (
     json_errors,
     master_key,
     print_json,
+    progress,
     store,
 )
 
@@ -423,13 +424,9 @@ def export(
 
     Files are created readable by the owner only (0600; a bundle directory 0700), never through a
     symlink, and never over an existing file without --force."""
-    from rich.progress import Progress
-
-    from gateway.errors import UsageError
-
-    if fmt not in ("jsonl", "csv", "bundle"):
-        raise UsageError(f"Unknown format {fmt!r}.", hint="Use jsonl, csv or bundle.")
     from gateway.admin import require_log_tenant
+    from gateway.audit.bundle import open_private
+    from gateway.evidence_stream import write_csv, write_jsonl
 
     db = store()
     require_log_tenant(db, tenant)  # never an empty export for a misspelt tenant
@@ -437,28 +434,28 @@ def export(
     if sign and fmt == "bundle":
         _sign_if_possible(db)
     first, end = _range(db, origin, since, until)
-    records = db.evidence_records(origin, first, end)
-    with Progress(transient=True, disable=json_out or not sys.stderr.isatty()) as progress:
-        task = progress.add_task(f"Exporting {origin}", total=max(1, len(records)))
-        if fmt == "jsonl":
-            from gateway.audit.bundle import open_private
+    with progress(json_out) as shown:  # jsonl and csv stream a page at a time; a bundle is built in memory
+        task = shown.add_task(f"Exporting {origin}", total=max(1, end - first))
+        shown.refresh()
 
+        def on_progress(done: int, total: int) -> None:
+            shown.update(task, completed=done, total=max(1, total))
+
+        if fmt == "jsonl":
             with open_private(out, force=force) as handle:
-                for i, (_, data) in enumerate(records):
-                    handle.write(data + b"\n")
-                    if i % 1000 == 0:
-                        progress.update(task, completed=i)
+                count = write_jsonl(db, origin, first, end, handle, on_progress=on_progress)
         elif fmt == "csv":
-            _export_csv(db, origin, first, end, out, progress, task, force)
+            count = write_csv(db, origin, first, end, open_private(out, force=force), on_progress=on_progress)
         else:
-            _export_bundle(db, origin, first, end, records, out, progress, task, force)
-        progress.update(task, completed=max(1, len(records)))
+            records = db.evidence_records(origin, first, end)
+            _export_bundle(db, origin, first, end, records, out, shown, task, force)
+            count = len(records)
     summary = {"origin": origin, "format": fmt, "out": str(out), "first_seq": first, "end_seq": end,
-               "records": len(records)}
+               "records": count}
     if json_out:
         print_json(summary)
     else:
-        err(f"Exported {len(records)} record(s) of {origin} to {out}.")
+        err(f"Exported {count} record(s) of {origin} to {out}.")
 
 
 def _sign_if_possible(db: Any) -> None:
@@ -473,32 +470,6 @@ def _sign_if_possible(db: Any) -> None:
         return
     if key is not None:
         sign_checkpoints(db, key, settings)
-
-
-def _export_csv(db: Any, origin: str, first: int, end: int, out: Path, progress: Any, task: Any,
-                force: bool) -> None:
-    import csv
-    import io
-
-    from gateway.audit.bundle import open_private
-    from gateway.store.base import EvidenceFilter
-
-    with io.TextIOWrapper(open_private(out, force=force), encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "origin", "seq", "kind", "time", "tenant", "actor", "tool", "verdict", "outcome",
-                         "intent_seq", "leaf_hash"])
-        after, done = 0, 0
-        while True:
-            rows = db.query_evidence(EvidenceFilter(origin=origin, after_id=after), limit=5000, newest_first=False)
-            if not rows:
-                break
-            for r in rows:
-                if first <= r.seq < end:
-                    writer.writerow([r.id, r.origin, r.seq, r.kind, r.time, r.tenant, r.actor, r.tool, r.verdict,
-                                     r.status, "" if r.intent_seq is None else r.intent_seq, r.leaf_hash.hex()])
-                    done += 1
-            after = rows[-1].id
-            progress.update(task, completed=done)
 
 
 def _export_bundle(db: Any, origin: str, first: int, end: int, records: list[tuple[int, bytes]], out: Path,
@@ -565,7 +536,7 @@ def verify(
         if bundle is not None:
             reports = [_verify_bundle(bundle, key, [p.read_text() for p in (against or [])], final)]
         else:
-            reports = _verify_store(tenant, all_logs, key, against or [], final)
+            reports = _verify_store(tenant, all_logs, key, against or [], final, json_out)
     except (AegressError, OSError, ValueError, KeyError) as exc:  # could not run: exit 1, whatever it was
         if isinstance(exc, AegressError):
             raise fail(AegressError(f"could not verify: {exc.message}", hint=exc.hint, code=exc.code)) from None
@@ -636,14 +607,13 @@ def _published_origins() -> set[str]:
 
 
 def _verify_store(tenant: str, all_logs: bool, keys: list[str] | None, against: list[Path],
-                  final: bool) -> list[dict[str, Any]]:
+                  final: bool, quiet: bool) -> list[dict[str, Any]]:
     """Each log's records, stored columns and checkpoints: those in the database, the newest one
     published outside it, and any given with --against."""
     from gateway.audit.checkpoint import parse_checkpoint, parse_note
     from gateway.audit.log import tenant_of
-    from gateway.audit.verify import verify_log
     from gateway.errors import UsageError
-    from gateway.store.base import EvidenceFilter
+    from gateway.evidence_stream import verify_stored_log
 
     if tenant and all_logs:
         raise UsageError("Give one of --tenant, --all or --bundle.")
@@ -663,23 +633,32 @@ def _verify_store(tenant: str, all_logs: bool, keys: list[str] | None, against: 
     given = [(p.read_text(), f"--against {p}") for p in against]
     prefix = _prefix(db)
     reports = []
-    for origin in origins:
-        sources = [(note, "database") for _, note in db.list_checkpoints(origin)]
-        published = _published(origin)  # a file for this origin: a bad one is a finding, not skipped
-        sources += ([published] if published else [])
-        sources += [(n, where) for n, where in given if parse_checkpoint(parse_note(n).text).origin == origin]
-        rows = db.query_evidence(EvidenceFilter(origin=origin), limit=2**62, newest_first=False)
-        records = [(r.seq, r.data) for r in rows]
-        report = verify_log(records, origin=origin, checkpoints=[n for n, _ in sources], verifiers=verifiers,
-                            final=final, columns=rows, tenant=tenant_of(prefix, origin) or "")
-        body = report.to_dict()
-        body["records"] = len(records)
-        body["published_checkpoint"] = published[1].removeprefix("published at ") if published else None
-        finding = body["finding"]
-        if isinstance(finding, dict) and finding.get("checkpoint") is not None:
-            finding["message"] += f" (checkpoint {finding['checkpoint']}: {sources[finding['checkpoint']][1]})"
-        reports.append(body)
+    with progress(quiet) as shown:
+        for origin in origins:
+            sources = [(note, "database") for _, note in db.list_checkpoints(origin)]
+            published = _published(origin)  # a file for this origin: a bad one is a finding, not skipped
+            sources += ([published] if published else [])
+            sources += [(n, where) for n, where in given if parse_checkpoint(parse_note(n).text).origin == origin]
+            task = shown.add_task(f"Verifying {origin}", total=None)
+            shown.refresh()
+            report = verify_stored_log(db, origin, checkpoints=[n for n, _ in sources], verifiers=verifiers,
+                                       final=final, tenant=tenant_of(prefix, origin) or "",
+                                       on_progress=lambda done, total, task=task: shown.update(
+                                           task, completed=done, total=total))
+            shown.remove_task(task)
+            reports.append(_store_report(report, published, sources))
     return reports
+
+
+def _store_report(report: Any, published: tuple[str, str] | None, sources: list[tuple[str, str]]) -> dict[str, Any]:
+    """One log's verification as `audit verify --json` shows it."""
+    body = report.to_dict()
+    body["records"] = report.size - report.start
+    body["published_checkpoint"] = published[1].removeprefix("published at ") if published else None
+    finding = body["finding"]
+    if isinstance(finding, dict) and finding.get("checkpoint") is not None:
+        finding["message"] += f" (checkpoint {finding['checkpoint']}: {sources[finding['checkpoint']][1]})"
+    return body
 
 
 # -- repair -------------------------------------------------------------------------------------------

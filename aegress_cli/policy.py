@@ -19,6 +19,7 @@ from aegress_cli._common import (
     now,
     print_json,
     print_table,
+    progress,
     store,
 )
 
@@ -288,7 +289,12 @@ def replay(
     from gateway.policy import load_policy
 
     candidate = load_policy(_read(file), str(file))
-    report, skipped = policy_admin.replay_calls(store(), tenant, candidate, since, limit)
+    with progress(json_out) as shown:
+        task = shown.add_task(f"Replaying the recorded calls of {tenant}", total=None)
+        shown.refresh()
+        report, skipped = policy_admin.replay_calls(
+            store(), tenant, candidate, since, limit,
+            on_progress=lambda done, total: shown.update(task, completed=done, total=total))
     more = {id(c) for c in report.more_permissive}
     if json_out:
         print_json({"tenant": tenant, "total": report.total, "unchanged": report.unchanged, "skipped": skipped,

@@ -249,6 +249,32 @@ def test_tables_never_cut_the_ids_the_next_command_needs(aegress_home: Path, tmp
     assert shown["tool"] == tool and shown["state"] == "pending"
 
 
+# -- 6. progress on a terminal (streaming memory: tests/integration/test_evidence_stream.py) --------------
+SLOW_START = ("import os, sys, time; print('npm warn exec fetching the server package', file=sys.stderr, flush=True); "
+              "time.sleep(2.5); os.execv(sys.executable, [sys.executable, '-m', 'tests.servers.fixture_server'])")
+
+
+def test_long_operations_show_progress_on_a_terminal(aegress_home: Path, tmp_path: Path) -> None:
+    aegress(aegress_home, "tenant", "create", "acme")
+    code, out, shown = on_terminal(aegress_home, "upstream", "add", "-t", "acme", "slow", "--command", sys.executable,
+                                   "--command", "-c", "--command", SLOW_START, "--env", f"PYTHONPATH={ROOT}",
+                                   "--cwd", str(ROOT))
+    assert code == 0 and "Added upstream slow to tenant acme" in out, shown
+    assert "Starting upstream slow" in shown and "npm warn exec fetching the server package" in shown, shown
+    code, out, shown = on_terminal(aegress_home, "audit", "verify", "-t", "acme")
+    assert code == 0 and "verified" in out and "Verifying" in shown, shown
+    code, out, shown = on_terminal(aegress_home, "audit", "export", "-t", "acme", "--format", "jsonl",
+                                   "--out", str(tmp_path / "acme.jsonl"))
+    assert code == 0 and "Exporting" in shown and (tmp_path / "acme.jsonl").stat().st_size > 0, shown
+    policy = tmp_path / "p.toml"
+    policy.write_text('version = 1\ndefault = "allow"\n')
+    code, out, shown = on_terminal(aegress_home, "policy", "replay", str(policy), "-t", "acme")
+    assert code == 0 and "Replayed" in out and "Replaying the recorded calls of acme" in shown, shown
+    # with --json, or off a terminal, nothing but the result
+    r = aegress(aegress_home, "audit", "verify", "-t", "acme", "--json")
+    assert json.loads(r.stdout)["ok"] is True and "Verifying" not in r.stderr
+
+
 # -- 7. confirmations say what they confirm; --yes wherever one can appear -------------------------------
 def test_token_revoke_confirms_takes_yes_and_says_when_it_was_revoked_already(aegress_home: Path) -> None:
     aegress(aegress_home, "tenant", "create", "acme")
