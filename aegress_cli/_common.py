@@ -176,13 +176,36 @@ def _print_blocks(console: Any, title: str, columns: Sequence[str], cells: list[
 def progress(quiet: bool = False, *, spinner: bool = False) -> Any:
     """A progress display on stderr for long work (a bar, or with `spinner` a spinner and the time spent), shown
     only when stderr is a terminal and not with --json; it disappears when done. Use as a context manager."""
+    if quiet or _state["json"] or not sys.stderr.isatty():
+        return _NoProgress()  # and rich.progress (tens of ms to import) stays unloaded
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     columns = ([SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()] if spinner else
                [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()])
-    return Progress(*columns, console=Console(stderr=True), transient=True,
-                    disable=quiet or _state["json"] or not sys.stderr.isatty())
+    return Progress(*columns, console=Console(stderr=True), transient=True)
+
+
+class _NoProgress:
+    """The progress display when none is shown: the calls rich.progress.Progress takes, doing nothing."""
+
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, description: str, **fields: Any) -> int:
+        return 0
+
+    def update(self, task: int, **fields: Any) -> None:
+        return None
+
+    def remove_task(self, task: int) -> None:
+        return None
+
+    def refresh(self) -> None:
+        return None
 
 
 def confirm(question: str, yes: bool) -> None:

@@ -156,7 +156,7 @@ FAST_COMMANDS: list[tuple[list[str], tuple[str, ...]]] = [
     (["policy", "show", "-t", "acme"], ()),
     (["review", "list"], ()),
     (["audit", "query", "-t", "acme"], ()),
-    (["audit", "verify", "-t", "acme"], ()),
+    (["audit", "verify", "-t", "acme"], ("rich.progress",)),  # no progress display off a terminal
 ]
 
 
