@@ -22,7 +22,7 @@ YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confir
 TenantOpt = Annotated[str, typer.Option("--tenant", "-t", help="Tenant id.", envvar="AEGRESS_TENANT_ID")]
 ActorOpt = Annotated[str, typer.Option("--actor", "-a", help="Actor id.", envvar="AEGRESS_ACTOR_ID")]
 
-_state: dict[str, Any] = {"home": None}
+_state: dict[str, Any] = {"home": None, "json": False}
 
 
 def set_home(path: Path | None) -> None:
@@ -69,11 +69,36 @@ def now() -> str:
     return now_iso()
 
 
+def version() -> str:
+    """This installation's version (the package metadata; a source tree run without installing has none)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("aegress")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
 def err(text: str) -> None:
     print(text, file=sys.stderr)
 
 
+def json_errors(on: bool = True) -> None:
+    """From now on print errors as JSON (the command was given --json)."""
+    _state["json"] = _state["json"] or on
+
+
+def print_error_json(code: str, message: str, hint: str | None, exit_code: int) -> None:
+    """The one shape of an error under --json, on stderr: stdout stays for results."""
+    body = {"error": {"code": code, "message": message, "hint": hint, "exit_code": exit_code}}
+    sys.stderr.write(json.dumps(body) + "\n")
+
+
 def fail(exc: AegressError) -> typer.Exit:
+    if _state["json"]:
+        print_error_json(exc.code, exc.message, exc.hint, exc.exit_code)
+        return typer.Exit(exc.exit_code)
     err(f"Error: {exc.message}")
     if exc.hint:
         err(f"Hint: {exc.hint}")
@@ -81,10 +106,12 @@ def fail(exc: AegressError) -> typer.Exit:
 
 
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Map our errors to the documented exit codes; anything else is a bug and shows its traceback."""
+    """Map our errors to the documented exit codes (as JSON on stderr with --json); anything else is a
+    bug and shows its traceback."""
 
     @wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        json_errors(bool(kwargs.get("json_out")))
         try:
             return fn(*args, **kwargs)
         except AegressError as exc:
@@ -97,29 +124,104 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], empty: str) -> None:
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], empty: str,
+                keep: Sequence[str] | None = None) -> None:
+    """A table on stdout that never cuts the `keep` columns (default: the first), which hold what the next
+    command needs (ids, tool names): they stay whole on one line and the other columns wrap. When the
+    terminal is too narrow even for that, each row is printed as a block under its id instead."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = Console()
     if not rows:
         console.print(f"[dim]{empty}[/dim]")
         return
+    cells = [["" if v is None else str(v) for v in row] for row in rows]
+    kept = [i for i, col in enumerate(columns) if col in (keep if keep is not None else columns[:1])]
+    widths = {i: max(len(columns[i]), *(len(row[i]) for row in cells)) for i in kept}
+    # each column costs its padding and a border (3); every other column needs a few characters to wrap in
+    needed = sum(widths.values()) + 3 * len(columns) + 1 + _MIN_WRAPPED * (len(columns) - len(kept))
+    if needed > console.width:
+        _print_blocks(console, title, columns, cells, kept)
+        return
     table = Table(title=title, title_justify="left", header_style="bold")
-    for col in columns:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
+    for i, col in enumerate(columns):
+        if i in kept:
+            table.add_column(col, no_wrap=True, min_width=widths[i])
+        else:
+            table.add_column(col, overflow="fold")
+    for row in cells:
+        table.add_row(*(Text(cell) for cell in row))  # values are data, never markup
     console.print(table)
 
 
+_MIN_WRAPPED = 6
+
+
+def _print_blocks(console: Any, title: str, columns: Sequence[str], cells: list[list[str]], kept: list[int]) -> None:
+    """A narrow terminal's table: one block per row, its first kept column as the heading, nothing cut."""
+    from rich.markup import escape
+
+    console.print(f"[bold]{escape(title)}[/bold]")
+    head = kept[0] if kept else 0
+    width = max(len(c) for c in columns)
+    for row in cells:
+        console.print(escape(row[head]), soft_wrap=True)
+        for i, col in enumerate(columns):
+            if i != head and row[i]:
+                console.print(f"  {escape(col):<{width}}  {escape(row[i])}", soft_wrap=True)
+
+
+def progress(quiet: bool = False, *, spinner: bool = False) -> Any:
+    """A progress display on stderr for long work (a bar, or with `spinner` a spinner and the time spent), shown
+    only when stderr is a terminal and not with --json; it disappears when done. Use as a context manager."""
+    if quiet or _state["json"] or not sys.stderr.isatty():
+        return _NoProgress()  # and rich.progress (tens of ms to import) stays unloaded
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = ([SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()] if spinner else
+               [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()])
+    return Progress(*columns, console=Console(stderr=True), transient=True)
+
+
+class _NoProgress:
+    """The progress display when none is shown: the calls rich.progress.Progress takes, doing nothing."""
+
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, description: str, **fields: Any) -> int:
+        return 0
+
+    def update(self, task: int, **fields: Any) -> None:
+        return None
+
+    def remove_task(self, task: int) -> None:
+        return None
+
+    def refresh(self) -> None:
+        return None
+
+    def start(self) -> None:
+        return None
+
+    def stop(self) -> None:
+        return None
+
+
 def confirm(question: str, yes: bool) -> None:
+    """Ask `question` (it says what is about to change) unless --yes; without a terminal to ask, refuse."""
     if yes:
         return
     if not sys.stdin.isatty():
-        err("Error: confirmation needed, and stdin is not a terminal.")
-        err("Hint: pass --yes to confirm.")
-        raise typer.Exit(2)
+        from gateway.errors import UsageError
+
+        raise UsageError(f"Confirmation needed, and stdin is not a terminal to ask: {question}",
+                         hint="Pass --yes to confirm.", code="confirmation-needed")
     if not typer.confirm(question, default=False):
-        err("Aborted; nothing changed.")
-        raise typer.Exit(1)
+        raise AegressError("Aborted; nothing changed.", code="aborted")

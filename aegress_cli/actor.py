@@ -50,7 +50,8 @@ def remove(name: Annotated[str, typer.Argument(help="Actor id.")], tenant: Tenan
 
     s = store()
     admin.require_actor(s, tenant, name)
-    confirm(f"Remove actor {name!r} of tenant {tenant!r} and revoke its tokens?", yes)
+    active = sum(1 for t in s.list_tokens(tenant, name) if t.active)
+    confirm(f"Remove actor {name!r} of tenant {tenant!r} and revoke its {active} active token(s)?", yes)
     admin.remove_actor(s, tenant, name)
     if json_out:
         print_json({"removed": name, "tenant": tenant})

@@ -11,21 +11,43 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
-from aegress_cli._common import JsonOpt, YesOpt, confirm, err, handle_errors, home, master_key, print_json, store
+from aegress_cli._common import (
+    JsonOpt,
+    YesOpt,
+    confirm,
+    err,
+    handle_errors,
+    home,
+    json_errors,
+    master_key,
+    print_json,
+    progress,
+    store,
+)
 
 app = typer.Typer(help="Query, export, prove and verify the tamper-evident evidence logs.", no_args_is_help=True)
 
 TenantFilter = Annotated[str, typer.Option("--tenant", "-t", help="Only this tenant.", envvar="AEGRESS_TENANT_ID")]
 ActorFilter = Annotated[str, typer.Option("--actor", "-a", help="Only this actor.")]
 ToolFilter = Annotated[str, typer.Option("--tool", help="Only this tool (the name clients call).")]
-VerdictFilter = Annotated[str, typer.Option("--verdict", help="allow, review_approved, deny, hidden, review.")]
-OutcomeFilter = Annotated[str, typer.Option("--outcome", help="completed, failed, timeout, cancelled, "
-                                            "client_disconnected, outcome_unknown.")]
-KindFilter = Annotated[str, typer.Option("--kind", help="Record kind: intent, outcome, decision, ...")]
+Verdict = Literal["allow", "review_approved", "deny", "hidden", "review"]
+"""A call record's verdict: forwarded (allow, review_approved) or not (deny, hidden, review: held)."""
+Outcome = Literal["completed", "failed", "timeout", "cancelled", "client_disconnected", "not_forwarded",
+                  "outcome_unknown"]
+"""A call's outcome: gateway.audit.records.OUTCOME_STATUSES, and outcome_unknown (after a crash)."""
+Kind = Literal["intent", "decision", "outcome", "outcome_unknown", "review_approved", "review_denied",
+               "elicitation_answer", "policy_changed", "token_revoked", "operator_change", "key_event", "repair",
+               "auth_failures_aggregate"]
+"""Record kinds: gateway.audit.records.KINDS (a unit test keeps them equal)."""
+VerdictFilter = Annotated[Verdict | None, typer.Option("--verdict", help="Only calls with this verdict.",
+                                                       show_default=False)]
+OutcomeFilter = Annotated[Outcome | None, typer.Option("--outcome", help="Only calls with this outcome.",
+                                                       show_default=False)]
+KindFilter = Annotated[Kind | None, typer.Option("--kind", help="Only records of this kind.", show_default=False)]
 SinceOpt = Annotated[str, typer.Option("--since", help="From this time on (RFC 3339, e.g. 2026-01-02 or "
                                        "2026-01-02T03:04:05Z).")]
 UntilOpt = Annotated[str, typer.Option("--until", help="Before this time (RFC 3339).")]
@@ -53,11 +75,12 @@ def _time_arg(value: str) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _filter(tenant: str = "", actor: str = "", tool: str = "", verdict: str = "", outcome: str = "",
-            kind: str = "", since: str = "", until: str = "", digest: str = "", after_id: int = 0) -> Any:
+def _filter(tenant: str = "", actor: str = "", tool: str = "", verdict: str | None = None, outcome: str | None = None,
+            kind: str | None = None, since: str = "", until: str = "", digest: str = "", after_id: int = 0) -> Any:
     from gateway.store.base import EvidenceFilter
 
-    return EvidenceFilter(tenant=tenant, actor=actor, tool=tool, verdict=verdict, status=outcome, kind=kind,
+    return EvidenceFilter(tenant=tenant, actor=actor, tool=tool, verdict=verdict or "", status=outcome or "",
+                          kind=kind or "",
                           since=_time_arg(since), until=_time_arg(until), contains=digest, after_id=after_id)
 
 
@@ -75,8 +98,8 @@ def _row_cells(row: Any) -> list[Any]:
 
 @app.command("query")
 @handle_errors
-def query(tenant: TenantFilter = "", actor: ActorFilter = "", tool: ToolFilter = "", verdict: VerdictFilter = "",
-          outcome: OutcomeFilter = "", kind: KindFilter = "", since: SinceOpt = "", until: UntilOpt = "",
+def query(tenant: TenantFilter = "", actor: ActorFilter = "", tool: ToolFilter = "", verdict: VerdictFilter = None,
+          outcome: OutcomeFilter = None, kind: KindFilter = None, since: SinceOpt = "", until: UntilOpt = "",
           digest: DigestFilter = "",
           limit: Annotated[int, typer.Option(help="At most this many records, newest first.")] = 50,
           json_out: JsonOpt = False) -> None:
@@ -92,13 +115,13 @@ def query(tenant: TenantFilter = "", actor: ActorFilter = "", tool: ToolFilter =
         return
     from aegress_cli._common import print_table
 
-    print_table("Evidence", _COLUMNS, [_row_cells(r) for r in rows], "No matching records.")
+    print_table("Evidence", _COLUMNS, [_row_cells(r) for r in rows], "No matching records.", keep=("id", "tool"))
 
 
 @app.command("tail")
 @handle_errors
-def tail(tenant: TenantFilter = "", actor: ActorFilter = "", tool: ToolFilter = "", verdict: VerdictFilter = "",
-         outcome: OutcomeFilter = "", kind: KindFilter = "",
+def tail(tenant: TenantFilter = "", actor: ActorFilter = "", tool: ToolFilter = "", verdict: VerdictFilter = None,
+         outcome: OutcomeFilter = None, kind: KindFilter = None,
          follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new records until "
                                               "Ctrl-C.")] = False,
          lines: Annotated[int, typer.Option("--lines", "-n", help="Records to show first.")] = 20,
@@ -221,8 +244,9 @@ def rotate_key(yes: YesOpt = False, json_out: JsonOpt = False) -> None:
         rotate_signing_key,
     )
 
-    confirm("Rotate the checkpoint signing key?", yes)
     data = home()
+    confirm(f"Replace the checkpoint signing key of {data} with a new one? Checkpoints signed from now on use the "
+            "new key; the old public key stays trusted.", yes)
     db = store()
     settings = EvidenceSettings.from_env(data)
     prefix = _prefix(db)
@@ -360,6 +384,9 @@ def proof(
         sys.stdout.write(text)
 
 
+ExportFormat = Literal["jsonl", "csv", "bundle"]
+
+
 # -- export -----------------------------------------------------------------------------------------
 def _range(db: Any, origin: str, since: str, until: str) -> tuple[int, int]:
     """[first, end) seqs of records with since <= time < until (whole log without bounds)."""
@@ -387,7 +414,8 @@ def export(
                                            "security log), one bundle each under --out (`security`, "
                                            "`tenant-<id>`): what `aegress audit import` reads to move them to "
                                            "another database.")] = False,
-    fmt: Annotated[str, typer.Option("--format", help="jsonl, csv or bundle.")] = "bundle",
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="jsonl (exact record bytes), csv (queryable "
+                                              "columns) or bundle (verifiable offline).")] = "bundle",
     since: SinceOpt = "",
     until: UntilOpt = "",
     sign: Annotated[bool, typer.Option("--sign/--no-sign", help="Sign a fresh checkpoint first (if this host "
@@ -403,8 +431,6 @@ def export(
     symlink, and never over an existing file without --force."""
     from gateway.errors import UsageError
 
-    if fmt not in ("jsonl", "csv", "bundle"):
-        raise UsageError(f"Unknown format {fmt!r}.", hint="Use jsonl, csv or bundle.")
     if all_logs and tenant:
         raise UsageError("Give --tenant or --all, not both.", hint="AEGRESS_TENANT_ID counts as --tenant: unset it "
                          "to export every log.")
@@ -413,6 +439,8 @@ def export(
     if all_logs and fmt != "bundle":
         raise UsageError("--all exports bundles only.", hint="Drop --format, or export one log with --tenant.")
     from gateway.admin import require_log_tenant
+    from gateway.audit.bundle import open_private
+    from gateway.evidence_stream import write_csv, write_jsonl
 
     db = store()
     if all_logs:
@@ -423,36 +451,28 @@ def export(
     if sign and fmt == "bundle":
         _sign_if_possible(db)
     first, end = _range(db, origin, since, until)
-    records = db.evidence_records(origin, first, end)
-    with _progress(json_out) as progress:
-        task = progress.add_task(f"Exporting {origin}", total=max(1, len(records)))
-        if fmt == "jsonl":
-            from gateway.audit.bundle import open_private
+    with progress(json_out) as shown:  # jsonl and csv stream a page at a time; a bundle is built in memory
+        task = shown.add_task(f"Exporting {origin}", total=max(1, end - first))
+        shown.refresh()
 
+        def on_progress(done: int, total: int) -> None:
+            shown.update(task, completed=done, total=max(1, total))
+
+        if fmt == "jsonl":
             with open_private(out, force=force) as handle:
-                for i, (_, data) in enumerate(records):
-                    handle.write(data + b"\n")
-                    if i % 1000 == 0:
-                        progress.update(task, completed=i)
+                count = write_jsonl(db, origin, first, end, handle, on_progress=on_progress)
         elif fmt == "csv":
-            _export_csv(db, origin, first, end, out, progress, task, force)
+            count = write_csv(db, origin, first, end, open_private(out, force=force), on_progress=on_progress)
         else:
-            _export_bundle(db, origin, first, end, records, out, progress, task, force)
-        progress.update(task, completed=max(1, len(records)))
+            records = db.evidence_records(origin, first, end)
+            _export_bundle(db, origin, first, end, records, out, shown, task, force)
+            count = len(records)
     summary = {"origin": origin, "format": fmt, "out": str(out), "first_seq": first, "end_seq": end,
-               "records": len(records)}
+               "records": count}
     if json_out:
         print_json(summary)
     else:
-        err(f"Exported {len(records)} record(s) of {origin} to {out}.")
-
-
-def _progress(quiet: bool) -> Any:
-    """A progress bar on stderr, only when stderr is a terminal (and not with --json)."""
-    from rich.console import Console
-    from rich.progress import Progress
-
-    return Progress(console=Console(stderr=True), transient=True, disable=quiet or not sys.stderr.isatty())
+        err(f"Exported {count} record(s) of {origin} to {out}.")
 
 
 def _bundle_name(prefix: str, origin: str) -> str:
@@ -477,14 +497,14 @@ def _export_all(db: Any, out: Path, since: str, until: str, sign: bool, force: b
     origins = db.evidence_origins()
     root = create_bundle_dir(out, force=force)
     logs: list[dict[str, Any]] = []
-    with _progress(json_out) as progress:
+    with progress(json_out) as shown:
         for origin in origins:
             first, end = _range(db, origin, since, until)
             records = db.evidence_records(origin, first, end)
             target = root / _bundle_name(prefix, origin)
-            task = progress.add_task(f"Exporting {origin}", total=max(1, len(records)))
-            _export_bundle(db, origin, first, end, records, target, progress, task, False)
-            progress.update(task, completed=max(1, len(records)))
+            task = shown.add_task(f"Exporting {origin}", total=max(1, len(records)))
+            _export_bundle(db, origin, first, end, records, target, shown, task, False)
+            shown.update(task, completed=max(1, len(records)))
             logs.append({"origin": origin, "out": str(target), "first_seq": first, "end_seq": end,
                          "records": len(records)})
     if json_out:
@@ -507,32 +527,6 @@ def _sign_if_possible(db: Any) -> None:
         return
     if key is not None:
         sign_checkpoints(db, key, settings)
-
-
-def _export_csv(db: Any, origin: str, first: int, end: int, out: Path, progress: Any, task: Any,
-                force: bool) -> None:
-    import csv
-    import io
-
-    from gateway.audit.bundle import open_private
-    from gateway.store.base import EvidenceFilter
-
-    with io.TextIOWrapper(open_private(out, force=force), encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "origin", "seq", "kind", "time", "tenant", "actor", "tool", "verdict", "outcome",
-                         "intent_seq", "leaf_hash"])
-        after, done = 0, 0
-        while True:
-            rows = db.query_evidence(EvidenceFilter(origin=origin, after_id=after), limit=5000, newest_first=False)
-            if not rows:
-                break
-            for r in rows:
-                if first <= r.seq < end:
-                    writer.writerow([r.id, r.origin, r.seq, r.kind, r.time, r.tenant, r.actor, r.tool, r.verdict,
-                                     r.status, "" if r.intent_seq is None else r.intent_seq, r.leaf_hash.hex()])
-                    done += 1
-            after = rows[-1].id
-            progress.update(task, completed=done)
 
 
 def _export_bundle(db: Any, origin: str, first: int, end: int, records: list[tuple[int, bytes]], out: Path,
@@ -579,14 +573,14 @@ def import_(
     keys = _trusted(key, db_home=False) if key else None
     data = home()
 
-    with _progress(json_out) as progress:
-        task = progress.add_task("Importing", total=1)
+    with progress(json_out) as shown:
+        task = shown.add_task("Importing", total=1)
 
         def show(what: str, done: int, total: int) -> None:
-            progress.update(task, description=what, completed=done, total=max(1, total))
+            shown.update(task, description=what, completed=done, total=max(1, total))
 
         def ask(preview: ImportPreview) -> None:
-            progress.stop()  # the question, not the bar, on the terminal
+            shown.stop()  # the question, not the bar, on the terminal
             for b in preview.bundles:
                 have = preview.sizes.get(b.origin, 0)
                 seqs = f", seq {b.start}..{b.end - 1}" if b.records else ""
@@ -598,7 +592,7 @@ def import_(
                 err("Note: the bundle's own keys.txt names that key; pass --key with the source's verifier keys "
                     "(`aegress audit pubkey --all` there) to rely on those instead.")
             confirm(f"Import {len(preview.bundles)} log(s) into {_location(db)}?", yes)
-            progress.start()
+            shown.start()
 
         report = import_bundles(db, data, path, keys=keys, confirm=ask, progress=show)
     if json_out:
@@ -656,21 +650,20 @@ def verify(
     (AEGRESS_CHECKPOINT_DIR), so a log cut short in the database is found. Exit 0 verified, 3 tampered
     or incomplete, 1 could not run.
     """
+    from aegress_cli._common import fail
     from gateway.errors import AegressError
 
+    json_errors(json_out)
     started = time.perf_counter()
     try:
         if bundle is not None:
             reports = [_verify_bundle(bundle, key, [p.read_text() for p in (against or [])], final)]
         else:
-            reports = _verify_store(tenant, all_logs, key, against or [], final)
-    except (AegressError, OSError, ValueError, KeyError) as exc:
-        message = exc.message if isinstance(exc, AegressError) else f"{type(exc).__name__}: {exc}"
-        err(f"Error: could not verify: {message}")
-        hint = getattr(exc, "hint", None)
-        if hint:
-            err(f"Hint: {hint}")
-        raise typer.Exit(1) from None
+            reports = _verify_store(tenant, all_logs, key, against or [], final, json_out)
+    except (AegressError, OSError, ValueError, KeyError) as exc:  # could not run: exit 1, whatever it was
+        if isinstance(exc, AegressError):
+            raise fail(AegressError(f"could not verify: {exc.message}", hint=exc.hint, code=exc.code)) from None
+        raise fail(AegressError(f"could not verify: {type(exc).__name__}: {exc}", code="verify-failed")) from None
     elapsed = time.perf_counter() - started
     total = sum(r["records"] for r in reports)
     ok = all(r["ok"] for r in reports)
@@ -737,14 +730,13 @@ def _published_origins() -> set[str]:
 
 
 def _verify_store(tenant: str, all_logs: bool, keys: list[str] | None, against: list[Path],
-                  final: bool) -> list[dict[str, Any]]:
+                  final: bool, quiet: bool) -> list[dict[str, Any]]:
     """Each log's records, stored columns and checkpoints: those in the database, the newest one
     published outside it, and any given with --against."""
     from gateway.audit.checkpoint import parse_checkpoint, parse_note
     from gateway.audit.log import tenant_of
-    from gateway.audit.verify import verify_log
     from gateway.errors import UsageError
-    from gateway.store.base import EvidenceFilter
+    from gateway.evidence_stream import verify_stored_log
 
     if tenant and all_logs:
         raise UsageError("Give one of --tenant, --all or --bundle.")
@@ -764,23 +756,32 @@ def _verify_store(tenant: str, all_logs: bool, keys: list[str] | None, against: 
     given = [(p.read_text(), f"--against {p}") for p in against]
     prefix = _prefix(db)
     reports = []
-    for origin in origins:
-        sources = [(note, "database") for _, note in db.list_checkpoints(origin)]
-        published = _published(origin)  # a file for this origin: a bad one is a finding, not skipped
-        sources += ([published] if published else [])
-        sources += [(n, where) for n, where in given if parse_checkpoint(parse_note(n).text).origin == origin]
-        rows = db.query_evidence(EvidenceFilter(origin=origin), limit=2**62, newest_first=False)
-        records = [(r.seq, r.data) for r in rows]
-        report = verify_log(records, origin=origin, checkpoints=[n for n, _ in sources], verifiers=verifiers,
-                            final=final, columns=rows, tenant=tenant_of(prefix, origin) or "")
-        body = report.to_dict()
-        body["records"] = len(records)
-        body["published_checkpoint"] = published[1].removeprefix("published at ") if published else None
-        finding = body["finding"]
-        if isinstance(finding, dict) and finding.get("checkpoint") is not None:
-            finding["message"] += f" (checkpoint {finding['checkpoint']}: {sources[finding['checkpoint']][1]})"
-        reports.append(body)
+    with progress(quiet) as shown:
+        for origin in origins:
+            sources = [(note, "database") for _, note in db.list_checkpoints(origin)]
+            published = _published(origin)  # a file for this origin: a bad one is a finding, not skipped
+            sources += ([published] if published else [])
+            sources += [(n, where) for n, where in given if parse_checkpoint(parse_note(n).text).origin == origin]
+            task = shown.add_task(f"Verifying {origin}", total=None)
+            shown.refresh()
+            report = verify_stored_log(db, origin, checkpoints=[n for n, _ in sources], verifiers=verifiers,
+                                       final=final, tenant=tenant_of(prefix, origin) or "",
+                                       on_progress=lambda done, total, task=task: shown.update(
+                                           task, completed=done, total=total))
+            shown.remove_task(task)
+            reports.append(_store_report(report, published, sources))
     return reports
+
+
+def _store_report(report: Any, published: tuple[str, str] | None, sources: list[tuple[str, str]]) -> dict[str, Any]:
+    """One log's verification as `audit verify --json` shows it."""
+    body = report.to_dict()
+    body["records"] = report.size - report.start
+    body["published_checkpoint"] = published[1].removeprefix("published at ") if published else None
+    finding = body["finding"]
+    if isinstance(finding, dict) and finding.get("checkpoint") is not None:
+        finding["message"] += f" (checkpoint {finding['checkpoint']}: {sources[finding['checkpoint']][1]})"
+    return body
 
 
 # -- repair -------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ stdout carries only MCP messages; logs go to stderr.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -25,8 +25,8 @@ def bridge(
                                          "server messages that no request caused.")] = True,
     request_timeout: Annotated[float, typer.Option("--request-timeout", help="Seconds to wait for one "
                                                    "answer (long tool calls need more).")] = 600.0,
-    log_level: Annotated[str, typer.Option(envvar="AEGRESS_LOG_LEVEL", help="debug, info, warning or "
-                                           "error (logs go to stderr).")] = "warning",
+    log_level: Annotated[Literal["debug", "info", "warning", "error"], typer.Option(
+        envvar="AEGRESS_LOG_LEVEL", case_sensitive=False, help="How much it logs (to stderr).")] = "warning",
 ) -> None:
     """Run a stdio MCP server that forwards everything to the gateway (for Claude Desktop)."""
     import asyncio

@@ -14,7 +14,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -40,16 +40,12 @@ DEFAULT_URL = "http://127.0.0.1:8765/mcp"
 
 app = typer.Typer(help="Set up coding agents to use the gateway, and check them.", no_args_is_help=True)
 
-ClientArg = Annotated[
-    str,
-    typer.Argument(
-        help="claude-code, codex, cursor, vscode, gemini, windsurf, claude-desktop or generic.",
-        show_default=False,
-    ),
-]
+Client = Literal["claude-code", "codex", "cursor", "vscode", "gemini", "windsurf", "claude-desktop", "generic"]
+"""The names of gateway.clients.CLIENTS (a unit test keeps them equal), so the parser checks them."""
+ClientArg = Annotated[Client, typer.Argument(help="The client.", show_default=False)]
 UrlOpt = Annotated[str, typer.Option("--url", envvar="AEGRESS_URL", help="The gateway's MCP endpoint.")]
 ScopeOpt = Annotated[
-    str | None,
+    Literal["user", "project"] | None,
     typer.Option("--scope", help="user (your own config) or project (a file in --project-dir, meant to be "
                  "committed; it holds no token). Default: user, or the only scope the client has.",
                  show_default=False),

@@ -9,15 +9,15 @@ suggestions for a mistyped command and the generated docs still see every comman
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator, MutableMapping
 from importlib import import_module
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup, TyperOption
 
-from aegress_cli import _common
+from aegress_cli import _common, _help
 
 COMMANDS: dict[str, str] = {
     "serve": "aegress_cli.serve:serve",
@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "tunnel": "aegress_cli.tunnel:app",
     "db": "aegress_cli.db:app",
     "deploy": "aegress_cli.deploy:app",
+    "completion": "aegress_cli.completion:app",
 }
 """The root's commands as `module:attribute`: a function joins with `command()`, a group's Typer with
 `add_typer()`. This is the order of `aegress --help`."""
@@ -53,7 +54,7 @@ def _help_flag_default_false(command: Any) -> None:
         _help_flag_default_false(sub)
 
 
-class PathOption(TyperOption):
+class PathOption(_help.Option):
     """`--data-dir`: Path() is its whole conversion; Typer's check that an existing path is readable stays."""
 
     def process_value(self, ctx: Any, value: Any) -> Any:
@@ -79,12 +80,15 @@ def load_command(name: str, target: str) -> Any:
         holder.command(name)(obj)
         command = typer.main.get_command(holder)  # one command and no callback: Typer builds just that
     _help_flag_default_false(command)
+    _help.polish(command)
     return command
 
 
 class LazyCommands(MutableMapping[str, Any]):
     """Subcommands by name; one named in `COMMANDS` is loaded on first access. Listing the names (help,
     completion, "did you mean") loads nothing; looking a command up loads that one."""
+
+    lazy = True  # `_help.polish` must not walk (and so load) these
 
     def __init__(self, targets: dict[str, str]) -> None:
         self._items: dict[str, Any] = dict(targets)
@@ -111,7 +115,7 @@ class LazyCommands(MutableMapping[str, Any]):
         return len(self._items)
 
 
-class RootGroup(TyperGroup):
+class RootGroup(_help.Group):
     """The `aegress` group: its subcommands come from `COMMANDS`, loaded when used."""
 
     def __init__(self, **attrs: Any) -> None:
@@ -119,11 +123,46 @@ class RootGroup(TyperGroup):
         for param in self.params:
             if param.name == "data_dir":
                 param.__class__ = PathOption  # the option Typer built, converted without pydantic
+        _help.polish(self)
         commands = LazyCommands(COMMANDS)
         for name, command in self.commands.items():  # any registered on `app` itself
             _help_flag_default_false(command)
+            _help.polish(command)
             commands[name] = command
         self.commands = commands
+
+    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:
+        """With `--json` anywhere on the line, usage errors (unknown option, missing argument, a value
+        not among the choices) are printed as JSON on stderr too, like the commands' own errors."""
+        argv = list(sys.argv[1:] if args is None else args)
+        if "--json" not in argv or extra.get("standalone_mode") is False:
+            return super().main(args=argv, prog_name=prog_name, **extra)
+        from typer._click.exceptions import ClickException
+        from typer.exceptions import Abort
+
+        _common.json_errors()
+        try:
+            code = super().main(args=argv, prog_name=prog_name, standalone_mode=False, **extra)
+        except ClickException as exc:
+            _common.print_error_json("usage", exc.format_message(), _usage_hint(exc), exc.exit_code)
+            sys.exit(exc.exit_code)
+        except Abort:
+            _common.print_error_json("aborted", "Aborted; nothing changed.", None, 1)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_hint(exc: Any) -> str | None:
+    ctx = getattr(exc, "ctx", None)
+    if ctx is None:
+        return None
+    return f"See `{ctx.command_path} --help`."
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"aegress {_common.version()}")
+        raise typer.Exit(0)
 
 
 app = typer.Typer(
@@ -149,12 +188,24 @@ def main(
             show_default=False,
         ),
     ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_print_version)
+    ] = False,
 ) -> None:
     _common.set_home(data_dir)
 
 
+PROG = "aegress"
+COMPLETE_VAR = "_AEGRESS_COMPLETE"
+"""Set by the shell completion scripts (`aegress completion show`) when they ask for candidates."""
+
+
 def run() -> None:
-    app()
+    if os.environ.get(COMPLETE_VAR):
+        from typer._completion_classes import completion_init
+
+        completion_init()  # Typer registers its shells only when the app adds the completion options
+    app(prog_name=PROG, complete_var=COMPLETE_VAR)
 
 
 if __name__ == "__main__":

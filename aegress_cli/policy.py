@@ -19,6 +19,7 @@ from aegress_cli._common import (
     now,
     print_json,
     print_table,
+    progress,
     store,
 )
 
@@ -57,7 +58,8 @@ def _show_plan(changes: list[Any], complete: bool, old_version: int) -> None:
                  f"{c.new_verdict}{'' if c.new_visible else ' (hidden)'}", c.new_rule_id,
                  "yes" if c.argument_dependent else "") for c in changes]
         print_table(f"Plan: changes compared with {was}",
-                    ["upstream", "tool", "actor", "before", "after", "rule", "depends on args"], rows, "")
+                    ["upstream", "tool", "actor", "before", "after", "rule", "depends on args"], rows, "",
+                    keep=("upstream", "tool"))
     if not complete:
         err("Note: some upstreams are known by tool names only (no client has listed their tools through the "
             "gateway yet), so annotations were not considered for them.")
@@ -129,7 +131,9 @@ def apply(file: FileArg, tenant: TenantOpt, yes: YesOpt = False, as_: AsOpt = No
         _show_plan(changes, complete, old_version)
     _warn(warnings)
     if not json_out or not yes:
-        confirm(f"Apply {file} to tenant {tenant!r}?", yes)
+        was = f"policy version {old_version}" if old_version else "the built-in default"
+        confirm(f"Apply {file} to tenant {tenant!r}, replacing {was} ({len(changes)} tool change(s) shown "
+                "above)?", yes)
     row = policy_admin.apply_policy(s, tenant, text, str(file), now(), _operator(as_))
     if json_out:
         print_json({"tenant": tenant, "version": row.version, "replaces": old_version, "digest": row.digest,
@@ -285,7 +289,12 @@ def replay(
     from gateway.policy import load_policy
 
     candidate = load_policy(_read(file), str(file))
-    report, skipped = policy_admin.replay_calls(store(), tenant, candidate, since, limit)
+    with progress(json_out) as shown:
+        task = shown.add_task(f"Replaying the recorded calls of {tenant}", total=None)
+        shown.refresh()
+        report, skipped = policy_admin.replay_calls(
+            store(), tenant, candidate, since, limit,
+            on_progress=lambda done, total: shown.update(task, completed=done, total=total))
     more = {id(c) for c in report.more_permissive}
     if json_out:
         print_json({"tenant": tenant, "total": report.total, "unchanged": report.unchanged, "skipped": skipped,
@@ -300,7 +309,7 @@ def replay(
           "upstream).")
     print_table("Changes", ["call", "upstream", "tool", "actor", "was", "would be", "rule"],
                 [(c.call_id, c.upstream, c.name, c.actor, c.old_verdict, c.new_verdict, c.new_rule_id)
-                 for c in report.changed], "No verdict would change.")
+                 for c in report.changed], "No verdict would change.", keep=("call", "tool"))
     err("Note: call records keep no arguments, so argument rules saw every argument as absent.")
 
 
@@ -324,7 +333,8 @@ def pins(tenant: TenantOpt, history: Annotated[bool, typer.Option("--history", h
             return
         print_table(f"Tool definition changes of {tenant}", ["upstream", "tool", "old", "new", "seen", "approved by"],
                     [(c.upstream, c.tool, (c.old_hash or "(new)")[:19], c.new_hash[:19], c.seen_at,
-                      c.resolved_by or "(pending)") for c in changes], "No changes recorded.")
+                      c.resolved_by or "(pending)") for c in changes], "No changes recorded.",
+                    keep=("upstream", "tool"))
         return
     rows = policy_admin.pin_report(s, tenant)
     if json_out:
@@ -333,7 +343,8 @@ def pins(tenant: TenantOpt, history: Annotated[bool, typer.Option("--history", h
         return
     print_table(f"Tool pins of {tenant}", ["upstream", "tool", "status", "pinned", "current"],
                 [(r.upstream, r.tool, r.status, (r.pinned_hash or "")[:19], (r.current_hash or "")[:19])
-                 for r in rows], "No tool definitions seen yet (a client must list tools through the gateway).")
+                 for r in rows], "No tool definitions seen yet (a client must list tools through the gateway).",
+                keep=("upstream", "tool"))
 
 
 @app.command("approve-tool")
@@ -359,7 +370,8 @@ def approve_tool(
         for r in pending:
             print(f"  {r.upstream}/{r.tool}: {r.status}  {r.pinned_hash or '(none)'} -> {r.current_hash}")
     if pending and (not json_out or not yes):
-        confirm(f"Approve {len(pending)} tool definition(s) of {upstream!r}?", yes)
+        confirm(f"Approve the current definition(s) of {len(pending)} tool(s) of upstream {upstream!r} in tenant "
+                f"{tenant!r} (listed above), so they leave review?", yes)
     done = policy_admin.approve_tools(s, tenant, upstream, tools, _operator(as_), now())
     if json_out:
         print_json([{"upstream": r.upstream, "tool": r.tool, "was": r.status, "pinned_hash": r.current_hash}

@@ -76,7 +76,7 @@ def list_(
     print_table("Held calls" if all_ else "Pending reviews",
                 ["id", "tenant", "actor", "tool", "rule", "state", "held at"],
                 [(h.id, h.tenant_id, h.actor_id, h.exposed, h.rule_id, _state(h, now), _when(h.created_at))
-                 for h in rows], "Nothing is waiting for review.")
+                 for h in rows], "Nothing is waiting for review.", keep=("id", "tool"))
 
 
 @app.command("show")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -27,8 +27,8 @@ def serve(
                               "to accept (repeatable).")] = None,
     allow_public_bind: Annotated[bool, typer.Option("--allow-public-bind", help="Allow a non-loopback "
                                  "--host.")] = False,
-    log_level: Annotated[str, typer.Option(envvar="AEGRESS_LOG_LEVEL", help="debug, info, warning or "
-                         "error.")] = "warning",
+    log_level: Annotated[Literal["debug", "info", "warning", "error"], typer.Option(
+        envvar="AEGRESS_LOG_LEVEL", case_sensitive=False, help="How much the gateway logs.")] = "warning",
     no_evidence: Annotated[bool, typer.Option("--no-evidence", help="Benchmarks only: turn the record stage "
                            "off. Calls then leave NO sealed evidence (no intent, outcome, refusal or receipt) and "
                            "nothing proves what the gateway forwarded. No env var does this.")] = False,
@@ -68,7 +68,8 @@ def serve(
                              "pass).")] = _D.auth_failures,
     auth_throttle_window: Annotated[float, typer.Option(envvar="AEGRESS_AUTH_THROTTLE_WINDOW", help="Seconds "
                                     "over which --auth-throttle counts failures.")] = _D.auth_failure_window_s,
-    ingress: Annotated[str, typer.Option("--ingress", envvar="MCP_INGRESS_MODE", help="direct, or tunnel: an "
+    ingress: Annotated[Literal["direct", "tunnel"], typer.Option(
+                       "--ingress", envvar="MCP_INGRESS_MODE", case_sensitive=False, help="direct, or tunnel: an "
                        "outbound tunnel client beside the gateway carries MCP traffic (loopback bind only, "
                        "--public-url required). See docs/operations/tunnel.md.")] = "direct",
     public_url: Annotated[str | None, typer.Option("--public-url", envvar="MCP_PUBLIC_URL", help="The URL "

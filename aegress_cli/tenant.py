@@ -67,8 +67,9 @@ def delete(name: Annotated[str, typer.Argument(help="Tenant id.")], yes: YesOpt 
     from gateway import admin
 
     s = store()
-    admin.require_tenant(s, name)
-    confirm(f"Delete tenant {name!r}, its actors, tokens and upstreams?", yes)
+    info = admin.describe_tenant(s, name)
+    confirm(f"Delete tenant {name!r} with its {len(info['actors'])} actor(s), {info['tokens_active']} active "
+            f"token(s) and {len(info['upstreams'])} upstream(s)? Its recorded evidence is kept.", yes)
     admin.delete_tenant(s, name)
     if json_out:
         print_json({"deleted": name})

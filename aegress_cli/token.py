@@ -14,6 +14,8 @@ from aegress_cli._common import (
     ActorOpt,
     JsonOpt,
     TenantOpt,
+    YesOpt,
+    confirm,
     err,
     handle_errors,
     home,
@@ -93,14 +95,24 @@ def list_(
 @app.command("revoke")
 @handle_errors
 def revoke(token_id: Annotated[str, typer.Argument(help="Token id (tok_...), from `aegress token list`.")],
-           json_out: JsonOpt = False) -> None:
-    """Revoke a token; the gateway refuses it from the next request on."""
+           yes: YesOpt = False, json_out: JsonOpt = False) -> None:
+    """Revoke a token; the gateway refuses it from the next request on. Revoking it again changes nothing."""
     from gateway import admin
 
     s = store()
-    admin.require_token(s, token_id)
+    before = admin.require_token(s, token_id)
+    if not before.active:
+        if json_out:
+            print_json({"id": before.id, "revoked_at": before.revoked_at, "already_revoked": True})
+        else:
+            print(f"{before.id} ({before.actor_id} in {before.tenant_id}) was already revoked at {before.revoked_at}; "
+                  "nothing changed.")
+        return
+    confirm(f"Revoke token {before.id} of actor {before.actor_id!r} in tenant {before.tenant_id!r}"
+            f"{f' ({before.label})' if before.label else ''}? Clients using it are refused from their next request, "
+            "and it cannot be undone.", yes)
     info = admin.revoke_token(s, token_id, now())
     if json_out:
-        print_json({"id": info.id, "revoked_at": info.revoked_at})
+        print_json({"id": info.id, "revoked_at": info.revoked_at, "already_revoked": False})
     else:
         print(f"Revoked {info.id} ({info.actor_id} in {info.tenant_id}).")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -16,6 +16,7 @@ from aegress_cli._common import (
     now,
     print_json,
     print_table,
+    progress,
     store,
 )
 from gateway.types import MIB, UpstreamLimits
@@ -73,6 +74,47 @@ def _spec_json(spec) -> dict:  # type: ignore[no-untyped-def]
     }
 
 
+def _probe(admin: Any, spec: Any, timeout: float, *, registered: bool, quiet: bool) -> Any:
+    """Probe with a spinner on a terminal: the time spent and the server's latest stderr line (an `npx`
+    download says what it is doing). What the library noticed about the server (a line on stdout that is
+    not JSON) is added to the error when it fails."""
+    import asyncio
+    import logging
+
+    from gateway.errors import UpstreamError
+
+    noticed: list[str] = []
+
+    class Notice(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            text = record.getMessage()
+            if record.levelno >= logging.WARNING and not text.endswith(" exited") and text not in noticed:
+                noticed.append(text)
+
+    logger = logging.getLogger("aegress.upstream")
+    handler, propagate = Notice(), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False  # collected, not printed as bare log lines
+    target = " ".join(spec.command[:3]) + (" ..." if len(spec.command) > 3 else "") if spec.command else spec.url
+    with progress(quiet, spinner=True) as shown:
+        task = shown.add_task(f"Starting upstream {spec.name} ({target})", total=None)
+        shown.refresh()  # at once, not at the first tick
+
+        def on_stderr(line: str) -> None:
+            shown.update(task, description=f"Starting upstream {spec.name}: {line[:70]}")
+
+        try:
+            return asyncio.run(admin.probe(spec, timeout, registered=registered, on_stderr=on_stderr))
+        except UpstreamError as exc:
+            if not noticed:
+                raise
+            raise UpstreamError(exc.message + "\nAlso seen while starting it: " + "; ".join(noticed[:5]) + ".",
+                                hint=exc.hint, code=exc.code) from exc
+        finally:
+            logger.removeHandler(handler)
+            logger.propagate = propagate
+
+
 @app.command("add", context_settings={"allow_extra_args": False})
 @handle_errors
 def add(
@@ -96,7 +138,8 @@ def add(
     allow_private: Annotated[bool, typer.Option("--allow-private", help="Allow loopback/private-range URLs.")] = False,
     probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Connect and list tools before saving "
                                         "(needed for --no-prefix).")] = True,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the probe.")] = 30.0,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the probe (a first `npx` run downloads the "
+                                           "server: give it more).")] = 30.0,
     max_message_bytes: MaxBytesOpt = None,
     connect_timeout: ConnectOpt = None,
     init_timeout: InitOpt = None,
@@ -105,9 +148,9 @@ def add(
     forward_error_data: ErrorDataOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Register an upstream MCP server for a tenant."""
-    import asyncio
+    """Register an upstream MCP server for a tenant: start it, list its tools, then save it.
 
+    When it does not start, nothing is saved and the error shows what the server wrote to stderr."""
     from gateway import admin
     from gateway.errors import InvalidInput
 
@@ -121,7 +164,7 @@ def add(
     admin.require_tenant(s, tenant)
     if no_prefix and not probe:
         raise InvalidInput("--no-prefix needs the probe to check for name collisions.", hint="Drop --no-probe.")
-    probed = asyncio.run(admin.probe(spec, timeout)) if probe else None
+    probed = _probe(admin, spec, timeout, registered=False, quiet=json_out) if probe else None
     tools = admin.add_upstream(s, spec, probed)
     if json_out:
         print_json({**_spec_json(spec), "tools": tools})
@@ -129,7 +172,7 @@ def add(
         shown = ", ".join(tools[:8]) + (" ..." if len(tools) > 8 else "") if tools else "(not probed)"
         print(f"Added upstream {name} to tenant {tenant}: {len(tools)} tools: {shown}")
         if not probe:
-            err("Note: not probed; run `aegress upstream test` to check it.")
+            err(f"Note: not probed; check it with `aegress upstream test --tenant {tenant} {name}`.")
 
 
 @app.command("list")
@@ -199,7 +242,8 @@ def remove(name: Annotated[str, typer.Argument(help="Upstream name.")], tenant: 
 
     s = store()
     admin.require_upstream(s, tenant, name)
-    confirm(f"Remove upstream {name!r} from tenant {tenant!r}?", yes)
+    confirm(f"Remove upstream {name!r} from tenant {tenant!r}? A running gateway drops its tools within a second.",
+            yes)
     admin.remove_upstream(s, tenant, name)
     if json_out:
         print_json({"removed": name, "tenant": tenant})
@@ -212,13 +256,11 @@ def remove(name: Annotated[str, typer.Argument(help="Upstream name.")], tenant: 
 def test(name: Annotated[str, typer.Argument(help="Upstream name.")], tenant: TenantOpt,
          timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 30.0, json_out: JsonOpt = False) -> None:
     """Connect to an upstream as the gateway would and list its tools."""
-    import asyncio
-
     from gateway import admin
 
     s = store()
     spec = admin.require_upstream(s, tenant, name)
-    result = asyncio.run(admin.probe(spec, timeout))
+    result = _probe(admin, spec, timeout, registered=True, quiet=json_out)
     s.set_upstream_tools(tenant, name, [str(t.get("name")) for t in result.tools])
     if json_out:
         print_json({"name": name, "server": result.server_name, "protocol_version": result.protocol_version,

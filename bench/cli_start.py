@@ -59,7 +59,10 @@ def commands(policy_file: Path) -> list[tuple[str, list[str], int]]:
     for group in ("tenant", "actor", "token", "upstream", "upstream secret", "policy", "review", "audit", "client",
                   "tunnel", "serve", "bridge", "db", "deploy"):
         helps.append((f"{group} --help", [*group.split(), "--help"], 0))
+    helps.append(("completion --help", ["completion", "--help"], 0))
     runs = [
+        ("--version", ["--version"], 0),
+        ("completion show", ["completion", "show", "bash"], 0),
         ("tenant list", ["tenant", "list"], 0),
         ("tenant show", ["tenant", "show", "acme"], 0),
         ("actor list", ["actor", "list", "-t", "acme"], 0),

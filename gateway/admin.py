@@ -308,8 +308,14 @@ def set_upstream_limits(store: Store, tenant_id: str, name: str, changes: dict[s
     return updated
 
 
-async def probe(spec: UpstreamSpec, timeout: float = 30.0) -> ProbeResult:
-    """Connect as the gateway would, initialize, list every tool, disconnect."""
+async def probe(spec: UpstreamSpec, timeout: float = 30.0, *, registered: bool = False,
+                on_stderr: Callable[[str], None] | None = None) -> ProbeResult:
+    """Connect as the gateway would, initialize, list every tool, disconnect.
+
+    When it fails, the error carries the last lines the upstream wrote to stderr (a stdio server says
+    there why it did not start) and a hint for the operator's state: `registered` says whether the
+    upstream is saved already (`upstream test`) or not (`upstream add`, which saved nothing). `on_stderr`
+    sees each stderr line as it comes, so a slow start (an `npx` download) can be shown."""
     import asyncio
 
     from gateway.jsonrpc import LATEST_LEGACY
@@ -318,6 +324,9 @@ async def probe(spec: UpstreamSpec, timeout: float = 30.0) -> ProbeResult:
 
     conn = connect(spec, protocol_version=LATEST_LEGACY, capabilities={},
                    timeout=min(timeout, spec.limits.call_timeout_s))
+    if on_stderr is not None and hasattr(conn, "on_stderr"):
+        conn.on_stderr = on_stderr
+    failure: UpstreamError
     try:
         await asyncio.wait_for(conn.start(), timeout)
         tools: list[dict[str, Any]] = []
@@ -326,9 +335,52 @@ async def probe(spec: UpstreamSpec, timeout: float = 30.0) -> ProbeResult:
         info = conn.init_result.get("serverInfo") or {}
         return ProbeResult(str(info.get("name", "")), str(conn.init_result.get("protocolVersion", "")), tools)
     except TimeoutError as exc:
-        raise UpstreamError(f"Upstream {spec.name!r} did not initialize within {timeout:g} s.") from exc
+        failure, cause = UpstreamError(f"Upstream {spec.name!r} did not initialize within {timeout:g} s.",
+                                       code="upstream-timeout"), exc
+    except UpstreamError as exc:
+        failure, cause = exc, exc
     finally:
         await conn.close()
+    if hasattr(conn, "wait_exited"):
+        await conn.wait_exited()  # a stdio child's exit status and last stderr lines
+    raise _probe_failure(spec, failure, conn, timeout, registered) from cause
+
+
+def _probe_failure(spec: UpstreamSpec, exc: UpstreamError, conn: Any, timeout: float,
+                   registered: bool) -> UpstreamError:
+    """The probe's error with the upstream's own stderr and a hint naming commands that work from here."""
+    lines = [exc.message]
+    status = getattr(conn, "exit_status", None)
+    if status is not None and not (isinstance(status, int) and status < 0):  # < 0: we stopped it
+        lines[0] += f" Its process exited with status {status}."
+    tail = list(getattr(conn, "stderr_tail", ()))
+    if tail:
+        lines.append(f"Its stderr (last {len(tail)} line(s)):")
+        lines += [f"  | {line}" for line in tail]
+    elif status is not None:
+        lines.append("It wrote nothing to stderr.")
+    timed_out = exc.code == "upstream-timeout"
+    where = f"--tenant {spec.tenant_id} {spec.name}"
+    if registered:
+        what = "command" if spec.command else "URL or headers"
+        fix = (f"When it works, `aegress upstream test {where}` checks it again; to change its {what}, "
+               f"`aegress upstream remove {where} --yes` and add it again.")
+    else:
+        fix = (f"Nothing was saved. Fix it and run the same `aegress upstream add` again; or save it unchecked with "
+               f"--no-probe and check it later with `aegress upstream test {where}`.")
+    if timed_out:
+        slow = (f"A first `npx`/`uvx` run downloads the server: wait for it with --timeout {max(120, 4 * timeout):g}, "
+                "or run the command once by hand. " if spec.command else "")
+        hint = f"{slow}{fix}"
+    elif spec.url and ("HTTP 401" in exc.message or "HTTP 403" in exc.message):
+        hint = (f"It wants credentials: keep them with `aegress upstream secret set {spec.name}-token` and pass "
+                f"--header 'Authorization=keyring:{spec.name}-token'. {fix}")
+    elif spec.transport == "stdio" and exc.message.startswith("Cannot start"):
+        hint = (f"Check that {spec.command[0] if spec.command else 'the program'!r} is installed and on the PATH "
+                f"(or give its absolute path). {fix}")
+    else:
+        hint = f"{exc.hint + ' ' if exc.hint else ''}{fix}"
+    return UpstreamError("\n".join(lines), hint=hint, code=exc.code)
 
 
 def require_upstream(store: Store, tenant_id: str, name: str) -> UpstreamSpec:

@@ -8,7 +8,7 @@ exactly what the gateway decides.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -186,9 +186,20 @@ def recorded_calls(store: Store, tenant_id: str, since: str | None, limit: int) 
 
 
 def replay_calls(store: Store, tenant_id: str, candidate: Policy, since: str | None = None,
-                 limit: int = 10000) -> tuple[ReplayReport, int]:
+                 limit: int = 10000, on_progress: Callable[[int, int], None] | None = None,
+                 ) -> tuple[ReplayReport, int]:
+    """Re-decide the tenant's recorded calls; `on_progress(done, total)` is told every few hundred calls."""
     calls, skipped = recorded_calls(store, tenant_id, since, limit)
-    return replay(candidate, calls), skipped
+    if on_progress is None:
+        return replay(candidate, calls), skipped
+
+    def counted() -> Iterator[RecordedCall]:
+        for done, call in enumerate(calls, 1):
+            yield call
+            if done % 250 == 0 or done == len(calls):
+                on_progress(done, len(calls))
+
+    return replay(candidate, counted()), skipped
 
 
 # -- pins ----------------------------------------------------------------------------------------------

@@ -56,10 +56,10 @@ def aegress_json(home: Path, *args: str) -> Any:
 class Proc:
     """A child process whose stdout lines are collected on a thread (so reads can time out)."""
 
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path = ROOT) -> None:
         self.argv = argv
         self.popen = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd,
             start_new_session=True,
         )
         self.lines: queue.Queue[str] = queue.Queue()

@@ -23,7 +23,7 @@ chain, root or signature finding.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -504,4 +504,91 @@ def verify_log(
         open_intents=scan.open_intents,
         repairs=scan.repairs,
         problems=scan.semantic if finding is not None and finding in scan.semantic else (),
+    )
+
+
+class _NotClean(Exception):
+    """The streaming pass met something the full verifier must diagnose."""
+
+
+def verify_log_stream(
+    rows: Iterable[tuple[int, bytes, StoredColumns | None]],
+    *,
+    origin: str,
+    checkpoints: Sequence[str] = (),
+    verifiers: Sequence[Verifier] = (),
+    final: bool = False,
+    tenant: str = "",
+    diagnose: Callable[[], VerifyReport],
+) -> VerifyReport:
+    """Verify a whole log (from seq 0) in one pass over `(seq column, exact bytes, stored columns or None)`,
+    holding only the Merkle frontier and the intents still open, never the log.
+
+    This is the clean path: when anything is off (a chain, root, column, signature or meaning finding,
+    even one a `repair` record covers) it stops and returns `diagnose()`, which must run `verify_log` on
+    the whole log, so every finding is named exactly as `verify_log` names it. For a clean log the report
+    equals `verify_log`'s.
+    """
+    opened, finding = _open_checkpoints(checkpoints, verifiers, origin)
+    if finding is not None or _check_checkpoints_agree(opened, ()) is not None:
+        return diagnose()
+    sizes = {cp.size for cp in opened}
+    edge = CompactRange()
+    roots: dict[int, bytes] = {0: edge.root()} if 0 in sizes else {}
+    expected_prev = GENESIS_PREV
+    open_intents: dict[int, Mapping[str, Any]] = {}
+    repaired: set[int] = set()
+    repairs: list[tuple[int, tuple[int, ...]]] = []
+    last_unknown = -1
+    end = 0
+    try:
+        for e, (stored_seq, data, stored) in enumerate(rows):
+            h = leaf_hash(data)
+            try:
+                record = parse_record(data)
+            except InvalidRecord:
+                raise _NotClean from None
+            if record.origin != origin or record.seq != e or record.prev != expected_prev or stored_seq != e:
+                raise _NotClean
+            expected_prev = h.hex()
+            edge.append(h)
+            if edge.size in sizes:
+                roots[edge.size] = edge.root()
+            kind = record.kind
+            intent: Mapping[str, Any] | None = None
+            if kind == "intent":
+                open_intents[e] = record.body
+            elif kind in ("outcome", "outcome_unknown"):
+                target = record.body["intent_seq"]
+                if target not in open_intents:  # answers nothing open: a finding (maybe repaired) to diagnose
+                    raise _NotClean
+                intent = open_intents.pop(target)
+                if kind == "outcome_unknown":
+                    last_unknown = e
+            elif kind == "repair":
+                named = tuple(x for x in record.body["damaged_seqs"] if x < e)
+                repaired.update(named)
+                repairs.append((e, named))
+            if stored is not None:
+                want = expected_columns(kind, record.body, tenant, intent if kind == "outcome" else None)
+                expected = (kind, record.time, want.tenant, want.actor, want.tool, want.verdict, want.status,
+                            want.intent_seq, h)
+                if tuple(getattr(stored, name) for name in _COLUMNS) != expected:
+                    raise _NotClean
+            end = e + 1
+    except _NotClean:
+        return diagnose()
+    if any(cp.size > end or roots.get(cp.size) != cp.root for cp in opened):
+        return diagnose()
+    if any(seq not in repaired and (final or seq < last_unknown) for seq in open_intents):
+        return diagnose()
+    return VerifyReport(
+        origin=origin,
+        start=0,
+        size=end,
+        root=edge.root(),
+        checkpoints=tuple(opened),
+        finding=None,
+        open_intents=tuple(sorted(seq for seq in open_intents if seq not in repaired)),
+        repairs=tuple(repairs),
     )

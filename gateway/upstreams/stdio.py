@@ -16,6 +16,8 @@ import contextlib
 import logging
 import os
 import re
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
@@ -30,6 +32,8 @@ INHERITED_ENV = ("HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LANG", "LC
 _CHUNK = 64 * 1024
 _KEEP = 256  # bytes kept of each end of an oversized line, to find its id
 _STDERR_LINE = 4096
+_STDERR_TAIL = 20  # lines of the child's stderr kept, to show why it did not start
+_STDERR_GRACE_S = 0.5  # how long a child that never initialized may take to finish writing its stderr
 _ID_HEAD = re.compile(rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*(\d{1,18})\s*[,}]')
 _METHOD_HEAD = re.compile(rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?(?:"id"\s*:\s*[^,{}]{1,40},\s*)?"method"\s*:')
 _ID_TAIL = re.compile(rb',\s*"id"\s*:\s*(\d{1,18})\s*(?:,\s*"jsonrpc"\s*:\s*"2\.0"\s*)?\}\s*$')
@@ -99,6 +103,31 @@ class StdioConnection(UpstreamConnection):
     _proc: asyncio.subprocess.Process | None = None
     _reader: asyncio.Task[None] | None = None
     _stderr: asyncio.Task[None] | None = None
+    on_stderr: Callable[[str], None] | None = None
+    """Called with each line of the child's stderr (scrubbed): `aegress upstream add` shows a slow start."""
+
+    @property
+    def stderr_tail(self) -> list[str]:
+        """The last lines of the child's stderr (scrubbed), to say why it failed to start."""
+        return list(getattr(self, "_stderr_tail", ()))
+
+    @property
+    def exit_status(self) -> int | None:
+        return None if self._proc is None else self._proc.returncode
+
+    async def wait_exited(self, timeout: float = 3.0) -> None:
+        """After close: wait (bounded) until the child has exited and its stderr has been read, even when the
+        close was started elsewhere (the reader closes on EOF), so a failed start can be explained."""
+        waits: list[asyncio.Future[object]] = []
+        if self._proc is not None:
+            waits.append(asyncio.ensure_future(self._proc.wait()))
+        if self._stderr is not None:
+            waits.append(self._stderr)  # type: ignore[arg-type]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=timeout)
+            for future in pending:
+                if future is not self._stderr:
+                    future.cancel()
 
     async def _open(self) -> None:
         if not self.spec.command:
@@ -118,6 +147,7 @@ class StdioConnection(UpstreamConnection):
                 f"Cannot start upstream {self.name!r}: {exc.strerror or exc}.",
                 hint="Check the command with `aegress upstream test`.",
             ) from exc
+        self._stderr_tail: deque[str] = deque(maxlen=_STDERR_TAIL)
         self._reader = asyncio.create_task(self._read_loop())
         self._stderr = asyncio.create_task(self._drain_stderr())
 
@@ -166,7 +196,12 @@ class StdioConnection(UpstreamConnection):
                 for line in lines.feed(chunk):
                     text = "(a long line, dropped)" if isinstance(line, Oversize) else line[:500].decode(
                         errors="replace").rstrip()
-                    log.debug("upstream %s stderr: %s", self.name, self.scrub(text))
+                    text = self.scrub(text)
+                    log.debug("upstream %s stderr: %s", self.name, text)
+                    self._stderr_tail.append(text)
+                    if self.on_stderr is not None:
+                        with contextlib.suppress(Exception):  # a display's problem must not stall the pipe
+                            self.on_stderr(text)
 
     async def _send(self, message: JSON, pending: Pending | None) -> None:
         proc = self._proc
@@ -197,6 +232,10 @@ class StdioConnection(UpstreamConnection):
                     with contextlib.suppress(ProcessLookupError):
                         proc.kill()
                     await proc.wait()
+        if not self.init_result and self._stderr is not None and self._stderr is not asyncio.current_task():
+            # It never started: let the reader take what it wrote last, which says why (not waiting for a
+            # grandchild that keeps the pipe open).
+            await asyncio.wait({self._stderr}, timeout=_STDERR_GRACE_S)
         for task in (self._reader, self._stderr):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()

@@ -177,7 +177,7 @@ def test_token_revocation_and_key_rotation_are_sealed(sealed, tmp_path: Path) ->
     home = tmp_path / "home"
     shutil.copytree(sealed["home"], home)
     token_id = json.loads(aegress(home, "token", "list", "--tenant", "acme", "--json").stdout)[0]["id"]
-    aegress(home, "token", "revoke", token_id)
+    aegress(home, "token", "revoke", token_id, "--yes")
     revoked = evidence_rows(home, "--tenant", "acme", "--kind", "token_revoked")
     assert revoked[0]["record"]["body"]["token_id"] == token_id
     old = aegress(home, "audit", "pubkey").stdout.strip()

@@ -197,7 +197,7 @@ def test_each_operator_change_leaves_exactly_one_sealed_record(session: Path, tm
         "operator_change", "token_issued")
     assert rec["subject"] == issued["id"] and rec["subject_actor"] == "bob"
     assert issued["token"] not in json.dumps(rec)
-    _one(_new_records(home, cli("token", "revoke", issued["id"])), "token_revoked")
+    _one(_new_records(home, cli("token", "revoke", issued["id"], "--yes")), "token_revoked")
     assert _new_records(home, cli("token", "revoke", issued["id"])) == []  # nothing changed, nothing sealed
     rec = _one(_new_records(home, cli("upstream", "add", "--tenant", "globex", "up2", "--command", "true",
                                       "--env", "SECRET=hunter2-value", "--no-probe")),
@@ -227,7 +227,7 @@ def test_a_change_whose_seal_fails_is_not_made(tmp_path: Path) -> None:
     _sql(home, "CREATE TRIGGER refuse_evidence BEFORE INSERT ON evidence BEGIN"
                " SELECT RAISE(ABORT, 'evidence refused'); END")
     attempts = {
-        "token revoke": ("token", "revoke", token_id),
+        "token revoke": ("token", "revoke", token_id, "--yes"),
         "policy apply": ("policy", "apply", str(policy), "--tenant", "acme", "--yes"),
         "tenant create": ("tenant", "create", "globex"),
         "actor add": ("actor", "add", "--tenant", "acme", "bob"),

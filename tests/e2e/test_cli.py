@@ -34,7 +34,7 @@ def test_tenant_actor_token_lifecycle(aegress_home: Path) -> None:
     listed = aegress_json(aegress_home, "token", "list", "--tenant", "acme")
     assert listed[0]["id"] == issued["id"] and listed[0]["active"] is True
     assert token not in json.dumps(listed)
-    aegress(aegress_home, "token", "revoke", issued["id"])
+    aegress(aegress_home, "token", "revoke", issued["id"], "--yes")
     assert aegress_json(aegress_home, "token", "list")[0]["active"] is False
 
     shown = aegress_json(aegress_home, "tenant", "show", "acme")
@@ -156,7 +156,7 @@ FAST_COMMANDS: list[tuple[list[str], tuple[str, ...]]] = [
     (["policy", "show", "-t", "acme"], ()),
     (["review", "list"], ()),
     (["audit", "query", "-t", "acme"], ()),
-    (["audit", "verify", "-t", "acme"], ()),
+    (["audit", "verify", "-t", "acme"], ("rich.progress",)),  # no progress display off a terminal
     (["deploy", "list", "--json"], ("sqlite_utils", "keyring", "cryptography", "gateway.evidence", "gateway.store")),
 ]
 
@@ -198,7 +198,7 @@ def test_fast_commands_do_not_import_the_sdk_or_server(aegress_home: Path) -> No
 def test_a_command_loads_only_its_own_group(aegress_home: Path) -> None:
     modules = imported_modules(aegress_home, "tenant", "list")
     assert sorted(m for m in modules if m.startswith("aegress_cli")) == [
-        "aegress_cli", "aegress_cli._common", "aegress_cli.tenant"]
+        "aegress_cli", "aegress_cli._common", "aegress_cli._help", "aegress_cli.tenant"]
 
 
 def test_mistyped_commands_get_suggestions(aegress_home: Path) -> None:

@@ -112,7 +112,7 @@ def test_setup_needs_a_stored_token(world: World, tmp_path: Path) -> None:
 def test_unknown_client_and_scope_are_usage_errors(world: World, tmp_path: Path) -> None:
     home, _ = user_dirs(tmp_path)
     proc = world.cli(home, "client", "setup", "emacs", "-t", "acme", "-a", "alice", check=False)
-    assert proc.returncode == 2 and "unknown client" in proc.stderr
+    assert proc.returncode == 2 and "'emacs' is not one of" in proc.stderr  # the parser checks the choice
     proc = world.cli(home, "client", "setup", "codex", "-t", "acme", "-a", "alice", "--scope", "project", check=False)
     assert proc.returncode == 2 and "no project-scope config" in proc.stderr
 
@@ -190,7 +190,7 @@ def test_doctor_revoked_token(world: World, tmp_path: Path) -> None:
     world.cli(home, "client", "setup", "claude-code", "-t", "acme", "-a", actor)
     world.cli(home, "client", "setup", "gemini", "-t", "acme", "-a", actor)
     assert doctor_json(world, home, "claude-code")[0] == 0
-    aegress(world.home, "token", "revoke", token_id)
+    aegress(world.home, "token", "revoke", token_id, "--yes")
     for client, env in (("claude-code", {}), ("gemini", {"AEGRESS_MCP_GATEWAY_TOKEN": token})):
         code, report = doctor_json(world, home, client, **env)
         assert code == 3
@@ -267,7 +267,7 @@ def test_bridge_serves_the_actors_tools_over_stdio(world: World, tmp_path: Path)
 
 def test_bridge_reports_a_revoked_token_as_a_jsonrpc_error(world: World) -> None:
     actor, _, token_id = world.new_actor()
-    aegress(world.home, "token", "revoke", token_id)
+    aegress(world.home, "token", "revoke", token_id, "--yes")
     params = bridge_params(world, actor)
     proc = subprocess.run(
         [params.command, *params.args], cwd=params.cwd, env=cli_env(world.home), capture_output=True, text=True,

@@ -74,7 +74,7 @@ def test_claude_code_reports_a_revoked_token(world: World, tmp_path: Path) -> No
     actor, _, token_id = world.new_actor()
     world.cli(home, "client", "setup", "claude-code", "-t", "acme", "-a", actor)
     assert "✔ Connected" in claude_get(world, home, project)
-    aegress(world.home, "token", "revoke", token_id)
+    aegress(world.home, "token", "revoke", token_id, "--yes")
     out = claude_get(world, home, project)
     assert "Connected" not in out and "Failed to connect" in out, out
 

@@ -173,7 +173,7 @@ def test_revocation_applies_to_the_next_request(tmp_path_factory: pytest.TempPat
         ok = _post(gw, token, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, h)
         assert ok.status_code == 200 and answer(ok)["result"]["tools"]
         token_id = next(t for t in json.loads(aegress(home, "token", "list", "--json").stdout) if t["active"])["id"]
-        aegress(home, "token", "revoke", token_id)
+        aegress(home, "token", "revoke", token_id, "--yes")
         r = _post(gw, token, {"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, h)
         assert r.status_code == 401
         assert 'error="invalid_token"' in r.headers["www-authenticate"]

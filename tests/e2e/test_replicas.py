@@ -272,7 +272,7 @@ def test_a_revocation_through_one_replica_refuses_the_next_request_on_another(wo
         # a session opened directly on replica 1, working
         async with mcp_client(c.replicas[1].url, token) as client:
             assert (await client.call_tool("tools__echo", {"text": "before"})).content[0].text == "before"
-            await asyncio.to_thread(c.aegress, "token", "revoke", token_id, replica=0)
+            await asyncio.to_thread(c.aegress, "token", "revoke", token_id, "--yes", replica=0)
             with pytest.raises(Exception):  # noqa: B017 - the SDK's error for a 401 is not part of the claim
                 await asyncio.wait_for(client.call_tool("tools__echo", {"text": "after"}), 20)
 

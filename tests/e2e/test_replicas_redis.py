@@ -123,7 +123,7 @@ def test_a_revocation_ends_open_streams_and_held_calls_on_other_replicas_within_
         assert time.monotonic() < end
         time.sleep(0.05)
     token_id = next(t.id for t in f.store.list_tokens("rev", "bob"))
-    f.cli("token", "revoke", token_id, i=0)
+    f.cli("token", "revoke", token_id, "--yes", i=0)
     ended = stream.join(10)
     held_thread.join(10)
     done = f.changed_at("rev", "token_revoked")
@@ -176,7 +176,7 @@ def test_without_redis_a_revocation_ends_open_streams_within_the_polling_bound(t
         token = f.tenant("solo", fixture=False)["alice"]
         stream = GetStream(f.replicas[1].url, open_session(f.replicas[1].url, token))
         token_id = f.store.list_tokens("solo", "alice")[0].id
-        f.cli("token", "revoke", token_id, i=0)
+        f.cli("token", "revoke", token_id, "--yes", i=0)
         took = stream.join(10) - f.changed_at("solo", "token_revoked")
         report("no Redis: token revoke (commit) -> GET stream on replica 1 ended (bound 1 s + one query)", [took])
         assert took < 2.0

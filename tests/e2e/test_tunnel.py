@@ -267,7 +267,7 @@ def test_a_bad_or_revoked_token_is_an_authentication_failure(sshd: Sshd, tunnell
         assert _check(gw.home, tunnelled.public_url, AEGRESS_MCP_GATEWAY_TOKEN=carol)[0] == 0
         token_id = next(t["id"] for t in aegress_json(gw.home, "token", "list", "--actor", "carol")
                         if t["tenant"] == "acme")
-        aegress(gw.home, "token", "revoke", token_id)
+        aegress(gw.home, "token", "revoke", token_id, "--yes")
         code, report = _check(gw.home, tunnelled.public_url, AEGRESS_MCP_GATEWAY_TOKEN=carol)
         assert (code, report["reason"]) == (3, "auth-failed"), report
 
@@ -414,7 +414,9 @@ def test_serve_refuses_unsafe_or_broken_tunnel_settings(tmp_path: Path) -> None:
     assert "unencrypted" in _serve_fails(home, "--ingress", "tunnel", "--public-url", "http://mcp.example.com/mcp")
     assert "oauth is not available" in _serve_fails(home, MCP_AUTH_MODE="oauth")
     assert "not a known mode" in _serve_fails(home, MCP_AUTH_MODE="none")
-    assert "Unknown ingress mode" in _serve_fails(home, MCP_INGRESS_MODE="funnel")
+    refused = subprocess.run([sys.executable, "-m", "aegress_cli.main", "serve", "--port", "0"], capture_output=True,
+                             text=True, env=cli_env(home, MCP_INGRESS_MODE="funnel"), cwd=ROOT, timeout=60)
+    assert refused.returncode == 2 and "'funnel' is not one of 'direct', 'tunnel'" in refused.stderr  # the parser's
     # static binding: fail closed at start-up
     assert "AEGRESS_STATIC_ACTOR not set" in _serve_fails(home, AEGRESS_STATIC_TENANT="acme")
     err = _serve_fails(home, AEGRESS_STATIC_TENANT="acme", AEGRESS_STATIC_ACTOR="carol")
@@ -435,7 +437,7 @@ def test_serve_refuses_unsafe_or_broken_tunnel_settings(tmp_path: Path) -> None:
     assert "readable by other users" in _serve_fails(home, AEGRESS_STATIC_TENANT="acme", AEGRESS_STATIC_ACTOR="alice",
                                                      AEGRESS_STATIC_TOKEN_REF=f"file:{token_file}")
     token_id = next(t["id"] for t in aegress_json(home, "token", "list", "--actor", "alice"))
-    aegress(home, "token", "revoke", token_id)
+    aegress(home, "token", "revoke", token_id, "--yes")
     assert "is revoked" in _serve_fails(home, AEGRESS_STATIC_TENANT="acme", AEGRESS_STATIC_ACTOR="alice")
 
 

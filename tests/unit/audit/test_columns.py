@@ -99,3 +99,34 @@ def test_an_outcome_whose_intent_precedes_a_partial_log_is_checked_where_it_can_
     assert part.ok
     wrong = [replace(rows[1], status="failed"), *rows[2:]]
     assert verify_log(records[1:], origin=ORIGIN, columns=wrong, tenant="acme", start=start).finding is not None
+
+
+def test_the_one_pass_verifier_checks_columns_too() -> None:
+    """`audit verify` on a database streams the log (gateway.audit.verify.verify_log_stream): a clean log with its
+    columns passes in one pass; an edited column (or stored seq) sends it to verify_log, which names it."""
+    from gateway.audit.verify import verify_log_stream
+
+    _, records, rows = _log()
+
+    def streamed(records: list[tuple[int, bytes]], rows: list[Row]) -> tuple[bool, object]:
+        diagnosed: list[bool] = []
+
+        def diagnose() -> object:
+            diagnosed.append(True)
+            return verify_log(records, origin=ORIGIN, columns=rows, tenant="acme")
+
+        report = verify_log_stream(((seq, data, row) for (seq, data), row in zip(records, rows, strict=True)),
+                                   origin=ORIGIN, tenant="acme", diagnose=diagnose)  # type: ignore[arg-type]
+        return bool(diagnosed), report
+
+    diagnosed, report = streamed(records, rows)
+    assert not diagnosed and report == verify_log(records, origin=ORIGIN, columns=rows, tenant="acme")
+    for position, name, value in [(0, "actor", "mallory"), (1, "verdict", "deny"), (2, "status", ""),
+                                  (3, "tenant", "globex"), (1, "intent_seq", 2), (0, "leaf_hash", b"\0" * 32)]:
+        edited = list(rows)
+        edited[position] = replace(rows[position], **{name: value})
+        diagnosed, report = streamed(records, edited)
+        assert diagnosed and report.finding is not None and report.finding.seq == position  # type: ignore[attr-defined]
+    wrong_seq = [(seq + (1 if seq == 2 else 0), data) for seq, data in records]
+    diagnosed, report = streamed(wrong_seq, rows)
+    assert diagnosed and report.finding is not None  # type: ignore[attr-defined]

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from gateway.audit.checkpoint import Checkpoint, sign_checkpoint, sign_note
 from gateway.audit.merkle import leaf_hash
 from gateway.audit.records import ChainHead, build_record
-from gateway.audit.verify import ConsistencyProof, LogStart, Problem, VerifyReport, verify_log
+from gateway.audit.verify import ConsistencyProof, LogStart, Problem, VerifyReport, verify_log, verify_log_stream
 
 KEY = fixed_key()
 VKEYS = [KEY.verifier_key]
@@ -29,6 +29,8 @@ def _verify(records: list[bytes], notes: list[str], *, final: bool = False, **kw
     report = verify_log(
         list(enumerate(records)), origin=ORIGIN, checkpoints=notes, verifiers=[KEY.verifier], final=final, **kw
     )
+    if not kw:
+        _same_when_streamed(records, notes, final, report)
     independent = minimal_verifier.verify(records, ORIGIN, notes, VKEYS, final=final)
     if "consistency_proofs" not in kw:
         got = None if report.finding is None else (str(report.finding.problem), report.finding.seq)
@@ -36,6 +38,22 @@ def _verify(records: list[bytes], notes: list[str], *, final: bool = False, **kw
             got = (got[0], None)
         assert got == independent, (report.finding, independent)
     return report
+
+
+def _same_when_streamed(records: list[bytes], notes: list[str], final: bool, report: VerifyReport) -> None:
+    """The one-pass verifier (`audit verify` on a database) either agrees with verify_log on a clean log or
+    hands the log to it: it never calls a log clean that verify_log does not."""
+    diagnosed: list[bool] = []
+
+    def diagnose() -> VerifyReport:
+        diagnosed.append(True)
+        return report
+
+    streamed = verify_log_stream(((seq, data, None) for seq, data in enumerate(records)), origin=ORIGIN,
+                                 checkpoints=notes, verifiers=[KEY.verifier], final=final, diagnose=diagnose)
+    if not diagnosed:
+        assert report.ok and streamed == report, (streamed, report)
+    assert streamed.ok == report.ok
 
 
 def _expect(report: VerifyReport, problem: Problem, seq: int | None = None) -> None:
