@@ -34,13 +34,13 @@ param publicHost string = ''
 @description('HTTPS endpoint of the operator\'s control plane that receives every signed checkpoint.')
 param controlPlaneUrl string
 
-@description('Replicas kept running. Above 1 only when docs/postgres.md ("Limits") says the release supports several replicas behind one load balancer.')
+@description('Replicas kept running. Any replica serves any request of any session (docs/replicas.md); set the Redis URL so changes reach every replica at once and limits are shared.')
 @minValue(1)
 param minReplicas int = 1
 
-@description('Most replicas the HTTP scale rule may start; the same rule as minReplicas applies.')
+@description('Most replicas the HTTP scale rule may start.')
 @minValue(1)
-param maxReplicas int = 1
+param maxReplicas int = 3
 
 @description('Concurrent HTTP requests per replica before another replica is started.')
 param concurrentRequests int = 50
