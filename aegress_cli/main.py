@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "review": "aegress_cli.review:app",
     "audit": "aegress_cli.audit:app",
     "client": "aegress_cli.client:app",
+    "oauth": "aegress_cli.oauth:app",
     "db": "aegress_cli.db:app",
 }
 """The root's commands as `module:attribute`: a function joins with `command()`, a group's Typer with

@@ -63,6 +63,12 @@ def serve(
                              "pass).")] = _D.auth_failures,
     auth_throttle_window: Annotated[float, typer.Option(envvar="AEGRESS_AUTH_THROTTLE_WINDOW", help="Seconds "
                                     "over which --auth-throttle counts failures.")] = _D.auth_failure_window_s,
+    public_url: Annotated[str | None, typer.Option(envvar="AEGRESS_PUBLIC_URL", help="OAuth mode: the origin "
+                          "clients reach the gateway at (https://gw.example.com); every metadata URL is built from "
+                          "it. Default: the listening address (loopback only).")] = None,
+    tenant_paths: Annotated[bool, typer.Option("--tenant-paths", envvar="AEGRESS_OAUTH_TENANT_PATHS", help="OAuth "
+                            "mode: also serve each tenant at /t/<tenant>/mcp, its own resource (the token's "
+                            "audience binds the tenant).")] = False,
 ) -> None:
     """Run the gateway in the foreground until Ctrl-C (SIGTERM drains calls in flight first)."""
     import logging
@@ -72,8 +78,13 @@ def serve(
     from gateway.server import check_bind
 
     auth_mode = os.environ.get("MCP_AUTH_MODE", "bearer")
-    if auth_mode != "bearer":
-        raise ConfigError(f"MCP_AUTH_MODE={auth_mode!r} is not supported.", hint="Use MCP_AUTH_MODE=bearer.")
+    if auth_mode not in ("bearer", "oauth"):
+        raise ConfigError(f"MCP_AUTH_MODE={auth_mode!r} is not supported.",
+                          hint="Use MCP_AUTH_MODE=bearer (tokens) or MCP_AUTH_MODE=oauth (sign-in and consent).")
+    if auth_mode == "oauth" and public_url:
+        from gateway.oauth.resource import check_public_url
+
+        public_url = check_public_url(public_url)
     check_bind(host, allow_public_bind)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if os.environ.get("AEGRESS_AUDIT", "on").lower() in ("off", "0", "false") and not no_evidence:
@@ -101,7 +112,8 @@ def serve(
                     max_calls_per_tenant=max_calls_per_tenant, auth_failures=auth_throttle,
                     auth_failure_window_s=auth_throttle_window)
     settings = ServeSettings(host=host, port=port, allowed_hosts=tuple(allowed_host or ()),
-                             allowed_origins=tuple(allowed_origin or ()), auth_mode=auth_mode, limits=limits)
+                             allowed_origins=tuple(allowed_origin or ()), auth_mode=auth_mode, limits=limits,
+                             public_url=public_url, oauth_tenant_paths=tenant_paths)
 
     def ready(url: str) -> None:
         print(f"Aegress gateway listening on {url}", flush=True)
@@ -112,6 +124,10 @@ def serve(
             print(f"Database: {mask_url(database)}", flush=True)
         if no_evidence:
             print("EVIDENCE IS OFF (--no-evidence): calls are not recorded and carry no receipts.", flush=True)
+        if auth_mode == "oauth":
+            origin = public_url or url.rsplit("/mcp", 1)[0]
+            print(f"OAuth mode: clients sign in; resource {origin}/mcp"
+                  + (f", per tenant {origin}/t/<tenant>/mcp" if tenant_paths else ""), flush=True)
         if demo:
             _print_demo(url, fresh_token)
         print("Press Ctrl-C to stop.", flush=True)

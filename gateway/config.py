@@ -57,4 +57,5 @@ class ServeSettings:
     allowed_origins: tuple[str, ...] = ()
     auth_mode: str = "bearer"
     public_url: str | None = None
+    oauth_tenant_paths: bool = False  # OAuth mode: also serve /t/<tenant>/mcp, each its own resource
     limits: Limits = Limits()
