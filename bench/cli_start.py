@@ -57,7 +57,7 @@ def commands(policy_file: Path) -> list[tuple[str, list[str], int]]:
     """(label, arguments, expected exit code) of every command timed."""
     helps = [("--help", ["--help"], 0)]
     for group in ("tenant", "actor", "token", "upstream", "upstream secret", "policy", "review", "audit", "client",
-                  "oauth", "oauth issuer", "serve", "bridge", "db"):
+                  "oauth", "oauth issuer", "oauth clients", "oauth grants", "serve", "bridge", "db"):
         helps.append((f"{group} --help", [*group.split(), "--help"], 0))
     runs = [
         ("tenant list", ["tenant", "list"], 0),
@@ -85,6 +85,8 @@ def commands(policy_file: Path) -> list[tuple[str, list[str], int]]:
         ("client setup --dry-run", ["client", "setup", "claude-code", "-t", "acme", "-a", "alice", "--dry-run"], 0),
         ("db status", ["db", "status"], 0),
         ("oauth issuer list", ["oauth", "issuer", "list"], 0),
+        ("oauth clients list", ["oauth", "clients", "list"], 0),
+        ("oauth grants list", ["oauth", "grants", "list"], 0),
     ]
     return helps + runs
 

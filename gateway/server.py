@@ -188,7 +188,7 @@ def build_gateway(home: Path, settings: ServeSettings, *, database_url: str | No
     if settings.auth_mode == "oauth":  # JWT access tokens, metadata and the embedded authorization server
         from gateway.oauth.server import enable
 
-        served = enable(home, store, settings, pipeline, endpoint, served)
+        served = enable(home, store, master, settings, pipeline, endpoint, served)
     return Gateway(served, endpoint, pipeline)
 
 

@@ -21,9 +21,9 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from gateway.admin import operator_name, require_tenant, sealed_change
-from gateway.errors import InvalidInput
-from gateway.store.base import Store, TrustedIssuer
+from gateway.admin import operator_name, require_actor, require_tenant, sealed_change
+from gateway.errors import InvalidInput, NotFound
+from gateway.store.base import OAuthClient, OAuthGrant, Store, TrustedIssuer
 
 _CLAIM_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:/")
 
@@ -139,3 +139,103 @@ def import_issuers(store: Store, entries: Sequence[TrustedIssuer], now: str, by:
             add_issuer(store, entry, now, by)
             added += 1
     return added
+
+
+# -- the embedded authorization server: clients, grants, passwords, login links --------------------------
+LOGIN_LINK_PREFIX = "aegl_"
+
+
+def client_view(client: OAuthClient) -> dict[str, Any]:
+    return {"id": client.id, "name": client.name, "kind": client.kind, "redirect_uris": list(client.redirect_uris),
+            "auth_method": client.auth_method, "created_at": client.created_at, "revoked_at": client.revoked_at}
+
+
+def grant_view(grant: OAuthGrant) -> dict[str, Any]:
+    return {"id": grant.id, "tenant": grant.tenant_id, "actor": grant.actor_id, "client_id": grant.client_id,
+            "resource": grant.resource, "scope": grant.scope, "created_at": grant.created_at,
+            "revoked_at": grant.revoked_at, "revoked_reason": grant.revoked_reason}
+
+
+def record_consent(store: Store, grant: OAuthGrant) -> None:
+    """The signed-in actor's consent: the grant and its `oauth_grant_created` record in one transaction."""
+    with sealed_change(store) as change:
+        store.add_oauth_grant(grant)
+        change.operator_change(grant.tenant_id, "oauth_grant_created", grant.id, grant.actor_id,
+                               subject_actor=grant.actor_id, config_digest=_digest(
+                                   {"client_id": grant.client_id, "resource": grant.resource, "scope": grant.scope}))
+
+
+def require_grant(store: Store, grant_id: str) -> OAuthGrant:
+    grant = store.get_oauth_grant(grant_id)
+    if grant is None:
+        raise NotFound(f"No OAuth grant {grant_id!r}.", hint="List them with `aegress oauth grants list`.")
+    return grant
+
+
+def revoke_grant(store: Store, grant_id: str, now: str, by: str | None = None, reason: str = "operator") -> bool:
+    """Revoke a grant: its access tokens are refused from the next request, its refresh tokens at once."""
+    grant = require_grant(store, grant_id)
+    with sealed_change(store) as change:
+        done = store.revoke_oauth_grant(grant_id, now, reason)
+        if done:
+            change.operator_change(grant.tenant_id, "oauth_grant_revoked", grant_id, by or operator_name(),
+                                   subject_actor=grant.actor_id)
+    return done
+
+
+def revoke_client(store: Store, client_id: str, now: str, by: str | None = None) -> OAuthClient:
+    """Revoke a client and all its grants (recorded in the deployment's security log and each grant's tenant's)."""
+    if store.get_oauth_client(client_id) is None:
+        raise NotFound(f"No OAuth client {client_id!r}.", hint="List them with `aegress oauth clients list`.")
+    active = [g for g in store.list_oauth_grants(client_id=client_id) if g.active]
+    with sealed_change(store) as change:
+        client = store.revoke_oauth_client(client_id, now)
+        change.seal(None, "operator_change", {"change": "oauth_client_revoked", "actor": by or operator_name(),
+                                              "subject": client_id})
+        for grant in active:
+            change.operator_change(grant.tenant_id, "oauth_grant_revoked", grant.id, by or operator_name(),
+                                   subject_actor=grant.actor_id)
+    return client
+
+
+def set_password(store: Store, tenant_id: str, actor_id: str, password: str, now: str, by: str | None = None) -> None:
+    """Set (or replace) the password an actor signs in with at the embedded authorization server."""
+    from gateway.oauth.passwords import hash_password
+
+    require_actor(store, tenant_id, actor_id)
+    hashed = hash_password(password)
+    with sealed_change(store) as change:
+        store.set_actor_password(tenant_id, actor_id, hashed, now)
+        change.operator_change(tenant_id, "actor_password_set", actor_id, by or operator_name(),
+                               subject_actor=actor_id)
+
+
+def issue_login_link(store: Store, master: bytes, tenant_id: str, actor_id: str, now: float, ttl_s: float,
+                     by: str | None = None) -> str:
+    """A one-time sign-in code for an actor, valid `ttl_s` seconds; the store keeps only its keyed hash."""
+    import secrets
+
+    from gateway.oauth.signed import hash_key, keyed_hash
+
+    require_actor(store, tenant_id, actor_id)
+    code = LOGIN_LINK_PREFIX + secrets.token_urlsafe(24)
+    with sealed_change(store) as change:
+        store.add_login_link(keyed_hash(hash_key(master), code), tenant_id, actor_id, now, now + ttl_s)
+        change.operator_change(tenant_id, "login_link_issued", actor_id, by or operator_name(),
+                               subject_actor=actor_id)
+    return code
+
+
+def gateway_origin(home: Path) -> str | None:
+    """The origin of the gateway serving this data dir (from its lock file), for printing links."""
+    from urllib.parse import urlsplit
+
+    try:
+        info = json.loads((home / "aegress.lock").read_text() or "{}")
+    except (OSError, ValueError):
+        return None
+    url = info.get("url") if isinstance(info, dict) else None
+    if not isinstance(url, str) or not url:
+        return None
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"

@@ -169,12 +169,14 @@ class OAuthValidator:
         return Identity(mapped.tenant, mapped.actor, token_id)
 
     # -- pieces ---------------------------------------------------------------------------------------
-    def _decode(self, token: str, key: Any, alg: str, issuer: str, refuse: Callable[..., AuthError]) -> dict[str, Any]:
+    def _decode(self, token: str, key: Any, alg: str, issuer: str, refuse: Callable[..., AuthError],
+                leeway: int = LEEWAY_S) -> dict[str, Any]:
+        """Signature and time claims; `leeway` for another party's clock (none for our own tokens)."""
         import jwt
 
         try:
             claims: dict[str, Any] = jwt.decode(
-                token, key, algorithms=[alg], issuer=issuer, leeway=LEEWAY_S,
+                token, key, algorithms=[alg], issuer=issuer, leeway=leeway,
                 options={"require": ["exp", "iss", "aud"], "verify_aud": False})
         except jwt.ExpiredSignatureError:
             raise refuse("The access token has expired.") from None
@@ -195,7 +197,7 @@ class OAuthValidator:
             key = self.keyring.get(kid or "")
         if key is None or alg != signing.ALG:
             raise refuse("The access token's signing key is unknown.")
-        return self._decode(token, key.private_key.public_key(), alg, self.settings.issuer, refuse)
+        return self._decode(token, key.private_key.public_key(), alg, self.settings.issuer, refuse, leeway=0)
 
     async def _embedded_identity(self, claims: dict[str, Any], trust: Trust, resource: str, path_tenant: str | None,
                                  refuse: Callable[..., AuthError]) -> Identity:

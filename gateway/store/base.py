@@ -379,6 +379,9 @@ class Store(Protocol):
         ...
     def add_refresh_token(self, token_hash: str, grant_id: str, client_id: str, now: float,
                           expires_at: float) -> None: ...
+    def find_refresh_token(self, token_hash: str) -> tuple[str, str] | None:
+        """(grant id, client id) of a stored refresh token, spent or not (for revocation, RFC 7009)."""
+        ...
     def rotate_refresh_token(self, old_hash: str, new_hash: str, now: float,
                              expires_at: float) -> tuple[str, str | None]:
         """Spend a refresh token and store its successor in ONE transaction: ("ok", grant id); ("reused",

@@ -721,6 +721,10 @@ class SQLStore:
         self._exec("INSERT INTO oauth_refresh_tokens (hash, grant_id, client_id, created_at, expires_at)"
                    " VALUES (?, ?, ?, ?, ?)", (token_hash, grant_id, client_id, now, expires_at))
 
+    def find_refresh_token(self, token_hash: str) -> tuple[str, str] | None:
+        row = self._one("SELECT grant_id, client_id FROM oauth_refresh_tokens WHERE hash = ?", (token_hash,))
+        return (str(row[0]), str(row[1])) if row else None
+
     def rotate_refresh_token(self, old_hash: str, new_hash: str, now: float,
                              expires_at: float) -> tuple[str, str | None]:
         with self.transaction() as conn:

@@ -198,3 +198,70 @@ def test_jwks_failed_refresh_keeps_the_keys_held() -> None:
         assert await cache.key("https://idp", "https://idp/jwks", "k1") is not None
 
     asyncio.run(go())
+
+
+# -- the embedded authorization server's pure pieces --------------------------------------------------------
+def test_redirect_uri_rules() -> None:
+    from gateway.oauth.server import check_redirect_uri
+
+    for good in ("https://app.example/cb", "http://127.0.0.1:33418/callback", "http://localhost/cb",
+                 "http://[::1]:9/cb", "cursor://anysphere.cursor-retrieval/oauth/callback", "com.example.app:/cb"):
+        assert check_redirect_uri(good) is None, good
+    for bad in ("http://app.example/cb", "javascript:alert(1)", "data:text/html,x", "file:///etc/passwd",
+                "https://app.example/cb#x", "https://u:p@app.example/cb", "/relative", "", "https:///nohost",
+                "https://app.example/ cb", "http://127.0.0.1.evil.example/cb"):
+        assert check_redirect_uri(bad) is not None, bad
+
+
+def test_pkce_s256() -> None:
+    import base64
+    import hashlib
+
+    from gateway.oauth.server import pkce_ok
+
+    verifier = "v" * 50
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    assert pkce_ok(verifier, challenge) and not pkce_ok("w" * 50, challenge) and not pkce_ok(verifier, verifier)
+
+
+def test_signed_values_and_csrf() -> None:
+    from gateway.oauth.signed import csrf_ok, csrf_token, sign, unsign
+
+    key, other = b"k" * 32, b"o" * 32
+    value = sign(key, "session", {"t": "acme"}, 1000.0, 60)
+    assert unsign(key, "session", value, 1010.0) == {"t": "acme", "exp": 1060}
+    assert unsign(key, "session", value, 1060.0) is None  # expired
+    assert unsign(key, "authorize", value, 1010.0) is None  # another purpose
+    assert unsign(other, "session", value, 1010.0) is None
+    body, mac = value.split(".")
+    assert unsign(key, "session", body + "x." + mac, 1010.0) is None
+    for junk in (None, "", "a.b.c", "!!.??", "x" * 10_000):
+        assert unsign(key, "session", junk, 1010.0) is None
+    token = csrf_token(key, "cookie-value")
+    assert csrf_ok(key, "cookie-value", token) and not csrf_ok(key, "other", token)
+    assert not csrf_ok(key, None, token) and not csrf_ok(key, "cookie-value", None)
+
+
+def test_passwords() -> None:
+    from gateway.errors import InvalidInput
+    from gateway.oauth.passwords import hash_password, verify_password
+
+    stored = hash_password("correct horse battery")
+    assert stored.startswith("scrypt$") and "correct" not in stored
+    assert verify_password("correct horse battery", stored)
+    assert not verify_password("correct horse batterz", stored) and not verify_password("x", None)
+    assert not verify_password("x", "scrypt$99999999$8$1$AA==$AA==")  # refuses absurd work factors
+    with pytest.raises(InvalidInput):
+        hash_password("short")
+
+
+def test_pages_escape_everything() -> None:
+    from gateway.oauth import pages
+
+    evil = "<script>alert('x')</script>\"'"
+    html = pages.consent(client_name=evil, client_id=evil, redirect_uri="https://a.example/cb?x=" + evil,
+                         resource=evil, tenant=evil, actor=evil, scope=evil, request=evil, csrf=evil)
+    assert "<script>" not in html and "alert('x')" not in html
+    html = pages.sign_in(client_name=evil, client_id=evil, redirect_uri=evil, resource=evil, tenant=None,
+                         request=evil, csrf=evil, error=evil, actor=evil, tenant_value=evil)
+    assert "<script>" not in html and "value='&lt;script&gt;" in html
