@@ -76,6 +76,7 @@ class OAuthSettings:
     jwks_min_refresh_s: int = 30
     jwks_max_age_s: int = 3600
     metadata_allow_private: bool = False
+    metadata_documents: bool = True
 
     @classmethod
     def from_env(cls, public_url: str, *, tenant_paths: bool | None = None) -> OAuthSettings:
@@ -96,6 +97,9 @@ class OAuthSettings:
             jwks_max_age_s=_env_int("AEGRESS_OAUTH_JWKS_MAX_AGE", 3600, 60, 7 * 24 * 3600),
             metadata_allow_private=os.environ.get("AEGRESS_OAUTH_METADATA_ALLOW_PRIVATE", "").lower()
             in ("1", "on", "true", "yes"),
+            # a gateway that cannot reach the internet turns documents off, so clients register instead
+            metadata_documents=os.environ.get("AEGRESS_OAUTH_METADATA_DOCUMENTS", "on").lower()
+            not in ("0", "off", "false", "no"),
         )
 
     # -- URIs ---------------------------------------------------------------------------------------
@@ -207,7 +211,7 @@ def authorization_server_metadata(settings: OAuthSettings) -> dict[str, Any]:
         "token_endpoint_auth_methods_supported": auth_methods,
         "revocation_endpoint_auth_methods_supported": auth_methods,
         "code_challenge_methods_supported": ["S256"],
-        "client_id_metadata_document_supported": True,
+        "client_id_metadata_document_supported": settings.metadata_documents,
         "authorization_response_iss_parameter_supported": True,
     }
 

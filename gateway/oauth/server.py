@@ -411,7 +411,8 @@ class OAuthRoutes:
         if stored is not None:
             return stored if stored.active else None
         parts = urlsplit(client_id)
-        if parts.scheme != "https" or parts.path in ("", "/") or len(client_id) > 2000:
+        if not self.settings.metadata_documents or parts.scheme != "https" or parts.path in ("", "/") \
+                or len(client_id) > 2000:
             return None
         cached = self._documents.get(client_id)
         if cached is not None and time.monotonic() - cached[0] < _DOC_CACHE_S:
