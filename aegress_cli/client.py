@@ -450,7 +450,9 @@ def doctor(
             print(f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}")
             if c.hint and not c.ok:
                 print(f"     Hint: {c.hint}")
-        if ok:
+        if ok and plan is not None and plan.source == "oauth":
+            print("Sign in through the client to see the tools (it opens a browser).")
+        elif ok:
             print(f"{len(tools)} tools visible to actor {plan.actor!r} in tenant {plan.tenant!r}:"  # type: ignore[union-attr]
                   if tools else "No tools are visible to this actor (the gateway answered; check its upstreams "
                   "and policy).")
@@ -483,11 +485,34 @@ def _diagnose(spec: ClientSpec, scope: Scope, path: Path, name: str, read_config
         how = plan(spec.name, entry)
     except PlanProblem as exc:
         return [*checks, exc.check], [], None
+    if how.source == "oauth":
+        return [*checks, _oauth_probe(how, timeout)], [], how
     token_check, headers = _credentials(how, timeout)
     checks.append(token_check)
     if not token_check.ok:
         return checks, [], how
     return _connect(checks, how, headers, timeout)
+
+
+def _oauth_probe(how: Plan, timeout: float) -> Check:
+    """An entry without a token: does the gateway offer sign-in (a 401 naming its resource metadata)?"""
+    import re
+
+    import httpx2
+
+    from gateway.clients.doctor import explain_challenge
+
+    body = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "aegress-doctor", "version": "0"}}}
+    headers = {**how.identity_headers, "accept": "application/json, text/event-stream"}
+    try:
+        r = httpx2.post(how.url, json=body, headers=headers, timeout=timeout)
+        challenge = r.headers.get("www-authenticate", "")
+        found = re.search(r'resource_metadata="([^"]+)"', challenge)
+        metadata = httpx2.get(found.group(1), timeout=timeout).json() if found and r.status_code == 401 else None
+    except (httpx2.HTTPError, ValueError):
+        return explain_challenge(how, None, "", None)
+    return explain_challenge(how, r.status_code, challenge, metadata)
 
 
 def _credentials(how: Plan, timeout: float) -> tuple[Check, dict[str, str]]:

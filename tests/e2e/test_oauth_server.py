@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -402,3 +404,25 @@ def test_registration_rules_and_confidential_clients(world: World) -> None:
     # revoking the client ends its grants
     aegress(world.gw.home, "oauth", "clients", "revoke", confidential["client_id"], "--yes")
     assert mcp_status(world, good.json()["access_token"]) == 401
+
+
+def test_client_setup_and_doctor_in_oauth_mode(world: World, tmp_path: Path) -> None:
+    """`client setup --auth oauth` writes no token (and needs none on this machine); `client doctor` sees
+    that the gateway offers sign-in for the entry's URL."""
+    user = tmp_path / "user"
+    user.mkdir()
+    env = {"HOME": str(user)}
+    aegress(world.gw.home, "client", "setup", "cursor", "-t", "acme", "--auth", "oauth", "--url", world.gw.url, **env)
+    text = (user / ".cursor" / "mcp.json").read_text()
+    assert "Authorization" not in text and "AEGRESS_MCP_GATEWAY_TOKEN" not in text
+    doctor = aegress(world.gw.home, "client", "doctor", "cursor", "--json", **env)
+    report = json.loads(doctor.stdout)
+    assert report["ok"] is True and report["checks"][-1]["check"] == "oauth", report
+    listed = json.loads(aegress(world.gw.home, "client", "list", "--json", **env).stdout)
+    assert [(e["client"], e["tenant"], e["actor"], e["token_from"]) for e in listed] == [("cursor", "acme", None,
+                                                                                          None)]
+    desktop = aegress(world.gw.home, "client", "setup", "claude-desktop", "-t", "acme", "--auth", "oauth",
+                      "--url", world.gw.url, **env)
+    assert "Add custom connector" in desktop.stdout and not (user / ".config" / "Claude").exists()
+    missing = aegress(world.gw.home, "client", "setup", "cursor", "-t", "nope", "--auth", "oauth", check=False, **env)
+    assert missing.returncode == 1 and "No tenant 'nope'" in missing.stderr
