@@ -222,7 +222,7 @@ def _sqlite_6(db: object) -> None:
     UPDATE (`... WHERE used_at IS NULL`), atomic across processes and replicas."""
     execute = db.execute  # type: ignore[attr-defined]
     for statement in _OAUTH_TABLES:
-        execute(statement.replace("<real>", "REAL").replace("<text>", "TEXT"))
+        execute(_oauth_ddl(statement, "TEXT", "REAL"))
     execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('oauth_version', '0')")
 
 
@@ -252,6 +252,14 @@ _OAUTH_TABLES = (
     " created_at <real> NOT NULL, expires_at <real> NOT NULL, used_at <real>)",
 )
 """The OAuth tables of step 6, one text for both dialects (`<text>`, `<real>`: each dialect's type)."""
+
+
+def _oauth_ddl(statement: str, text: str, real: str) -> str:
+    """A step 6 statement in one dialect, with IF NOT EXISTS: a SQLite database whose user_version was set
+    back by hand may have the tables already."""
+    statement = statement.replace("CREATE TABLE ", "CREATE TABLE IF NOT EXISTS ", 1)
+    statement = statement.replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1)
+    return statement.replace("<text>", text).replace("<real>", real)
 
 
 _PG_1 = (
@@ -338,7 +346,7 @@ _PG_5 = (
 )
 
 _PG_6 = (
-    *(statement.replace("<real>", "double precision").replace("<text>", "text") for statement in _OAUTH_TABLES),
+    *(_oauth_ddl(statement, "text", "double precision") for statement in _OAUTH_TABLES),
     "INSERT INTO meta (key, value) VALUES ('oauth_version', '0') ON CONFLICT (key) DO NOTHING",
 )
 
