@@ -128,10 +128,11 @@ def aegress_command() -> tuple[str, ...]:
     return base
 
 
-def _request(url: str, tenant: str, actor: str, name: str) -> EntryRequest:
+def _request(url: str, tenant: str, actor: str, name: str, oauth: bool = False) -> EntryRequest:
     from gateway.clients import EntryRequest
 
-    return EntryRequest(url=url, tenant=tenant, actor=actor, name=name, aegress_command=aegress_command())
+    return EntryRequest(url=url, tenant=tenant, actor=actor, name=name, aegress_command=aegress_command(),
+                        oauth=oauth)
 
 
 def _require_token(tenant: str, actor: str) -> None:
@@ -152,8 +153,13 @@ def _require_token(tenant: str, actor: str) -> None:
         )
 
 
-def _next_steps(spec: ClientSpec, scope: Scope, tenant: str, actor: str) -> list[str]:
+def _next_steps(spec: ClientSpec, scope: Scope, tenant: str, actor: str, oauth: bool = False) -> list[str]:
     from gateway.clients.doctor import env_hint
+
+    if oauth:
+        how = {"claude-code": "In Claude Code run /mcp, pick the entry and choose Authenticate",
+               "codex": "Run `codex mcp login aegress`"}.get(spec.name, f"Start {spec.title}")
+        return [f"{how}: a browser opens to sign in and consent (tenant {tenant}). No token is stored anywhere."]
 
     check = f"Check it: aegress client doctor {spec.name}" + (" --scope project" if scope == "project" else "")
     if spec.name == "claude-code" and scope == "user":
@@ -166,16 +172,23 @@ def _next_steps(spec: ClientSpec, scope: Scope, tenant: str, actor: str) -> list
 # ---- setup / remove ------------------------------------------------------------------------------------
 
 
+AuthOpt = Annotated[str, typer.Option("--auth", envvar="MCP_AUTH_MODE", help="bearer (the client sends a token "
+                    "from `aegress token issue`) or oauth (the gateway runs MCP_AUTH_MODE=oauth: the client signs "
+                    "in itself, and the entry holds no token at all).")]
+
+
 @app.command("setup")
 @handle_errors
 def setup(
     client: ClientArg,
     tenant: TenantOpt,
-    actor: ActorOpt,
+    actor: Annotated[str, typer.Option("--actor", "-a", help="Actor id (with --auth oauth: optional, whoever signs "
+                                       "in).", envvar="AEGRESS_ACTOR_ID")] = "",
     url: UrlOpt = DEFAULT_URL,
     scope: ScopeOpt = None,
     name: NameOpt = "aegress",
     project_dir: ProjectOpt = None,
+    auth: AuthOpt = "bearer",
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
     json_out: JsonOpt = False,
@@ -183,14 +196,35 @@ def setup(
     """Add (or update) the aegress entry in a client's config.
 
     Merges: other servers, settings and comments stay as they were; a backup is kept. `generic` prints
-    a config snippet and a curl check instead of writing a file.
+    a config snippet and a curl check instead of writing a file. With --auth oauth the entry holds no
+    token (the client signs in), and Claude Desktop gets the custom connector steps instead of a file.
     """
     from gateway.clients import unified_diff
     from gateway.clients.write import read_config, write_config
+    from gateway.errors import UsageError
 
+    if auth not in ("bearer", "oauth"):
+        raise UsageError(f"unknown --auth {auth!r}", hint="Use --auth bearer or --auth oauth.")
+    oauth = auth == "oauth"
     spec = _spec(client)
-    request = _request(url, tenant, actor, name)
-    _require_token(tenant, actor)
+    if not actor and not oauth:
+        raise UsageError("--actor is required (with --auth bearer).", hint="Pass --actor A, or --auth oauth.")
+    request = _request(url, tenant, actor, name, oauth)
+    if oauth:
+        from gateway.admin import require_actor, require_tenant
+
+        require_actor(store(), tenant, actor) if actor else require_tenant(store(), tenant)
+    else:
+        _require_token(tenant, actor)
+    if oauth and spec.name == "claude-desktop":
+        from gateway.clients.claude_desktop import oauth_steps
+
+        text = oauth_steps(request)
+        if json_out:
+            print_json({"client": spec.name, "auth": "oauth", "url": url, "steps": text})
+        else:
+            sys.stdout.write(text)
+        return
     if spec.name == "generic":
         text = spec.snippet(request, "user")
         if json_out:
@@ -204,7 +238,7 @@ def setup(
     after = spec.merge(before, request, chosen, source=str(path))
     diff = unified_diff(before, after, str(path))
     summary: dict[str, Any] = {"client": spec.name, "scope": chosen, "path": str(path), "name": name,
-                               "tenant": tenant, "actor": actor, "url": url}
+                               "tenant": tenant, "actor": actor or None, "url": url, "auth": auth}
     if dry_run:
         if json_out:
             print_json({**summary, "dry_run": True, "changed": before != after, "diff": diff})
@@ -214,7 +248,7 @@ def setup(
     if before != after:
         _confirm_replace(spec, before, request, path, yes)
     result = write_config(path, after, expected=before, new_file_mode=spec.new_file_mode(chosen))
-    steps = _next_steps(spec, chosen, tenant, actor)
+    steps = _next_steps(spec, chosen, tenant, actor, oauth)
     if json_out:
         print_json({**summary, "changed": result.changed, "created": result.created,
                     "backup": str(result.backup) if result.backup else None, "next": steps})
@@ -235,7 +269,7 @@ def _confirm_replace(spec: ClientSpec, before: str | None, request: EntryRequest
     for entry in spec.read_entries(before, source=str(path)):
         if entry.name != request.name:
             continue
-        if (entry.tenant, entry.actor) != (request.tenant, request.actor) or (
+        if (entry.tenant, entry.actor) != (request.tenant, request.actor or None) or (
             entry.url is not None and entry.url.split("?")[0] != request.url.split("?")[0]
         ):
             confirm(f"Entry {request.name!r} in {path} points at tenant {entry.tenant!r}, actor {entry.actor!r}, "
@@ -412,7 +446,9 @@ def doctor(
             print(f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}")
             if c.hint and not c.ok:
                 print(f"     Hint: {c.hint}")
-        if ok:
+        if ok and plan is not None and plan.source == "oauth":
+            print("Sign in through the client to see the tools (it opens a browser).")
+        elif ok:
             print(f"{len(tools)} tools visible to actor {plan.actor!r} in tenant {plan.tenant!r}:"  # type: ignore[union-attr]
                   if tools else "No tools are visible to this actor (the gateway answered; check its upstreams "
                   "and policy).")
@@ -445,11 +481,34 @@ def _diagnose(spec: ClientSpec, scope: Scope, path: Path, name: str, read_config
         how = plan(spec.name, entry)
     except PlanProblem as exc:
         return [*checks, exc.check], [], None
+    if how.source == "oauth":
+        return [*checks, _oauth_probe(how, timeout)], [], how
     token_check, headers = _credentials(how, timeout)
     checks.append(token_check)
     if not token_check.ok:
         return checks, [], how
     return _connect(checks, how, headers, timeout)
+
+
+def _oauth_probe(how: Plan, timeout: float) -> Check:
+    """An entry without a token: does the gateway offer sign-in (a 401 naming its resource metadata)?"""
+    import re
+
+    import httpx2
+
+    from gateway.clients.doctor import explain_challenge
+
+    body = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "aegress-doctor", "version": "0"}}}
+    headers = {**how.identity_headers, "accept": "application/json, text/event-stream"}
+    try:
+        r = httpx2.post(how.url, json=body, headers=headers, timeout=timeout)
+        challenge = r.headers.get("www-authenticate", "")
+        found = re.search(r'resource_metadata="([^"]+)"', challenge)
+        metadata = httpx2.get(found.group(1), timeout=timeout).json() if found and r.status_code == 401 else None
+    except (httpx2.HTTPError, ValueError):
+        return explain_challenge(how, None, "", None)
+    return explain_challenge(how, r.status_code, challenge, metadata)
 
 
 def _credentials(how: Plan, timeout: float) -> tuple[Check, dict[str, str]]:

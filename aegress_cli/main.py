@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "audit": "aegress_cli.audit:app",
     "client": "aegress_cli.client:app",
     "tunnel": "aegress_cli.tunnel:app",
+    "oauth": "aegress_cli.oauth:app",
     "db": "aegress_cli.db:app",
     "deploy": "aegress_cli.deploy:app",
     "completion": "aegress_cli.completion:app",

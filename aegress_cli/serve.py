@@ -72,11 +72,13 @@ def serve(
                        "--ingress", envvar="MCP_INGRESS_MODE", case_sensitive=False, help="direct, or tunnel: an "
                        "outbound tunnel client beside the gateway carries MCP traffic (loopback bind only, "
                        "--public-url required). See docs/operations/tunnel.md.")] = "direct",
-    public_url: Annotated[str | None, typer.Option("--public-url", envvar="MCP_PUBLIC_URL", help="The URL "
-                          "clients use (the tunnel's or reverse proxy's, ending in /mcp): every URL the gateway "
-                          "prints is built from it, and its host passes the Host and Origin checks.")] = None,
+    public_url: Annotated[str | None, typer.Option("--public-url", envvar=["MCP_PUBLIC_URL", "AEGRESS_PUBLIC_URL"],
+                          help="The URL clients use (the tunnel's or reverse proxy's, ending in /mcp; an origin "
+                          "alone means its /mcp): every URL the gateway prints, and OAuth mode's metadata, are "
+                          "built from it, and its host passes the Host and Origin checks.")] = None,
     auth_mode: Annotated[str, typer.Option("--auth-mode", envvar="MCP_AUTH_MODE", help="bearer (Aegress "
-                         "tokens); oauth is not available yet.")] = "bearer",
+                         "tokens) or oauth (clients sign in and consent, or bring a trusted issuer's token; "
+                         "docs/oauth.md).")] = "bearer",
     trusted_proxy: Annotated[list[str] | None, typer.Option("--trusted-proxy", envvar="AEGRESS_TRUSTED_PROXIES",
                              help="Address or CIDR of a proxy whose X-Forwarded-For and X-Forwarded-Host are "
                              "believed (repeatable; in the env var, space-separated). From any other peer "
@@ -91,17 +93,30 @@ def serve(
                                 help="Where that token is kept: keyring:NAME or file:/path (mode 0600), never "
                                 "the token itself. Default: keyring:token:TENANT:ACTOR, where `aegress token "
                                 "issue` keeps it.")] = None,
+    tenant_paths: Annotated[bool, typer.Option("--tenant-paths", envvar="AEGRESS_OAUTH_TENANT_PATHS", help="OAuth "
+                            "mode: also serve each tenant at /t/<tenant>/mcp, its own resource (the token's "
+                            "audience binds the tenant).")] = False,
 ) -> None:
     """Run the gateway in the foreground until Ctrl-C (SIGTERM drains calls in flight first)."""
     import logging
 
     from gateway.config import ServeSettings
-    from gateway.ingress import check_auth_mode, check_ingress, parse_trusted_proxies, static_binding
+    from gateway.ingress import (
+        check_auth_mode,
+        check_ingress,
+        parse_trusted_proxies,
+        static_binding,
+        with_mcp_path,
+    )
     from gateway.server import check_bind
 
     auth_mode = check_auth_mode(auth_mode)
     ingress = ingress.strip().lower()
-    public = check_ingress(ingress, host, public_url, allow_public_bind)
+    public = check_ingress(ingress, host, with_mcp_path(public_url) if public_url else None, allow_public_bind)
+    if auth_mode == "oauth" and public is not None:
+        from gateway.oauth.resource import check_public_url
+
+        check_public_url(public.base)  # OAuth's resource is <origin>/mcp: an https origin (http on loopback)
     check_bind(host, allow_public_bind)
     pinned = static_binding(static_tenant, static_actor, static_token_ref)
     proxies = tuple(trusted_proxy or ())
@@ -138,7 +153,7 @@ def serve(
     settings = ServeSettings(host=host, port=port, allowed_hosts=tuple(allowed_host or ()),
                              allowed_origins=tuple(allowed_origin or ()), auth_mode=auth_mode, limits=limits,
                              public_url=public.url if public else None, ingress=ingress, trusted_proxies=proxies,
-                             static_binding=pinned)
+                             static_binding=pinned, oauth_tenant_paths=tenant_paths)
 
     def ready(url: str) -> None:
         print(f"Aegress gateway listening on {url}", flush=True)
@@ -157,6 +172,10 @@ def serve(
             print(f"Redis: {mask_url(redis_url)} (signals and shared limits across replicas)", flush=True)
         if no_evidence:
             print("EVIDENCE IS OFF (--no-evidence): calls are not recorded and carry no receipts.", flush=True)
+        if auth_mode == "oauth":
+            origin = (public.url if public else url).rsplit("/mcp", 1)[0]
+            print(f"OAuth mode: clients sign in; resource {origin}/mcp"
+                  + (f", per tenant {origin}/t/<tenant>/mcp" if tenant_paths else ""), flush=True)
         if demo:
             _print_demo(public.url if public else url, fresh_token)
         print("Press Ctrl-C to stop.", flush=True)

@@ -57,7 +57,8 @@ def commands(policy_file: Path) -> list[tuple[str, list[str], int]]:
     """(label, arguments, expected exit code) of every command timed."""
     helps = [("--help", ["--help"], 0)]
     for group in ("tenant", "actor", "token", "upstream", "upstream secret", "policy", "review", "audit", "client",
-                  "tunnel", "serve", "bridge", "db", "deploy"):
+                  "tunnel", "oauth", "oauth issuer", "oauth clients", "oauth grants", "serve", "bridge", "db",
+                  "deploy"):
         helps.append((f"{group} --help", [*group.split(), "--help"], 0))
     helps.append(("completion --help", ["completion", "--help"], 0))
     runs = [
@@ -91,6 +92,9 @@ def commands(policy_file: Path) -> list[tuple[str, list[str], int]]:
         ("deploy list", ["deploy", "list"], 0),
         ("deploy render", ["deploy", "render", "aws-lambda", "--out", str(policy_file.parent / "rendered"),
                            "--image", "example.com/aegress:1", "--force"], 0),
+        ("oauth issuer list", ["oauth", "issuer", "list"], 0),
+        ("oauth clients list", ["oauth", "clients", "list"], 0),
+        ("oauth grants list", ["oauth", "grants", "list"], 0),
     ]
     return helps + runs
 

@@ -69,6 +69,7 @@ class ServeSettings:
     allowed_origins: tuple[str, ...] = ()
     auth_mode: str = "bearer"
     public_url: str | None = None  # the URL clients use (a tunnel's, a reverse proxy's): see gateway.ingress
+    oauth_tenant_paths: bool = False  # OAuth mode: also serve /t/<tenant>/mcp, each its own resource
     limits: Limits = Limits()
     ingress: str = "direct"  # or "tunnel": loopback bind, public URL required (gateway.ingress)
     trusted_proxies: tuple[str, ...] = ()  # whose X-Forwarded-For / X-Forwarded-Host are believed

@@ -6,9 +6,10 @@
     ├── AlreadyExists               already-exists  1     409   -32602
     ├── InvalidInput                invalid-input   1     400   -32602
     ├── ConfigError                 config          1     500   -32603
-    ├── AuthError                   unauthorized    1     401   -32001
+    ├── AuthError                   unauthorized    1     401   -32001 (+ WWW-Authenticate)
     ├── BindingError                binding         1     403   -32002
     ├── Forbidden                   forbidden       1     403   -32003
+    │   └── InsufficientScope       insufficient-scope 1  403   -32003 (+ WWW-Authenticate, OAuth mode)
     ├── ProtocolError               protocol        1     400   -32600 (or a specific code)
     ├── UpstreamError               upstream        1     502   -32603
     ├── StoreUnavailable            store-unavailable 1   503   -32004
@@ -76,9 +77,18 @@ class ConfigError(AegressError):
 
 
 class AuthError(AegressError):
+    """`challenge`: the WWW-Authenticate value the edge sends (OAuth mode names the resource metadata and
+    scope there); None sends the plain bearer challenge."""
+
     code = "unauthorized"
     http_status = 401
     jsonrpc_code = -32001
+    challenge: str | None = None
+
+    def __init__(self, message: str, *, hint: str | None = None, code: str | None = None,
+                 challenge: str | None = None) -> None:
+        super().__init__(message, hint=hint, code=code)
+        self.challenge = challenge
 
 
 class BindingError(AegressError):
@@ -91,6 +101,16 @@ class Forbidden(AegressError):
     code = "forbidden"
     http_status = 403
     jsonrpc_code = -32003
+
+
+class InsufficientScope(Forbidden):
+    """OAuth mode: a valid token without the scope the resource needs; `challenge` names it (step-up)."""
+
+    code = "insufficient-scope"
+
+    def __init__(self, message: str, *, challenge: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.challenge = challenge
 
 
 class ProtocolError(AegressError):

@@ -58,12 +58,9 @@ def check_auth_mode(mode: str) -> str:
     if mode == "bearer":
         return mode
     if mode == "oauth":
-        raise ConfigError("MCP_AUTH_MODE=oauth is not available in this version of Aegress.",
-                          hint="Use MCP_AUTH_MODE=bearer; for a pilot bound to one tenant and actor add "
-                               "AEGRESS_STATIC_TENANT and AEGRESS_STATIC_ACTOR (docs/operations/tunnel.md).",
-                          code="auth-mode")
+        return mode
     raise ConfigError(f"MCP_AUTH_MODE={mode[:40]!r} is not a known mode.",
-                      hint=f"Use one of: {', '.join(AUTH_MODES)} (only bearer is available now).", code="auth-mode")
+                      hint=f"Use one of: {', '.join(AUTH_MODES)}.", code="auth-mode")
 
 
 # -- the public URL --------------------------------------------------------------------------------
@@ -99,6 +96,12 @@ class PublicUrl:
     def origin(self) -> str:
         """The browser Origin of a page served from this URL's host."""
         return f"{self.scheme}://{self.host}" + (f":{self.port}" if self.port is not None else "")
+
+
+def with_mcp_path(url: str) -> str:
+    """Pure: an origin alone (`https://gw.example.com`) means its `/mcp`; any other URL is left as given."""
+    parts = urlsplit(url.strip())
+    return url.strip().rstrip("/") + "/mcp" if parts.scheme and parts.path in ("", "/") else url
 
 
 def parse_public_url(url: str) -> PublicUrl:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from gateway import binding, naming, signals
 from gateway.bus import Bus
@@ -55,6 +55,9 @@ from gateway.secrets import derive_key, mint_id, token_hash
 from gateway.shared_limits import SharedLimits
 from gateway.store.base import Store, WouldBlock
 from gateway.types import Decision, Identity
+
+if TYPE_CHECKING:
+    from gateway.oauth.validator import OAuthValidator
 
 log = logging.getLogger("aegress.pipeline")
 
@@ -145,10 +148,23 @@ class Pipeline:
     def token_digest(self, token: str) -> str:
         return token_hash(self._token_key, token)
 
-    async def authenticate(self, authorization: str | None) -> Identity:
+    oauth: OAuthValidator | None = None
+    """OAuth mode (MCP_AUTH_MODE=oauth): JWT access tokens checked by `gateway.oauth.validator` instead of
+    the stored bearer tokens; set by `gateway.server.build_gateway`."""
+
+    async def authenticate(self, authorization: str | None, path: str = "/mcp") -> Identity:
         """Every request looks its token up (a revocation applies to the next request). The lookup is tried
         on the event loop first, where it costs microseconds and never waits; when it would wait (another
-        process's lock) it runs in a worker thread, so a stalled store never stalls the loop."""
+        process's lock) it runs in a worker thread, so a stalled store never stalls the loop. `path`: the
+        resource asked for (`/mcp`, or `/t/<tenant>/mcp` in OAuth mode), which an access token's audience
+        must name."""
+        if self.oauth is not None:
+            try:
+                return await self.oauth.authenticate(authorization, path)
+            except AegressError as exc:
+                if exc.http_status in (401, 403):
+                    self.recorder.auth_failure(exc.code)
+                raise
         if not authorization:
             self.recorder.auth_failure("missing-token")
             raise AuthError("Missing bearer token.", hint="Send Authorization: Bearer <token>.")

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -201,7 +201,12 @@ def build_gateway(home: Path, settings: ServeSettings, *, database_url: str | No
         routes=[Route("/health", health, methods=["GET"]), Route("/mcp", endpoint, methods=None)],
         lifespan=lifespan,
     )
-    return Gateway(mcp_first(endpoint, app), endpoint, pipeline)
+    served = mcp_first(endpoint, app)
+    if settings.auth_mode == "oauth":  # JWT access tokens, metadata and the embedded authorization server
+        from gateway.oauth.server import enable
+
+        served = enable(home, store, master, settings, pipeline, endpoint, served)
+    return Gateway(served, endpoint, pipeline)
 
 
 def check_bind(host: str, allow_public: bool) -> None:
@@ -220,7 +225,6 @@ def serve(home: Path, settings: ServeSettings, *, database_url: str | None = Non
     import uvicorn
 
     lock = lock or hold(home)
-    gateway = build_gateway(home, settings, database_url=database_url, evidence=evidence, lock=lock)
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -236,6 +240,10 @@ def serve(home: Path, settings: ServeSettings, *, database_url: str | None = Non
     port = sock.getsockname()[1]
     shown = f"[{settings.host}]" if family == socket.AF_INET6 else settings.host
     url = f"http://{shown}:{port}/mcp"
+    if settings.auth_mode == "oauth" and not settings.public_url:  # loopback only (gateway.oauth.resource)
+        settings = replace(settings, public_url=f"http://{shown}:{port}/mcp")
+    # built once the port is known: OAuth mode's metadata names the public URL, by default this address
+    gateway = build_gateway(home, settings, database_url=database_url, evidence=evidence, lock=lock)
     lock.set_url(url)
     config = uvicorn.Config(
         gateway.app,

@@ -415,7 +415,7 @@ class McpEndpoint:
         """The token first, then the throttle: a valid token is never refused for other callers' failures
         from the same address (a shared NAT or proxy), and a guesser's failures soon get 429 instead of 401."""
         try:
-            return await self.pipeline.authenticate(headers.get("authorization"))
+            return await self.pipeline.authenticate(headers.get("authorization"), scope["path"])
         except AuthError:
             peer = str((scope.get("client") or ("",))[0])
             if self.trusted_proxies:  # behind a named proxy: count the client it forwards for
@@ -1358,7 +1358,10 @@ class McpEndpoint:
             with contextlib.suppress(RuntimeError, OSError):
                 await self._respond(send, exc.http_status, dumps(exc.body))
             return
-        if isinstance(exc, AuthError):
+        challenge: str | None = getattr(exc, "challenge", None)
+        if challenge is not None:  # OAuth mode: resource metadata and scope (gateway.oauth.validator)
+            extra.append((b"www-authenticate", challenge.encode()))
+        elif isinstance(exc, AuthError):
             value = 'Bearer realm="aegress"'
             if exc.code == "invalid-token":
                 value += ', error="invalid_token"'

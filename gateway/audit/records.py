@@ -40,6 +40,9 @@ MAX_PREVIEW_CHARS: Final = 512
 OPERATOR_CHANGES: Final = frozenset({
     "tenant_created", "tenant_deleted", "actor_added", "actor_removed", "token_issued", "upstream_added",
     "upstream_changed", "upstream_removed", "tools_approved",
+    # OAuth mode (issue 13): `oauth_grant_created` is the signed-in actor's consent (actor: that actor)
+    "oauth_issuer_added", "oauth_issuer_removed", "oauth_client_revoked", "oauth_grant_created",
+    "oauth_grant_revoked", "actor_password_set", "login_link_issued",
 })
 """`operator_change.change` values (other operator changes have kinds of their own: `token_revoked`,
 `policy_changed`, `review_approved`, `review_denied`, `key_event`)."""

@@ -13,7 +13,7 @@ from pathlib import PurePath
 from typing import Any
 
 from gateway.clients._json_config import JsonClient, env_reference, header
-from gateway.clients.headers import env_headers, env_ref
+from gateway.clients.headers import env_headers, env_ref, oauth_headers
 from gateway.clients.model import (
     ACTOR_HEADER,
     TENANT_HEADER,
@@ -60,6 +60,8 @@ class ClaudeCode(JsonClient):
         return {"user": user / ".claude.json", "project": host.project / ".mcp.json"}
 
     def render_entry(self, request: EntryRequest, scope: Scope) -> dict[str, Any]:
+        if request.oauth:  # Claude Code signs in itself on the gateway's 401 (`/mcp` -> Authenticate)
+            return {"type": "http", "url": request.url, "headers": oauth_headers(request.tenant, request.actor)}
         if scope == "user":
             return {"type": "http", "url": request.url, "headersHelper": headers_helper_command(request)}
         return {

@@ -3,6 +3,10 @@
 Its entry runs `aegress bridge`, a stdio to Streamable HTTP bridge that reads the token from the
 keyring, so the file holds no secret. Desktop apps start with a minimal PATH: the CLI should pass
 an absolute `aegress_command`.
+
+In OAuth mode there is no file entry to write: Claude Desktop adds remote servers that sign in (MCP
+authorization) under Settings -> Connectors -> Add custom connector, by URL. `OAUTH_STEPS` says so;
+`aegress client setup claude-desktop --auth oauth` prints it instead of writing the file.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 from gateway.clients._json_config import JsonClient
 from gateway.clients._paths import app_config_dir
 from gateway.clients.model import Entry, EntryRequest, Host, Scope
+from gateway.errors import UsageError
 
 
 def bridge_argv(request: EntryRequest) -> list[str]:
@@ -30,6 +35,15 @@ def bridge_argv(request: EntryRequest) -> list[str]:
     ]
 
 
+def oauth_steps(request: EntryRequest) -> str:
+    """What to do in Claude Desktop for an OAuth-mode gateway (no config file takes a remote server)."""
+    return ("# Claude Desktop connects to an OAuth-mode gateway as a custom connector (no config file entry):\n"
+            "#   Settings -> Connectors -> Add custom connector\n"
+            f"#   Name: {request.name}\n#   Remote MCP server URL: {request.url}\n"
+            "# Then choose Connect: a browser window opens to sign in and consent"
+            f" (tenant {request.tenant}).\n")
+
+
 class ClaudeDesktop(JsonClient):
     name = "claude-desktop"
     title = "Claude Desktop"
@@ -39,6 +53,10 @@ class ClaudeDesktop(JsonClient):
         return {"user": app_config_dir(host) / "Claude" / "claude_desktop_config.json"}
 
     def render_entry(self, request: EntryRequest, scope: Scope) -> dict[str, Any]:
+        if request.oauth:
+            raise UsageError("Claude Desktop takes an OAuth-mode gateway as a custom connector, not a config "
+                             "file entry.", hint="Settings -> Connectors -> Add custom connector, with the URL "
+                             f"{request.url}.")
         argv = bridge_argv(request)
         return {"command": argv[0], "args": argv[1:]}
 

@@ -18,6 +18,7 @@ import tomlkit
 from tomlkit.exceptions import TOMLKitError
 from tomlkit.items import InlineTable, Table
 
+from gateway.clients.headers import oauth_headers
 from gateway.clients.model import (
     ACTOR_HEADER,
     TENANT_HEADER,
@@ -86,6 +87,8 @@ class Codex:
         return 0o600
 
     def render_entry(self, request: EntryRequest, scope: Scope) -> dict[str, Any]:
+        if request.oauth:  # `codex mcp login NAME` signs in; the claims ride as static headers
+            return {"url": request.url, "http_headers": oauth_headers(request.tenant, request.actor)}
         return {
             "url": codex_url(request.url, request.tenant, request.actor),
             "bearer_token_env_var": TOKEN_ENV,
@@ -149,6 +152,9 @@ class Codex:
             if not isinstance(data, dict) or not isinstance(data.get("url"), str):
                 continue
             url, tenant, actor = split_codex_url(data["url"])
+            headers = data.get("http_headers")
+            tenant = tenant if tenant is not None else _header(headers, TENANT_HEADER)
+            actor = actor if actor is not None else _header(headers, ACTOR_HEADER)
             token_env = data.get("bearer_token_env_var")
             if tenant is None and actor is None and token_env != TOKEN_ENV:
                 continue
@@ -181,20 +187,34 @@ def _servers(doc: tomlkit.TOMLDocument, source: str) -> Any:
     return servers
 
 
+def _header(headers: Any, name: str) -> str | None:
+    if not isinstance(headers, dict):
+        return None
+    return next((v for k, v in headers.items() if str(k).lower() == name.lower() and isinstance(v, str)), None)
+
+
 def _update(table: Any, entry: dict[str, Any]) -> None:
     """Set our keys in place (untouched when already equal), drop stale transport keys and any
-    Authorization / X-Aegress-* header that would contradict `bearer_token_env_var`."""
+    Authorization / X-Aegress-* header we did not set (it would contradict `bearer_token_env_var`, or
+    in OAuth mode the sign-in). Our `http_headers` are merged into the user's."""
+    ours = {str(k).lower() for k in entry.get("http_headers", {})}
     for key, value in entry.items():
-        if table.get(key) != value:
+        current = table.get(key)
+        if key == "http_headers" and current is not None and hasattr(current, "keys"):
+            for name, header_value in value.items():
+                if current.get(name) != header_value:
+                    current[name] = header_value
+        elif current != value:
             table[key] = value
-    for key in _STALE_KEYS:
+    stale = _STALE_KEYS if "bearer_token_env_var" in entry else (*_STALE_KEYS, "bearer_token_env_var")
+    for key in stale:
         if key in table:
             del table[key]
     for key in _HEADER_TABLES:
         headers = table.get(key)
         if headers is None or not hasattr(headers, "keys"):
             continue
-        for name in [n for n in list(headers) if str(n).lower() in _OWNED_HEADERS]:
+        for name in [n for n in list(headers) if str(n).lower() in _OWNED_HEADERS - ours]:
             del headers[name]
         if not headers:
             del table[key]
@@ -217,8 +237,11 @@ def _verify(out: str, name: str, entry: dict[str, Any], source: str) -> None:
             f"could not add the entry to {source} without breaking it",
             hint="Add the [mcp_servers] table by hand, or move the file aside and retry.",
         ) from exc
-    if any(got.get(key) != value for key, value in entry.items()):
-        raise ConfigError(f"could not update the entry in {source} reliably")
+    for key, value in entry.items():
+        have = got.get(key)
+        fits = {**have, **value} == have if isinstance(value, dict) and isinstance(have, dict) else have == value
+        if not fits:
+            raise ConfigError(f"could not update the entry in {source} reliably")
 
 
 CLIENT = Codex()

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from gateway.clients.codex import codex_url
 from gateway.clients.model import ACTOR_ENV, ACTOR_HEADER, TENANT_ENV, TENANT_HEADER, TOKEN_ENV, Entry
 
-TokenSource = Literal["env", "helper", "bridge"]
+TokenSource = Literal["env", "helper", "bridge", "oauth"]
 
 
 @dataclass(frozen=True)
@@ -72,11 +72,8 @@ def plan(client: str, entry: Entry) -> Plan:
                     identity_headers=identity)
     if entry.helper:
         return Plan(entry.url, entry.tenant, entry.actor, "helper", command=(entry.helper,))
-    if not entry.token_env:
-        raise PlanProblem(Check(
-            "entry", False, f"the {entry.name!r} entry names no token source (no ${{VAR}} reference or helper)",
-            _rerun(client, entry), code="entry-incomplete",
-        ))
+    if not entry.token_env:  # an OAuth-mode entry (the client signs in), or a broken bearer one: the probe says
+        return Plan(entry.url, entry.tenant, entry.actor, "oauth", identity_headers=identity)
     if client == "codex":
         url = codex_url(entry.url, entry.tenant, entry.actor) if entry.tenant and entry.actor else entry.url
         return Plan(url, entry.tenant, entry.actor, "env", token_env=entry.token_env)
@@ -138,6 +135,26 @@ def explain(error: Any, p: Plan) -> Check:
         return Check("gateway", False, f"the server at {p.url} did not speak MCP as expected: {error.message}",
                      "Check that the URL points at an Aegress gateway's /mcp endpoint.", code="protocol")
     return Check("gateway", False, f"unexpected failure: {type(error).__name__}", code="unexpected")
+
+
+def explain_challenge(p: Plan, status: int | None, www_authenticate: str, metadata: Any) -> Check:
+    """Pure: what an entry without a token meets at the gateway. An OAuth-mode gateway answers 401 with a
+    challenge naming its resource metadata, whose `resource` must be the entry's URL (RFC 9728): then the
+    client can sign in. Anything else means the entry needs a token (a bearer-mode gateway)."""
+    if status is None:
+        return Check("gateway", False, f"gateway down: nothing answers at {p.url}",
+                     "Start it with `aegress serve` (or check the entry's URL).", code="gateway-down")
+    if status != 401 or "resource_metadata=" not in www_authenticate:
+        return Check("oauth", False, f"the gateway at {p.url} does not offer sign-in (HTTP {status}); this entry "
+                     "holds no token", "If the gateway takes tokens, run setup again with --auth bearer.",
+                     code="not-oauth")
+    resource = metadata.get("resource") if isinstance(metadata, dict) else None
+    servers = metadata.get("authorization_servers") if isinstance(metadata, dict) else None
+    if resource != p.url.split("?", 1)[0] or not isinstance(servers, list) or not servers:
+        return Check("oauth", False, f"the gateway's resource metadata names {resource!r}, not {p.url}",
+                     "Use the URL the gateway publishes (its --public-url) in the entry.", code="wrong-url")
+    return Check("oauth", True, f"the gateway asks clients to sign in at {servers[0]}; the client does that itself "
+                 "(no token needed here)")
 
 
 def _rerun(client: str, entry: Entry) -> str:

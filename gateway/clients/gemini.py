@@ -13,7 +13,7 @@ from typing import Any
 from gateway.clients import _jsonc
 from gateway.clients._http_entry import entry_from_headers
 from gateway.clients._json_config import JsonClient
-from gateway.clients.headers import env_headers, env_ref
+from gateway.clients.headers import entry_headers, env_ref
 from gateway.clients.model import Entry, EntryRequest, Host, Scope
 
 
@@ -32,7 +32,7 @@ class Gemini(JsonClient):
         return {
             "type": "http",
             "url": request.url,
-            "headers": env_headers(request.tenant, request.actor, env_ref("plain")),
+            "headers": entry_headers(request.tenant, request.actor, env_ref("plain"), request.oauth),
         }
 
     def entry_from(self, name: str, data: dict[str, Any]) -> Entry | None:

@@ -11,7 +11,7 @@ import shlex
 from pathlib import PurePath
 from typing import Any
 
-from gateway.clients.headers import env_headers, env_ref
+from gateway.clients.headers import entry_headers, env_ref
 from gateway.clients.model import (
     ACTOR_HEADER,
     TENANT_HEADER,
@@ -68,11 +68,20 @@ class Generic:
         return {
             "type": "http",
             "url": request.url,
-            "headers": env_headers(request.tenant, request.actor, env_ref("plain")),
+            "headers": entry_headers(request.tenant, request.actor, env_ref("plain"), request.oauth),
         }
 
     def snippet(self, request: EntryRequest, scope: Scope = "user") -> str:
         config = {"mcpServers": {request.name: self.render_entry(request, scope)}}
+        if request.oauth:
+            return (
+                "# Streamable HTTP MCP server in OAuth mode: no token anywhere. The client signs in itself\n"
+                "# (MCP authorization): on the gateway's 401 it reads the resource metadata, registers,\n"
+                "# and opens a browser for sign-in and consent.\n"
+                + json.dumps(config, indent=2, ensure_ascii=False)
+                + "\n\n# Check the gateway asks for sign-in (401 with a resource_metadata challenge):\n"
+                + f"curl -sS -o /dev/null -D - -X POST {shlex.quote(request.url)} | grep -i www-authenticate\n"
+            )
         return (
             "# Streamable HTTP MCP server. Write ${"
             + TOKEN_ENV

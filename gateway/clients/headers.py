@@ -16,6 +16,16 @@ def env_headers(tenant: str, actor: str, token_ref: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token_ref}", TENANT_HEADER: tenant, ACTOR_HEADER: actor}
 
 
+def oauth_headers(tenant: str, actor: str) -> dict[str, str]:
+    """OAuth mode: no credential, only the binding claims (the actor's only when one is named)."""
+    return {TENANT_HEADER: tenant, **({ACTOR_HEADER: actor} if actor else {})}
+
+
+def entry_headers(tenant: str, actor: str, token_ref: str, oauth: bool) -> dict[str, str]:
+    """A config file's headers: the token reference and claims, or in OAuth mode the claims alone."""
+    return oauth_headers(tenant, actor) if oauth else env_headers(tenant, actor, token_ref)
+
+
 def env_ref(style: str) -> str:
     """The token env var in a client's interpolation syntax: `${VAR}` or `${env:VAR}`."""
     return {"plain": f"${{{TOKEN_ENV}}}", "env": f"${{env:{TOKEN_ENV}}}"}[style]

@@ -95,7 +95,12 @@ def _check_text(what: str, value: str, *, allow_dollar: bool = False) -> None:
 
 @dataclass(frozen=True)
 class EntryRequest:
-    """What one client entry should point at. Deliberately holds no token."""
+    """What one client entry should point at. Deliberately holds no token.
+
+    `oauth`: the gateway runs in OAuth mode (MCP_AUTH_MODE=oauth). The entry then carries no credential
+    at all, not even a reference: the client signs in itself (MCP authorization). The tenant (and the
+    actor, when given; "" leaves it out) still go as binding claims, which the gateway checks against
+    whoever signed in, and by which `client list` recognises the entry."""
 
     url: str
     tenant: str
@@ -104,6 +109,7 @@ class EntryRequest:
     # argv prefix that runs the aegress CLI (`headersHelper`, `aegress bridge`); the CLI may pass
     # an absolute path because GUI clients start with a minimal PATH.
     aegress_command: tuple[str, ...] = ("aegress",)
+    oauth: bool = False
 
     def __post_init__(self) -> None:
         validate_name(self.name)
@@ -116,6 +122,8 @@ class EntryRequest:
         if "#" in self.url or " " in self.url:
             raise InvalidInput("URL must not contain spaces or a #fragment")
         for what, value in (("tenant", self.tenant), ("actor", self.actor)):
+            if what == "actor" and self.oauth and value == "":
+                continue  # OAuth mode: whoever signs in is the actor
             _check_text(what, value)
             if len(value) > _MAX_ID:
                 raise InvalidInput(f"{what} is longer than {_MAX_ID} characters")

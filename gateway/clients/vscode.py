@@ -15,7 +15,7 @@ from gateway.clients import _jsonc
 from gateway.clients._http_entry import entry_from_headers
 from gateway.clients._json_config import JsonClient
 from gateway.clients._paths import app_config_dir
-from gateway.clients.headers import env_headers, env_ref
+from gateway.clients.headers import entry_headers, env_ref
 from gateway.clients.model import Entry, EntryRequest, Host, Scope
 
 
@@ -35,7 +35,7 @@ class VSCode(JsonClient):
         return {
             "type": "http",
             "url": request.url,
-            "headers": env_headers(request.tenant, request.actor, env_ref("env")),
+            "headers": entry_headers(request.tenant, request.actor, env_ref("env"), request.oauth),
         }
 
     def entry_from(self, name: str, data: dict[str, Any]) -> Entry | None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from gateway.clients._http_entry import entry_from_headers
 from gateway.clients._json_config import JsonClient
-from gateway.clients.headers import env_headers, env_ref
+from gateway.clients.headers import entry_headers, env_ref
 from gateway.clients.model import Entry, EntryRequest, Host, Scope
 
 
@@ -26,7 +26,7 @@ class Windsurf(JsonClient):
     def render_entry(self, request: EntryRequest, scope: Scope) -> dict[str, Any]:
         return {
             "serverUrl": request.url,
-            "headers": env_headers(request.tenant, request.actor, env_ref("env")),
+            "headers": entry_headers(request.tenant, request.actor, env_ref("env"), request.oauth),
         }
 
     def entry_from(self, name: str, data: dict[str, Any]) -> Entry | None:

@@ -124,6 +124,81 @@ class EvidenceFilter:
     contains: str = ""  # a digest (`hmac-sha256:...`) the record's bytes must contain
 
 
+# -- OAuth mode (issue 13) -------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class TrustedIssuer:
+    """An identity provider one tenant trusts, and how its tokens' claims map to tenant and actor.
+
+    Empty strings mean the default: `audience` the gateway's canonical resource URI (the tenant's own
+    with per-tenant resource URIs), `tenant_claim` none (the issuer alone names the tenant),
+    `tenant_value` the tenant id, `jwks_uri` discovered from the issuer's metadata."""
+
+    tenant_id: str
+    issuer: str
+    audience: str = ""
+    tenant_claim: str = ""
+    tenant_value: str = ""
+    actor_claim: str = "sub"
+    scopes: tuple[str, ...] = ("mcp",)
+    jwks_uri: str = ""
+    require_known_actor: bool = False
+    created_at: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthClient:
+    """A client of the embedded authorization server: registered (RFC 7591) or known by its client ID
+    metadata document (`kind` "metadata-document", `id` the document's URL). `secret_hash` is the keyed
+    hash of a confidential client's secret ("" for a public client)."""
+
+    id: str
+    name: str
+    redirect_uris: tuple[str, ...]
+    auth_method: str
+    kind: str
+    created_at: str
+    secret_hash: str = ""
+    metadata: str = "{}"
+    revoked_at: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthGrant:
+    """One consent: this actor of this tenant let this client act on this resource with these scopes."""
+
+    id: str
+    tenant_id: str
+    actor_id: str
+    client_id: str
+    resource: str
+    scope: str
+    created_at: str
+    revoked_at: str | None = None
+    revoked_reason: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthCode:
+    """A stored authorization code (keyed by its hash): what the token request must match."""
+
+    grant_id: str
+    client_id: str
+    redirect_uri: str
+    code_challenge: str
+    resource: str
+    scope: str
+    expires_at: float
+    used_at: float | None = None
+
+
 class WouldBlock(Exception):
     """A `*_nowait` read that could only be answered after a wait (a lock, a network round trip): the caller
     asks again with the blocking method, in a worker thread."""
@@ -399,6 +474,55 @@ class Store(Protocol):
     def record_pin_changes(self, tenant_id: str, upstream: str, changes: Sequence[tuple[str, str, str]],
                            now: str) -> None: ...
     def list_pin_changes(self, tenant_id: str, limit: int = 200) -> list[PinChange]: ...
+
+    # OAuth mode (issue 13): trusted issuers; `oauth_version` counts every issuer, client or grant change
+    def add_trusted_issuer(self, entry: TrustedIssuer) -> None: ...
+    def list_trusted_issuers(self, tenant_id: str | None = None) -> list[TrustedIssuer]: ...
+    def remove_trusted_issuer(self, tenant_id: str, issuer: str) -> None: ...
+    def oauth_version(self) -> int: ...
+
+    # the embedded authorization server: clients, grants, codes, refresh tokens
+    def add_oauth_client(self, client: OAuthClient) -> None:
+        """Insert a client; a metadata-document client already known keeps its row (and its revocation)."""
+        ...
+    def get_oauth_client(self, client_id: str) -> OAuthClient | None: ...
+    def list_oauth_clients(self) -> list[OAuthClient]: ...
+    def revoke_oauth_client(self, client_id: str, now: str) -> OAuthClient:
+        """Revoke a client and every grant it holds."""
+        ...
+    def add_oauth_grant(self, grant: OAuthGrant) -> None: ...
+    def get_oauth_grant(self, grant_id: str) -> OAuthGrant | None: ...
+    def list_oauth_grants(self, tenant_id: str | None = None, client_id: str | None = None) -> list[OAuthGrant]: ...
+    def revoke_oauth_grant(self, grant_id: str, now: str, reason: str) -> bool:
+        """Revoke an active grant: True when this call revoked it (its refresh tokens stop working too)."""
+        ...
+    def active_grant(self, grant_id: str) -> OAuthGrant | None:
+        """The grant when it, its client and its actor are all still there and active (else None)."""
+        ...
+    def add_oauth_code(self, code_hash: str, code: OAuthCode) -> None: ...
+    def consume_oauth_code(self, code_hash: str, now: float) -> tuple[str, OAuthCode | None]:
+        """Use a code once, atomically across replicas: ("ok", code), ("used", code) for a replay,
+        ("expired", code) or ("unknown", None)."""
+        ...
+    def add_refresh_token(self, token_hash: str, grant_id: str, client_id: str, now: float,
+                          expires_at: float) -> None: ...
+    def find_refresh_token(self, token_hash: str) -> tuple[str, str] | None:
+        """(grant id, client id) of a stored refresh token, spent or not (for revocation, RFC 7009)."""
+        ...
+    def rotate_refresh_token(self, old_hash: str, new_hash: str, now: float,
+                             expires_at: float) -> tuple[str, str | None]:
+        """Spend a refresh token and store its successor in ONE transaction: ("ok", grant id); ("reused",
+        grant id) when it was spent before, which revokes the grant in the same transaction; ("expired" |
+        "revoked", grant id); ("unknown", None)."""
+        ...
+
+    # sign-in: actor passwords (scrypt hashes) and one-time login links (keyed hashes)
+    def set_actor_password(self, tenant_id: str, actor_id: str, password_hash: str, now: str) -> None: ...
+    def get_actor_password(self, tenant_id: str, actor_id: str) -> str | None: ...
+    def add_login_link(self, link_hash: str, tenant_id: str, actor_id: str, now: float, expires_at: float) -> None: ...
+    def consume_login_link(self, link_hash: str, now: float) -> tuple[str, str] | None:
+        """(tenant, actor) of an unexpired, unused link, now used (once, across replicas); else None."""
+        ...
 
     # held calls and approvals
     def add_held_call(self, held: HeldCall) -> None: ...

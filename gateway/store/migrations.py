@@ -223,6 +223,54 @@ def _sqlite_6(db: object) -> None:
     execute("CREATE INDEX IF NOT EXISTS ended_sessions_at ON ended_sessions (ended_at)")
 
 
+def _sqlite_7(db: object) -> None:
+    """OAuth mode (issue 13): trusted issuers per tenant, the embedded authorization server's clients,
+    grants, single-use codes and refresh tokens, actor passwords and one-time login links.
+
+    Codes, refresh tokens and login links are stored as keyed hashes; single use is one conditional
+    UPDATE (`... WHERE used_at IS NULL`), atomic across processes and replicas."""
+    execute = db.execute  # type: ignore[attr-defined]
+    for statement in _OAUTH_TABLES:
+        execute(_oauth_ddl(statement, "TEXT", "REAL"))
+    execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('oauth_version', '0')")
+
+
+_OAUTH_TABLES = (
+    "CREATE TABLE oauth_issuers (tenant_id <text> NOT NULL, issuer <text> NOT NULL, audience <text> NOT NULL,"
+    " tenant_claim <text> NOT NULL, tenant_value <text> NOT NULL, actor_claim <text> NOT NULL, scopes <text> NOT NULL,"
+    " jwks_uri <text> NOT NULL, require_known_actor integer NOT NULL, created_at <text> NOT NULL,"
+    " PRIMARY KEY (tenant_id, issuer))",
+    "CREATE INDEX oauth_issuers_issuer ON oauth_issuers (issuer)",
+    "CREATE TABLE oauth_clients (id <text> PRIMARY KEY, name <text> NOT NULL, redirect_uris <text> NOT NULL,"
+    " auth_method <text> NOT NULL, secret_hash <text> NOT NULL, kind <text> NOT NULL, metadata <text> NOT NULL,"
+    " created_at <text> NOT NULL, revoked_at <text>)",
+    "CREATE TABLE oauth_grants (id <text> PRIMARY KEY, tenant_id <text> NOT NULL, actor_id <text> NOT NULL,"
+    " client_id <text> NOT NULL, resource <text> NOT NULL, scope <text> NOT NULL, created_at <text> NOT NULL,"
+    " revoked_at <text>, revoked_reason <text>)",
+    "CREATE INDEX oauth_grants_tenant ON oauth_grants (tenant_id, actor_id)",
+    "CREATE INDEX oauth_grants_client ON oauth_grants (client_id)",
+    "CREATE TABLE oauth_codes (hash <text> PRIMARY KEY, grant_id <text> NOT NULL, client_id <text> NOT NULL,"
+    " redirect_uri <text> NOT NULL, code_challenge <text> NOT NULL, resource <text> NOT NULL, scope <text> NOT NULL,"
+    " expires_at <real> NOT NULL, used_at <real>)",
+    "CREATE TABLE oauth_refresh_tokens (hash <text> PRIMARY KEY, grant_id <text> NOT NULL, client_id <text> NOT NULL,"
+    " created_at <real> NOT NULL, expires_at <real> NOT NULL, used_at <real>)",
+    "CREATE INDEX oauth_refresh_tokens_grant ON oauth_refresh_tokens (grant_id)",
+    "CREATE TABLE actor_passwords (tenant_id <text> NOT NULL, actor_id <text> NOT NULL, hash <text> NOT NULL,"
+    " updated_at <text> NOT NULL, PRIMARY KEY (tenant_id, actor_id))",
+    "CREATE TABLE oauth_login_links (hash <text> PRIMARY KEY, tenant_id <text> NOT NULL, actor_id <text> NOT NULL,"
+    " created_at <real> NOT NULL, expires_at <real> NOT NULL, used_at <real>)",
+)
+"""The OAuth tables of step 7, one text for both dialects (`<text>`, `<real>`: each dialect's type)."""
+
+
+def _oauth_ddl(statement: str, text: str, real: str) -> str:
+    """A step 7 statement in one dialect, with IF NOT EXISTS: a SQLite database whose user_version was set
+    back by hand may have the tables already."""
+    statement = statement.replace("CREATE TABLE ", "CREATE TABLE IF NOT EXISTS ", 1)
+    statement = statement.replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1)
+    return statement.replace("<text>", text).replace("<real>", real)
+
+
 _PG_1 = (
     "CREATE TABLE tenants (id text PRIMARY KEY, created_at text NOT NULL)",
     "CREATE TABLE actors (tenant_id text NOT NULL REFERENCES tenants (id), id text NOT NULL,"
@@ -311,6 +359,11 @@ _PG_6 = (
     "CREATE INDEX ended_sessions_at ON ended_sessions (ended_at)",
 )
 
+_PG_7 = (
+    *(_oauth_ddl(statement, "text", "double precision") for statement in _OAUTH_TABLES),
+    "INSERT INTO meta (key, value) VALUES ('oauth_version', '0') ON CONFLICT (key) DO NOTHING",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "tenants, actors, tokens, upstreams, calls", _sqlite_1, _PG_1),
     Migration(2, "policies, tool definitions, pins, held calls", _sqlite_2, _PG_2),
@@ -318,6 +371,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "tenant and actor ids unique ignoring case", _sqlite_4, _PG_4),
     Migration(5, "replica id of each evidence record", _sqlite_5, _PG_5),
     Migration(6, "ended sessions", _sqlite_6, _PG_6),
+    Migration(7, "oauth: trusted issuers, clients, grants, codes, refresh tokens, passwords, login links",
+              _sqlite_7, _PG_7),
 )
 """In order; `version` is the position + 1."""
 

@@ -47,8 +47,12 @@ from gateway.store.base import (
     HeldCall,
     ImportedLog,
     LogImported,
+    OAuthClient,
+    OAuthCode,
+    OAuthGrant,
     PinChange,
     PolicyVersion,
+    TrustedIssuer,
     plan_import,
 )
 from gateway.types import Actor, CallRecord, Tenant, TokenInfo, UpstreamLimits, UpstreamSpec
@@ -69,6 +73,11 @@ HELD_COLS = (
     " mode, status, created_at, decided_by, decided_at, decision_reason, expires_at, used_at"
 )
 _ID_BATCH = 500  # ids per `IN (...)`: far below SQLite's and Postgres's parameter limits
+ISSUER_COLS = ("tenant_id, issuer, audience, tenant_claim, tenant_value, actor_claim, scopes, jwks_uri,"
+               " require_known_actor, created_at")
+CLIENT_COLS = "id, name, redirect_uris, auth_method, kind, created_at, secret_hash, metadata, revoked_at"
+GRANT_COLS = "id, tenant_id, actor_id, client_id, resource, scope, created_at, revoked_at, revoked_reason"
+CODE_COLS = "grant_id, client_id, redirect_uri, code_challenge, resource, scope, expires_at, used_at"
 EV_COLS = "id, origin, seq, kind, time, tenant, actor, tool, verdict, status, intent_seq, leaf_hash, data"
 
 ENDED_BATCH = 500
@@ -446,6 +455,7 @@ class SQLStore:
             self._x(conn, "DELETE FROM upstreams WHERE tenant_id = ?", (tenant_id,))
             self._x(conn, "DELETE FROM tokens WHERE tenant_id = ?", (tenant_id,))
             self._x(conn, "DELETE FROM actors WHERE tenant_id = ?", (tenant_id,))
+            self._forget_oauth(conn, tenant_id)
             if self._x(conn, "DELETE FROM tenants WHERE id = ?", (tenant_id,)).rowcount == 0:
                 raise NotFound(f"No tenant {tenant_id!r}.", hint="List tenants with `aegress tenant list`.")
             self._bump(conn, "upstreams_version")
@@ -463,6 +473,7 @@ class SQLStore:
     def remove_actor(self, tenant_id: str, actor_id: str) -> None:
         with self.transaction() as conn:
             self._x(conn, "DELETE FROM tokens WHERE tenant_id = ? AND actor_id = ?", (tenant_id, actor_id))
+            self._forget_oauth(conn, tenant_id, actor_id)
             if self._x(conn, "DELETE FROM actors WHERE tenant_id = ? AND id = ?", (tenant_id, actor_id)).rowcount == 0:
                 raise NotFound(f"No actor {actor_id!r} in tenant {tenant_id!r}.")
 
@@ -672,3 +683,207 @@ class SQLStore:
             "UPDATE held_calls SET status = ?, decided_by = ?, decided_at = ?, decision_reason = ?, expires_at = ?"
             " WHERE id = ? AND status = 'pending'", (status, by, at, reason, expires_at, held_id),
         ) == 1
+
+    # -- OAuth mode (issue 13) ---------------------------------------------------------------------
+    def _forget_oauth(self, conn: Any, tenant_id: str, actor_id: str | None = None) -> None:
+        """A deleted tenant (or removed actor) keeps no trust, password, grant or pending code: one created
+        again under the same id starts from nothing. Grants are deleted, not revoked: their ids are not
+        evidence (the consent and revocation records are)."""
+        if actor_id is None:
+            self._x(conn, "DELETE FROM oauth_issuers WHERE tenant_id = ?", (tenant_id,))
+            self._x(conn, "DELETE FROM actor_passwords WHERE tenant_id = ?", (tenant_id,))
+            self._x(conn, "DELETE FROM oauth_login_links WHERE tenant_id = ?", (tenant_id,))
+            grants = "SELECT id FROM oauth_grants WHERE tenant_id = ?"
+            params: tuple[str, ...] = (tenant_id,)
+        else:
+            self._x(conn, "DELETE FROM actor_passwords WHERE tenant_id = ? AND actor_id = ?", (tenant_id, actor_id))
+            self._x(conn, "DELETE FROM oauth_login_links WHERE tenant_id = ? AND actor_id = ?", (tenant_id, actor_id))
+            grants = "SELECT id FROM oauth_grants WHERE tenant_id = ? AND actor_id = ?"
+            params = (tenant_id, actor_id)
+        self._x(conn, f"DELETE FROM oauth_codes WHERE grant_id IN ({grants})", params)
+        self._x(conn, f"DELETE FROM oauth_refresh_tokens WHERE grant_id IN ({grants})", params)
+        self._x(conn, f"DELETE FROM oauth_grants WHERE id IN ({grants})", params)
+        self._bump(conn, "oauth_version")
+
+    def oauth_version(self) -> int:
+        return self._counter("oauth_version")
+
+    def add_trusted_issuer(self, entry: TrustedIssuer) -> None:
+        try:
+            with self.transaction() as conn:
+                if self._x(conn, "SELECT 1 FROM tenants WHERE id = ?", (entry.tenant_id,)).fetchone() is None:
+                    raise NotFound(f"No tenant {entry.tenant_id!r}.", hint="Create it with `aegress tenant create`.")
+                self._x(conn, f"INSERT INTO oauth_issuers ({ISSUER_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (entry.tenant_id, entry.issuer, entry.audience, entry.tenant_claim, entry.tenant_value,
+                         entry.actor_claim, json.dumps(list(entry.scopes)), entry.jwks_uri,
+                         int(entry.require_known_actor), entry.created_at))
+                self._bump(conn, "oauth_version")
+        except Exception as exc:
+            if self._violation(exc) is None:
+                raise
+            raise AlreadyExists(f"Tenant {entry.tenant_id!r} already trusts issuer {entry.issuer!r}.",
+                                hint="Remove it first with `aegress oauth issuer remove`.") from exc
+
+    def list_trusted_issuers(self, tenant_id: str | None = None) -> list[TrustedIssuer]:
+        sql, params = where(tenant_id=tenant_id)
+        rows = self._all(f"SELECT {ISSUER_COLS} FROM oauth_issuers{sql} ORDER BY tenant_id COLLATE BINARY,"
+                         " issuer COLLATE BINARY", params)
+        return [TrustedIssuer(str(t), str(i), str(a), str(tc), str(tv), str(ac), tuple(json.loads(sc)), str(j),
+                              bool(k), str(c)) for t, i, a, tc, tv, ac, sc, j, k, c in rows]
+
+    def remove_trusted_issuer(self, tenant_id: str, issuer: str) -> None:
+        with self.transaction() as conn:
+            if self._x(conn, "DELETE FROM oauth_issuers WHERE tenant_id = ? AND issuer = ?",
+                       (tenant_id, issuer)).rowcount == 0:
+                raise NotFound(f"Tenant {tenant_id!r} does not trust issuer {issuer!r}.",
+                               hint="List them with `aegress oauth issuer list`.")
+            self._bump(conn, "oauth_version")
+
+    def add_oauth_client(self, client: OAuthClient) -> None:
+        with self.transaction() as conn:
+            conflict = " ON CONFLICT (id) DO NOTHING" if client.kind == "metadata-document" else ""
+            self._x(conn, f"INSERT INTO oauth_clients ({CLIENT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?){conflict}",
+                    (client.id, client.name, json.dumps(list(client.redirect_uris)), client.auth_method, client.kind,
+                     client.created_at, client.secret_hash, client.metadata, client.revoked_at))
+            self._bump(conn, "oauth_version")
+
+    @staticmethod
+    def _client(row: Sequence[Any]) -> OAuthClient:
+        return OAuthClient(str(row[0]), str(row[1]), tuple(json.loads(row[2])), str(row[3]), str(row[4]), str(row[5]),
+                           str(row[6]), str(row[7]), row[8])
+
+    def get_oauth_client(self, client_id: str) -> OAuthClient | None:
+        row = self._one(f"SELECT {CLIENT_COLS} FROM oauth_clients WHERE id = ?", (client_id,))
+        return self._client(row) if row else None
+
+    def list_oauth_clients(self) -> list[OAuthClient]:
+        rows = self._all(f"SELECT {CLIENT_COLS} FROM oauth_clients ORDER BY created_at, id COLLATE BINARY")
+        return [self._client(r) for r in rows]
+
+    def revoke_oauth_client(self, client_id: str, now: str) -> OAuthClient:
+        with self.transaction() as conn:
+            self._x(conn, "UPDATE oauth_clients SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                    (now, client_id))
+            self._x(conn, "UPDATE oauth_grants SET revoked_at = ?, revoked_reason = 'client revoked'"
+                    " WHERE client_id = ? AND revoked_at IS NULL", (now, client_id))
+            self._bump(conn, "oauth_version")
+        client = self.get_oauth_client(client_id)
+        if client is None:
+            raise NotFound(f"No OAuth client {client_id!r}.", hint="List them with `aegress oauth clients list`.")
+        return client
+
+    def add_oauth_grant(self, grant: OAuthGrant) -> None:
+        self._exec(f"INSERT INTO oauth_grants ({GRANT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (grant.id, grant.tenant_id, grant.actor_id, grant.client_id, grant.resource, grant.scope,
+                    grant.created_at, grant.revoked_at, grant.revoked_reason))
+
+    def get_oauth_grant(self, grant_id: str) -> OAuthGrant | None:
+        row = self._one(f"SELECT {GRANT_COLS} FROM oauth_grants WHERE id = ?", (grant_id,))
+        return OAuthGrant(*row) if row else None
+
+    def list_oauth_grants(self, tenant_id: str | None = None, client_id: str | None = None) -> list[OAuthGrant]:
+        sql, params = where(tenant_id=tenant_id, client_id=client_id)
+        rows = self._all(f"SELECT {GRANT_COLS} FROM oauth_grants{sql} ORDER BY created_at, id COLLATE BINARY", params)
+        return [OAuthGrant(*r) for r in rows]
+
+    def revoke_oauth_grant(self, grant_id: str, now: str, reason: str) -> bool:
+        with self.transaction() as conn:
+            done = self._x(conn, "UPDATE oauth_grants SET revoked_at = ?, revoked_reason = ? WHERE id = ?"
+                           " AND revoked_at IS NULL", (now, reason, grant_id)).rowcount == 1
+            if done:
+                self._bump(conn, "oauth_version")
+        return done
+
+    def active_grant(self, grant_id: str) -> OAuthGrant | None:
+        cols = ", ".join(f"g.{c.strip()}" for c in GRANT_COLS.split(","))
+        row = self._one(
+            f"SELECT {cols} FROM oauth_grants g JOIN oauth_clients c ON c.id = g.client_id JOIN actors a"
+            " ON a.tenant_id = g.tenant_id AND a.id = g.actor_id WHERE g.id = ? AND g.revoked_at IS NULL"
+            " AND c.revoked_at IS NULL", (grant_id,))
+        return OAuthGrant(*row) if row else None
+
+    def add_oauth_code(self, code_hash: str, code: OAuthCode) -> None:
+        self._exec(f"INSERT INTO oauth_codes (hash, {CODE_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (code_hash, code.grant_id, code.client_id, code.redirect_uri, code.code_challenge, code.resource,
+                    code.scope, code.expires_at, code.used_at))
+
+    def consume_oauth_code(self, code_hash: str, now: float) -> tuple[str, OAuthCode | None]:
+        with self.transaction() as conn:
+            spent = self._x(conn, "UPDATE oauth_codes SET used_at = ? WHERE hash = ? AND used_at IS NULL"
+                            " AND expires_at > ?", (now, code_hash, now)).rowcount == 1
+            row = self._x(conn, f"SELECT {CODE_COLS} FROM oauth_codes WHERE hash = ?", (code_hash,)).fetchone()
+        if row is None:
+            return "unknown", None
+        code = OAuthCode(*row)
+        if spent:
+            return "ok", code
+        return ("used" if code.used_at is not None else "expired"), code
+
+    def add_refresh_token(self, token_hash: str, grant_id: str, client_id: str, now: float,
+                          expires_at: float) -> None:
+        self._exec("INSERT INTO oauth_refresh_tokens (hash, grant_id, client_id, created_at, expires_at)"
+                   " VALUES (?, ?, ?, ?, ?)", (token_hash, grant_id, client_id, now, expires_at))
+
+    def find_refresh_token(self, token_hash: str) -> tuple[str, str] | None:
+        row = self._one("SELECT grant_id, client_id FROM oauth_refresh_tokens WHERE hash = ?", (token_hash,))
+        return (str(row[0]), str(row[1])) if row else None
+
+    def rotate_refresh_token(self, old_hash: str, new_hash: str, now: float,
+                             expires_at: float) -> tuple[str, str | None]:
+        with self.transaction() as conn:
+            spent = self._x(conn, "UPDATE oauth_refresh_tokens SET used_at = ? WHERE hash = ? AND used_at IS NULL"
+                            " AND expires_at > ?", (now, old_hash, now)).rowcount == 1
+            row = self._x(conn, "SELECT grant_id, client_id, used_at FROM oauth_refresh_tokens WHERE hash = ?",
+                          (old_hash,)).fetchone()
+            if row is None:
+                return "unknown", None
+            grant_id, client_id = str(row[0]), str(row[1])
+            if not spent:
+                if row[2] is None:
+                    return "expired", grant_id
+                # a spent refresh token presented again: stolen or replayed, so the whole grant goes
+                self._x(conn, "UPDATE oauth_grants SET revoked_at = ?, revoked_reason = 'refresh token reused'"
+                        " WHERE id = ? AND revoked_at IS NULL", (_iso(now), grant_id))
+                self._bump(conn, "oauth_version")
+                return "reused", grant_id
+            alive = self._x(
+                conn, "SELECT 1 FROM oauth_grants g JOIN oauth_clients c ON c.id = g.client_id JOIN actors a"
+                " ON a.tenant_id = g.tenant_id AND a.id = g.actor_id WHERE g.id = ? AND g.revoked_at IS NULL"
+                " AND c.revoked_at IS NULL", (grant_id,)).fetchone()
+            if alive is None:
+                return "revoked", grant_id
+            self._x(conn, "INSERT INTO oauth_refresh_tokens (hash, grant_id, client_id, created_at, expires_at)"
+                    " VALUES (?, ?, ?, ?, ?)", (new_hash, grant_id, client_id, now, expires_at))
+        return "ok", grant_id
+
+    def set_actor_password(self, tenant_id: str, actor_id: str, password_hash: str, now: str) -> None:
+        with self.transaction() as conn:
+            if self._x(conn, "SELECT 1 FROM actors WHERE tenant_id = ? AND id = ?", (tenant_id, actor_id)).fetchone() \
+                    is None:
+                raise NotFound(f"No actor {actor_id!r} in tenant {tenant_id!r}.")
+            self._x(conn, "DELETE FROM actor_passwords WHERE tenant_id = ? AND actor_id = ?", (tenant_id, actor_id))
+            self._x(conn, "INSERT INTO actor_passwords (tenant_id, actor_id, hash, updated_at) VALUES (?, ?, ?, ?)",
+                    (tenant_id, actor_id, password_hash, now))
+
+    def get_actor_password(self, tenant_id: str, actor_id: str) -> str | None:
+        row = self._one("SELECT hash FROM actor_passwords WHERE tenant_id = ? AND actor_id = ?", (tenant_id, actor_id))
+        return str(row[0]) if row else None
+
+    def add_login_link(self, link_hash: str, tenant_id: str, actor_id: str, now: float, expires_at: float) -> None:
+        self._exec("INSERT INTO oauth_login_links (hash, tenant_id, actor_id, created_at, expires_at)"
+                   " VALUES (?, ?, ?, ?, ?)", (link_hash, tenant_id, actor_id, now, expires_at))
+
+    def consume_login_link(self, link_hash: str, now: float) -> tuple[str, str] | None:
+        with self.transaction() as conn:
+            if self._x(conn, "UPDATE oauth_login_links SET used_at = ? WHERE hash = ? AND used_at IS NULL"
+                       " AND expires_at > ?", (now, link_hash, now)).rowcount != 1:
+                return None
+            row = self._x(conn, "SELECT tenant_id, actor_id FROM oauth_login_links WHERE hash = ?",
+                          (link_hash,)).fetchone()
+        return (str(row[0]), str(row[1])) if row else None
+
+
+def _iso(seconds: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")

@@ -38,9 +38,9 @@ def test_db_status_and_migrate_on_postgres(aegress_home: Path, pg_database: obje
     r = aegress(aegress_home, "db", "status", "--check", "--json", check=False, **env)
     status = json.loads(r.stdout)
     assert r.returncode == 3 and status["backend"] == "postgres" and status["version"] == 0
-    assert status["pending"] == [1, 2, 3, 4, 5, 6]
+    assert status["pending"] == [1, 2, 3, 4, 5, 6, 7]
     migrated = json.loads(aegress(aegress_home, "db", "migrate", "--json", **env).stdout)
-    assert migrated["applied"] == [1, 2, 3, 4, 5, 6] and migrated["pending"] == []
+    assert migrated["applied"] == [1, 2, 3, 4, 5, 6, 7] and migrated["pending"] == []
     assert all(m["applied_at"] for m in migrated["migrations"])
     assert "Nothing to do" in aegress(aegress_home, "db", "migrate", **env).stdout
     assert aegress(aegress_home, "db", "status", "--check", **env).returncode == 0

@@ -412,7 +412,6 @@ def test_serve_refuses_unsafe_or_broken_tunnel_settings(tmp_path: Path) -> None:
     assert "binds loopback only" in _serve_fails(home, "--ingress", "tunnel", "--public-url", url, "--host",
                                                  "0.0.0.0", "--allow-public-bind")
     assert "unencrypted" in _serve_fails(home, "--ingress", "tunnel", "--public-url", "http://mcp.example.com/mcp")
-    assert "oauth is not available" in _serve_fails(home, MCP_AUTH_MODE="oauth")
     assert "not a known mode" in _serve_fails(home, MCP_AUTH_MODE="none")
     refused = subprocess.run([sys.executable, "-m", "aegress_cli.main", "serve", "--port", "0"], capture_output=True,
                              text=True, env=cli_env(home, MCP_INGRESS_MODE="funnel"), cwd=ROOT, timeout=60)

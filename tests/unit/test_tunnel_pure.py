@@ -102,8 +102,9 @@ def test_tunnel_ingress_rules() -> None:
 def test_auth_modes() -> None:
     assert check_auth_mode("bearer") == "bearer"
     assert check_auth_mode(" BEARER ") == "bearer"
-    with pytest.raises(ConfigError, match="oauth is not available") as exc:
-        check_auth_mode("oauth")
+    assert check_auth_mode("oauth") == "oauth"
+    with pytest.raises(ConfigError, match="not a known mode") as exc:
+        check_auth_mode("none")
     assert exc.value.code == "auth-mode"
     with pytest.raises(ConfigError, match="not a known mode"):
         check_auth_mode("none")

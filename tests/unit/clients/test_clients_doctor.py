@@ -42,10 +42,25 @@ def test_entries_without_url_or_token_source_are_reported() -> None:
     with pytest.raises(PlanProblem) as no_url:
         plan("cursor", Entry("aegress", None, "acme", "alice", token_env="X"))
     assert no_url.value.check.code == "entry-incomplete"
-    with pytest.raises(PlanProblem) as no_token:
-        plan("cursor", Entry("aegress", "http://h/mcp", "acme", "alice"))
-    assert "no token source" in no_token.value.check.detail
-    assert "aegress client setup cursor --tenant acme --actor alice" in (no_token.value.check.hint or "")
+    # no token source: an OAuth-mode entry (or a broken bearer one); the probe of the gateway tells which
+    oauth = plan("cursor", Entry("aegress", "http://h/mcp", "acme", None))
+    assert oauth.source == "oauth" and oauth.identity_headers == {"X-Aegress-Tenant-Id": "acme"}
+
+
+def test_an_entry_without_a_token_meets_the_gateways_challenge() -> None:
+    from gateway.clients.doctor import explain_challenge
+
+    p = plan("cursor", Entry("aegress", "https://gw.example.com/mcp", "acme", None))
+    www = 'Bearer realm="aegress", resource_metadata="https://gw.example.com/.well-known/oauth-protected-resource/mcp"'
+    good = {"resource": "https://gw.example.com/mcp", "authorization_servers": ["https://gw.example.com"]}
+    check = explain_challenge(p, 401, www, good)
+    assert check.ok and "https://gw.example.com" in check.detail
+    assert explain_challenge(p, None, "", None).code == "gateway-down"
+    bearer = explain_challenge(p, 401, 'Bearer realm="aegress"', None)  # a bearer-mode gateway
+    assert not bearer.ok and bearer.code == "not-oauth" and "--auth bearer" in (bearer.hint or "")
+    assert explain_challenge(p, 200, "", None).code == "not-oauth"
+    other = explain_challenge(p, 401, www, {**good, "resource": "https://elsewhere.example/mcp"})
+    assert other.code == "wrong-url"
 
 
 def rejected(status: int, code: str | None, message: str = "m", www: str | None = None) -> GatewayRejected:
