@@ -27,6 +27,8 @@ from gateway.types import Identity
 
 log = logging.getLogger("aegress.tokens")
 
+BEARER_PREFIX = "tok_"
+"""Ids of the tokens `aegress token issue` makes (gateway.admin); OAuth identities carry others."""
 CHECK_S = 1.0
 LIVE_CHECK_S = 5.0
 
@@ -53,7 +55,8 @@ class TokenWatch:
     async def check(self, match: Callable[[Identity], bool] = lambda _: True) -> int:
         """Check the held tokens `match` selects against the store; end the revoked ones. Returns how many
         sessions and requests were ended."""
-        held = self.holder.open_tokens(match)
+        # only the store's own bearer tokens: an OAuth identity's grant is checked on every request instead
+        held = {t for t in self.holder.open_tokens(match) if t.startswith(BEARER_PREFIX)}
         if not held:
             return 0
         active = await asyncio.to_thread(self.store.active_tokens, held)
