@@ -39,7 +39,7 @@ MAX_PREVIEW_CHARS: Final = 512
 
 OPERATOR_CHANGES: Final = frozenset({
     "tenant_created", "tenant_deleted", "actor_added", "actor_removed", "token_issued", "upstream_added",
-    "upstream_changed", "upstream_removed", "tools_approved",
+    "upstream_changed", "upstream_removed", "tools_approved", "operator_token_issued", "operator_token_revoked",
 })
 """`operator_change.change` values (other operator changes have kinds of their own: `token_revoked`,
 `policy_changed`, `review_approved`, `review_denied`, `key_event`)."""

@@ -214,6 +214,23 @@ def _sqlite_5(db: object) -> None:
             " WHERE kind = 'intent'")
 
 
+def _sqlite_6(db: object) -> None:
+    """The operator view (issue 14): operator credentials for the console, and an index for "recent calls"."""
+    execute = db.execute  # type: ignore[attr-defined]
+    for statement in _OPERATOR_6:
+        execute(statement)
+
+
+_OPERATOR_6 = (
+    # the console's operator credentials: never the token, only its keyed hash (like `tokens`)
+    "CREATE TABLE operator_tokens (id text PRIMARY KEY, hash text NOT NULL, label text NOT NULL DEFAULT '',"
+    " created_at text NOT NULL, created_by text NOT NULL DEFAULT '', revoked_at text)",
+    "CREATE UNIQUE INDEX operator_tokens_hash ON operator_tokens (hash)",
+    # `aegress status`: calls of the last minutes per upstream (health) without scanning every call
+    "CREATE INDEX calls_started_at ON calls (started_at)",
+)
+
+
 _PG_1 = (
     "CREATE TABLE tenants (id text PRIMARY KEY, created_at text NOT NULL)",
     "CREATE TABLE actors (tenant_id text NOT NULL REFERENCES tenants (id), id text NOT NULL,"
@@ -303,6 +320,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "sealed evidence, chain heads, checkpoints", _sqlite_3, _PG_3),
     Migration(4, "tenant and actor ids unique ignoring case", _sqlite_4, _PG_4),
     Migration(5, "replica id of each evidence record", _sqlite_5, _PG_5),
+    Migration(6, "operator tokens (the console), calls by start time", _sqlite_6, _OPERATOR_6),
 )
 """In order; `version` is the position + 1."""
 
