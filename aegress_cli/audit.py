@@ -653,7 +653,18 @@ def _verify_store(tenant: str, all_logs: bool, keys: list[str] | None, against: 
         if isinstance(finding, dict) and finding.get("checkpoint") is not None:
             finding["message"] += f" (checkpoint {finding['checkpoint']}: {sources[finding['checkpoint']][1]})"
         reports.append(body)
+    _remember(db, reports)
     return reports
+
+
+def _remember(db: Any, reports: list[dict[str, Any]]) -> None:
+    """Keep the result for `aegress status` and the console (never changes the verification's answer)."""
+    from datetime import UTC, datetime
+
+    from gateway.evidence import operator_name
+    from gateway.status import remember_verification
+
+    remember_verification(db, reports, datetime.now(UTC), operator_name())
 
 
 # -- repair -------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.bus import connect as connect_bus
 from gateway.config import Limits, ServeSettings
+from gateway.console import console_route
 from gateway.datadir import DataDirLock, hold
 from gateway.decide import Decider, PolicyDecider
 from gateway.errors import ConfigError, StoreUnavailable
@@ -188,7 +189,8 @@ def build_gateway(home: Path, settings: ServeSettings, *, database_url: str | No
             lock.release()
 
     app = Starlette(
-        routes=[Route("/health", health, methods=["GET"]), Route("/mcp", endpoint, methods=None)],
+        routes=[Route("/health", health, methods=["GET"]), Route("/mcp", endpoint, methods=None),
+                console_route(home, settings, endpoint, master, lock)],
         lifespan=lifespan,
     )
     return Gateway(mcp_first(endpoint, app), endpoint, pipeline)
