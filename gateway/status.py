@@ -356,6 +356,8 @@ def binding_view(facts: Mapping[str, Any], running: bool) -> dict[str, Any]:
         text = "bearer tokens, each bound to one tenant and one actor"
     elif mode == "oauth":
         text = "OAuth: each authorization bound to one tenant and one actor"
+    elif running:
+        mode, text = "unknown", "not recorded by this gateway (an older version, or still starting)"
     else:
         mode, text = "unknown", "no gateway is serving this data dir"
     return {"mode": mode, "ingress": facts.get("ingress") if running else None, "text": text}

@@ -65,13 +65,13 @@ def badge(kind: str, text: str | None = None) -> str:
 
 
 def _table(columns: Sequence[str], rows: Iterable[Sequence[str]], empty: str, table_id: str = "",
-           numeric: Sequence[int] = (), ids: Sequence[int] = ()) -> str:
-    """Cells are HTML already (escape values before passing them)."""
+           numeric: Sequence[int] = (), ids: Sequence[int] = (), wide: Sequence[int] = ()) -> str:
+    """Cells are HTML already (escape values before passing them). `wide` columns hold hashes: given room."""
     body = []
     for row in rows:
         cells = []
         for i, cell in enumerate(row):
-            cls = "num" if i in numeric else "id" if i in ids else ""
+            cls = "num" if i in numeric else "id" if i in ids else "wide" if i in wide else ""
             cells.append(f'<td class="{cls}">{cell}</td>' if cls else f"<td>{cell}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     if not body:
@@ -239,9 +239,10 @@ def _path_section(calls: Sequence[CallPath]) -> str:
     rows = [(when(c.time), f"{_e(c.actor)}<br><span class=\"muted\">{_e(c.client)}</span>", _e(c.tenant),
              f"v{_e(c.policy_version)} {_e(c.rule_id)}", badge(c.verdict), f"<code>{_e(c.tool)}</code>",
              f'<code class="hash">{_e(c.origin)}</code> #{c.seq}<br>{_check_badge(c.check)}') for c in calls]
-    return (head + f'<p class="lead">The newest call, then the last {len(calls)}.</p>'
+    return (head + f'<p class="lead">The newest call; below it the last {len(calls)} calls.</p>'
             f'<ol class="flow" id="flow">{flow}</ol>'
-            + _table(["time", "actor", "tenant", "policy", "verdict", "tool", "evidence"], rows, "", "calls-table")
+            + _table(["time", "actor", "tenant", "policy", "verdict", "tool", "evidence"], rows, "", "calls-table",
+                     wide=(6,))
             + "</section>")
 
 
@@ -308,7 +309,7 @@ def evidence_page(items: Sequence[EvidenceItem], status: Status, counts: dict[st
             "a response carries in <code>_meta.aegress</code>) and each record checked now against its log's newest "
             f"signed checkpoint: {_e(summary)}.</p>" + last
             + _table(["id", "time", "tenant", "kind", "actor", "tool", "verdict / outcome", "receipt", "verification"],
-                     rows, "No evidence yet.", "evidence-table", numeric=(0,)))
+                     rows, "No evidence yet.", "evidence-table", numeric=(0,), wide=(7,)))
     return layout("Evidence", "/console/evidence", body, **frame)
 
 

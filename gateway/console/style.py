@@ -58,6 +58,7 @@ th { font-size: 12px; text-transform: uppercase; letter-spacing: .04em; color: v
 tr:last-child td { border-bottom: 0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.id { white-space: nowrap; }
+td.wide { min-width: 300px; }
 .empty { color: var(--muted); font-style: italic; margin: 0; }
 .badge { display: inline-block; padding: 1px 8px; border-radius: 999px; font-size: 12px; font-weight: 600;
          white-space: nowrap; }

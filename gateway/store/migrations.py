@@ -223,11 +223,12 @@ def _sqlite_6(db: object) -> None:
 
 _OPERATOR_6 = (
     # the console's operator credentials: never the token, only its keyed hash (like `tokens`)
-    "CREATE TABLE operator_tokens (id text PRIMARY KEY, hash text NOT NULL, label text NOT NULL DEFAULT '',"
-    " created_at text NOT NULL, created_by text NOT NULL DEFAULT '', revoked_at text)",
-    "CREATE UNIQUE INDEX operator_tokens_hash ON operator_tokens (hash)",
+    # IF NOT EXISTS: a SQLite file whose user_version was set back by hand may hold them already (as in step 5)
+    "CREATE TABLE IF NOT EXISTS operator_tokens (id text PRIMARY KEY, hash text NOT NULL,"
+    " label text NOT NULL DEFAULT '', created_at text NOT NULL, created_by text NOT NULL DEFAULT '', revoked_at text)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS operator_tokens_hash ON operator_tokens (hash)",
     # `aegress status`: calls of the last minutes per upstream (health) without scanning every call
-    "CREATE INDEX calls_started_at ON calls (started_at)",
+    "CREATE INDEX IF NOT EXISTS calls_started_at ON calls (started_at)",
 )
 
 

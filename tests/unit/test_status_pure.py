@@ -100,6 +100,7 @@ def test_serving_facts_hold_no_secret_and_name_the_binding() -> None:
     assert "pw" not in text and "keyring:" not in text and "postgres://" not in text
     assert status.binding_view(facts, True)["text"].startswith("static binding: only one token, of tenant acme")
     assert status.binding_view(facts, False)["mode"] == "unknown"
+    assert "not recorded" in status.binding_view({}, True)["text"]
     plain = status.serving_facts(ServeSettings(), evidence_on=False, store_backend="sqlite", env={})
     assert plain["binding"] == "bearer" and plain["evidence"] == "off" and plain["bus"] == "local"
 
