@@ -770,6 +770,7 @@ def _verify_store(tenant: str, all_logs: bool, keys: list[str] | None, against: 
                                            task, completed=done, total=total))
             shown.remove_task(task)
             reports.append(_store_report(report, published, sources))
+    _remember(db, reports)
     return reports
 
 
@@ -782,6 +783,16 @@ def _store_report(report: Any, published: tuple[str, str] | None, sources: list[
     if isinstance(finding, dict) and finding.get("checkpoint") is not None:
         finding["message"] += f" (checkpoint {finding['checkpoint']}: {sources[finding['checkpoint']][1]})"
     return body
+
+
+def _remember(db: Any, reports: list[dict[str, Any]]) -> None:
+    """Keep the result for `aegress status` and the console (never changes the verification's answer)."""
+    from datetime import UTC, datetime
+
+    from gateway.evidence import operator_name
+    from gateway.status import remember_verification
+
+    remember_verification(db, reports, datetime.now(UTC), operator_name())
 
 
 # -- repair -------------------------------------------------------------------------------------------

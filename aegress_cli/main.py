@@ -21,6 +21,7 @@ from aegress_cli import _common, _help
 
 COMMANDS: dict[str, str] = {
     "serve": "aegress_cli.serve:serve",
+    "status": "aegress_cli.status:status",
     "bridge": "aegress_cli.bridge:bridge",
     "tenant": "aegress_cli.tenant:app",
     "actor": "aegress_cli.actor:app",
@@ -35,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "db": "aegress_cli.db:app",
     "deploy": "aegress_cli.deploy:app",
     "completion": "aegress_cli.completion:app",
+    "operator": "aegress_cli.operator:app",
 }
 """The root's commands as `module:attribute`: a function joins with `command()`, a group's Typer with
 `add_typer()`. This is the order of `aegress --help`."""

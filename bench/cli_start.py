@@ -58,7 +58,7 @@ def commands(policy_file: Path) -> list[tuple[str, list[str], int]]:
     helps = [("--help", ["--help"], 0)]
     for group in ("tenant", "actor", "token", "upstream", "upstream secret", "policy", "review", "audit", "client",
                   "tunnel", "oauth", "oauth issuer", "oauth clients", "oauth grants", "serve", "bridge", "db",
-                  "deploy"):
+                  "deploy", "status", "operator", "operator token"):
         helps.append((f"{group} --help", [*group.split(), "--help"], 0))
     helps.append(("completion --help", ["completion", "--help"], 0))
     runs = [
@@ -90,6 +90,9 @@ def commands(policy_file: Path) -> list[tuple[str, list[str], int]]:
         ("db status", ["db", "status"], 0),
         ("tunnel status", ["tunnel", "status"], 3),  # no MCP_TUNNEL_* in the bench's environment
         ("deploy list", ["deploy", "list"], 0),
+        ("status", ["status"], 0),  # no gateway runs in the bench: the lock file alone says so
+        ("status --json", ["status", "--json"], 0),
+        ("operator token list", ["operator", "token", "list"], 0),
         ("deploy render", ["deploy", "render", "aws-lambda", "--out", str(policy_file.parent / "rendered"),
                            "--image", "example.com/aegress:1", "--force"], 0),
         ("oauth issuer list", ["oauth", "issuer", "list"], 0),

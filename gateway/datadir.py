@@ -4,7 +4,10 @@ Two gateways on one data dir would each run start-up recovery over the other's c
 them `outcome_unknown` while they are still running, so their real outcomes later answer an intent that
 is already answered: a chain that fails verification). `fcntl.flock` is released by the kernel when the
 process dies, SIGKILL included, so a crashed gateway never leaves a stale lock. The file holds the
-holder's pid and, once bound, its URL, so a refused start can say who holds the dir.
+holder's pid, when it started and, once bound, its URL, so a refused start can say who holds the dir; a
+serving gateway adds the facts `aegress status` shows (`describe`: version, ingress, binding mode, public
+URL; never a secret). The file is emptied on release; after a crash it keeps the dead holder's facts, so
+readers check the pid (gateway.status).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import contextlib
 import fcntl
 import json
 import os
+import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from gateway.errors import ConfigError
@@ -42,17 +47,27 @@ class DataDirLock:
         self.path = path
         self._fd: int | None = fd
         self._purpose = purpose
-        self._write(None)
+        self._url: str | None = None
+        self._facts: dict[str, object] = {}
+        self._started = time.time()
+        self._write()
 
-    def _write(self, url: str | None) -> None:
+    def _write(self) -> None:
         if self._fd is None:
             return
-        data = json.dumps({"pid": os.getpid(), "purpose": self._purpose, "url": url}).encode()
+        data = json.dumps({**self._facts, "pid": os.getpid(), "purpose": self._purpose, "url": self._url,
+                           "started_at": self._started}).encode()
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, data, 0)
 
     def set_url(self, url: str) -> None:
-        self._write(url)
+        self._url = url
+        self._write()
+
+    def describe(self, facts: Mapping[str, object]) -> None:
+        """Record facts about the serving gateway for `aegress status` (JSON values, never secrets)."""
+        self._facts.update(facts)
+        self._write()
 
     def release(self) -> None:
         if self._fd is not None:

@@ -36,6 +36,7 @@ from starlette.types import Receive, Scope, Send
 from gateway import sessions
 from gateway.bus import connect as connect_bus
 from gateway.config import Limits, ServeSettings
+from gateway.console import console_route
 from gateway.datadir import DataDirLock, hold
 from gateway.decide import Decider, PolicyDecider
 from gateway.errors import ConfigError, StoreUnavailable
@@ -198,7 +199,8 @@ def build_gateway(home: Path, settings: ServeSettings, *, database_url: str | No
             lock.release()
 
     app = Starlette(
-        routes=[Route("/health", health, methods=["GET"]), Route("/mcp", endpoint, methods=None)],
+        routes=[Route("/health", health, methods=["GET"]), Route("/mcp", endpoint, methods=None),
+                console_route(home, settings, endpoint, master, lock)],
         lifespan=lifespan,
     )
     served = mcp_first(endpoint, app)

@@ -12,7 +12,9 @@
 #      tests/cluster.py), redis-server (the private Redis those tests start), OpenSSH
 #      (sshd, ssh, ssh-keygen: the real reverse tunnel of tests/e2e/test_tunnel.py), and for
 #      the container recipes' tests docker.io (a Docker engine the tests start privately),
-#      debootstrap and caddy
+#      debootstrap and caddy, and Chromium (the headless browser Playwright drives in
+#      tests/e2e/test_console.py; the `playwright` Python package comes with the test extra,
+#      and `playwright install` never runs: no browser is downloaded)
 #   6. the recipe linters in tests/requirements-lint.txt (checkov, hadolint, cfn-lint, ...) in
 #      their own venv, .cache/lint-venv: they pin many packages of their own, which must not
 #      move the project's
@@ -105,8 +107,8 @@ fi
 
 # --- 5. Debian packages ---------------------------------------------------------------
 # The versions `apt-cache policy` offers on Debian 12 (bookworm-security) when this was
-# written; override with AEGRESS_NGINX_VERSION / AEGRESS_REDIS_VERSION / AEGRESS_OPENSSH_VERSION
-# on another release.
+# written; override with AEGRESS_NGINX_VERSION / AEGRESS_REDIS_VERSION / AEGRESS_OPENSSH_VERSION /
+# AEGRESS_CHROMIUM_VERSION on another release.
 # Only missing packages are installed: a package already present at another version is
 # left alone (with a note), since the machine may run a shared server from it (Redis).
 # The tests start their own nginx, redis-server, sshd and dockerd; the system services
@@ -114,18 +116,20 @@ fi
 nginx_version="${AEGRESS_NGINX_VERSION:-1.22.1-9+deb12u12}"
 redis_version="${AEGRESS_REDIS_VERSION:-5:7.0.15-1~deb12u10}"
 openssh_version="${AEGRESS_OPENSSH_VERSION:-1:9.2p1-2+deb12u10}"
+chromium_version="${AEGRESS_CHROMIUM_VERSION:-156.0.8078.114-1~deb12u1}"
 debs=("nginx=$nginx_version" "nginx-common=$nginx_version"
       "redis-server=$redis_version" "redis-tools=$redis_version"
       "openssh-server=$openssh_version" "openssh-client=$openssh_version"
       "openssh-sftp-server=$openssh_version"
       "docker.io=${AEGRESS_DOCKER_VERSION:-20.10.24+dfsg1-1+deb12u1+b6}"
       "debootstrap=${AEGRESS_DEBOOTSTRAP_VERSION:-1.0.128+nmu2+deb12u2}"
-      "caddy=${AEGRESS_CADDY_VERSION:-2.6.2-5}")
+      "caddy=${AEGRESS_CADDY_VERSION:-2.6.2-5}"
+      "chromium=$chromium_version" "chromium-common=$chromium_version")
 stamp="$VENV/.aegress-debian.sha256"
 want="$(printf '%s\n' "${debs[@]}" | sha256sum | cut -d' ' -f1)"
 have_bin() { command -v "$1" >/dev/null || [[ -x "/usr/sbin/$1" ]]; }
 if up_to_date "$stamp" "$want" && have_bin nginx && have_bin redis-server && have_bin sshd \
-        && have_bin dockerd && have_bin debootstrap && have_bin caddy; then
+        && have_bin dockerd && have_bin debootstrap && have_bin caddy && have_bin chromium; then
     log "debian packages: up to date"
 else
     missing=()
@@ -165,8 +169,9 @@ else
             log "debian packages: refreshing the package lists and trying again"
             "${sudo[@]}" apt-get update -qq >/dev/null
             apt_install || { tail -n 20 "$apt_log" >&2
-                die "apt-get could not install ${missing[*]}; set AEGRESS_NGINX_VERSION, AEGRESS_OPENSSH_VERSION /" \
-                    "AEGRESS_REDIS_VERSION to what 'apt-cache policy nginx redis-server openssh-server' offers"; }
+                die "apt-get could not install ${missing[*]}; set AEGRESS_NGINX_VERSION, AEGRESS_OPENSSH_VERSION," \
+                    "AEGRESS_REDIS_VERSION / AEGRESS_CHROMIUM_VERSION to what 'apt-cache policy nginx redis-server" \
+                    "openssh-server chromium' offers"; }
         fi
         rm -f "$apt_log"
         if (( no_start )); then

@@ -39,7 +39,7 @@ MAX_PREVIEW_CHARS: Final = 512
 
 OPERATOR_CHANGES: Final = frozenset({
     "tenant_created", "tenant_deleted", "actor_added", "actor_removed", "token_issued", "upstream_added",
-    "upstream_changed", "upstream_removed", "tools_approved",
+    "upstream_changed", "upstream_removed", "tools_approved", "operator_token_issued", "operator_token_revoked",
     # OAuth mode (issue 13): `oauth_grant_created` is the signed-in actor's consent (actor: that actor)
     "oauth_issuer_added", "oauth_issuer_removed", "oauth_client_revoked", "oauth_grant_created",
     "oauth_grant_revoked", "actor_password_set", "login_link_issued",

@@ -159,6 +159,18 @@ class OAuthClient:
     created_at: str
     secret_hash: str = ""
     metadata: str = "{}"
+
+
+# -- the operator view (issue 14) -------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class OperatorToken:
+    """An operator credential for the console (`aegop_...`), as the database knows it: never the token
+    itself, only its keyed hash. It opens the read-only console; it never binds an MCP client."""
+
+    id: str
+    label: str
+    created_at: str
+    created_by: str
     revoked_at: str | None = None
 
     @property
@@ -197,6 +209,8 @@ class OAuthCode:
     scope: str
     expires_at: float
     used_at: float | None = None
+
+
 
 
 class WouldBlock(Exception):
@@ -523,6 +537,35 @@ class Store(Protocol):
     def consume_login_link(self, link_hash: str, now: float) -> tuple[str, str] | None:
         """(tenant, actor) of an unexpired, unused link, now used (once, across replicas); else None."""
         ...
+
+
+    # operator credentials (the console; gateway.operators)
+    def add_operator_token(self, info: OperatorToken, token_hash: str) -> None: ...
+    def find_operator_token(self, token_hash: str) -> OperatorToken | None: ...
+    def get_operator_token(self, token_id: str) -> OperatorToken | None: ...
+    def list_operator_tokens(self) -> list[OperatorToken]: ...
+    def revoke_operator_token(self, token_id: str, now: str) -> OperatorToken: ...
+
+    # the operator view (gateway.status): counts and summaries, each one statement
+    def count_evidence(self, tenant: str | None = None, since: str = "") -> list[tuple[str, str, int]]:
+        """(kind, verdict, records) of every record (of one tenant's log; `since`: time >= it)."""
+        ...
+    def evidence_sizes(self) -> dict[str, int]:
+        """Records per log (origin), from the chain heads."""
+        ...
+    def latest_checkpoints(self) -> list[tuple[str, int, str]]:
+        """(origin, size, signed_at) of each log's newest stored checkpoint."""
+        ...
+    def client_activity(self, tenant: str | None = None) -> list[tuple[str, int, str]]:
+        """(client name, calls, last call's start) per MCP client name the calls name."""
+        ...
+    def upstream_activity(self, since: str, tenant: str | None = None) -> list[tuple[str, str, str, int]]:
+        """(tenant, upstream, outcome, calls) of the calls started at or after `since`."""
+        ...
+    def record_verification(self, summary: str) -> None:
+        """Keep the last `audit verify` result (JSON text) for `aegress status` and the console."""
+        ...
+    def last_verification(self) -> str | None: ...
 
     # held calls and approvals
     def add_held_call(self, held: HeldCall) -> None: ...

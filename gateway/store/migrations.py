@@ -271,6 +271,24 @@ def _oauth_ddl(statement: str, text: str, real: str) -> str:
     return statement.replace("<text>", text).replace("<real>", real)
 
 
+def _sqlite_8(db: object) -> None:
+    """The operator view (issue 14): operator credentials for the console, and an index for "recent calls"."""
+    execute = db.execute  # type: ignore[attr-defined]
+    for statement in _OPERATOR_8:
+        execute(statement)
+
+
+_OPERATOR_8 = (
+    # the console's operator credentials: never the token, only its keyed hash (like `tokens`)
+    # IF NOT EXISTS: a SQLite file whose user_version was set back by hand may hold them already (as in step 5)
+    "CREATE TABLE IF NOT EXISTS operator_tokens (id text PRIMARY KEY, hash text NOT NULL,"
+    " label text NOT NULL DEFAULT '', created_at text NOT NULL, created_by text NOT NULL DEFAULT '', revoked_at text)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS operator_tokens_hash ON operator_tokens (hash)",
+    # `aegress status`: calls of the last minutes per upstream (health) without scanning every call
+    "CREATE INDEX IF NOT EXISTS calls_started_at ON calls (started_at)",
+)
+
+
 _PG_1 = (
     "CREATE TABLE tenants (id text PRIMARY KEY, created_at text NOT NULL)",
     "CREATE TABLE actors (tenant_id text NOT NULL REFERENCES tenants (id), id text NOT NULL,"
@@ -373,6 +391,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "ended sessions", _sqlite_6, _PG_6),
     Migration(7, "oauth: trusted issuers, clients, grants, codes, refresh tokens, passwords, login links",
               _sqlite_7, _PG_7),
+    Migration(8, "operator tokens (the console), calls by start time", _sqlite_8, _OPERATOR_8),
 )
 """In order; `version` is the position + 1."""
 

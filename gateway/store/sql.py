@@ -50,6 +50,7 @@ from gateway.store.base import (
     OAuthClient,
     OAuthCode,
     OAuthGrant,
+    OperatorToken,
     PinChange,
     PolicyVersion,
     TrustedIssuer,
@@ -78,6 +79,7 @@ ISSUER_COLS = ("tenant_id, issuer, audience, tenant_claim, tenant_value, actor_c
 CLIENT_COLS = "id, name, redirect_uris, auth_method, kind, created_at, secret_hash, metadata, revoked_at"
 GRANT_COLS = "id, tenant_id, actor_id, client_id, resource, scope, created_at, revoked_at, revoked_reason"
 CODE_COLS = "grant_id, client_id, redirect_uri, code_challenge, resource, scope, expires_at, used_at"
+OP_COLS = "id, label, created_at, created_by, revoked_at"
 EV_COLS = "id, origin, seq, kind, time, tenant, actor, tool, verdict, status, intent_seq, leaf_hash, data"
 
 ENDED_BATCH = 500
@@ -406,6 +408,74 @@ class SQLStore:
         if info is None:
             raise NotFound(f"No token {token_id!r}.", hint="List tokens with `aegress token list`.")
         return info
+
+    # -- operator credentials (the console) ---------------------------------------------------------
+    def add_operator_token(self, info: OperatorToken, token_hash: str) -> None:
+        self._exec("INSERT INTO operator_tokens (id, hash, label, created_at, created_by, revoked_at)"
+                   " VALUES (?, ?, ?, ?, ?, ?)",
+                   (info.id, token_hash, info.label, info.created_at, info.created_by, info.revoked_at))
+
+    def find_operator_token(self, token_hash: str) -> OperatorToken | None:
+        row = self._one(f"SELECT {OP_COLS} FROM operator_tokens WHERE hash = ?", (token_hash,))
+        return OperatorToken(*row) if row else None
+
+    def get_operator_token(self, token_id: str) -> OperatorToken | None:
+        row = self._one(f"SELECT {OP_COLS} FROM operator_tokens WHERE id = ?", (token_id,))
+        return OperatorToken(*row) if row else None
+
+    def list_operator_tokens(self) -> list[OperatorToken]:
+        rows = self._all(f"SELECT {OP_COLS} FROM operator_tokens ORDER BY created_at, id COLLATE BINARY")
+        return [OperatorToken(*r) for r in rows]
+
+    def revoke_operator_token(self, token_id: str, now: str) -> OperatorToken:
+        self._exec("UPDATE operator_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (now, token_id))
+        info = self.get_operator_token(token_id)
+        if info is None:
+            raise NotFound(f"No operator token {token_id!r}.", hint="List them with `aegress operator token list`.")
+        return info
+
+    # -- the operator view (gateway.status) ----------------------------------------------------------
+    def count_evidence(self, tenant: str | None = None, since: str = "") -> list[tuple[str, str, int]]:
+        sql, params = "SELECT kind, verdict, COUNT(*) FROM evidence WHERE 1 = 1", []
+        if tenant is not None:
+            sql += " AND tenant = ?"
+            params.append(tenant)
+        if since:
+            sql += " AND evidence.time >= ?"
+            params.append(since)
+        rows = self._all(sql + " GROUP BY kind, verdict", params)
+        return [(str(k), str(v), int(n)) for k, v, n in rows]
+
+    def evidence_sizes(self) -> dict[str, int]:
+        return {str(o): int(n) for o, n in self._all("SELECT origin, size FROM evidence_heads")}
+
+    def latest_checkpoints(self) -> list[tuple[str, int, str]]:
+        rows = self._all("SELECT c.origin, c.size, c.signed_at FROM checkpoints c WHERE c.size ="
+                         " (SELECT MAX(size) FROM checkpoints m WHERE m.origin = c.origin)"
+                         " ORDER BY c.origin COLLATE BINARY")
+        return [(str(o), int(n), str(t)) for o, n, t in rows]
+
+    def client_activity(self, tenant: str | None = None) -> list[tuple[str, int, str]]:
+        sql, params = where(tenant_id=tenant)
+        rows = self._all(f"SELECT COALESCE(client_name, ''), COUNT(*), MAX(started_at) FROM calls{sql}"
+                         " GROUP BY COALESCE(client_name, '') ORDER BY 3 DESC", params)
+        return [(str(c), int(n), str(t or "")) for c, n, t in rows]
+
+    def upstream_activity(self, since: str, tenant: str | None = None) -> list[tuple[str, str, str, int]]:
+        sql, params = "SELECT tenant_id, upstream, outcome, COUNT(*) FROM calls WHERE started_at >= ?", [since]
+        if tenant is not None:
+            sql += " AND tenant_id = ?"
+            params.append(tenant)
+        rows = self._all(sql + " GROUP BY tenant_id, upstream, outcome", params)
+        return [(str(t), str(u or ""), str(o or ""), int(n)) for t, u, o, n in rows]
+
+    def record_verification(self, summary: str) -> None:
+        self._exec("INSERT INTO meta (key, value) VALUES ('last_verification', ?) ON CONFLICT (key)"
+                   " DO UPDATE SET value = excluded.value", (summary,))
+
+    def last_verification(self) -> str | None:
+        row = self._one("SELECT value FROM meta WHERE key = 'last_verification'")
+        return str(row[0]) if row else None
 
     # -- tenants and actors ------------------------------------------------------------------------
     def create_tenant(self, tenant_id: str, now: str) -> Tenant:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.store.migrations import MIGRATIONS
 from tests.procs import aegress, aegress_json, gateway_with_fixture, mcp_client, run
 
 FOREIGN = "postgresql://someone:foreign-secret@127.0.0.1:1/their_app"
@@ -38,9 +39,10 @@ def test_db_status_and_migrate_on_postgres(aegress_home: Path, pg_database: obje
     r = aegress(aegress_home, "db", "status", "--check", "--json", check=False, **env)
     status = json.loads(r.stdout)
     assert r.returncode == 3 and status["backend"] == "postgres" and status["version"] == 0
-    assert status["pending"] == [1, 2, 3, 4, 5, 6, 7]
+    every = [m.version for m in MIGRATIONS]
+    assert status["pending"] == every
     migrated = json.loads(aegress(aegress_home, "db", "migrate", "--json", **env).stdout)
-    assert migrated["applied"] == [1, 2, 3, 4, 5, 6, 7] and migrated["pending"] == []
+    assert migrated["applied"] == every and migrated["pending"] == []
     assert all(m["applied_at"] for m in migrated["migrations"])
     assert "Nothing to do" in aegress(aegress_home, "db", "migrate", **env).stdout
     assert aegress(aegress_home, "db", "status", "--check", **env).returncode == 0
