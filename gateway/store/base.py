@@ -159,6 +159,11 @@ class OAuthClient:
     created_at: str
     secret_hash: str = ""
     metadata: str = "{}"
+    revoked_at: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
 
 
 # -- the operator view (issue 14) -------------------------------------------------------------------
