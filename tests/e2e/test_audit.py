@@ -342,7 +342,8 @@ def test_full_store_fails_closed(tmp_path: Path) -> None:
             assert RawClient.body(c.call("rec__record", {"nonce": "warm"}))["result"]
             c.close()
             filler = disk / "filler"
-            with filler.open("wb") as handle, pytest.raises(OSError):
+            # unbuffered: once the disk is full, close() has nothing left to flush (and raise again)
+            with filler.open("wb", buffering=0) as handle, pytest.raises(OSError):
                 while True:
                     handle.write(b"\0" * 65536)
                     handle.flush()

@@ -190,7 +190,8 @@ def test_a_full_disk_refuses_promptly_and_commits_every_outcome_after(tmp_path: 
         filler = disk / "filler"
 
         def fill() -> None:
-            with filler.open("wb") as handle, pytest.raises(OSError):
+            # unbuffered: once the disk is full, close() has nothing left to flush (and raise again)
+            with filler.open("wb", buffering=0) as handle, pytest.raises(OSError):
                 for _ in range(10_000):  # 6 MiB at most; the disk is full long before
                     handle.write(b"\0" * 65536)
                     handle.flush()
