@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from aegress_cli._common import JsonOpt, handle_errors, home, print_json, store
+from gateway.status import ago
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -22,20 +23,6 @@ if TYPE_CHECKING:
 
 MIN_INTERVAL_S = 1.0
 MAX_INTERVAL_S = 60.0
-
-
-def ago(seconds: float | None) -> str:
-    """`12 s`, `3 min`, `2 h 5 min`, `4 d 1 h` (None: `never`)."""
-    if seconds is None:
-        return "never"
-    s = int(seconds)
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min"
-    if s < 86400:
-        return f"{s // 3600} h {s % 3600 // 60} min"
-    return f"{s // 86400} d {s % 86400 // 3600} h"
 
 
 def _gateway_line(g: dict[str, Any]) -> str:

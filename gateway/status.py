@@ -75,6 +75,20 @@ def age_s(text: str | None, now: datetime) -> float | None:
 
 
 # -- what the serving gateway records (in the data dir's lock file) -------------------------------------------
+def ago(seconds: float | None) -> str:
+    """`12 s`, `3 min`, `2 h 5 min`, `4 d 1 h` (None: `never`)."""
+    if seconds is None:
+        return "never"
+    s = int(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
 def package_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 

@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from gateway.console.data import CallPath, Check, EvidenceItem, Snippet, TenantTools
-from gateway.status import Status
+from gateway.status import Status, ago
 from gateway.store.base import HeldCall
 
 PAGES: tuple[tuple[str, str], ...] = (
@@ -33,19 +33,6 @@ def _e(value: object) -> str:
 def _href(path: str, **query: str | None) -> str:
     q = {k: v for k, v in query.items() if v}
     return _e(path + ("?" + urlencode(q) if q else ""))
-
-
-def ago(seconds: float | None) -> str:
-    if seconds is None:
-        return "never"
-    s = int(seconds)
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min"
-    if s < 86400:
-        return f"{s // 3600} h {s % 3600 // 60} min"
-    return f"{s // 86400} d {s % 86400 // 3600} h"
 
 
 def when(text: str | None) -> str:
