@@ -1,8 +1,9 @@
 """`aegress audit ...`: read, export, prove and verify the sealed evidence logs.
 
 A thin shell over `gateway.audit` (pure: records, Merkle proofs, checkpoints, bundles, verification) and
-`gateway.evidence` (keys and checkpoint signing). Nothing here imports the MCP SDK or the server stack.
-`audit verify --bundle` opens no database at all.
+`gateway.evidence` (keys, checkpoint signing, proofs, export, import, store verification, repair): here only
+options are parsed, progress shown and results rendered. Nothing here imports the MCP SDK or the server
+stack. `audit verify --bundle` opens no database at all.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -173,25 +175,14 @@ def _find(db: Any, record_id: str) -> Any:
 
         require_log_tenant(db, tenant)
         if seq.isdigit():
-            row = db.get_evidence_at(_origin_for(db, tenant), int(seq))
+            from gateway.evidence.origins import log_origin
+
+            row = db.get_evidence_at(log_origin(db, tenant), int(seq))
     if row is None:
         raise NotFound(f"No evidence record {record_id!r}.",
                        hint="Use an id from `aegress audit query`, or TENANT:SEQ (`security:SEQ` for the "
                             "security log).")
     return row
-
-
-def _prefix(db: Any) -> str:
-    from gateway.evidence import origin_prefix
-
-    return origin_prefix(db)
-
-
-def _origin_for(db: Any, tenant: str) -> str:
-    from gateway.audit.log import security_origin, tenant_origin
-
-    prefix = _prefix(db)
-    return security_origin(prefix) if tenant == "security" else tenant_origin(prefix, tenant)
 
 
 @app.command("show")
@@ -214,16 +205,12 @@ def pubkey(all_keys: Annotated[bool, typer.Option("--all", help="Also print reti
            json_out: JsonOpt = False) -> None:
     """Print the verifier key that checks this deployment's checkpoints (give it to verifiers out of band)."""
     from gateway.errors import NotFound
-    from gateway.evidence import EvidenceSettings, load_signing_key_for, trusted_verifiers
+    from gateway.evidence.keys import public_keys
 
-    data = home()
-    settings = EvidenceSettings.from_env(data)
-    key, _ = load_signing_key_for(data, _prefix(store()), settings.key_file)
-    keys = [v.to_string() for v in trusted_verifiers(data, key)]
-    if key is None and not keys:
+    active, keys = public_keys(store(), home())
+    if active is None and not keys:
         raise NotFound("No checkpoint signing key yet.", hint="Start the gateway once (`aegress serve`); it "
                        "creates one.")
-    active = key.verifier_key if key else None
     shown = keys if all_keys else ([active] if active else keys[-1:])
     if json_out:
         print_json({"active": active, "keys": shown})
@@ -236,30 +223,17 @@ def pubkey(all_keys: Annotated[bool, typer.Option("--all", help="Also print reti
 @handle_errors
 def rotate_key(yes: YesOpt = False, json_out: JsonOpt = False) -> None:
     """Replace the checkpoint signing key; old public keys stay trusted (keys.txt), a key_event is logged."""
-    from gateway.evidence import (
-        EvidenceSettings,
-        load_signing_key_for,
-        operator_name,
-        record_event,
-        rotate_signing_key,
-    )
+    from gateway.evidence.events import operator_name
+    from gateway.evidence.keys import rotate_key as rotate
 
     data = home()
     confirm(f"Replace the checkpoint signing key of {data} with a new one? Checkpoints signed from now on use the "
             "new key; the old public key stays trusted.", yes)
-    db = store()
-    settings = EvidenceSettings.from_env(data)
-    prefix = _prefix(db)
-    old, new = rotate_signing_key(data, prefix, settings.key_file)
-    body: dict[str, Any] = {"event": "rotated", "key": new.verifier_key, "actor": operator_name()}
-    if old:
-        body["previous_key"] = old
-    record_event(db, None, "key_event", body)
-    load_signing_key_for(data, prefix, settings.key_file)  # re-check the new file's mode
+    old, new = rotate(store(), data, operator_name())
     if json_out:
-        print_json({"previous": old, "active": new.verifier_key})
+        print_json({"previous": old, "active": new})
     else:
-        print(new.verifier_key)
+        print(new)
         err("Rotated. A running gateway picks up the new key at its next checkpoint.")
 
 
@@ -267,16 +241,9 @@ def rotate_key(yes: YesOpt = False, json_out: JsonOpt = False) -> None:
 @handle_errors
 def checkpoint(json_out: JsonOpt = False) -> None:
     """Sign a checkpoint now for every log that grew since its last one (the gateway also does this)."""
-    from gateway.errors import NotFound
-    from gateway.evidence import EvidenceSettings, load_signing_key_for, sign_checkpoints
+    from gateway.evidence.checkpointer import sign_now
 
-    data = home()
-    db = store()
-    settings = EvidenceSettings.from_env(data)
-    key, _ = load_signing_key_for(data, _prefix(db), settings.key_file)
-    if key is None:
-        raise NotFound("No checkpoint signing key.", hint="Start the gateway once; it creates one.")
-    notes = sign_checkpoints(db, key, settings)
+    notes = sign_now(store(), home())
     if json_out:
         print_json({"signed": notes})
     else:
@@ -314,24 +281,13 @@ def hash_(value: Annotated[str, typer.Argument(help="The value (a string unless 
 
 
 # -- proofs ------------------------------------------------------------------------------------------
-def _trusted(keys: list[str] | None, db_home: bool = True) -> list[Any]:
-    from gateway.audit.keys import parse_verifier_keys
-    from gateway.evidence import trusted_verifiers
+def _trusted(keys: list[str] | None) -> Any:
+    """The verifier keys given with --key (keys or files of them), else None."""
+    if not keys:
+        return None
+    from gateway.evidence.keys import verifiers_from
 
-    if keys:
-        lines: list[str] = []
-        for k in keys:
-            path = Path(k)
-            lines.extend(path.read_text().splitlines() if path.is_file() else [k])
-        return parse_verifier_keys(lines)
-    return trusted_verifiers(home()) if db_home else []
-
-
-def _latest_covering(db: Any, origin: str, seq: int) -> tuple[int, str] | None:
-    for size, note in reversed(db.list_checkpoints(origin)):
-        if size > seq:
-            return size, note
-    return None
+    return verifiers_from(keys)
 
 
 @app.command("proof")
@@ -343,40 +299,21 @@ def proof(
     out: Annotated[Path | None, typer.Option("--out", help="Write the proof here instead of stdout.")] = None,
 ) -> None:
     """Print a C2SP tlog-proof that the record is in the log signed by the latest covering checkpoint."""
-    from gateway.audit.checkpoint import TlogProof
-    from gateway.audit.merkle import MerkleTree
-    from gateway.errors import CheckFailed, NotFound, UsageError
+    from gateway.errors import UsageError
+    from gateway.evidence.proofs import Receipt, inclusion_proof, parse_receipt
 
     db = store()
     if receipt:
-        text = Path(receipt[1:]).read_text() if receipt.startswith("@") else receipt
-        try:
-            data = json.loads(text)
-            data = data.get("aegress", data) if isinstance(data, dict) else data
-            origin, index, leaf = str(data["origin"]), int(data["seq"]), str(data["leaf_hash"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UsageError("The receipt is not {\"origin\", \"seq\", \"leaf_hash\"} JSON.") from exc
+        named = parse_receipt(Path(receipt[1:]).read_text() if receipt.startswith("@") else receipt)
     elif tenant and seq >= 0:
         from gateway.admin import require_log_tenant
+        from gateway.evidence.origins import log_origin
 
         require_log_tenant(db, tenant)
-        origin, index, leaf = _origin_for(db, tenant), seq, ""
+        named = Receipt(log_origin(db, tenant), seq)
     else:
         raise UsageError("Give --receipt, or --tenant and --seq.")
-    row = db.get_evidence_at(origin, index)
-    if row is None:
-        raise NotFound(f"No record {index} in log {origin}.")
-    if leaf and row.leaf_hash.hex() != leaf:
-        raise CheckFailed(f"The stored record {index} does not have the receipt's leaf hash.",
-                          hint="The log was altered or the receipt is from another deployment: "
-                               "run `aegress audit verify`.", code="receipt-mismatch")
-    covering = _latest_covering(db, origin, index)
-    if covering is None:
-        raise NotFound(f"No checkpoint covers record {index} yet.",
-                       hint="Wait for the next checkpoint or run `aegress audit checkpoint`.")
-    size, note = covering
-    tree = MerkleTree(db.evidence_leaf_hashes(origin)[:size])
-    text = TlogProof(index=index, hashes=tuple(tree.inclusion_proof(index, size)), checkpoint_note=note).to_string()
+    text = inclusion_proof(db, named)
     if out:
         out.write_text(text)
         err(f"Wrote {out}.")
@@ -384,23 +321,10 @@ def proof(
         sys.stdout.write(text)
 
 
-ExportFormat = Literal["jsonl", "csv", "bundle"]
-
-
 # -- export -----------------------------------------------------------------------------------------
-def _range(db: Any, origin: str, since: str, until: str) -> tuple[int, int]:
-    """[first, end) seqs of records with since <= time < until (whole log without bounds)."""
-    from gateway.store.base import EvidenceFilter
-
-    size = db.evidence_size(origin)
-    if not since and not until:
-        return 0, size
-    where = EvidenceFilter(origin=origin, since=_time_arg(since), until=_time_arg(until))
-    first = db.query_evidence(where, limit=1, newest_first=False)
-    last = db.query_evidence(where, limit=1, newest_first=True)
-    if not first:
-        return 0, 0
-    return first[0].seq, last[0].seq + 1
+ExportFormat = Literal["jsonl", "csv", "bundle"]
+"""gateway.evidence.export.ExportFormat (a unit test keeps them equal; importing it here would load the evidence
+stack for every `audit` command)."""
 
 
 @app.command("export")
@@ -439,104 +363,38 @@ def export(
     if all_logs and fmt != "bundle":
         raise UsageError("--all exports bundles only.", hint="Drop --format, or export one log with --tenant.")
     from gateway.admin import require_log_tenant
-    from gateway.audit.bundle import open_private
-    from gateway.evidence_stream import write_csv, write_jsonl
+    from gateway.evidence.export import export_all, export_log
+    from gateway.evidence.origins import log_origin
 
     db = store()
-    if all_logs:
-        _export_all(db, out, since, until, sign, force, json_out)
-        return
-    require_log_tenant(db, tenant)  # never an empty export for a misspelt tenant
-    origin = _origin_for(db, tenant)
-    if sign and fmt == "bundle":
-        _sign_if_possible(db)
-    first, end = _range(db, origin, since, until)
+    if not all_logs:
+        require_log_tenant(db, tenant)  # never an empty export for a misspelt tenant
     with progress(json_out) as shown:  # jsonl and csv stream a page at a time; a bundle is built in memory
-        task = shown.add_task(f"Exporting {origin}", total=max(1, end - first))
+        task = shown.add_task("Exporting", total=1)
         shown.refresh()
 
-        def on_progress(done: int, total: int) -> None:
-            shown.update(task, completed=done, total=max(1, total))
+        def on_progress(what: str, done: int, total: int) -> None:
+            shown.update(task, description=what, completed=done, total=max(1, total))
 
-        if fmt == "jsonl":
-            with open_private(out, force=force) as handle:
-                count = write_jsonl(db, origin, first, end, handle, on_progress=on_progress)
-        elif fmt == "csv":
-            count = write_csv(db, origin, first, end, open_private(out, force=force), on_progress=on_progress)
+        if all_logs:
+            logs = export_all(db, home(), out, since=_time_arg(since), until=_time_arg(until), sign=sign,
+                              force=force, progress=on_progress)
         else:
-            records = db.evidence_records(origin, first, end)
-            _export_bundle(db, origin, first, end, records, out, shown, task, force)
-            count = len(records)
-    summary = {"origin": origin, "format": fmt, "out": str(out), "first_seq": first, "end_seq": end,
-               "records": count}
-    if json_out:
-        print_json(summary)
+            one = export_log(db, home(), log_origin(db, tenant), out, fmt, since=_time_arg(since),
+                             until=_time_arg(until), sign=sign, force=force, progress=on_progress)
+    if all_logs:
+        if json_out:
+            print_json({"format": "bundle", "out": str(out), "records": sum(x.records for x in logs),
+                        "logs": [x.to_dict() for x in logs]})
+        else:
+            for x in logs:
+                err(f"Exported {x.records} record(s) of {x.origin} to {x.out}.")
+            err(f"{len(logs)} log(s) in {out}. Move them to another database with `aegress audit import {out}`.")
+    elif json_out:
+        print_json({"origin": one.origin, "format": fmt, "out": str(out), "first_seq": one.first_seq,
+                    "end_seq": one.end_seq, "records": one.records})
     else:
-        err(f"Exported {count} record(s) of {origin} to {out}.")
-
-
-def _bundle_name(prefix: str, origin: str) -> str:
-    """The directory of a log's bundle under `export --all`: `security`, `tenant-<id>` (ids are file-safe)."""
-    import re
-
-    from gateway.audit.log import security_origin, tenant_of
-
-    if origin == security_origin(prefix):
-        return "security"
-    tenant = tenant_of(prefix, origin)
-    return f"tenant-{tenant}" if tenant else re.sub(r"[^A-Za-z0-9._-]", "_", origin)
-
-
-def _export_all(db: Any, out: Path, since: str, until: str, sign: bool, force: bool, json_out: bool) -> None:
-    """`export --all`: one bundle per log under a new directory."""
-    from gateway.audit.bundle import create_bundle_dir
-
-    if sign:
-        _sign_if_possible(db)
-    prefix = _prefix(db)
-    origins = db.evidence_origins()
-    root = create_bundle_dir(out, force=force)
-    logs: list[dict[str, Any]] = []
-    with progress(json_out) as shown:
-        for origin in origins:
-            first, end = _range(db, origin, since, until)
-            records = db.evidence_records(origin, first, end)
-            target = root / _bundle_name(prefix, origin)
-            task = shown.add_task(f"Exporting {origin}", total=max(1, len(records)))
-            _export_bundle(db, origin, first, end, records, target, shown, task, False)
-            shown.update(task, completed=max(1, len(records)))
-            logs.append({"origin": origin, "out": str(target), "first_seq": first, "end_seq": end,
-                         "records": len(records)})
-    if json_out:
-        print_json({"format": "bundle", "out": str(out), "records": sum(x["records"] for x in logs), "logs": logs})
-    else:
-        for x in logs:
-            err(f"Exported {x['records']} record(s) of {x['origin']} to {x['out']}.")
-        err(f"{len(logs)} log(s) in {out}. Move them to another database with `aegress audit import {out}`.")
-
-
-def _sign_if_possible(db: Any) -> None:
-    from gateway.audit.errors import KeyFileError
-    from gateway.evidence import EvidenceSettings, load_signing_key_for, sign_checkpoints
-
-    data = home()
-    settings = EvidenceSettings.from_env(data)
-    try:
-        key, _ = load_signing_key_for(data, _prefix(db), settings.key_file)
-    except KeyFileError:
-        return
-    if key is not None:
-        sign_checkpoints(db, key, settings)
-
-
-def _export_bundle(db: Any, origin: str, first: int, end: int, records: list[tuple[int, bytes]], out: Path,
-                   progress: Any, task: Any, force: bool) -> None:
-    from gateway.audit.bundle import write_bundle
-    from gateway.evidence_bundles import log_bundle_files
-
-    progress.update(task, completed=len(records) // 2)
-    files = log_bundle_files(db, origin, first, end, [v.to_string() for v in _trusted(None)], records=records)
-    write_bundle(out, files, force=force)
+        err(f"Exported {one.records} record(s) of {one.origin} to {out}.")
 
 
 # -- import -------------------------------------------------------------------------------------------
@@ -567,10 +425,11 @@ def import_(
     bundle's own. Uses AEGRESS_DATABASE_URL (Postgres) like every command. On a new database, run
     it before the gateway first starts there, so that its logs continue the imported ones.
     """
-    from gateway.evidence_bundles import ImportPreview, import_bundles
+    from gateway.evidence.bundles import ImportPreview, import_bundles
+    from gateway.evidence.keys import keys_txt
 
     db = store()
-    keys = _trusted(key, db_home=False) if key else None
+    keys = _trusted(key)
     data = home()
 
     with progress(json_out) as shown:
@@ -607,7 +466,7 @@ def import_(
         else:
             print(f"{r.status:<9} {r.origin}: {r.records} record(s), seq {r.first}..{r.end - 1}{cps}")
     for verifier_key in report.keys_trusted:
-        print(f"trusted   {verifier_key} (added to {data / 'audit' / 'keys.txt'})")
+        print(f"trusted   {verifier_key} (added to {keys_txt(data)})")
     for origin, seqs in report.open_intents.items():
         if seqs:
             err(f"Note: {origin} has {len(seqs)} intent(s) without an outcome (seq {', '.join(map(str, seqs[:5]))}"
@@ -691,108 +550,41 @@ def verify(
 
 def _verify_bundle(path: Path, keys: list[str] | None, against: list[str], final: bool) -> dict[str, Any]:
     from gateway.audit.bundle import verify_bundle
+    from gateway.evidence.verification import bundle_summary
 
-    verifiers = _trusted(keys, db_home=False) if keys else None
-    report = verify_bundle(path, verifiers=verifiers, against=against, final=final)
+    report = verify_bundle(path, verifiers=_trusted(keys), against=against, final=final)
     if report.keys_from_bundle:
         err("Note: trusting the bundle's own keys.txt; pass --key with the operator's verifier key to rely on it.")
-    body = report.to_dict()
-    body["records"] = report.log.size - report.log.start
-    return body
-
-
-def _published(origin: str) -> tuple[str, str] | None:
-    """(note, where) of the newest checkpoint the gateway published outside the database, if any."""
-    from gateway.evidence import EvidenceSettings, published_checkpoint
-
-    directory = EvidenceSettings.from_env(home()).publish_dir
-    path = published_checkpoint(directory, origin) if directory is not None else None
-    if path is None or not path.is_file():
-        return None
-    return path.read_text(), f"published at {path}"
-
-
-def _published_origins() -> set[str]:
-    """Origins with a checkpoint published outside the database: a log deleted from the database entirely
-    is still verified (and found truncated)."""
-    from gateway.audit.checkpoint import parse_checkpoint, parse_note
-    from gateway.errors import AegressError
-    from gateway.evidence import EvidenceSettings
-
-    directory = EvidenceSettings.from_env(home()).publish_dir
-    found: set[str] = set()
-    for path in sorted(directory.glob("*/checkpoint")) if directory is not None and directory.is_dir() else []:
-        try:
-            found.add(parse_checkpoint(parse_note(path.read_text()).text).origin)
-        except (AegressError, OSError, ValueError):
-            continue  # not a checkpoint of ours; --against checks a file explicitly
-    return found
+    return bundle_summary(report)
 
 
 def _verify_store(tenant: str, all_logs: bool, keys: list[str] | None, against: list[Path],
                   final: bool, quiet: bool) -> list[dict[str, Any]]:
-    """Each log's records, stored columns and checkpoints: those in the database, the newest one
-    published outside it, and any given with --against."""
-    from gateway.audit.checkpoint import parse_checkpoint, parse_note
-    from gateway.audit.log import tenant_of
     from gateway.errors import UsageError
-    from gateway.evidence_stream import verify_stored_log
+    from gateway.evidence.events import operator_name
+    from gateway.evidence.verification import remember, verify_store
 
     if tenant and all_logs:
         raise UsageError("Give one of --tenant, --all or --bundle.")
     db = store()
-    if tenant:
-        from gateway.admin import require_log_tenant
-
-        require_log_tenant(db, tenant)
-    known = db.evidence_origins()
-    mine = {o for o in _published_origins() if o.startswith(_prefix(db) + "/")}
-    origins = [_origin_for(db, tenant)] if tenant else sorted(set(known) | mine)
-    if tenant and origins[0] not in known:
-        from gateway.errors import NotFound
-
-        raise NotFound(f"No evidence for {tenant!r} yet.", hint="Check the tenant id (`aegress tenant list`).")
-    verifiers = _trusted(keys)
     given = [(p.read_text(), f"--against {p}") for p in against]
-    prefix = _prefix(db)
-    reports = []
     with progress(quiet) as shown:
-        for origin in origins:
-            sources = [(note, "database") for _, note in db.list_checkpoints(origin)]
-            published = _published(origin)  # a file for this origin: a bad one is a finding, not skipped
-            sources += ([published] if published else [])
-            sources += [(n, where) for n, where in given if parse_checkpoint(parse_note(n).text).origin == origin]
-            task = shown.add_task(f"Verifying {origin}", total=None)
-            shown.refresh()
-            report = verify_stored_log(db, origin, checkpoints=[n for n, _ in sources], verifiers=verifiers,
-                                       final=final, tenant=tenant_of(prefix, origin) or "",
-                                       on_progress=lambda done, total, task=task: shown.update(
-                                           task, completed=done, total=total))
-            shown.remove_task(task)
-            reports.append(_store_report(report, published, sources))
-    _remember(db, reports)
+        tasks: dict[str, Any] = {}
+
+        def on_progress(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                for finished in tasks.values():
+                    shown.remove_task(finished)
+                tasks.clear()
+                tasks[what] = shown.add_task(what, total=None)
+                shown.refresh()
+            if total:
+                shown.update(tasks[what], completed=done, total=total)
+
+        reports = verify_store(db, home(), tenant=tenant, verifiers=_trusted(keys), against=given, final=final,
+                               progress=on_progress)
+    remember(db, reports, operator_name())
     return reports
-
-
-def _store_report(report: Any, published: tuple[str, str] | None, sources: list[tuple[str, str]]) -> dict[str, Any]:
-    """One log's verification as `audit verify --json` shows it."""
-    body = report.to_dict()
-    body["records"] = report.size - report.start
-    body["published_checkpoint"] = published[1].removeprefix("published at ") if published else None
-    finding = body["finding"]
-    if isinstance(finding, dict) and finding.get("checkpoint") is not None:
-        finding["message"] += f" (checkpoint {finding['checkpoint']}: {sources[finding['checkpoint']][1]})"
-    return body
-
-
-def _remember(db: Any, reports: list[dict[str, Any]]) -> None:
-    """Keep the result for `aegress status` and the console (never changes the verification's answer)."""
-    from datetime import UTC, datetime
-
-    from gateway.evidence import operator_name
-    from gateway.status import remember_verification
-
-    remember_verification(db, reports, datetime.now(UTC), operator_name())
 
 
 # -- repair -------------------------------------------------------------------------------------------
@@ -813,56 +605,24 @@ def repair(
     `audit verify` then passes and reports the repair as a notice. Chain, root and signature problems
     (tampering) are never repairable: exit 3. Refused while a gateway holds the data dir.
     """
-    from gateway.audit.verify import verify_log
     from gateway.datadir import hold
-    from gateway.errors import CheckFailed, NotFound
-    from gateway.evidence import operator_name, record_event
+    from gateway.evidence.events import operator_name
+    from gateway.evidence.verification import repair_log
 
-    data = home()
-    lock = hold(data, purpose="audit repair")  # no gateway may append (or recover) while we look
-    try:
-        db = store()
-        origin = _origin_for(db, tenant)
-        if origin not in db.evidence_origins():
-            raise NotFound(f"No evidence for {tenant!r} yet.", hint="Check the tenant id (`aegress tenant list`).")
-        verifiers = _trusted(None)
-
-        def check() -> Any:
-            notes = [note for _, note in db.list_checkpoints(origin)]
-            return verify_log(db.evidence_records(origin), origin=origin, checkpoints=notes, verifiers=verifiers)
-
-        report = check()
-        if report.ok:
-            if json_out:
-                print_json({"repaired": False, "origin": origin, "verify": report.to_dict()})
-            else:
-                err(f"{origin} verifies: nothing to repair.")
-            return
-        if not report.problems:
-            f = report.finding
-            raise CheckFailed(
-                f"{origin}: {f.problem} at seq {f.seq}: {f.message}. This is not damage a repair may cover.",
-                hint="Chain, root and signature problems mean the stored evidence was altered: keep the database "
-                     "as it is for investigation and compare it with a backup or an exported bundle.",
-            )
-        damaged = {f.seq: f"seq {f.seq}: {f.problem}: {f.message}" for f in report.problems if f.seq is not None}
+    def ask(origin: str, damaged: Mapping[int, str]) -> None:
         for line in damaged.values():
             err(line)
         confirm(f"Seal a repair record in {origin} acknowledging {len(damaged)} damaged record(s)?", yes)
-        sealed = record_event(db, tenant, "repair", {
-            "damaged_seqs": sorted(damaged), "problems": [damaged[s] for s in sorted(damaged)],
-            "actor": operator_name(), "reason": reason[:500] or "-"})
-        _sign_if_possible(db)
-        after = check()
-        if json_out:
-            print_json({"repaired": True, "origin": origin, "repair_seq": sealed.record.seq,
-                        "damaged_seqs": sorted(damaged), "verify": after.to_dict()})
-        else:
-            print(f"repair record {sealed.record.seq} sealed in {origin}: damaged seq(s) "
-                  f"{', '.join(map(str, sorted(damaged)))}")
-        if not after.ok:
-            f = after.finding
-            raise CheckFailed(f"{origin} still fails verification: {f.problem} at seq {f.seq}: {f.message}.",
-                              hint="Run `aegress audit verify --tenant " + tenant + "` and report it.")
+
+    lock = hold(home(), purpose="audit repair")  # no gateway may append (or recover) while we look
+    try:
+        done = repair_log(store(), home(), tenant, reason=reason, actor=operator_name(), confirm=ask)
     finally:
         lock.release()
+    if json_out:
+        print_json(done.to_dict())
+    elif done.seq is None:
+        err(f"{done.origin} verifies: nothing to repair.")
+    else:
+        print(f"repair record {done.seq} sealed in {done.origin}: damaged seq(s) {', '.join(map(str, done.damaged))}")
+    done.check()

@@ -81,13 +81,10 @@ def bench_verify(records: int) -> dict:
 
     from gateway.audit.log import Entry, expected_columns, tenant_origin
     from gateway.audit.verify import verify_log
-    from gateway.evidence import (
-        EvidenceSettings,
-        load_signing_key_for,
-        origin_prefix,
-        sign_checkpoints,
-        trusted_verifiers,
-    )
+    from gateway.evidence.checkpointer import sign_checkpoints
+    from gateway.evidence.keys import load_signing_key_for, trusted_verifiers
+    from gateway.evidence.origins import origin_prefix
+    from gateway.evidence.settings import EvidenceSettings
     from gateway.store.sqlite import SQLiteStore
 
     home = Path(tempfile.mkdtemp(prefix="aegress-verify-bench-")) / "home"

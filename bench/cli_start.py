@@ -139,7 +139,10 @@ def seed_records(home: Path, calls: int = 5) -> None:
     from dataclasses import replace
 
     from gateway.audit.log import Entry, expected_columns, tenant_origin
-    from gateway.evidence import EvidenceSettings, load_signing_key_for, origin_prefix, sign_checkpoints
+    from gateway.evidence.checkpointer import sign_checkpoints
+    from gateway.evidence.keys import load_signing_key_for
+    from gateway.evidence.origins import origin_prefix
+    from gateway.evidence.settings import EvidenceSettings
     from gateway.store.sqlite import SQLiteStore
 
     store = SQLiteStore(home / "aegress.db")

@@ -40,7 +40,7 @@ def sealed_change(store: Store) -> AbstractContextManager[SealedChange]:
 
 
 def operator_name() -> str:
-    from gateway.evidence import operator_name
+    from gateway.evidence.events import operator_name
 
     return operator_name()
 

@@ -39,7 +39,7 @@ from urllib.parse import quote
 
 from gateway.config import Limits, ServeSettings
 from gateway.errors import ConfigError
-from gateway.evidence import KEY_FILE
+from gateway.evidence.settings import KEY_FILE
 from gateway.secrets import write_private_file
 
 log = logging.getLogger("aegress.lambda")
@@ -246,7 +246,7 @@ def secrets_manager_fetch(ref: str) -> str:
 def cold_start(env: Mapping[str, str] | None = None, fetch: Fetch = secrets_manager_fetch) -> LambdaGateway:
     """Secrets, settings and the started gateway, once per execution environment. Sets process variables
     (this is the process's edge, as the CLI is for `aegress serve`)."""
-    from gateway.evidence import install_log_redaction
+    from gateway.evidence.redaction import install_log_redaction
 
     env = dict(os.environ if env is None else env)
     home = Path(env.get("AEGRESS_HOME") or DEFAULT_HOME)

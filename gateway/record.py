@@ -24,7 +24,7 @@ VERDICTS = {"allow": "allow", "block": "deny", "review": "review", "hidden": "hi
 
 
 class Recorder(Protocol):
-    """What the pipeline needs from the evidence service (gateway.evidence.Evidence / NoEvidence)."""
+    """What the pipeline needs from the evidence service (gateway.evidence.facade.Evidence / NoEvidence)."""
 
     enabled: bool
     await_outcome: bool

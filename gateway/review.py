@@ -310,7 +310,7 @@ def _seal_review(change: SealedChange, store: Store, held: HeldCall, kind: str, 
                  reason: str) -> None:
     """Seal the operator's decision in the tenant's log (with the decision itself), linked to the hold's
     own decision record."""
-    from gateway.evidence import decision_seq_for
+    from gateway.evidence.events import decision_seq_for
 
     seq = decision_seq_for(store, held.tenant_id, held.id)
     body: dict[str, object] = {"review_id": held.id, "reviewer": reviewer}

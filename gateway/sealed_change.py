@@ -34,7 +34,7 @@ class SealedChange:
 
     def seal(self, tenant: str | None, kind: str, body: dict[str, Any]) -> None:
         """Add a record to the tenant's log (None: the deployment's security log)."""
-        from gateway.evidence import event_entry
+        from gateway.evidence.events import event_entry
 
         validate_body(kind, body)
         self.entries.append(event_entry(self.store, tenant, kind, body, prefix=self.prefix))
@@ -51,7 +51,7 @@ class SealedChange:
 @contextlib.contextmanager
 def sealed_change(store: Store) -> Iterator[SealedChange]:
     """Run the block's store writes and the records it seals in one transaction (see module docstring)."""
-    from gateway.evidence import origin_prefix
+    from gateway.evidence.origins import origin_prefix
 
     prefix = origin_prefix(store)
     with store.sealed() as entries:

@@ -39,9 +39,10 @@ class Check:
 def check_records(store: Store, home: Path, rows: Sequence[EvidenceRow]) -> dict[int, Check]:
     """Verify each row against its log's newest signed checkpoint (see the module docstring)."""
     from gateway.audit.checkpoint import open_checkpoint
-    from gateway.audit.merkle import MerkleTree, leaf_hash, verify_inclusion
+    from gateway.audit.merkle import leaf_hash, verify_inclusion
     from gateway.audit.records import parse_record
-    from gateway.evidence import trusted_verifiers
+    from gateway.evidence.keys import trusted_verifiers
+    from gateway.evidence.proofs import stored_tree
 
     verifiers = trusted_verifiers(home)
     signed_at = {o: t for o, _, t in store.latest_checkpoints()}
@@ -67,7 +68,7 @@ def check_records(store: Store, home: Path, rows: Sequence[EvidenceRow]) -> dict
                 out[row.id] = Check("unchecked", f"the log has {total:,} records, more than the console re-hashes "
                                     "per view; run `aegress audit verify`")
             continue
-        tree = MerkleTree(store.evidence_leaf_hashes(origin)[:size])
+        tree = stored_tree(store, origin, size)
         matches = tree.size == size and tree.root() == checkpoint.root
         where = f"checkpoint {size:,} (signed {signed_at.get(origin, '?')})"
         for row in mine:

@@ -69,7 +69,9 @@ _DAMAGE = """
 import sys
 from pathlib import Path
 from gateway.audit.log import Entry, expected_columns, tenant_origin
-from gateway.evidence import now_time, origin_prefix, recover_open_intents
+from gateway.evidence.clock import now_time
+from gateway.evidence.events import recover_open_intents
+from gateway.evidence.origins import origin_prefix
 from gateway.store.sqlite import SQLiteStore
 
 store = SQLiteStore(Path(sys.argv[1]) / "aegress.db")

@@ -16,14 +16,11 @@ from gateway.audit.checkpoint import open_checkpoint
 from gateway.audit.log import Columns, Entry, tenant_origin
 from gateway.audit.verify import Problem, verify_log
 from gateway.errors import StoreUnavailable
-from gateway.evidence import (
-    Checkpointer,
-    EvidenceSettings,
-    EvidenceWriter,
-    load_signing_key_for,
-    recover_open_intents,
-    trusted_verifiers,
-)
+from gateway.evidence.checkpointer import Checkpointer
+from gateway.evidence.events import recover_open_intents
+from gateway.evidence.keys import load_signing_key_for, trusted_verifiers
+from gateway.evidence.settings import EvidenceSettings
+from gateway.evidence.writer import EvidenceWriter
 from gateway.store import open_store
 from gateway.store.base import Store
 from tests.pg import sql
@@ -270,7 +267,7 @@ def test_tampered_row_is_found_by_the_verifier(store_url: str, store: Store) -> 
 
 
 def test_a_hold_is_found_by_its_audit_id(store: Store) -> None:
-    from gateway.evidence import decision_seq_for
+    from gateway.evidence.events import decision_seq_for
 
     body = {**intent(0).body, "verdict": "review", "request_id": "rev_abc"}
     store.append_evidence([revoked(0), Entry(ORIGIN, "decision", T, body, Columns(tenant="acme"))])

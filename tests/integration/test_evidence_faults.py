@@ -14,7 +14,8 @@ import pytest
 from gateway.audit.log import Columns, Entry, tenant_origin
 from gateway.audit.verify import verify_log
 from gateway.errors import StoreUnavailable
-from gateway.evidence import Evidence, EvidenceSettings
+from gateway.evidence.facade import Evidence
+from gateway.evidence.settings import EvidenceSettings
 from gateway.store.base import EvidenceFilter
 from gateway.store.sqlite import SQLiteStore
 

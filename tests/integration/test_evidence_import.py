@@ -1,4 +1,4 @@
-"""Importing logs sealed elsewhere (`Store.import_evidence` through `gateway.evidence_bundles`), on each real
+"""Importing logs sealed elsewhere (`Store.import_evidence` through `gateway.evidence.bundles`), on each real
 store (SQLite, Postgres): exact bytes, seqs, columns and checkpoints; continuation; and every refusal
 (gap, fork, another deployment, a bundle that does not verify) leaves the target as it was."""
 
@@ -18,8 +18,10 @@ from gateway.audit.errors import BundleRejected, ImportConflict
 from gateway.audit.keys import generate_signing_key
 from gateway.audit.log import Columns, Entry, expected_columns, security_origin, tenant_origin
 from gateway.audit.verify import verify_log
-from gateway.evidence import EvidenceSettings, sign_checkpoints, trusted_verifiers
-from gateway.evidence_bundles import import_bundles, log_bundle_files
+from gateway.evidence.bundles import import_bundles, log_bundle_files
+from gateway.evidence.checkpointer import sign_checkpoints
+from gateway.evidence.keys import trusted_verifiers
+from gateway.evidence.settings import EvidenceSettings
 from gateway.store import open_store
 from gateway.store.base import EvidenceFilter, Store
 

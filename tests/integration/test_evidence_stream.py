@@ -1,4 +1,4 @@
-"""`audit verify` and `audit export` read a stored log a page at a time (gateway/evidence_stream.py), on each
+"""`audit verify` and `audit export` read a stored log a page at a time (gateway/evidence/stream.py), on each
 real store: the same result as reading it whole, with a fraction of the memory."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from gateway.audit.log import Entry, expected_columns, tenant_origin
 from gateway.audit.verify import verify_log
-from gateway.evidence_stream import verify_stored_log, write_csv, write_jsonl
+from gateway.evidence.stream import verify_stored_log, write_csv, write_jsonl
 from gateway.store.base import EvidenceFilter, Store
 
 ORIGIN = tenant_origin("aegress.test", "acme")

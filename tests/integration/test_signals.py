@@ -16,7 +16,7 @@ from gateway import admin, policy_admin, review
 from gateway.bus import connect
 from gateway.config import Limits
 from gateway.decide import PolicyDecider
-from gateway.evidence import NoEvidence
+from gateway.evidence.facade import NoEvidence
 from gateway.pipeline import Pipeline
 from gateway.policy import ReviewSettings
 from gateway.proxy import ClientSession, Runtime

@@ -13,7 +13,10 @@ from gateway.audit.log import Entry, expected_columns, tenant_origin
 from gateway.audit.verify import verify_log
 from gateway.console import data
 from gateway.errors import NotFound
-from gateway.evidence import Checkpointer, EvidenceSettings, load_signing_key_for, origin_prefix, trusted_verifiers
+from gateway.evidence.checkpointer import Checkpointer
+from gateway.evidence.keys import load_signing_key_for, trusted_verifiers
+from gateway.evidence.origins import origin_prefix
+from gateway.evidence.settings import EvidenceSettings
 from gateway.record import CallFacts, call_entry, outcome_entry
 from gateway.status import GatewayProcess, collect, evidence_time, remember_verification
 from gateway.store.base import EvidenceFilter, OperatorToken, Store

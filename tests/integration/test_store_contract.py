@@ -14,7 +14,7 @@ from gateway import admin
 from gateway.audit.log import Columns, Entry, tenant_origin
 from gateway.audit.verify import verify_log
 from gateway.errors import AlreadyExists, NotFound, StoreUnavailable
-from gateway.evidence import origin_prefix
+from gateway.evidence.origins import origin_prefix
 from gateway.store.base import EvidenceFilter, Store, WouldBlock
 from gateway.store.migrations import MIGRATIONS
 from gateway.types import CallRecord, TokenInfo, UpstreamLimits, UpstreamSpec

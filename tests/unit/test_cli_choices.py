@@ -15,6 +15,13 @@ def test_audit_filters_are_the_record_vocabulary() -> None:
     assert set(get_args(Verdict)) == set(VERDICTS.values())
 
 
+def test_export_formats_are_the_library_formats() -> None:
+    from aegress_cli.audit import ExportFormat
+    from gateway.evidence import export
+
+    assert get_args(ExportFormat) == get_args(export.ExportFormat)
+
+
 def test_clients_are_the_supported_clients() -> None:
     from aegress_cli.client import Client
     from gateway.clients import CLIENTS

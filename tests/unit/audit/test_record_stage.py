@@ -9,7 +9,7 @@ import pytest
 from gateway.audit.log import Columns, Entry, seal, security_origin, tenant_of, tenant_origin
 from gateway.audit.merkle import leaf_hash
 from gateway.audit.records import ChainHead, parse_record, validate_body
-from gateway.evidence import RedactingFilter
+from gateway.evidence.redaction import RedactingFilter
 from gateway.record import CallFacts, call_entry, elicitation_entry, outcome_entry, with_receipt
 from gateway.types import Decision, Identity
 

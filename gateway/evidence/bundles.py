@@ -44,14 +44,10 @@ from gateway.audit.merkle import MerkleTree
 from gateway.audit.records import ParsedRecord, parse_record
 from gateway.audit.verify import ConsistencyProof, LogStart
 from gateway.errors import AegressError, InvalidInput
-from gateway.evidence import (
-    EvidenceSettings,
-    now_time,
-    published_checkpoint,
-    remember_verifier,
-    trusted_verifiers,
-    write_published,
-)
+from gateway.evidence.checkpointer import published_checkpoint, write_published
+from gateway.evidence.clock import now_time
+from gateway.evidence.keys import remember_verifier, trusted_verifiers
+from gateway.evidence.settings import EvidenceSettings
 from gateway.store.base import ImportedLog, LogImported, Store
 
 
