@@ -495,8 +495,7 @@ class Pipeline:
         if limited is not None:
             ticket.verdict, ticket.outcome = "block", "refused"
             decision = GateDecision("block", "rate-limit", limited, audit_id=mint_id("aud_"))
-            self.record(session, call.method, call.target, up.spec.name, decision, "refused", call.started,
-                        call.started_at, arguments=call.arguments, tool=call.tool)
+            self._record_refusal(session, call, decision, "refused")
             return result(msg["id"], tool_error(f"{limited} (audit id {decision.audit_id})"))
         # 4 decide
         await self.refresh_policies()
@@ -514,8 +513,7 @@ class Pipeline:
             else:
                 ticket.outcome = "refused"
                 decision = replace(decision, audit_id=mint_id("aud_"))
-                self.record(session, call.method, call.target, up.spec.name, decision, "refused", call.started,
-                            call.started_at, arguments=call.arguments, tool=call.tool)
+                self._record_refusal(session, call, decision, "refused")
                 reason = decision.reason or "Policy does not allow this call."
                 return result(msg["id"], tool_error(
                     f"Blocked by policy rule {decision.rule_id}: {reason} (audit id {decision.audit_id})"))
@@ -588,6 +586,13 @@ class Pipeline:
                 waited = (t4 or end) - t3 + (end - t5 if t5 else 0)
                 obs.stage("record", end - waited, end, tenant)
 
+    def _record_refusal(self, session: ClientSession, call: Call, decision: Decision, outcome: str) -> None:
+        """6 record, for a call that is not forwarded: its decision record, queued (`record`)."""
+        t = _now_ns()
+        self.record(session, call.method, call.target, call.up.spec.name, decision, outcome, call.started,
+                    call.started_at, arguments=call.arguments, tool=call.tool)
+        self.observer.stage("record", t, _now_ns(), session.identity.tenant_id)
+
     async def _review(self, session: ClientSession, msg: JSON, send: Send, call: Call, decision: GateDecision,
                       ticket: Ticket) -> tuple[JSON | None, GateDecision]:
         """A `review` verdict: hold the call until it is approved, denied or expires (gateway.review).
@@ -607,8 +612,7 @@ class Pipeline:
         if settled.released:
             return None, decision
         ticket.outcome = "refused"
-        self.record(session, call.method, call.target, call.up.spec.name, decision, settled.outcome, call.started,
-                    call.started_at, arguments=call.arguments, tool=tool)
+        self._record_refusal(session, call, decision, settled.outcome)
         return result(msg["id"], settled.result or tool_error("Not run.")), decision
 
     # -- sessions ------------------------------------------------------------------------------
