@@ -236,7 +236,7 @@ class Pipeline:
 
     def _policy_changed(self, message: JSON) -> None:
         """A `policy.changed` signal (or Redis back after an outage): look at the store now, not at the next poll."""
-        task = asyncio.ensure_future(self._refreshnow_iso())
+        task = asyncio.ensure_future(self._refresh_now())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
