@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway import signals
 from gateway.errors import NotFound, UsageError
+from gateway.observe import NOTHING, Observer
 from gateway.policy import ReviewSettings, argument_digest, check_approver
 from gateway.sealed_change import SealedChange, sealed_change
 from gateway.secrets import mint_id
@@ -104,6 +105,9 @@ class ReviewDesk:
     (`aegress review approve` on any machine); while the bus is live the poll slows to `live_poll_s`
     (the backstop for a lost message), never stops."""
 
+    observer: Observer = NOTHING
+    """Told how long each settled review took (set by the pipeline, gateway.observe)."""
+
     def __init__(self, store: Store, clock: Callable[[], float] = time.time, bus: Bus | None = None,
                  live_poll_s: float = LIVE_POLL_S) -> None:
         self.store = store
@@ -137,19 +141,25 @@ class ReviewDesk:
         rule_id: str, reason: str, policy_version: int, mode: str, settings: ReviewSettings,
         progress_token: Any = None,
     ) -> Settled:
+        """Release the call at once (an unused approval for exactly these arguments), or hold it until it is
+        approved, denied or expires; a hold reports how long it waited (`Observer.review_waited`)."""
         identity = session.identity
         digest = argument_digest(arguments)
         used = await self._io(self.store.consume_approval, identity.tenant_id, identity.actor_id, upstream, tool,
                               digest, self.clock())
         if used is not None:
             return Settled(True, "approved", used.id)
-        if mode == "confirm" and not getattr(session, "modern", False) and supports_form_elicitation(
-            session.client_caps
-        ):  # 2026-07-28 has no server-to-client requests: confirm falls back to approve there
-            return await self._confirm(session, send, upstream, tool, exposed, arguments, digest, rule_id, reason,
-                                       policy_version, settings)
-        return await self._hold(session, send, upstream, tool, exposed, arguments, digest, rule_id, reason,
-                                policy_version, settings, progress_token)
+        started = time.perf_counter()
+        try:
+            if mode == "confirm" and not getattr(session, "modern", False) and supports_form_elicitation(
+                session.client_caps
+            ):  # 2026-07-28 has no server-to-client requests: confirm falls back to approve there
+                return await self._confirm(session, send, upstream, tool, exposed, arguments, digest, rule_id,
+                                           reason, policy_version, settings)
+            return await self._hold(session, send, upstream, tool, exposed, arguments, digest, rule_id, reason,
+                                    policy_version, settings, progress_token)
+        finally:
+            self.observer.review_waited(time.perf_counter() - started, identity.tenant_id)
 
     def _new_hold(self, session: Any, upstream: str, tool: str, exposed: str, arguments: JSON, digest: str,
                   rule_id: str, reason: str, policy_version: int, mode: str) -> HeldCall:

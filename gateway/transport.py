@@ -8,8 +8,9 @@ Order of checks for every request (cheapest and least trusting first):
   4. bind (tenant/actor claims in headers and query)             -> 403
   5. POST: Content-Type, Accept, body size, pace and deadline     -> 415 / 406 / 413 / 408 / 400
      (duplicate keys refused), envelope
-  6. protocol revision and session; per actor/tenant caps        -> 400 / 404 / 409 / 429
-  7. dispatch: decide -> forward -> record (gateway.pipeline)
+  6. protocol revision and session; sessions per actor/tenant    -> 400 / 404 / 409 / 429
+  7. limit: requests in flight per actor/tenant (Pipeline.admit)  -> 429
+  8. dispatch: limit (budget) -> decide -> record -> forward -> record (gateway.pipeline)
 
 Header deadlines, header count and the connection caps sit below ASGI, in `gateway.server`.
 
@@ -380,16 +381,27 @@ class McpEndpoint:
             if any(k.lower() in CREDENTIAL_PARAMS for k in query):
                 raise HttpError("Credentials are not accepted in the URL query.", code="credentials-in-query",
                                 hint="Send the token only as Authorization: Bearer <token>, and drop it from the URL.")
-            identity = await self._authenticate(scope, headers)
-            identity = self.pipeline.bind(
-                identity,
-                binding.Claims(
-                    headers.getlist(binding.TENANT_HEADER),
-                    headers.getlist(binding.ACTOR_HEADER),
-                    query.getlist(binding.TENANT_PARAM),
-                    query.getlist(binding.ACTOR_PARAM),
-                ),
-            )
+            observer = self.pipeline.observer
+            t0 = time.perf_counter_ns()
+            try:  # 1 authenticate (gateway.pipeline)
+                identity = await self._authenticate(scope, headers)
+            except AegressError:
+                observer.stage("authenticate", t0, time.perf_counter_ns())
+                raise
+            t1 = time.perf_counter_ns()
+            observer.stage("authenticate", t0, t1, identity.tenant_id)
+            try:  # 2 bind
+                identity = self.pipeline.bind(
+                    identity,
+                    binding.Claims(
+                        headers.getlist(binding.TENANT_HEADER),
+                        headers.getlist(binding.ACTOR_HEADER),
+                        query.getlist(binding.TENANT_PARAM),
+                        query.getlist(binding.ACTOR_PARAM),
+                    ),
+                )
+            finally:
+                observer.stage("bind", t1, time.perf_counter_ns(), identity.tenant_id)
             origin = headers.get("origin")
             if not origin_allowed(origin, self.allowed_origins) and origin not in self.pipeline.decider.origins(
                 identity.tenant_id
@@ -770,13 +782,9 @@ class McpEndpoint:
         key = repr(msg["id"])
         who = session.identity
         actor = (who.tenant_id, who.actor_id)
-        # across replicas: no Redis round trip while this replica's lease covers the call (gateway.shared_limits);
-        # from here to the counting below nothing awaits, so concurrent requests cannot all pass the cap
-        cap = await self.shared.over_cap("calls", who.tenant_id, who.actor_id, self.limits.max_calls_per_actor,
-                                         self.limits.max_calls_per_tenant)
-        if cap is not None:
-            raise RateLimited(f"Too many requests in flight for this {cap}.", retry_after=2, code="too-many-calls",
-                              hint="Wait for running calls to finish before starting more.")
+        # 3 limit, its fair shares (Pipeline.admit); from here to the counting below nothing awaits, so
+        # concurrent requests cannot all pass the cap
+        await self.pipeline.admit(who, self.limits.max_calls_per_actor, self.limits.max_calls_per_tenant)
         if key in session.requests:
             raise HttpError("A request with this id is still in flight on this session.", http_status=409,
                             code="duplicate-request-id", hint="Use a new id for every request of a session.")
