@@ -55,6 +55,7 @@ from gateway.audit.merkle import CompactRange
 from gateway.audit.records import validate_body
 from gateway.audit.redact import derive_tenant_key, redact_text
 from gateway.errors import AegressError, StoreUnavailable
+from gateway.observe import NOTHING, Observer
 from gateway.store.base import Store
 
 log = logging.getLogger("aegress.evidence")
@@ -795,7 +796,9 @@ class Evidence:
 
     enabled = True
 
-    def __init__(self, store: Store, master_key: bytes, home: Path, settings: EvidenceSettings) -> None:
+    def __init__(self, store: Store, master_key: bytes, home: Path, settings: EvidenceSettings,
+                 observer: Observer | None = None) -> None:
+        self.observer = observer or NOTHING
         self.store = store
         self.settings = settings
         self.await_outcome = settings.await_outcome

@@ -47,6 +47,7 @@ from gateway.jsonrpc import (
     param_header_mismatch,
     result,
 )
+from gateway.observe import NOTHING, Observer
 from gateway.proxy import ClientSession, Runtime, UnknownTarget, Upstream, list_all
 from gateway.record import CallFacts, Recorder, call_entry, elicitation_entry, outcome_entry, with_receipt
 from gateway.relay import SESSION_TOPIC
@@ -126,7 +127,9 @@ class Pipeline:
         review_desk: ReviewDesk | None = None,
         bus: Bus | None = None,
         shared: SharedLimits | None = None,
+        observer: Observer | None = None,
     ) -> None:
+        self.observer = observer or NOTHING
         self.store = store
         self.bus = bus or Bus(store.replica_id)  # the other replicas (gateway.bus); local only without Redis
         self.runtime = runtime
