@@ -16,6 +16,8 @@ tenant and method, verdict and outcome is what a scraper must then store. Never 
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import logging
 import platform
 from bisect import bisect_left
@@ -27,12 +29,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from gateway.errors import AegressError
+from gateway.errors import AegressError, AuthError, ConfigError, Forbidden, NotFound, ProtocolError, RateLimited
 from gateway.observe import Observer
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
+    from starlette.types import Receive, Scope, Send
 
+    from gateway.config import Limits
     from gateway.store.base import Store
 
 log = logging.getLogger("aegress.metrics")
@@ -211,3 +215,129 @@ def exposition(observer: MetricsObserver) -> tuple[bytes, str]:
     from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
     return generate_latest(observer.registry), CONTENT_TYPE_LATEST
+
+
+# -- the /metrics route ------------------------------------------------------------------------------------
+METRICS_MODES = ("token", "loopback", "off")
+"""token: an operator token (`aegop_...`) as a bearer token; loopback: no token, loopback peers only and never
+through a proxy; off: 404."""
+FORWARDING_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-real-ip")
+"""A request carrying one came through a proxy or tunnel, whose own address is all a loopback check sees."""
+
+
+def check_metrics_mode(value: str) -> str:
+    mode = value.strip().lower()
+    if mode not in METRICS_MODES:
+        raise ConfigError(f"Unknown metrics mode {value[:40]!r}.", hint="Use token, loopback or off.",
+                          code="metrics-mode")
+    return mode
+
+
+def is_loopback(peer: str) -> bool:
+    """Pure: whether a socket peer address is a loopback address (IPv4-mapped IPv6 included)."""
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+class MetricsEndpoint:
+    """The ASGI app of `GET /metrics`. Refusals use the gateway's JSON error body (docs/errors.md); failed
+    tokens count towards the per-address `--auth-throttle` like the console's."""
+
+    def __init__(self, observer: MetricsObserver | None, mode: str, store: Store, master_key: bytes,
+                 allowed_hosts: Callable[[], tuple[str, ...]], limits: Limits) -> None:
+        from gateway.console.app import Throttle
+        from gateway.operators import operator_key
+
+        self.observer = observer
+        self.mode = "off" if observer is None else check_metrics_mode(mode)
+        self.store = store
+        self._allowed_hosts = allowed_hosts
+        self._key = operator_key(master_key)
+        self._throttle = Throttle(limits.auth_failures, limits.auth_failure_window_s)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._check(scope)
+            assert self.observer is not None
+            body, content_type = await asyncio.to_thread(exposition, self.observer)
+        except AegressError as exc:
+            await _refuse(send, exc)
+            return
+        head = scope.get("method") == "HEAD"
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store")]})
+        await send({"type": "http.response.body", "body": b"" if head else body})
+
+    async def _check(self, scope: Scope) -> None:
+        from gateway.transport import host_allowed
+
+        if self.mode == "off":
+            raise NotFound("No metrics here: this gateway serves none (AEGRESS_METRICS=off).",
+                           hint="Start it with --metrics token or --metrics loopback.")
+        if scope.get("method") not in ("GET", "HEAD"):
+            raise ProtocolError("/metrics answers GET only.", http_status=405, code="method-not-allowed")
+        headers = dict(scope.get("headers") or ())
+        host = headers.get(b"host")
+        if not host_allowed(host.decode("latin-1") if host is not None else None, self._allowed_hosts()):
+            raise ProtocolError("Invalid Host header.", hint="Scrape the gateway's own address or its --public-url.",
+                                http_status=421, code="invalid-host")
+        peer = str((scope.get("client") or ("",))[0])
+        if self.mode == "loopback":
+            if any(name in headers for name in FORWARDING_HEADERS):
+                raise Forbidden("Metrics without a token are served to loopback clients only, and this request "
+                                "came through a proxy.", hint="Scrape the gateway directly on loopback, or use "
+                                "--metrics token with an operator token.", code="metrics-loopback-only")
+            if not is_loopback(peer):
+                raise Forbidden("Metrics without a token are served to loopback clients only.",
+                                hint="Use --metrics token with an operator token.", code="metrics-loopback-only")
+            return
+        await self._operator(scope, headers, peer)
+
+    async def _operator(self, scope: Scope, headers: dict[bytes, bytes], peer: str) -> None:
+        from gateway import operators
+        from gateway.console.auth import bearer
+
+        wait = self._throttle.retry_after(peer)
+        if wait is not None:
+            raise RateLimited("Too many failed authentications from this address.", retry_after=wait,
+                              code="auth-throttled")
+        raw = headers.get(b"authorization")
+        token = bearer(raw.decode("latin-1") if raw is not None else None)
+        if not token:
+            if token == "":  # malformed; a missing one (a scraper not yet configured) is not counted
+                self._throttle.fail(peer)
+            raise AuthError("/metrics needs an operator token." if token is None else "Malformed Authorization "
+                            "header.", hint="Send Authorization: Bearer <operator token> (`aegress operator "
+                            "token issue` prints one).", challenge='Bearer realm="aegress metrics"')
+        if operators.looks_like_actor_token(token) or not token.startswith(operators.OPERATOR_PREFIX):
+            self._throttle.fail(peer)
+            raise Forbidden("That is not an operator token: actor and OAuth tokens bind MCP clients and never "
+                            "read metrics.", hint="Use an operator token (aegop_...): `aegress operator token "
+                            "issue` prints one.", code="metrics-not-operator")
+        if await asyncio.to_thread(operators.authenticate, self.store, self._key, token) is None:
+            self._throttle.fail(peer)
+            raise AuthError("The operator token is invalid or revoked.", hint="Issue one with `aegress operator "
+                            "token issue`.", code="invalid-token", challenge='Bearer realm="aegress metrics"')
+
+
+async def _refuse(send: Send, exc: AegressError) -> None:
+    from gateway.jsonrpc import dumps, error_from
+
+    body = dumps(error_from(None, exc))
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"cache-control", b"no-store")]
+    challenge = getattr(exc, "challenge", None)
+    if challenge:
+        headers.append((b"www-authenticate", challenge.encode()))
+    if isinstance(exc, RateLimited):
+        headers.append((b"retry-after", str(exc.retry_after).encode()))
+    if exc.http_status == 405:
+        headers.append((b"allow", b"GET, HEAD"))
+    await send({"type": "http.response.start", "status": exc.http_status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
