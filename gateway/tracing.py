@@ -155,6 +155,8 @@ class TracingObserver(Observer):
         offset = self._offset
         first = min([start_ns, *(s for _, s, _ in stages)])
         request = self._tracer.start_span(name, kind=self._server, attributes=attributes, start_time=first + offset)
+        if not request.is_recording():  # sampled out (OTEL_TRACES_SAMPLER): its stages would be too
+            return
         if failed:
             request.set_status(self._error)
         parent = self._trace.set_span_in_context(request)

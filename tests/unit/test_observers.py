@@ -260,3 +260,14 @@ def test_fan_out_reaches_every_observer() -> None:
     asyncio.run(request())
     assert len(exporter.get_finished_spans()) == len(STAGES) + 1
     assert any(name == "aegress_requests_total" for name, _, _ in scrape(metrics)["aegress_requests"])
+
+
+def test_a_sampled_out_request_costs_no_stage_spans(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    tracer, exporter = _tracer()
+
+    async def request() -> None:
+        one_call(tracer)
+
+    asyncio.run(request())
+    assert exporter.get_finished_spans() == ()
