@@ -315,7 +315,7 @@ class MetricsEndpoint:
             raise AuthError("/metrics needs an operator token." if token is None else "Malformed Authorization "
                             "header.", hint="Send Authorization: Bearer <operator token> (`aegress operator "
                             "token issue` prints one).", challenge='Bearer realm="aegress metrics"')
-        if operators.looks_like_actor_token(token) or not token.startswith(operators.OPERATOR_PREFIX):
+        if operators.looks_like_actor_token(token) or token.count(".") == 2:  # an actor's: ours, or OAuth's JWT
             self._throttle.fail(peer)
             raise Forbidden("That is not an operator token: actor and OAuth tokens bind MCP clients and never "
                             "read metrics.", hint="Use an operator token (aegop_...): `aegress operator token "

@@ -125,7 +125,10 @@ def test_metrics_need_an_operator_token(served: tuple[Gateway, Receiver, str, st
     missing = scrape(gw)
     assert refusal(missing, 401)["data"]["code"] == "unauthorized"
     assert missing.headers["www-authenticate"].startswith("Bearer")
-    assert refusal(scrape(gw, "aegop_" + "x" * 40), 401)["data"]["code"] == "invalid-token"
+    for bad in ("aegop_" + "x" * 40, "not-a-token"):
+        assert refusal(scrape(gw, bad), 401)["data"]["code"] == "invalid-token"
+    jwt_shaped = scrape(gw, "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln")  # an OAuth access token's shape
+    assert refusal(jwt_shaped, 403)["data"]["code"] == "metrics-not-operator"
     actor = scrape(gw, gw.tokens[("acme", "alice")])
     assert refusal(actor, 403)["data"]["code"] == "metrics-not-operator"
     assert gw.tokens[("acme", "alice")] not in actor.text
