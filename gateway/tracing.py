@@ -10,8 +10,8 @@ the global API (the MCP SDK does) export nothing through it.
 Cost: stages are buffered per request (a contextvar; the request path reports a request's stages and its
 `call_done` from the same task, or from tasks it started) and the spans are made at `call_done`, with the
 stages' own timestamps, so only answered requests pay for span creation. Stages whose request never reaches
-`call_done` (a refused token answered at the edge) are exported when their task's context is dropped, under a
-request span named `mcp refused`.
+`call_done` (refused at the edge, notifications, GET streams, DELETE) are exported when their task's context is
+dropped, under a request span named `mcp edge` (`aegress.outcome=not_dispatched`).
 
 Attributes are names only: `mcp.method.name`, `aegress.stage`, `aegress.verdict`, `aegress.outcome`,
 `aegress.upstream` / `aegress.upstream.error` (on upstream failures), and `aegress.tenant` only when the
@@ -141,7 +141,7 @@ class TracingObserver(Observer):
                 stages, errors, tenant = self._orphans.popleft()
             except IndexError:
                 return
-            self._export("mcp refused", {"aegress.outcome": "refused"}, stages, errors,
+            self._export("mcp edge", {"aegress.outcome": "not_dispatched"}, stages, errors,
                          min(s for _, s, _ in stages), max(e for _, _, e in stages), tenant, failed=False)
 
     def _export(self, name: str, attributes: dict[str, Any], stages: list[tuple[str, int, int]],

@@ -204,7 +204,7 @@ def test_tenant_attribute_only_when_allowed_and_upstream_errors_named() -> None:
         assert not root.status.is_ok
 
 
-def test_stages_of_a_request_that_never_reached_call_done_are_exported_as_refused() -> None:
+def test_stages_of_a_request_that_never_reached_call_done_are_exported_as_edge() -> None:
     tracer, exporter = _tracer()
 
     async def refused() -> None:
@@ -220,10 +220,10 @@ def test_stages_of_a_request_that_never_reached_call_done_are_exported_as_refuse
 
     asyncio.run(both())
     names = [s.name for s in exporter.get_finished_spans()]
-    assert "mcp refused" in names and "mcp tools/call" in names
-    refused_span = next(s for s in exporter.get_finished_spans() if s.name == "mcp refused")
+    assert "mcp edge" in names and "mcp tools/call" in names
+    edge_span = next(s for s in exporter.get_finished_spans() if s.name == "mcp edge")
     children = [s for s in exporter.get_finished_spans()
-                if s.parent and s.parent.span_id == refused_span.context.span_id]
+                if s.parent and s.parent.span_id == edge_span.context.span_id]
     assert [c.name for c in children] == ["authenticate"]
 
 
