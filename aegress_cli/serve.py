@@ -93,6 +93,13 @@ def serve(
                                 help="Where that token is kept: keyring:NAME or file:/path (mode 0600), never "
                                 "the token itself. Default: keyring:token:TENANT:ACTOR, where `aegress token "
                                 "issue` keeps it.")] = None,
+    metrics: Annotated[Literal["token", "loopback", "off"], typer.Option(
+                       "--metrics", envvar="AEGRESS_METRICS", case_sensitive=False, help="Prometheus metrics at "
+                       "/metrics: token (an operator token as bearer token), loopback (no token, loopback clients "
+                       "only, refused through a proxy) or off (404). See docs/observability.md.")] = "token",
+    metrics_tenant_label: Annotated[bool, typer.Option("--metrics-tenant-label", envvar="AEGRESS_METRICS_TENANT_LABEL",
+                                    help="Label request, stage and upstream-error metrics (and spans) with the "
+                                    "tenant id: one series per tenant, so only with few tenants.")] = False,
     tenant_paths: Annotated[bool, typer.Option("--tenant-paths", envvar="AEGRESS_OAUTH_TENANT_PATHS", help="OAuth "
                             "mode: also serve each tenant at /t/<tenant>/mcp, its own resource (the token's "
                             "audience binds the tenant).")] = False,
@@ -153,7 +160,8 @@ def serve(
     settings = ServeSettings(host=host, port=port, allowed_hosts=tuple(allowed_host or ()),
                              allowed_origins=tuple(allowed_origin or ()), auth_mode=auth_mode, limits=limits,
                              public_url=public.url if public else None, ingress=ingress, trusted_proxies=proxies,
-                             static_binding=pinned, oauth_tenant_paths=tenant_paths)
+                             static_binding=pinned, oauth_tenant_paths=tenant_paths,
+                             metrics=metrics.lower(), metrics_tenant_label=metrics_tenant_label)
 
     def ready(url: str) -> None:
         print(f"Aegress gateway listening on {url}", flush=True)
@@ -170,6 +178,10 @@ def serve(
         redis_url = os.environ.get("AEGRESS_REDIS_URL", "").strip()
         if redis_url:
             print(f"Redis: {mask_url(redis_url)} (signals and shared limits across replicas)", flush=True)
+        if metrics.lower() != "off":
+            print(f"Metrics: {url.rsplit('/mcp', 1)[0]}/metrics ("
+                  + ("operator token" if metrics.lower() == "token" else "loopback clients, no token") + ")",
+                  flush=True)
         if no_evidence:
             print("EVIDENCE IS OFF (--no-evidence): calls are not recorded and carry no receipts.", flush=True)
         if auth_mode == "oauth":

@@ -74,3 +74,5 @@ class ServeSettings:
     ingress: str = "direct"  # or "tunnel": loopback bind, public URL required (gateway.ingress)
     trusted_proxies: tuple[str, ...] = ()  # whose X-Forwarded-For / X-Forwarded-Host are believed
     static_binding: StaticBinding | None = None  # accept only this one token (gateway.ingress)
+    metrics: str = "token"  # /metrics: token (operator token), loopback (no token, loopback peers) or off
+    metrics_tenant_label: bool = False  # a tenant label on request metrics and a tenant attribute on spans

@@ -17,6 +17,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -43,6 +44,8 @@ from gateway.errors import ConfigError, StoreUnavailable
 from gateway.evidence import Evidence, EvidenceSettings, NoEvidence, install_log_redaction
 from gateway.ingress import parse_public_url, parse_trusted_proxies, pin_static_token
 from gateway.jsonrpc import dumps
+from gateway.metrics import MetricsEndpoint, MetricsObserver
+from gateway.observe import NOTHING, Observer, Observers
 from gateway.pipeline import Pipeline
 from gateway.proxy import Runtime
 from gateway.secrets import load_master_key
@@ -52,6 +55,9 @@ from gateway.transport import DISCONNECT_KEY, ConnectionWatch, McpEndpoint, defa
 
 if TYPE_CHECKING:
     import uvicorn
+
+    from gateway.store.base import Store
+    from gateway.tracing import TracingObserver
 
 log = logging.getLogger("aegress.server")
 
@@ -128,15 +134,17 @@ def build_gateway(home: Path, settings: ServeSettings, *, database_url: str | No
     master = load_master_key(home)
     bus = connect_bus(store, store.replica_id)  # Redis/Valkey when AEGRESS_REDIS_URL is set
     runtime = Runtime(store, settings.limits, bus)
+    metrics, tracing = observers(settings, store)
+    observer = _combined([o for o in (metrics, tracing) if o is not None])
     # sealed evidence: key loaded (a readable key file refuses start-up), open intents recovered, writer started
     evidence_settings = EvidenceSettings.from_env(home)
     recorder: Evidence | NoEvidence = (
-        Evidence(store, master, home, evidence_settings) if evidence else NoEvidence()
+        Evidence(store, master, home, evidence_settings, observer=observer) if evidence else NoEvidence()
     )
     if decider is None:  # each tenant's stored policy; an invalid one stops start-up here (ConfigError)
         decider = PolicyDecider(store)
         decider.check_stored()
-    pipeline = Pipeline(store, master, runtime, recorder, decider, bus=bus)
+    pipeline = Pipeline(store, master, runtime, recorder, decider, bus=bus, observer=observer)
     if settings.static_binding is not None:  # fail closed: a missing or mismatched token stops start-up
         pipeline.only_token = pin_static_token(settings.static_binding, store, pipeline.token_digest)
     hosts, origins = default_allowed(settings.host)
@@ -195,20 +203,47 @@ def build_gateway(home: Path, settings: ServeSettings, *, database_url: str | No
             await endpoint.close()
             await runtime.close()
             await asyncio.to_thread(recorder.close)
+            if tracing is not None:  # the spans still batched go out (bounded by OTEL_BSP_EXPORT_TIMEOUT)
+                await asyncio.to_thread(tracing.shutdown)
             store.close()
             lock.release()
 
-    app = Starlette(
-        routes=[Route("/health", health, methods=["GET"]), Route("/mcp", endpoint, methods=None),
-                console_route(home, settings, endpoint, master, lock)],
-        lifespan=lifespan,
-    )
+    routes = [Route("/health", health, methods=["GET"]), Route("/mcp", endpoint, methods=None),
+              console_route(home, settings, endpoint, master, lock)]
+    if not settings.limits.json_only:  # not an MCP request: never counted by the observers it serves
+        routes.append(Route("/metrics", MetricsEndpoint(metrics, settings.metrics, store, master,
+                                                        lambda: endpoint.allowed_hosts, settings.limits),
+                            methods=None))
+    app = Starlette(routes=routes, lifespan=lifespan)
     served = mcp_first(endpoint, app)
     if settings.auth_mode == "oauth":  # JWT access tokens, metadata and the embedded authorization server
         from gateway.oauth.server import enable
 
         served = enable(home, store, master, settings, pipeline, endpoint, served)
     return Gateway(served, endpoint, pipeline)
+
+
+def observers(settings: ServeSettings, store: Store) -> tuple[MetricsObserver | None, TracingObserver | None]:
+    """What listens to the request path: Prometheus metrics unless `--metrics off`, OTLP traces when the
+    standard OTEL_* settings ask for them (opentelemetry is imported only then). Lambda's JSON-only mode has
+    neither: an instance lives for a few requests and its shutdown hook never runs."""
+    if settings.limits.json_only:
+        return None, None
+    from gateway.status import package_version
+
+    version = package_version()
+    metrics = None if settings.metrics == "off" else MetricsObserver(
+        tenant_label=settings.metrics_tenant_label, store=store, version=version)
+    from gateway import tracing
+
+    return metrics, tracing.from_env(os.environ, tenant_label=settings.metrics_tenant_label, version=version)
+
+
+def _combined(listeners: list[Observer]) -> Observer:
+    """NOTHING, the one listener, or a fan-out: the hot path pays for no layer it does not need."""
+    if not listeners:
+        return NOTHING
+    return listeners[0] if len(listeners) == 1 else Observers(listeners)
 
 
 def check_bind(host: str, allow_public: bool) -> None:
