@@ -11,9 +11,9 @@ different replicas serialise per log, never deadlock, and read the head while ho
 (origin, seq)` is the backstop against a fork. Records are the exact hashed bytes (`bytea`). The group
 commit (`append_evidence`) is ONE statement, `aegress_append_evidence` (migration 9): the batch is sealed
 on the heads this replica last saw, and the function, holding the locks, writes it only if those are still
-the stored heads, else returns them and the batch is sealed again. While other replicas keep moving the
-heads, the append runs in a transaction instead (the first call returns the heads under the locks, which
-the transaction keeps, so the second cannot miss). Operator changes (`sealed()`) use the shared
+the stored heads, else returns them and the batch is sealed again on those. After APPEND_TRIES misses (other
+replicas keep moving the heads) the calls run in a transaction: the first returns the heads under the locks,
+which the transaction keeps, so the second cannot miss. Operator changes (`sealed()`) use the shared
 `extend_logs` (gateway.store.base) in their own transaction. Every connection runs with
 `synchronous_commit = on` (a commit is durable when it returns, whatever the server default) and a
 `lock_timeout` of the store's busy timeout.
@@ -74,6 +74,9 @@ _INSERT_EVIDENCE = postgres_sql(INSERT_EVIDENCE)
 _UPSERT_HEAD = postgres_sql(UPSERT_HEAD)
 _INSERT_CALL = postgres_sql(INSERT_CALL)
 _APPEND = "SELECT * FROM aegress_append_evidence(%s::jsonb)"
+APPEND_TRIES = 3
+"""One-statement appends before the transaction: each after a miss seals on the heads the miss returned, and
+holds the locks only while the server runs it (a transaction holds them across a round trip to the client)."""
 _HEADS_KEPT = 10_000
 """Heads remembered for the next append (one per tenant log): beyond that the memory starts again (only a hint)."""
 
@@ -149,7 +152,6 @@ class PostgresStore(SQLStore):
         self._local = threading.local()
         self._heads: dict[str, ChainHead] = {}  # the heads of the last appends: a hint, checked under the locks
         self._heads_lock = threading.Lock()
-        self._contended = False  # the last hint was stale (another writer moved a head): append in a transaction
         size = pool_size or _pool_size()
         lock_ms = max(1, int(busy_timeout_s * 1000))
 
@@ -378,17 +380,16 @@ class PostgresStore(SQLStore):
         origins = sorted({entry.origin for entry in entries})
         try:
             with self._guard("Could not commit evidence"), self._pool.connection() as conn:
-                if not self._contended:
-                    sealed, heads = self._try_append(conn, entries, origins, before_commit)
+                heads: dict[str, ChainHead] | None = None  # the first try seals on the heads last seen
+                for _ in range(APPEND_TRIES):
+                    sealed, heads = self._try_append(conn, entries, origins, before_commit, heads)
                     if sealed is not None:
                         return sealed
-                    self._contended = True
                 with conn.transaction():  # the locks stay held between the two calls: the second cannot miss
-                    sealed, heads = self._try_append(conn, entries, origins, before_commit)
-                    self._contended = sealed is None
+                    sealed, heads = self._try_append(conn, entries, origins, before_commit, heads)
                     if sealed is None:
                         sealed, heads = self._try_append(conn, entries, origins, before_commit, heads)
-                    if sealed is None:  # only a foreign writer ignoring the locks can get here
+                    if sealed is None:  # only a writer ignoring the locks can get here
                         raise StoreUnavailable("Could not commit evidence: a log's head moved while its lock was held.",
                                                hint=_HINT)
             return sealed

@@ -140,10 +140,12 @@ def test_writers_taking_turns_each_extend_the_others_head(make_store: Callable[.
     assert a.list_calls("acme", limit=100) == [call] * 6  # the float and the error code exactly as given
 
 
-def test_postgres_append_seals_again_when_another_writer_moves_the_head_twice(pg_database: Any,
-                                                                            tmp_path: Path) -> None:
-    """The one-statement append misses (its hint is stale), then misses again inside its transaction (another
-    writer committed before the locks were taken): the second call, under the locks, must chain on."""
+def test_postgres_append_falls_back_to_a_transaction_while_another_writer_moves_the_head(pg_database: Any,
+                                                                                      tmp_path: Path) -> None:
+    """Every one-statement try misses (another writer commits just before each), and so does the first call inside
+    the transaction (before its locks were taken): the last call, under the locks, must chain on."""
+    from gateway.store.postgres import APPEND_TRIES
+
     url = pg_database.schema_url()
     a = open_store(tmp_path, url, replica_id="r-a")
     b = open_store(tmp_path, url, replica_id="r-b")
@@ -152,14 +154,15 @@ def test_postgres_append_seals_again_when_another_writer_moves_the_head_twice(pg
         moved: list[int] = []
 
         def another_writer_first(sealed: list[Any]) -> None:
-            if len(moved) < 2:  # before a's first two calls; the third runs under a's locks, b would wait
+            if len(moved) < APPEND_TRIES + 1:  # not before the last call: it runs under a's locks, b would wait
                 moved.append(b.append_evidence([revoked(10 + len(moved))])[0].record.seq)
 
         sealed = a.append_evidence([revoked(1), revoked(2)], another_writer_first)
-        assert moved == [1, 2] and [s.record.seq for s in sealed] == [3, 4]
-        assert a.append_evidence([revoked(3)])[0].record.seq == 5
+        n = APPEND_TRIES + 1
+        assert moved == list(range(1, n + 1)) and [s.record.seq for s in sealed] == [n + 1, n + 2]
+        assert a.append_evidence([revoked(3)])[0].record.seq == n + 3
         records = b.evidence_records(ORIGIN)
-        assert [seq for seq, _ in records] == list(range(6)) and verify_log(records, origin=ORIGIN).ok
+        assert [seq for seq, _ in records] == list(range(n + 4)) and verify_log(records, origin=ORIGIN).ok
     finally:
         a.close()
         b.close()
