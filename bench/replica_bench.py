@@ -12,9 +12,13 @@ is served by any replica). Every target is measured in the same rounds, interlea
     three replicas, nginx, Postgres, the upstream and the client share two cores, and that bounds them.
 Targets: one replica on Postgres >= 0.8 of one on SQLite; three replicas >= 1.5 of one (Postgres) at 64
 in flight, or the CPU profile above showing what bounds it.
+With --profile DIR, after the measured rounds, py-spy (`--pyspy`, default `py-spy` on PATH) records the
+SQLite gateway, the lone Postgres replica, and replica 0 during the three-replica round, each over one round
+at 64 in flight (bench/profiling.py: raw samples and a speedscope file per target in DIR, and a summary).
 Only loopback addresses; every loop bounded; every process stopped.
 
     .venv/bin/python bench/replica_bench.py [--calls 1500] [--rounds 3] [--json bench/results/replicas.json]
+                                            [--profile DIR [--pyspy PATH]]
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -63,7 +68,7 @@ def pids_named(*names: str) -> list[int]:
 
 
 async def measure(targets: dict[str, tuple[str, dict[str, str], str]], groups: dict[str, object], calls: int,
-                  rounds: int) -> dict:
+                  rounds: int, profile: tuple[Path, Path, dict[str, int]] | None = None) -> dict:
     clients: dict[str, RawClient] = {}
     for name, (url, headers, _) in targets.items():
         clients[name] = RawClient(url, headers, 64)
@@ -98,10 +103,28 @@ async def measure(targets: dict[str, tuple[str, dict[str, str], str]], groups: d
             out["cpu_ms_per_call"][str(inflight)] = {
                 n: {g: round(s * 1000 / (calls * rounds), 3) for g, s in by.items() if s > 0} for n, by in cpu.items()}
             out["machine_busy_share"][str(inflight)] = {n: round(statistics.median(v), 2) for n, v in busy.items()}
+        if profile is not None:
+            out["profile"] = await profile_rounds(targets, clients, calls, *profile)
         return out
     finally:
         for c in clients.values():
             await c.close()
+
+
+async def profile_rounds(targets: dict[str, tuple[str, dict[str, str], str]], clients: dict[str, RawClient],
+                         calls: int, pyspy: Path, out_dir: Path, pids: dict[str, int]) -> dict:
+    """One round at 64 in flight per target in `pids` under py-spy, recording that target's process."""
+    from bench import profiling
+
+    summaries = {}
+    for name, pid in pids.items():
+        raw = out_dir / f"{name}.raw"
+        with profiling.record(pyspy, pid, raw):
+            rate = await throughput(clients[name], targets[name][2], 64, calls)
+        profiling.write_speedscope(raw, out_dir / f"{name}.speedscope.json")
+        summaries[name] = {"calls_per_s_under_profiler": round(rate, 1), "calls": calls, "raw": str(raw),
+                           **profiling.summarise(raw)}
+    return summaries
 
 
 def main() -> None:
@@ -109,6 +132,8 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=1500, help="calls per throughput round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--profile", type=Path, metavar="DIR", help="after the rounds, py-spy each gateway target")
+    ap.add_argument("--pyspy", type=Path, default=Path(shutil.which("py-spy") or "py-spy"), help="py-spy binary")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="replica-bench-"))
     sqlite_home = base / "sqlite-home"
@@ -143,7 +168,11 @@ def main() -> None:
                 "upstream": lambda: [up_proc.popen.pid],
                 "client": lambda: [os.getpid()],
             }
-            results = asyncio.run(asyncio.wait_for(measure(targets, groups, args.calls, args.rounds), 1800))
+            profile = None
+            if args.profile:
+                profile = (args.pyspy, args.profile, {"sqlite_1": gw_pid, "postgres_1": c.replicas[0].pid,
+                                                      "postgres_3_nginx": c.replicas[0].pid})
+            results = asyncio.run(asyncio.wait_for(measure(targets, groups, args.calls, args.rounds, profile), 1800))
             results["replica_spread"] = dict(c.spread())
     d = {k: v["direct"] for k, v in results["throughput"].items()}
     results["throughput_ratio_vs_direct"] = {
@@ -164,6 +193,12 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(text + "\n")
     print_table(results)
+    if args.profile:
+        from bench.profiling import print_summary
+
+        for name, summary in results["profile"].items():
+            print_summary(f"{name}, 64 in flight, {summary['calls_per_s_under_profiler']} calls/s under py-spy",
+                          summary)
 
 
 def allow_all_cluster(c: object) -> None:

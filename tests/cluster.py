@@ -225,7 +225,9 @@ http {{
     scgi_temp_path {dir}/tmp/scgi;
     upstream aegress {{
 {servers}
-        keepalive 32;                  # HTTP/1.1 keep-alive to the replicas
+        keepalive 256;                 # HTTP/1.1 keep-alive to the replicas: idle connections kept for reuse, all
+                                       # replicas together; fewer than the requests in flight means a new
+                                       # connection (accept, TCP set-up) for many requests
     }}
     server {{
         listen {listen};

@@ -382,6 +382,53 @@ _PG_7 = (
     "INSERT INTO meta (key, value) VALUES ('oauth_version', '0') ON CONFLICT (key) DO NOTHING",
 )
 
+def _sqlite_9(db: object) -> None:
+    """Nothing: SQLite appends in process (one writer holds the database's lock)."""
+
+
+_PG_9 = (
+    # One evidence append in ONE statement (gateway.store.postgres `append_evidence`): the logs' advisory locks
+    # (`postgres.EVIDENCE_LOCK` = 19174, the keys in the order given), then the heads the batch was sealed on
+    # are compared with the stored ones: equal, the rows, the new heads and the calls copies are inserted;
+    # else nothing is written and the current heads are returned, so the caller seals again. The function
+    # is volatile: under READ COMMITTED each statement in it reads a snapshot taken after the locks are held.
+    # Bytes travel as hex in the JSON batch: `decode` gives back exactly the hashed bytes.
+    """CREATE FUNCTION aegress_append_evidence(batch jsonb)
+       RETURNS TABLE (appended boolean, head_origin text, head_size bigint, head_hash bytea)
+       LANGUAGE plpgsql VOLATILE AS $$
+       DECLARE
+         k integer;
+       BEGIN
+         FOR k IN SELECT x::integer FROM jsonb_array_elements_text(batch->'locks') WITH ORDINALITY AS t(x, n)
+                  ORDER BY n LOOP
+           PERFORM pg_advisory_xact_lock(19174, k);
+         END LOOP;
+         IF EXISTS (SELECT 1 FROM jsonb_array_elements(batch->'heads') AS t(h)
+                    LEFT JOIN evidence_heads AS cur ON cur.origin = t.h->>0
+                    WHERE coalesce(cur.size, 0) <> (t.h->>1)::bigint
+                       OR cur.last_hash IS DISTINCT FROM decode(t.h->>2, 'hex')) THEN
+           RETURN QUERY SELECT false, t.h->>0, coalesce(cur.size, 0), cur.last_hash
+                        FROM jsonb_array_elements(batch->'heads') AS t(h)
+                        LEFT JOIN evidence_heads AS cur ON cur.origin = t.h->>0;
+           RETURN;
+         END IF;
+         INSERT INTO evidence (origin, seq, kind, time, tenant, actor, tool, verdict, status, intent_seq,
+                               leaf_hash, data, replica)
+           SELECT r->>0, (r->>1)::bigint, r->>2, r->>3, r->>4, r->>5, r->>6, r->>7, r->>8, (r->>9)::bigint,
+                  decode(r->>10, 'hex'), decode(r->>11, 'hex'), batch->>'replica'
+           FROM jsonb_array_elements(batch->'records') WITH ORDINALITY AS t(r, n) ORDER BY n;
+         INSERT INTO evidence_heads (origin, size, last_hash)
+           SELECT h->>0, (h->>1)::bigint, decode(h->>2, 'hex') FROM jsonb_array_elements(batch->'new_heads') AS t(h)
+           ON CONFLICT (origin) DO UPDATE SET size = excluded.size, last_hash = excluded.last_hash;
+         INSERT INTO calls (tenant_id, actor_id, token_id, method, target, upstream, verdict, rule_id, outcome,
+                            started_at, duration_ms, error_code, session_id, client_name)
+           SELECT c->>0, c->>1, c->>2, c->>3, c->>4, c->>5, c->>6, c->>7, c->>8, c->>9, (c->>10)::float8,
+                  (c->>11)::integer, c->>12, c->>13
+           FROM jsonb_array_elements(batch->'calls') WITH ORDINALITY AS t(c, n) ORDER BY n;
+         RETURN QUERY SELECT true, NULL::text, NULL::bigint, NULL::bytea;
+       END $$""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "tenants, actors, tokens, upstreams, calls", _sqlite_1, _PG_1),
     Migration(2, "policies, tool definitions, pins, held calls", _sqlite_2, _PG_2),
@@ -392,6 +439,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "oauth: trusted issuers, clients, grants, codes, refresh tokens, passwords, login links",
               _sqlite_7, _PG_7),
     Migration(8, "operator tokens (the console), calls by start time", _sqlite_8, _OPERATOR_8),
+    Migration(9, "postgres: evidence appended in one statement", _sqlite_9, _PG_9),
 )
 """In order; `version` is the position + 1."""
 

@@ -5,12 +5,18 @@ time). Connections are autocommit; `transaction()` opens one explicit transactio
 connection and binds it to the calling thread, so store calls made on that thread inside the block
 (or inside `sealed()`) join it; nested blocks are savepoints.
 
-Evidence: appended by the shared `extend_logs` (gateway.store.base). Each touched log's write lock is
-a transaction-scoped advisory lock (`pg_advisory_xact_lock(EVIDENCE_LOCK, <origin key>)`) taken in one
-global order (by key), so writers on different replicas serialise per log, never deadlock, and read
-the head inside the transaction; `UNIQUE (origin, seq)` is the backstop against a fork. Records are
-the exact hashed bytes (`bytea`). Every connection runs with `synchronous_commit = on` (a commit is
-durable when it returns, whatever the server default) and a `lock_timeout` of the store's busy timeout.
+Evidence: each touched log's write lock is a transaction-scoped advisory lock
+(`pg_advisory_xact_lock(EVIDENCE_LOCK, <origin key>)`) taken in one global order (by key), so writers on
+different replicas serialise per log, never deadlock, and read the head while holding it; `UNIQUE
+(origin, seq)` is the backstop against a fork. Records are the exact hashed bytes (`bytea`). The group
+commit (`append_evidence`) is ONE statement, `aegress_append_evidence` (migration 9): the batch is sealed
+on the heads this replica last saw, and the function, holding the locks, writes it only if those are still
+the stored heads, else returns them and the batch is sealed again on those. After APPEND_TRIES misses (other
+replicas keep moving the heads) the calls run in a transaction: the first returns the heads under the locks,
+which the transaction keeps, so the second cannot miss. Operator changes (`sealed()`) use the shared
+`extend_logs` (gateway.store.base) in their own transaction. Every connection runs with
+`synchronous_commit = on` (a commit is durable when it returns, whatever the server default) and a
+`lock_timeout` of the store's busy timeout.
 
 The statements both stores share live once in `gateway.store.sql` (`SQLStore`), in SQLite's dialect;
 `postgres_sql` rewrites each once per process (`?` -> `%s`, byte-order collation). This module holds
@@ -27,6 +33,8 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+import orjson
 
 from gateway.errors import ConfigError, StoreUnavailable
 from gateway.store.base import (
@@ -65,6 +73,12 @@ _HINT = "Check the database server is up and AEGRESS_DATABASE_URL (user, passwor
 _INSERT_EVIDENCE = postgres_sql(INSERT_EVIDENCE)
 _UPSERT_HEAD = postgres_sql(UPSERT_HEAD)
 _INSERT_CALL = postgres_sql(INSERT_CALL)
+_APPEND = "SELECT * FROM aegress_append_evidence(%s::jsonb)"
+APPEND_TRIES = 3
+"""One-statement appends before the transaction: each after a miss seals on the heads the miss returned, and
+holds the locks only while the server runs it (a transaction holds them across a round trip to the client)."""
+_HEADS_KEPT = 10_000
+"""Heads remembered for the next append (one per tenant log): beyond that the memory starts again (only a hint)."""
 
 
 def origin_lock_key(origin: str) -> int:
@@ -100,6 +114,21 @@ class _EvidenceTx:
                 cur.executemany(_INSERT_CALL, calls)
 
 
+def append_batch(sealed: Sequence[Sealed], expected: Mapping[str, ChainHead], new_heads: Mapping[str, ChainHead],
+                 replica: str) -> str:
+    """Pure: the JSON `aegress_append_evidence` takes: lock keys in order, the heads the batch was sealed on,
+    the rows (bytes as hex), the new heads and the calls copies."""
+    records, head_rows, calls = sealed_rows(sealed, new_heads, replica)
+    return orjson.dumps({
+        "locks": sorted({origin_lock_key(o) for o in expected}),
+        "heads": [[o, h.size, None if h.last_hash is None else h.last_hash.hex()] for o, h in expected.items()],
+        "records": [[*r[:10], r[10].hex(), r[11].hex()] for r in records],  # type: ignore[attr-defined]
+        "new_heads": [[o, size, h.hex()] for o, size, h in head_rows],  # type: ignore[attr-defined]
+        "calls": calls,
+        "replica": replica,
+    }).decode()
+
+
 class PostgresStore(SQLStore):
     inline_safe = False
     """Every call is a network round trip: the request path uses worker threads (`find_token_nowait`
@@ -121,6 +150,8 @@ class PostgresStore(SQLStore):
         self.busy_timeout_s = busy_timeout_s
         self.replica_id = replica_id
         self._local = threading.local()
+        self._heads: dict[str, ChainHead] = {}  # the heads of the last appends: a hint, checked under the locks
+        self._heads_lock = threading.Lock()
         size = pool_size or _pool_size()
         lock_ms = max(1, int(busy_timeout_s * 1000))
 
@@ -335,18 +366,60 @@ class PostgresStore(SQLStore):
         return str(row[0])
 
     def append_evidence(self, entries: Sequence[Entry], before_commit: BeforeCommit | None = None) -> list[Sealed]:
+        """The group commit in one statement (see the module docstring): durable when it returns."""
         import psycopg
 
         if not entries:
             return []
-        try:
+        if getattr(self._local, "conn", None) is not None:  # inside the caller's transaction: join it
             with self._guard("Could not commit evidence"), self.transaction() as conn:
                 sealed = extend_logs(_EvidenceTx(conn), entries, self.replica_id)
                 if before_commit is not None:
                     before_commit(sealed)
             return sealed
+        origins = sorted({entry.origin for entry in entries})
+        try:
+            with self._guard("Could not commit evidence"), self._pool.connection() as conn:
+                heads: dict[str, ChainHead] | None = None  # the first try seals on the heads last seen
+                for _ in range(APPEND_TRIES):
+                    sealed, heads = self._try_append(conn, entries, origins, before_commit, heads)
+                    if sealed is not None:
+                        return sealed
+                with conn.transaction():  # the locks stay held between the two calls: the second cannot miss
+                    sealed, heads = self._try_append(conn, entries, origins, before_commit, heads)
+                    if sealed is None:
+                        sealed, heads = self._try_append(conn, entries, origins, before_commit, heads)
+                    if sealed is None:  # only a writer ignoring the locks can get here
+                        raise StoreUnavailable("Could not commit evidence: a log's head moved while its lock was held.",
+                                               hint=_HINT)
+            return sealed
         except psycopg.Error as exc:  # e.g. a (origin, seq) clash: nothing of the batch was stored
             raise StoreUnavailable(f"Could not commit evidence{self._why(exc)}.", hint=_HINT) from exc
+
+    def _try_append(self, conn: psycopg.Connection[Any], entries: Sequence[Entry], origins: Sequence[str],
+                    before_commit: BeforeCommit | None,
+                    heads: Mapping[str, ChainHead] | None = None) -> tuple[list[Sealed] | None, dict[str, ChainHead]]:
+        """Seal on `heads` (default: the last seen) and call `aegress_append_evidence` once: (the sealed records,
+        the new heads) when it appended, else (None, the stored heads)."""
+        from gateway.audit.log import seal
+        from gateway.audit.records import ChainHead
+
+        if heads is None:
+            with self._heads_lock:
+                heads = {o: self._heads[o] for o in origins if o in self._heads}
+        expected = {o: heads.get(o) or ChainHead.genesis(o) for o in origins}
+        sealed, new_heads = seal(entries, expected)
+        if before_commit is not None:
+            before_commit(sealed)
+        rows = conn.execute(_APPEND, (append_batch(sealed, expected, new_heads, self.replica_id),),
+                            prepare=True).fetchall()
+        appended = bool(rows and rows[0][0])
+        found = new_heads if appended else {str(o): ChainHead(str(o), int(n), bytes(h)) for _, o, n, h in rows if n}
+        with self._heads_lock:
+            if len(self._heads) >= _HEADS_KEPT:
+                self._heads.clear()
+            self._heads.update((o, found[o]) for o in origins if o in found)
+        return (sealed if appended else None), found
 
     def add_checkpoint(self, origin: str, size: int, root: bytes, note: str, now: str) -> None:
         with self._guard("Could not store a checkpoint"):

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,7 @@ from gateway.evidence.settings import EvidenceSettings
 from gateway.evidence.writer import EvidenceWriter
 from gateway.store import open_store
 from gateway.store.base import Store
+from gateway.types import CallRecord
 from tests.pg import sql
 
 ORIGIN = tenant_origin("aegress.test", "acme")
@@ -116,6 +118,74 @@ def test_several_processes_append_without_a_fork_or_a_gap(store_url: str, store:
         assert [s for s, _ in records] == list(range(120))
         assert verify_log(records, origin=origin).ok
         assert store.evidence_size(origin) == 120
+
+
+def test_writers_taking_turns_each_extend_the_others_head(make_store: Callable[..., Store]) -> None:
+    """Each store seals on the head it last saw; when another writer moved it since, the append must chain
+    onto the stored head (Postgres: the one-statement append finds its hint stale and seals again)."""
+    a, b = make_store(replica_id="r-a"), make_store(replica_id="r-b")
+    call = CallRecord("acme", "alice", "tok_1", "tools/call", "echo", "up", "allow", "", "ok", T, 0.1 + 0.2, 7,
+                      "s1", "client")
+    for i in range(6):
+        writer = a if i % 3 else b  # runs of two on one writer, then a turn of the other
+        sealed = writer.append_evidence([intent(2 * i), Entry(ORIGIN, "token_revoked", T, {"token_id": f"tok_{i}",
+                                         "actor": "op"}, Columns(tenant="acme"), call=call)])
+        assert [s.record.seq for s in sealed] == [2 * i, 2 * i + 1]
+    records = a.evidence_records(ORIGIN)
+    assert [seq for seq, _ in records] == list(range(12))
+    assert verify_log(records, origin=ORIGIN).ok and b.evidence_size(ORIGIN) == 12
+    assert a.list_calls("acme", limit=100) == [call] * 6  # the float and the error code exactly as given
+
+
+def test_postgres_append_falls_back_to_a_transaction_while_another_writer_moves_the_head(pg_database: Any,
+                                                                                      tmp_path: Path) -> None:
+    """Every one-statement try misses (another writer commits just before each), and so does the first call inside
+    the transaction (before its locks were taken): the last call, under the locks, must chain on."""
+    from gateway.store.postgres import APPEND_TRIES
+
+    url = pg_database.schema_url()
+    a = open_store(tmp_path, url, replica_id="r-a")
+    b = open_store(tmp_path, url, replica_id="r-b")
+    try:
+        a.append_evidence([revoked(0)])
+        moved: list[int] = []
+
+        def another_writer_first(sealed: list[Any]) -> None:
+            if len(moved) < APPEND_TRIES + 1:  # not before the last call: it runs under a's locks, b would wait
+                moved.append(b.append_evidence([revoked(10 + len(moved))])[0].record.seq)
+
+        sealed = a.append_evidence([revoked(1), revoked(2)], another_writer_first)
+        n = APPEND_TRIES + 1
+        assert moved == list(range(1, n + 1)) and [s.record.seq for s in sealed] == [n + 1, n + 2]
+        assert a.append_evidence([revoked(3)])[0].record.seq == n + 3
+        records = b.evidence_records(ORIGIN)
+        assert [seq for seq, _ in records] == list(range(n + 4)) and verify_log(records, origin=ORIGIN).ok
+    finally:
+        a.close()
+        b.close()
+
+
+def test_writers_on_threads_of_two_stores_never_fork(make_store: Callable[..., Store]) -> None:
+    stores = [make_store(replica_id=f"r-{n}") for n in range(2)]
+    errors: list[BaseException] = []
+
+    def run(store: Store, n: int) -> None:
+        try:
+            for i in range(25):
+                store.append_evidence([revoked(100 * n + i), revoked(100 * n + i, OTHER)][:: 1 if i % 2 else -1])
+        except BaseException as exc:  # reported below: a thread's failure must fail the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(stores[n % 2], n)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and not any(t.is_alive() for t in threads)
+    for origin in (ORIGIN, OTHER):
+        records = stores[0].evidence_records(origin)
+        assert [seq for seq, _ in records] == list(range(100))
+        assert verify_log(records, origin=origin).ok
 
 
 def test_the_log_refuses_a_second_record_at_one_position(store_url: str, store: Store) -> None:
