@@ -402,6 +402,10 @@ class Store(Protocol):
     def find_token_nowait(self, token_hash: str) -> TokenInfo | None:
         """`find_token` without waiting, safe on the event loop; raises WouldBlock when it cannot answer at once."""
         raise WouldBlock
+    async def find_token_async(self, token_hash: str) -> TokenInfo | None:
+        """`find_token` awaited on the event loop, for when `find_token_nowait` said WouldBlock: a worker thread
+        by default; Postgres awaits the query itself (no thread hand-over on every request)."""
+        ...
     def get_token(self, token_id: str) -> TokenInfo | None: ...
     def active_tokens(self, token_ids: Iterable[str]) -> set[str]:
         """Which of these token ids exist and are not revoked (one batched read: the gateway's re-check of

@@ -25,6 +25,7 @@ the pool, transactions, advisory locks, migrations, error mapping and the statem
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -45,6 +46,7 @@ from gateway.store.base import (
 )
 from gateway.store.migrations import MIGRATION_LOCK, MIGRATIONS, SchemaStatus
 from gateway.store.sql import (
+    FIND_TOKEN,
     HELD_COLS,
     INSERT_CALL,
     INSERT_EVIDENCE,
@@ -74,6 +76,9 @@ _INSERT_EVIDENCE = postgres_sql(INSERT_EVIDENCE)
 _UPSERT_HEAD = postgres_sql(UPSERT_HEAD)
 _INSERT_CALL = postgres_sql(INSERT_CALL)
 _APPEND = "SELECT * FROM aegress_append_evidence(%s::jsonb)"
+_FIND_TOKEN = postgres_sql(FIND_TOKEN)
+ASYNC_CONNECTIONS = 4
+"""Connections `find_token_async` keeps for the event loop (lookups beyond that many at once wait for one)."""
 APPEND_TRIES = 3
 """One-statement appends before the transaction: each after a miss seals on the heads the miss returned, and
 holds the locks only while the server runs it (a transaction holds them across a round trip to the client)."""
@@ -152,6 +157,10 @@ class PostgresStore(SQLStore):
         self._local = threading.local()
         self._heads: dict[str, ChainHead] = {}  # the heads of the last appends: a hint, checked under the locks
         self._heads_lock = threading.Lock()
+        self._connect_kwargs: dict[str, Any] = {}
+        self._aidle: list[psycopg.AsyncConnection[Any]] = []  # find_token_async's idle connections
+        self._aslots: asyncio.Semaphore | None = None
+        self._aloop: asyncio.AbstractEventLoop | None = None
         size = pool_size or _pool_size()
         lock_ms = max(1, int(busy_timeout_s * 1000))
 
@@ -161,6 +170,8 @@ class PostgresStore(SQLStore):
             conn.execute("SET idle_in_transaction_session_timeout TO 60000")
 
         connect = {"autocommit": True, "connect_timeout": 10, "application_name": f"aegress {replica_id}".strip()}
+        self._connect_kwargs = connect
+        self._lock_ms = lock_ms
         try:  # one plain connection first: a wrong URL fails at once with the server's reason
             psycopg.connect(str(url), **connect).close()  # type: ignore[arg-type]
         except psycopg.Error as exc:
@@ -296,6 +307,9 @@ class PostgresStore(SQLStore):
 
     def close(self) -> None:
         self._pool.close(timeout=5)
+        idle, self._aidle = self._aidle, []
+        for conn in idle:  # no round trip: the server ends the backend when the socket closes
+            conn.pgconn.finish()
 
     def ping(self) -> None:
         self._one("SELECT 1")
@@ -339,6 +353,43 @@ class PostgresStore(SQLStore):
     def find_token_nowait(self, token_hash: str) -> TokenInfo | None:
         """The interface's default: a lookup is a network round trip, so the caller uses a thread."""
         raise WouldBlock
+
+    async def find_token_async(self, token_hash: str) -> TokenInfo | None:
+        """`find_token` as one awaited query on the caller's event loop: no worker thread to hand it to and take
+        it back from (on a busy replica that hand-over costs more CPU than the query). At most ASYNC_CONNECTIONS
+        at once; bounded like a pooled lookup (the pool's timeout), so a stalled database refuses the request."""
+        import psycopg
+
+        loop = asyncio.get_running_loop()
+        if self._aslots is None or self._aloop is not loop:  # connections and slots belong to one event loop
+            for conn in self._aidle:
+                conn.pgconn.finish()
+            self._aidle, self._aslots, self._aloop = [], asyncio.Semaphore(ASYNC_CONNECTIONS), loop
+        try:
+            async with asyncio.timeout(self._pool.timeout), self._aslots:
+                conn = await self._aconnection()
+                try:
+                    cur = await conn.execute(_FIND_TOKEN, (token_hash,), prepare=True)
+                    row = await cur.fetchone()
+                except BaseException:
+                    conn.pgconn.finish()  # in an unknown state (cancelled mid-query, or broken): never reused
+                    raise
+                self._aidle.append(conn)
+        except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError) as exc:
+            raise StoreUnavailable(f"The database is unavailable{self._why(exc)}.", hint=_HINT) from exc
+        return TokenInfo(*row) if row else None
+
+    async def _aconnection(self) -> psycopg.AsyncConnection[Any]:
+        """An idle async connection, else a new one (the caller holds one of the ASYNC_CONNECTIONS slots)."""
+        import psycopg
+
+        while self._aidle:
+            conn = self._aidle.pop()
+            if not conn.closed and conn.pgconn.status == psycopg.pq.ConnStatus.OK:
+                return conn
+        conn = await psycopg.AsyncConnection.connect(str(self._url), **self._connect_kwargs)
+        await conn.execute(f"SET lock_timeout TO {self._lock_ms}")
+        return conn
 
     # -- sealed evidence -----------------------------------------------------------------------
     @contextlib.contextmanager

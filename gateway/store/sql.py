@@ -33,6 +33,7 @@ migrations and the mapping of driver errors to ours. A shared statement never ho
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -382,6 +383,9 @@ class SQLStore:
     def find_token(self, token_hash: str) -> TokenInfo | None:
         row = self._one(FIND_TOKEN, (token_hash,))
         return TokenInfo(*row) if row else None
+
+    async def find_token_async(self, token_hash: str) -> TokenInfo | None:
+        return await asyncio.to_thread(self.find_token, token_hash)
 
     def get_token(self, token_id: str) -> TokenInfo | None:
         row = self._one(f"SELECT {TOKEN_COLS} FROM tokens WHERE id = ?", (token_id,))
