@@ -475,6 +475,9 @@ class Pipeline:
         except asyncio.CancelledError:
             ticket.outcome = "cancelled"
             raise
+        except Exception:  # a bug or an unmapped failure: never counted as answered
+            ticket.outcome = "error"
+            raise
         finally:  # the method as a label only when the gateway knows it: clients choose the others
             self.observer.call_done(method if handler is not None else "other", ticket.verdict, ticket.outcome,
                                     start, _now_ns(), session.identity.tenant_id)
@@ -575,6 +578,9 @@ class Pipeline:
             raise
         except StoreUnavailable:
             ticket.outcome = "not_forwarded"
+            raise
+        except Exception:  # anything else (a bug, an unmapped failure): an error, never "ok"
+            ticket.outcome = "error"
             raise
         finally:
             if not recorded:
