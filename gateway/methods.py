@@ -14,15 +14,17 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from gateway import naming
+from gateway.admin import now_iso
 from gateway.errors import UpstreamError
 from gateway.jsonrpc import (
     HEADER_MISMATCH,
     INVALID_PARAMS,
     JSON,
+    LATEST_LEGACY,
+    LEGACY_VERSIONS,
     MODERN_VERSIONS,
     SUBSCRIPTION_ID,
     error,
@@ -37,9 +39,12 @@ from gateway.types import Decision
 if TYPE_CHECKING:
     from gateway.pipeline import Pipeline
 
-log = logging.getLogger("aegress.pipeline")
+log = logging.getLogger("aegress.methods")
 
 Send = Callable[[JSON], Awaitable[None]]
+"""Where a request's messages go (progress, logs, upstream requests, then its answer)."""
+SERVER_INFO = {"name": "aegress", "title": "Aegress MCP gateway", "version": "0.1.0"}
+SERVER_INFO_STAMP = {"name": "aegress", "version": "0.1.0"}
 POLICY_KIND = {
     "resources/list": "resource", "resources/templates/list": "resource", "resources/read": "resource",
     "resources/subscribe": "resource", "resources/unsubscribe": "resource",
@@ -67,7 +72,9 @@ class Call:
     __slots__ = (
         "arguments",
         "forwarded",
+        "kind",
         "method",
+        "name",
         "params",
         "receipt",
         "sealed",
@@ -81,6 +88,8 @@ class Call:
     def __init__(self, method: str, up: Upstream, params: JSON, target: str, *, tool: JSON | None = None,
                  arguments: Any = None, sealed: bool = True, started: float, started_at: str) -> None:
         self.method = method
+        self.kind = "tool" if tool is not None else POLICY_KIND[method]  # which policy rules it answers to
+        self.name = "" if tool is not None else target_name(params)  # the upstream's own name of its target
         self.up = up
         self.params = params  # what goes upstream, in the upstream's own names
         self.target = target  # the name or URI as the client sent it (evidence)
@@ -91,10 +100,6 @@ class Call:
         self.started_at = started_at
         self.receipt: Any = None
         self.forwarded = False
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def target_name(item: JSON) -> str:
@@ -122,9 +127,45 @@ async def ping(p: Pipeline, session: ClientSession, msg: JSON, send: Send, ticke
     return result(msg["id"], {})
 
 
+def merge_capabilities(upstream_caps: list[JSON]) -> JSON:
+    """Pure: advertise only what some upstream supports (a sub-flag is on if any upstream has it)."""
+    merged: JSON = {"tools": {}}
+    for caps in upstream_caps:
+        for key in ("tools", "resources", "prompts", "completions", "logging"):
+            value = caps.get(key)
+            if isinstance(value, dict):
+                target = merged.setdefault(key, {})
+                for flag, on in value.items():
+                    if on is True:
+                        target[flag] = True
+    return merged
+
+
+def negotiate(requested: Any) -> str:
+    """Pure: the handshake-era revision a session speaks, given the one its client asked for."""
+    return requested if requested in LEGACY_VERSIONS else LATEST_LEGACY
+
+
+async def initialize_result(session: ClientSession) -> JSON:
+    """What `initialize` (and, in part, `server/discover`) answers: the tenant's upstreams as one server."""
+    ups = await session.upstreams()
+    caps = merge_capabilities([u.conn.capabilities for u in ups])
+    out: JSON = {"protocolVersion": session.version, "capabilities": caps, "serverInfo": SERVER_INFO}
+    instructions = [
+        (u.spec.name, u.conn.init_result.get("instructions"))
+        for u in ups
+        if isinstance(u.conn.init_result.get("instructions"), str)
+    ]
+    if len(instructions) == 1 and len(ups) == 1:
+        out["instructions"] = instructions[0][1]
+    elif instructions:
+        out["instructions"] = "\n\n".join(f"[{n}] {text}" for n, text in instructions)
+    return out
+
+
 async def discover(p: Pipeline, session: ClientSession, msg: JSON, send: Send, ticket: Ticket) -> JSON:
     """2026-07-28's replacement for initialize: what this tenant's gateway offers, per request."""
-    init = await p.initialize_result(session)
+    init = await initialize_result(session)
     out: JSON = {"supportedVersions": list(MODERN_VERSIONS), "capabilities": init["capabilities"]}
     if "instructions" in init:
         out["instructions"] = init["instructions"]
@@ -191,7 +232,7 @@ async def resolve_tool(p: Pipeline, session: ClientSession, name: str) -> tuple[
 
 
 async def call_tool(p: Pipeline, session: ClientSession, msg: JSON, send: Send, ticket: Ticket) -> JSON:
-    started, started_at = time.perf_counter(), now_iso()
+    started, started_at = time.perf_counter(), now_iso("milliseconds")
     params = msg.get("params") or {}
     name = params.get("name")
     arguments = params.get("arguments")
@@ -301,7 +342,7 @@ async def _first_success(
 ) -> JSON:
     """Each candidate upstream in turn through the call flow, until one answers with a result. What policy
     does not allow answers exactly like what does not exist."""
-    started, started_at = time.perf_counter(), now_iso()
+    started, started_at = time.perf_counter(), now_iso("milliseconds")
     sealed = method in ("resources/read", "prompts/get")
     last: tuple[Upstream, JSON] | None = None
     allowed = 0
@@ -484,6 +525,36 @@ async def listen(p: Pipeline, session: ClientSession, msg: JSON, send: Send, tic
         for f in streams:
             f.cancel()
     return result(msg["id"], {"_meta": tag})
+
+
+# -- from the client or another replica: no answer ---------------------------------------------------
+async def apply_log_level(session: ClientSession, level: str) -> None:
+    """Another replica set this session's log level: pass it to the upstream connections the session
+    uses here (connecting none), so its log messages outside a call follow it on this replica too."""
+    session.log_level = level
+    if session.tenant is None:
+        return
+    ups = [u for u in session.tenant._live.values() if session in u.listeners and "logging" in u.conn.capabilities]
+    failures = await asyncio.gather(*(u.conn.request("logging/setLevel", {"level": level}) for u in ups),
+                                    return_exceptions=True)
+    for up, failure in zip(ups, failures, strict=True):
+        if isinstance(failure, Exception):
+            log.warning("logging/setLevel (from another replica) failed on upstream %s: %s", up.spec.name,
+                        getattr(failure, "code", type(failure).__name__))
+
+
+async def client_notification(session: ClientSession, msg: JSON) -> None:
+    """A notification from the client (or relayed by another replica holding its session)."""
+    method = msg["method"]
+    params = msg.get("params") or {}
+    if method == "notifications/cancelled":
+        stream = session.requests.get(repr(params.get("requestId")))
+        if stream is not None:  # stop the call here; `Pipeline.forward` tells the upstream
+            stream.cancel("cancelled")
+    elif method == "notifications/roots/list_changed" and session.tenant is not None:
+        for up in list(session.tenant._live.values()):
+            if session in up.listeners:
+                await up.conn.notify_quiet(method, params or None)
 
 
 Handler = Callable[["Pipeline", ClientSession, JSON, Send, Ticket], Awaitable[JSON]]

@@ -33,19 +33,18 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from gateway import binding, signals
+from gateway.admin import now_iso
 from gateway.bus import Bus
 from gateway.decide import CLIENT_REQUESTS, POLL_INTERVAL_S, AllowAll, Decider, GateDecision
 from gateway.errors import AegressError, AuthError, ProtocolError, RateLimited, StoreUnavailable, UpstreamError
 from gateway.evidence import now_time
 from gateway.jsonrpc import (
     JSON,
-    LATEST_LEGACY,
-    LEGACY_VERSIONS,
     METHOD_NOT_FOUND,
     REMOVED_IN_MODERN,
     STREAM_OPEN,
@@ -54,7 +53,7 @@ from gateway.jsonrpc import (
     error_from,
     result,
 )
-from gateway.methods import HANDLERS, POLICY_KIND, Call, Ticket, now_iso, target_name, upstream_error_kind
+from gateway.methods import HANDLERS, SERVER_INFO_STAMP, Call, Send, Ticket, upstream_error_kind
 from gateway.observe import NOTHING, Observer
 from gateway.proxy import ClientSession, Runtime, UnknownTarget, Upstream
 from gateway.record import CallFacts, Recorder, call_entry, elicitation_entry, outcome_entry
@@ -70,9 +69,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aegress.pipeline")
 
-Send = Callable[[JSON], Awaitable[None]]
-SERVER_INFO = {"name": "aegress", "title": "Aegress MCP gateway", "version": "0.1.0"}
-SERVER_INFO_STAMP = {"name": "aegress", "version": "0.1.0"}
 LIVE_POLL_S = 1.0
 """How often policies are polled while the bus is live (signals carry changes at once; the poll is the
 backstop for a lost message). Without live signals: POLL_INTERVAL_S."""
@@ -83,20 +79,6 @@ OUTCOME_WAIT_S = 3.0
 """At most this long for an outcome's commit before answering without a receipt; the writer keeps the
 outcome and retries until the store takes it."""
 _now_ns = time.perf_counter_ns
-
-
-def merge_capabilities(upstream_caps: list[JSON]) -> JSON:
-    """Pure: advertise only what some upstream supports (a sub-flag is on if any upstream has it)."""
-    merged: JSON = {"tools": {}}
-    for caps in upstream_caps:
-        for key in ("tools", "resources", "prompts", "completions", "logging"):
-            value = caps.get(key)
-            if isinstance(value, dict):
-                target = merged.setdefault(key, {})
-                for flag, on in value.items():
-                    if on is True:
-                        target[flag] = True
-    return merged
 
 
 class Pipeline:
@@ -255,9 +237,8 @@ class Pipeline:
         tool rules for a tool, else the rules of the method's kind (resource, prompt, completion)."""
         if call.tool is not None:
             return self.decider.decide(session.identity, call.up.spec.name, call.tool, call.arguments or {})
-        params = call.params
-        return self.decider.decide_other(session.identity, POLICY_KIND[call.method], call.up.spec.name,
-                                         target_name(params), params.get("arguments"))
+        return self.decider.decide_other(session.identity, call.kind, call.up.spec.name, call.name,
+                                         call.params.get("arguments"))
 
     # -- stage 5: forward ----------------------------------------------------------------------
     async def forward(
@@ -294,7 +275,7 @@ class Pipeline:
         async def guarded(msg: JSON) -> None:
             kind = CLIENT_REQUESTS.get(msg.get("method", "")) if "id" in msg else None
             if kind is not None:
-                started, started_at = time.perf_counter(), now_iso()
+                started, started_at = time.perf_counter(), now_iso("milliseconds")
                 decision = self.decider.decide_other(session.identity, "client_request", up.spec.name, kind)
                 if decision.verdict != "allow":
                     entry = session.server_requests.pop(msg["id"], None)
@@ -622,35 +603,6 @@ class Pipeline:
         return result(msg["id"], settled.result or tool_error("Not run.")), decision
 
     # -- sessions ------------------------------------------------------------------------------
-    @staticmethod
-    def negotiate(requested: Any) -> str:
-        return requested if requested in LEGACY_VERSIONS else LATEST_LEGACY
-
-    async def initialize_result(self, session: ClientSession) -> JSON:
-        ups = await session.upstreams()
-        caps = merge_capabilities([u.conn.capabilities for u in ups])
-        out: JSON = {"protocolVersion": session.version, "capabilities": caps, "serverInfo": SERVER_INFO}
-        instructions = [
-            (u.spec.name, u.conn.init_result.get("instructions"))
-            for u in ups
-            if isinstance(u.conn.init_result.get("instructions"), str)
-        ]
-        if len(instructions) == 1 and len(ups) == 1:
-            out["instructions"] = instructions[0][1]
-        elif instructions:
-            out["instructions"] = "\n\n".join(f"[{n}] {text}" for n, text in instructions)
-        return out
-
-    async def apply_log_level(self, session: ClientSession, level: str) -> None:
-        """Another replica set this session's log level: pass it to the upstream connections the session
-        uses here (connecting none), so its log messages outside a call follow it on this replica too."""
-        session.log_level = level
-        if session.tenant is None:
-            return
-        ups = [u for u in session.tenant._live.values() if session in u.listeners and "logging" in u.conn.capabilities]
-        await asyncio.gather(*(u.conn.request("logging/setLevel", {"level": level}) for u in ups),
-                             return_exceptions=True)
-
     async def tell_replicas(self, session: ClientSession, kind: str, **body: Any) -> None:
         """Tell the other replicas holding this session (gateway.relay.SESSION_TOPIC); a lost message
         only means they keep what they had (see docs/replicas.md)."""
@@ -658,19 +610,7 @@ class Pipeline:
             await self.bus.publish(SESSION_TOPIC, {"d": session.digest, "from": self.store.replica_id, "kind": kind,
                                                    **body})
 
-    # -- client notifications and responses ------------------------------------------------------
-    async def client_notification(self, session: ClientSession, msg: JSON) -> None:
-        method = msg["method"]
-        params = msg.get("params") or {}
-        if method == "notifications/cancelled":
-            stream = session.requests.get(repr(params.get("requestId")))
-            if stream is not None:  # stop the call here; `forward` tells the upstream
-                stream.cancel("cancelled")
-        elif method == "notifications/roots/list_changed" and session.tenant is not None:
-            for up in list(session.tenant._live.values()):
-                if session in up.listeners:
-                    await up.conn.notify_quiet(method, params or None)
-
+    # -- client responses ----------------------------------------------------------------------
     async def client_response(self, session: ClientSession, msg: JSON) -> None:
         await self.record_client_answer(session, msg)
         if not await session.answer_server_request(msg):

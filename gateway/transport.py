@@ -34,7 +34,7 @@ from typing import Any
 
 from starlette.datastructures import Headers, QueryParams
 
-from gateway import binding, ratelimit, sessions
+from gateway import binding, methods, ratelimit, sessions
 from gateway.bus import Bus
 from gateway.config import Limits
 from gateway.errors import AegressError, AuthError, ProtocolError, RateLimited
@@ -488,7 +488,7 @@ class McpEndpoint:
         method = msg["method"]
         params = msg.get("params") if isinstance(msg.get("params"), dict) else {}
         running_here = repr(params.get("requestId")) in session.requests
-        await self.pipeline.client_notification(session, msg)
+        await methods.client_notification(session, msg)
         if (method == "notifications/cancelled" and not running_here) or method == "notifications/roots/list_changed":
             await self.pipeline.tell_replicas(session, "notify", msg=msg)
 
@@ -529,9 +529,9 @@ class McpEndpoint:
             return
         kind = message.get("kind")
         if kind == "notify" and isinstance(message.get("msg"), dict):
-            self._later(self.pipeline.client_notification(session, message["msg"]))
+            self._later(methods.client_notification(session, message["msg"]))
         elif kind == "level" and isinstance(message.get("level"), str):
-            self._later(self.pipeline.apply_log_level(session, message["level"]))
+            self._later(methods.apply_log_level(session, message["level"]))
         elif kind == "unsubscribe":
             session.subscriptions.discard(message.get("uri"))
         elif kind == "push" and isinstance(message.get("msg"), dict) and session.get_queue is not None:
@@ -656,14 +656,14 @@ class McpEndpoint:
         self._sessions_open[who.tenant_id] += 1
         self._initializing += 1
         try:
-            version = self.pipeline.negotiate(params.get("protocolVersion"))
+            version = methods.negotiate(params.get("protocolVersion"))
             # the id carries the session (any replica serves it); the session is built from the id's own
             # claims, exactly as a replica that never saw this initialize builds it (`_materialize`)
             claims = sessions.new_claims(self.replica, who.tenant_id, who.actor_id, version,
                                          known_capabilities(caps), info, time.time())
             session = self._build(sessions.seal(claims, self._session_key), claims, who)
             session.counted = True
-            body = result(msg["id"], await self.pipeline.initialize_result(session))
+            body = result(msg["id"], await methods.initialize_result(session))
         except BaseException:
             self._release((actor, who.tenant_id))
             raise
