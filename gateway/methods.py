@@ -242,16 +242,16 @@ async def call_tool(p: Pipeline, session: ClientSession, msg: JSON, send: Send, 
         up, tool = await resolve_tool(p, session, name)
     except UnknownTarget:
         ticket.verdict, ticket.outcome = "hidden", "refused"
-        p.record(session, "tools/call", name, "", Decision("block", "unknown-tool"), "refused",
-                 started, started_at, INVALID_PARAMS, arguments=arguments)
+        p.record_refusal(session, "tools/call", name, "", Decision("block", "unknown-tool"), "refused", started_at,
+                         arguments=arguments)
         raise
     if session.modern:  # Mcp-Param-* headers must mirror the arguments (2026-07-28); only declared ones go on
         mismatch, session.param_headers = param_header_mismatch(tool.get("inputSchema"), arguments or {},
                                                                 session.param_headers)
         if mismatch is not None:
             ticket.verdict, ticket.outcome = "block", "refused"
-            p.record(session, "tools/call", name, up.spec.name, Decision("block", "header-mismatch"),
-                     "refused", started, started_at, HEADER_MISMATCH, arguments=arguments, tool=tool)
+            p.record_refusal(session, "tools/call", name, up.spec.name, Decision("block", "header-mismatch"),
+                             "refused", started_at, arguments=arguments, tool=tool)
             return error(msg["id"], HEADER_MISMATCH, mismatch)
     call = Call("tools/call", up, {**params, "name": tool["name"]}, name, tool=tool, arguments=arguments,
                 started=started, started_at=started_at)

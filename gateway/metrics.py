@@ -9,9 +9,10 @@ list and may see one observation's bucket before its sum, never a bucket count t
 itself is prometheus-client's (`generate_latest` over a custom collector in a registry of our own, never the
 process-global one).
 
-Labels are bounded: methods outside the MCP vocabulary count as `other` (a client picks the method name), and
-the tenant label is added only when the operator turns it on (`AEGRESS_METRICS_TENANT_LABEL`): one series per
-tenant and method, verdict and outcome is what a scraper must then store. Never an argument, token or URL.
+Labels are bounded: methods the gateway does not answer count as `other` (a client picks the method name;
+`gateway.observe.method_label`), and the tenant label is added only when the operator turns it on
+(`AEGRESS_METRICS_TENANT_LABEL`): one series per tenant and method, verdict and outcome is what a scraper must
+then store. Never an argument, token or URL.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from gateway.errors import AegressError, AuthError, ConfigError, Forbidden, NotFound, ProtocolError, RateLimited
-from gateway.observe import Observer
+from gateway.observe import Observer, mcp_methods
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -41,14 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aegress.metrics")
 
-MCP_METHODS = frozenset({
-    "initialize", "ping", "server/discover", "tools/list", "tools/call", "resources/list",
-    "resources/templates/list", "resources/read", "resources/subscribe", "resources/unsubscribe",
-    "subscriptions/listen", "prompts/list", "prompts/get", "completion/complete", "logging/setLevel",
-    "tasks/get", "tasks/result", "tasks/list", "tasks/cancel",
-})
-"""Methods counted under their own name; any other (a client chooses it) is `other`, so labels stay bounded."""
-
 DURATION_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                       0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 """Stages take tens of microseconds (decide) to tens of seconds (a slow upstream): the default buckets start at 5 ms."""
@@ -56,11 +49,6 @@ REVIEW_BUCKETS_S = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 360
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 MAX_PENDING_COUNTED = 10_000
 """The review queue depth is read by listing pending held calls: a scrape reads at most this many."""
-
-
-def method_label(method: str) -> str:
-    """Pure: the method as a label value or span name, `other` outside the MCP vocabulary."""
-    return method if method in MCP_METHODS else "other"
 
 
 class _Histogram:
@@ -105,6 +93,7 @@ class MetricsObserver(Observer):
         self.store = store
         self.version = version
         self._clock = clock
+        self._methods = mcp_methods()
         self._requests: dict[tuple[str, ...], int] = {}
         self._request_seconds = _Histogram(DURATION_BUCKETS_S, 1e9)
         self._stage_seconds = _Histogram(DURATION_BUCKETS_S, 1e9)
@@ -121,7 +110,7 @@ class MetricsObserver(Observer):
 
     def call_done(self, method: str, verdict: str, outcome: str, start_ns: int, end_ns: int,
                   tenant: str | None = None) -> None:
-        if method not in MCP_METHODS:
+        if method not in self._methods:
             method = "other"
         key = (method, verdict, outcome, tenant or "") if self.tenant_label else (method, verdict, outcome)
         self._requests[key] = self._requests.get(key, 0) + 1
@@ -148,7 +137,7 @@ class MetricsObserver(Observer):
         info.add_metric([self.version, platform.python_version()], 1)
         yield info
         requests = CounterMetricFamily("aegress_requests", "JSON-RPC requests answered, by method (other: "
-                                       "outside the MCP vocabulary), policy verdict and outcome.",
+                                       "one the gateway does not answer), policy verdict and outcome.",
                                        labels=["method", "verdict", "outcome", *tenant])
         for key, n in list(self._requests.items()):
             requests.add_metric(list(key), n)

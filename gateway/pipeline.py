@@ -54,7 +54,7 @@ from gateway.jsonrpc import (
     result,
 )
 from gateway.methods import HANDLERS, SERVER_INFO_STAMP, Call, Send, Ticket, upstream_error_kind
-from gateway.observe import NOTHING, Observer
+from gateway.observe import NOTHING, Observer, method_label
 from gateway.proxy import ClientSession, Runtime, UnknownTarget, Upstream
 from gateway.record import CallFacts, Recorder, call_entry, elicitation_entry, outcome_entry
 from gateway.relay import SESSION_TOPIC
@@ -176,13 +176,44 @@ class Pipeline:
     def bind(self, identity: Identity, claims: binding.Claims) -> Identity:
         return binding.bind(identity, claims)
 
+    async def enter(self, authorization: str | None, path: str, claims: binding.Claims,
+                    on_auth_failure: Callable[[AuthError], None] | None = None) -> tuple[Identity, int]:
+        """Stages 1 and 2 of one HTTP request, each timed and reported (authenticate also when it fails, then
+        without a tenant). `on_auth_failure` sees a refused token first and may raise instead (the transport's
+        per-address throttle: 429). Returns the bound identity and the request's start (perf_counter_ns), from
+        which `dispatch` measures the whole request."""
+        obs = self.observer
+        t0 = _now_ns()
+        try:
+            try:
+                identity = await self.authenticate(authorization, path)
+            except AuthError as exc:
+                if on_auth_failure is not None:
+                    on_auth_failure(exc)
+                raise
+        except AegressError:
+            obs.stage("authenticate", t0, _now_ns())
+            raise
+        t1 = _now_ns()
+        obs.stage("authenticate", t0, t1, identity.tenant_id)
+        try:
+            identity = self.bind(identity, claims)
+        finally:
+            obs.stage("bind", t1, _now_ns(), identity.tenant_id)
+        return identity, t0
+
     # -- stage 3: limit ------------------------------------------------------------------------
     async def admit(self, who: Identity, per_actor: int, per_tenant: int) -> None:
         """Fair shares, before a request is dispatched: at most `per_actor` / `per_tenant` requests in flight,
         across replicas (gateway.shared_limits: no Redis round trip while this replica's lease covers the
         call). The transport calls it and counts the request before its next await, so concurrent requests
-        cannot all pass; a refusal is an HTTP 429 with Retry-After."""
-        cap = await self.shared.over_cap("calls", who.tenant_id, who.actor_id, per_actor, per_tenant)
+        cannot all pass; a refusal is an HTTP 429 with Retry-After (`not_dispatched` reports it). Reported as
+        the request's `limit` stage."""
+        t0 = _now_ns()
+        try:
+            cap = await self.shared.over_cap("calls", who.tenant_id, who.actor_id, per_actor, per_tenant)
+        finally:
+            self.observer.stage("limit", t0, _now_ns(), who.tenant_id)
         if cap is not None:
             raise RateLimited(f"Too many requests in flight for this {cap}.", retry_after=2, code="too-many-calls",
                               hint="Wait for running calls to finish before starting more.")
@@ -190,13 +221,19 @@ class Pipeline:
     async def limit(self, session: ClientSession, call: Call) -> str | None:
         """The actor's call budget from the policy's rate_limits, spent by tool calls: a message when it is
         spent, else None. One bucket per (tenant, actor) for the whole fleet while Redis answers
-        (gateway.shared_limits). Runs once the tool is resolved, so unknown tools spend nothing."""
+        (gateway.shared_limits). Runs once the tool is resolved, so unknown tools spend nothing. Reported as a
+        second `limit` stage only when there is a budget to spend."""
         if call.tool is None:
             return None
         limit = self.decider.rate_limit(session.identity)
         if limit is None:
             return None
-        allowed, wait = await self.shared.admit_rate(session.identity.tenant_id, session.identity.actor_id, limit)
+        t0 = _now_ns()
+        try:
+            allowed, wait = await self.shared.admit_rate(session.identity.tenant_id, session.identity.actor_id,
+                                                         limit)
+        finally:
+            self.observer.stage("limit", t0, _now_ns(), session.identity.tenant_id)
         if allowed:
             return None
         return (f"Rate limit reached: at most {limit.calls} calls per {limit.per_seconds:g} s for this actor. "
@@ -275,7 +312,7 @@ class Pipeline:
         async def guarded(msg: JSON) -> None:
             kind = CLIENT_REQUESTS.get(msg.get("method", "")) if "id" in msg else None
             if kind is not None:
-                started, started_at = time.perf_counter(), now_iso("milliseconds")
+                started_at = now_iso("milliseconds")
                 decision = self.decider.decide_other(session.identity, "client_request", up.spec.name, kind)
                 if decision.verdict != "allow":
                     entry = session.server_requests.pop(msg["id"], None)
@@ -284,8 +321,8 @@ class Pipeline:
                         await target.conn.respond({"jsonrpc": "2.0", "id": upstream_id, "error": {
                             "code": -32600,
                             "message": f"Denied by Aegress policy rule {decision.rule_id}: {decision.reason}"}})
-                    self.record(session, msg["method"], kind, up.spec.name, decision, "refused", started,
-                                started_at, refuse_when_full=False)  # inside a call already recorded
+                    self.record(session, msg["method"], kind, up.spec.name, decision, "refused", started_at,
+                                refuse_when_full=False)  # inside a call already recorded
                     return
             await send(msg)
 
@@ -315,9 +352,7 @@ class Pipeline:
         upstream: str,
         decision: Decision | None,
         outcome: str,
-        started: float,
         started_at: str,
-        error_code: int | None = None,
         *,
         arguments: Any = None,
         tool: JSON | None = None,
@@ -421,9 +456,10 @@ class Pipeline:
                                    "it was not relayed.", hint="Retry later.") from None
 
     # -- one JSON-RPC request: dispatch, then the call flow ---------------------------------------
-    async def dispatch(self, session: ClientSession, msg: JSON, send: Send) -> JSON:
-        """Answer one JSON-RPC request with its method's handler (gateway.methods); reports `call_done`."""
-        start = _now_ns()
+    async def dispatch(self, session: ClientSession, msg: JSON, send: Send, start_ns: int | None = None) -> JSON:
+        """Answer one JSON-RPC request with its method's handler (gateway.methods); reports `call_done`, timed
+        from `start_ns` (the request's start as `enter` returned it; else now)."""
+        start = _now_ns() if start_ns is None else start_ns
         method = msg["method"]
         ticket = Ticket()
         handler = HANDLERS.get(method)
@@ -463,6 +499,11 @@ class Pipeline:
             self.observer.call_done(method if handler is not None else "other", ticket.verdict, ticket.outcome,
                                     start, _now_ns(), session.identity.tenant_id)
 
+    def not_dispatched(self, method: str, outcome: str, start_ns: int, tenant: str) -> None:
+        """`call_done` for a request the transport answers itself: `initialize`, and requests refused before
+        dispatch (too many in flight: 429, a duplicate id: 409; outcome `refused`)."""
+        self.observer.call_done(method_label(method), "none", outcome, start_ns, _now_ns(), tenant)
+
     async def call(self, session: ClientSession, msg: JSON, send: Send, call: Call, ticket: Ticket) -> JSON | None:
         """One request to one upstream: limit -> decide -> record intent -> forward -> record outcome.
 
@@ -471,11 +512,9 @@ class Pipeline:
         when policy does not allow a resource, prompt or completion target (the handler answers as if it
         did not exist). Only `call.sealed` methods are recorded."""
         obs, tenant, up = self.observer, session.identity.tenant_id, call.up
-        # 3 limit
-        t0 = _now_ns()
+        # 3 limit: the call budget (`admit` did the fair shares before dispatch)
         limited = await self.limit(session, call)
         t1 = _now_ns()
-        obs.stage("limit", t0, t1, tenant)
         if limited is not None:
             ticket.verdict, ticket.outcome = "block", "refused"
             decision = GateDecision("block", "rate-limit", limited, audit_id=mint_id("aud_"))
@@ -574,11 +613,19 @@ class Pipeline:
                 obs.stage("record", end - waited, end, tenant)
 
     def _record_refusal(self, session: ClientSession, call: Call, decision: Decision, outcome: str) -> None:
-        """6 record, for a call that is not forwarded: its decision record, queued (`record`)."""
+        self.record_refusal(session, call.method, call.target, call.up.spec.name, decision, outcome, call.started_at,
+                            arguments=call.arguments, tool=call.tool)
+
+    def record_refusal(self, session: ClientSession, method: str, target: str, upstream: str, decision: Decision,
+                       outcome: str, started_at: str, *, arguments: Any = None, tool: JSON | None = None) -> None:
+        """6 record, for a request that is not forwarded (also the handlers' own refusals: an unknown tool, a
+        header mismatch): its decision record, queued (`record`), reported as the record stage."""
         t = _now_ns()
-        self.record(session, call.method, call.target, call.up.spec.name, decision, outcome, call.started,
-                    call.started_at, arguments=call.arguments, tool=call.tool)
-        self.observer.stage("record", t, _now_ns(), session.identity.tenant_id)
+        try:
+            self.record(session, method, target, upstream, decision, outcome, started_at, arguments=arguments,
+                        tool=tool)
+        finally:
+            self.observer.stage("record", t, _now_ns(), session.identity.tenant_id)
 
     async def _review(self, session: ClientSession, msg: JSON, send: Send, call: Call, decision: GateDecision,
                       ticket: Ticket) -> tuple[JSON | None, GateDecision]:

@@ -17,9 +17,8 @@ from gateway.metrics import (
     check_metrics_mode,
     exposition,
     is_loopback,
-    method_label,
 )
-from gateway.observe import STAGES, Observers
+from gateway.observe import STAGES, Observers, mcp_methods, method_label
 
 MS = 1_000_000
 
@@ -97,6 +96,13 @@ def test_methods_outside_the_mcp_vocabulary_share_one_label() -> None:
     fams = scrape(m)
     assert {labels["method"] for _, labels, _ in fams["aegress_requests"]} == {"other"}
     assert method_label("tools/call") == "tools/call" and method_label("x" * 500) == "other"
+
+
+def test_the_method_labels_are_the_methods_the_gateway_answers() -> None:
+    from gateway.methods import HANDLERS
+
+    assert mcp_methods() == {"initialize", *HANDLERS}
+    assert method_label("initialize") == "initialize" and method_label("tasks/get") == "other"
 
 
 class _Store:
