@@ -117,6 +117,13 @@ def upstream_error_kind(exc: BaseException) -> str:
     return "timeout" if code == "upstream-timeout" else "unavailable" if code == "upstream-unavailable" else "error"
 
 
+def _upstream_failed(p: Pipeline, session: ClientSession, up: Upstream, method: str, exc: BaseException) -> None:
+    """A fan-out's request failed on one upstream: logged (our error's message, which names no URL or secret;
+    else only the exception's type) and reported."""
+    log.warning("%s failed on upstream %s: %s", method, up.spec.name, getattr(exc, "message", type(exc).__name__))
+    p.observer.upstream_error(up.spec.name, upstream_error_kind(exc), session.identity.tenant_id)
+
+
 def _either(first: asyncio.Future[Any], second: asyncio.Future[Any]) -> asyncio.Future[Any]:
     """A future done as soon as either is (the other is left running)."""
     return asyncio.ensure_future(asyncio.wait({first, second}, return_when=asyncio.FIRST_COMPLETED))
@@ -191,8 +198,7 @@ async def list_tools(p: Pipeline, session: ClientSession, msg: JSON, send: Send,
     tools: list[JSON] = []
     for up, listed in zip(ups, lists, strict=True):
         if isinstance(listed, BaseException):
-            log.warning("tools/list failed on upstream %s: %s", up.spec.name, listed)
-            p.observer.upstream_error(up.spec.name, upstream_error_kind(listed), session.identity.tenant_id)
+            _upstream_failed(p, session, up, "tools/list", listed)
             continue
         await asyncio.to_thread(p.decider.observe_tools, session.identity.tenant_id, up.spec.name, listed, now_iso())
         for name, tool in listed.items():
@@ -277,8 +283,7 @@ async def _aggregate(p: Pipeline, session: ClientSession, msg: JSON, cap: str, m
     items: list[JSON] = []
     for up, listed in zip(ups, lists, strict=True):
         if isinstance(listed, BaseException):
-            log.warning("%s failed on upstream %s: %s", method, up.spec.name, listed)
-            p.observer.upstream_error(up.spec.name, upstream_error_kind(listed), session.identity.tenant_id)
+            _upstream_failed(p, session, up, method, listed)
             continue
         kind = POLICY_KIND[method]
         items.extend(
@@ -439,7 +444,9 @@ async def set_level(p: Pipeline, session: ClientSession, msg: JSON, send: Send, 
         *(u.conn.request("logging/setLevel", params) for u in ups), return_exceptions=True
     )
     for up, r in zip(ups, responses, strict=True):
-        if isinstance(r, dict) and "error" in r:
+        if isinstance(r, Exception):  # unreachable or failed: the level holds on the others
+            _upstream_failed(p, session, up, "logging/setLevel", r)
+        elif isinstance(r, dict) and "error" in r:
             return {"jsonrpc": "2.0", "id": msg["id"], "error": up.client_error("logging/setLevel", r["error"])}
     session.log_level = level
     await p.tell_replicas(session, "level", level=level)
@@ -518,7 +525,10 @@ async def listen(p: Pipeline, session: ClientSession, msg: JSON, send: Send, tic
         for m in early:
             await send(m)
         if streams:
-            await asyncio.gather(*streams, return_exceptions=True)
+            ended = await asyncio.gather(*streams, return_exceptions=True)
+            for (up, _), r in zip(acks, ended, strict=True):
+                if isinstance(r, Exception):
+                    _upstream_failed(p, session, up, "subscriptions/listen", r)
         else:
             await asyncio.Event().wait()  # nothing upstream to relay: hold the stream until the client leaves
     finally:
@@ -540,7 +550,7 @@ async def apply_log_level(session: ClientSession, level: str) -> None:
     for up, failure in zip(ups, failures, strict=True):
         if isinstance(failure, Exception):
             log.warning("logging/setLevel (from another replica) failed on upstream %s: %s", up.spec.name,
-                        getattr(failure, "code", type(failure).__name__))
+                        getattr(failure, "message", type(failure).__name__))
 
 
 async def client_notification(session: ClientSession, msg: JSON) -> None:
