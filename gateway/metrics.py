@@ -286,33 +286,39 @@ class MetricsEndpoint:
                 raise Forbidden("Metrics without a token are served to loopback clients only.",
                                 hint="Use --metrics token with an operator token.", code="metrics-loopback-only")
             return
-        await self._operator(scope, headers, peer)
+        await self._operator(headers, peer)
 
-    async def _operator(self, scope: Scope, headers: dict[bytes, bytes], peer: str) -> None:
+    async def _operator(self, headers: dict[bytes, bytes], peer: str) -> None:
+        """The token first, then the throttle (as the MCP endpoint does): a valid operator token is never
+        refused for other callers' failures from the same address; a failure past the limit is a 429."""
         from gateway import operators
         from gateway.console.auth import bearer
 
-        wait = self._throttle.retry_after(peer)
-        if wait is not None:
-            raise RateLimited("Too many failed authentications from this address.", retry_after=wait,
-                              code="auth-throttled")
         raw = headers.get(b"authorization")
         token = bearer(raw.decode("latin-1") if raw is not None else None)
         if not token:
             if token == "":  # malformed; a missing one (a scraper not yet configured) is not counted
-                self._throttle.fail(peer)
+                self._failed(peer)
             raise AuthError("/metrics needs an operator token." if token is None else "Malformed Authorization "
                             "header.", hint="Send Authorization: Bearer <operator token> (`aegress operator "
                             "token issue` prints one).", challenge='Bearer realm="aegress metrics"')
         if operators.looks_like_actor_token(token) or token.count(".") == 2:  # an actor's: ours, or OAuth's JWT
-            self._throttle.fail(peer)
+            self._failed(peer)
             raise Forbidden("That is not an operator token: actor and OAuth tokens bind MCP clients and never "
                             "read metrics.", hint="Use an operator token (aegop_...): `aegress operator token "
                             "issue` prints one.", code="metrics-not-operator")
         if await asyncio.to_thread(operators.authenticate, self.store, self._key, token) is None:
-            self._throttle.fail(peer)
+            self._failed(peer)
             raise AuthError("The operator token is invalid or revoked.", hint="Issue one with `aegress operator "
                             "token issue`.", code="invalid-token", challenge='Bearer realm="aegress metrics"')
+
+    def _failed(self, peer: str) -> None:
+        """Count a failed authentication from `peer`; past the limit, answer 429 instead of the failure."""
+        wait = self._throttle.retry_after(peer)
+        if wait is not None:
+            raise RateLimited("Too many failed authentications from this address.", retry_after=wait,
+                              code="auth-throttled")
+        self._throttle.fail(peer)
 
 
 async def _refuse(send: Send, exc: AegressError) -> None:
