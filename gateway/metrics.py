@@ -47,9 +47,6 @@ DURATION_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.
 """Stages take tens of microseconds (decide) to tens of seconds (a slow upstream): the default buckets start at 5 ms."""
 REVIEW_BUCKETS_S = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-MAX_PENDING_COUNTED = 10_000
-"""The review queue depth is read by listing pending held calls: a scrape reads at most this many."""
-
 
 class _Histogram:
     """Cumulative bucket counts of one family, per label tuple. `observe` is the hot path: integer bounds, a
@@ -166,14 +163,14 @@ class MetricsObserver(Observer):
         from gateway.status import evidence_summary
 
         try:
-            pending = len(self.store.list_held_calls(None, "pending", limit=MAX_PENDING_COUNTED))
+            pending = self.store.count_held_calls(None, "pending")
             summary = evidence_summary(self.store.evidence_sizes(), self.store.latest_checkpoints(), None,
                                        self._clock())
         except AegressError as exc:  # the store is unavailable: the gauges are left out, the rest still answers
             log.warning("metrics: store read failed: %s", exc.message)
             return
-        yield GaugeMetricFamily("aegress_review_queue_depth", "Held calls waiting for a review (all tenants; "
-                                f"at most {MAX_PENDING_COUNTED} are counted).", value=pending)
+        yield GaugeMetricFamily("aegress_review_queue_depth", "Held calls waiting for a review (all tenants).",
+                                value=pending)
         last = summary["last_checkpoint"]
         if last is not None and last["age_s"] is not None:
             yield GaugeMetricFamily("aegress_checkpoint_age_seconds", "Seconds since the newest evidence "
