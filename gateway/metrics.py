@@ -150,7 +150,8 @@ class MetricsObserver(Observer):
             upstream.add_metric(list(key), n)
         yield upstream
         yield _histogram(self._review_wait, "aegress_review_wait_seconds",
-                         "Time a held call waited until its review was settled (approved, denied or expired).",
+                         "Time a held call was held: until its review was approved, denied or expired, or "
+                         "the call was cancelled or failed.",
                          [])
         yield _histogram(self._append_seconds, "aegress_evidence_append_duration_seconds",
                          "Time one group commit of evidence records took.", [])

@@ -52,7 +52,8 @@ class Observer:
         """The evidence writer committed `batch` records in one transaction taking `seconds`."""
 
     def review_waited(self, seconds: float, tenant: str | None = None) -> None:
-        """A held call's review was settled (approved, denied or expired) after `seconds`."""
+        """A held call's hold ended after `seconds`: its review was approved, denied or expired, or the call
+        was cancelled or failed while held."""
 
 
 class Observers(Observer):

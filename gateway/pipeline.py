@@ -20,11 +20,12 @@ gateway answers itself (ping, discovery, listings) or resolves the exposed name 
 -> record outcome. Each stage is a method here, in that order, so the path reads on one screen; the
 decisions they call (binding, naming, policy) are pure functions elsewhere.
 
-Observation (gateway.observe): `self.observer.stage(name, start_ns, end_ns, tenant)` for each stage as
-it runs (authenticate and bind from the transport, the rest from `Pipeline.call`; record is reported once,
-after the outcome, as an interval ending then whose length is the intent's wait plus the outcome's),
-`call_done` once per JSON-RPC request from `dispatch`, `upstream_error` where an upstream call fails,
-`review_waited` from the review desk.
+Observation (gateway.observe): every stage is timed here and reported as `self.observer.stage(name, start_ns,
+end_ns, tenant)`: authenticate and bind by `enter` (the transport calls it), limit by `admit` (and `limit`
+when a tool call has a budget), decide (a review's hold included), forward and record by `call` (record once,
+after the outcome, as an interval ending then whose length is the intent's wait plus the outcome's);
+`call_done` once per JSON-RPC request from `dispatch` (or `not_dispatched`, for what the transport answers
+itself), `upstream_error` where an upstream call fails, `review_waited` from the review desk.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ from gateway.observe import NOTHING, Observer, method_label
 from gateway.proxy import ClientSession, Runtime, UnknownTarget, Upstream
 from gateway.record import CallFacts, Recorder, call_entry, elicitation_entry, outcome_entry
 from gateway.relay import SESSION_TOPIC
-from gateway.review import ReviewDesk, tool_error
+from gateway.review import ReviewDesk, Settled, tool_error
 from gateway.secrets import derive_key, mint_id, token_hash
 from gateway.shared_limits import SharedLimits
 from gateway.store.base import Store, WouldBlock
@@ -520,19 +521,26 @@ class Pipeline:
             decision = GateDecision("block", "rate-limit", limited, audit_id=mint_id("aud_"))
             self._record_refusal(session, call, decision, "refused")
             return result(msg["id"], tool_error(f"{limited} (audit id {decision.audit_id})"))
-        # 4 decide
+        # 4 decide; a `review` verdict's hold is part of it (the verdict is only final when the review settles)
         await self.refresh_policies()
         decision = self.decide(session, call)
-        obs.stage("decide", t1, _now_ns(), tenant)
         ticket.verdict = decision.verdict
+        settled: Settled | None = None
+        try:
+            if decision.verdict == "review" and call.tool is not None:
+                settled = await self._review(session, send, call, decision)
+        finally:
+            obs.stage("decide", t1, _now_ns(), tenant)
         if decision.verdict != "allow":
             if call.tool is None:  # what policy does not allow answers exactly like what does not exist
                 ticket.verdict = "hidden"
                 return None
-            if decision.verdict == "review":
-                refusal, decision = await self._review(session, msg, send, call, decision, ticket)
-                if refusal is not None:
-                    return refusal
+            if settled is not None:
+                decision = replace(decision, audit_id=settled.held_id)
+                if not settled.released:
+                    ticket.outcome = "refused"
+                    self._record_refusal(session, call, decision, settled.outcome)
+                    return result(msg["id"], settled.result or tool_error("Not run."))
             else:
                 ticket.outcome = "refused"
                 decision = replace(decision, audit_id=mint_id("aud_"))
@@ -627,27 +635,18 @@ class Pipeline:
         finally:
             self.observer.stage("record", t, _now_ns(), session.identity.tenant_id)
 
-    async def _review(self, session: ClientSession, msg: JSON, send: Send, call: Call, decision: GateDecision,
-                      ticket: Ticket) -> tuple[JSON | None, GateDecision]:
-        """A `review` verdict: hold the call until it is approved, denied or expires (gateway.review).
-        Returns the answer when it is not released (recorded as a decision), else None (forward it), and the
-        decision naming the review."""
+    async def _review(self, session: ClientSession, send: Send, call: Call, decision: GateDecision) -> Settled:
+        """A `review` verdict: hold the call until it is approved, denied or expires (gateway.review)."""
         meta = call.params.get("_meta")
         tool = call.tool
         assert tool is not None
-        settled = await self.review_desk.settle(
+        return await self.review_desk.settle(
             session, send, upstream=call.up.spec.name, tool=tool["name"], exposed=call.target,
             arguments=call.arguments or {}, rule_id=decision.rule_id, reason=decision.reason,
             policy_version=decision.policy_version, mode=decision.review_mode,
             settings=self.decider.review_settings(session.identity.tenant_id),
             progress_token=meta.get("progressToken") if isinstance(meta, dict) else None,
         )
-        decision = replace(decision, audit_id=settled.held_id)
-        if settled.released:
-            return None, decision
-        ticket.outcome = "refused"
-        self._record_refusal(session, call, decision, settled.outcome)
-        return result(msg["id"], settled.result or tool_error("Not run.")), decision
 
     # -- sessions ------------------------------------------------------------------------------
     async def tell_replicas(self, session: ClientSession, kind: str, **body: Any) -> None:
