@@ -163,34 +163,14 @@ def tail(tenant: TenantFilter = "", actor: ActorFilter = "", tool: ToolFilter = 
             last = batch[-1].id
 
 
-def _find(db: Any, record_id: str) -> Any:
-    from gateway.errors import NotFound
-
-    row = None
-    if record_id.isdigit():
-        row = db.get_evidence(int(record_id))
-    elif ":" in record_id:
-        tenant, _, seq = record_id.rpartition(":")
-        from gateway.admin import require_log_tenant
-
-        require_log_tenant(db, tenant)
-        if seq.isdigit():
-            from gateway.evidence.origins import log_origin
-
-            row = db.get_evidence_at(log_origin(db, tenant), int(seq))
-    if row is None:
-        raise NotFound(f"No evidence record {record_id!r}.",
-                       hint="Use an id from `aegress audit query`, or TENANT:SEQ (`security:SEQ` for the "
-                            "security log).")
-    return row
-
-
 @app.command("show")
 @handle_errors
 def show(record_id: Annotated[str, typer.Argument(help="Record id (from `audit query`) or TENANT:SEQ.")],
          json_out: JsonOpt = False) -> None:
     """Show one record: its exact stored bytes (pretty-printed), leaf hash and receipt."""
-    row = _find(store(), record_id)
+    from gateway.evidence.proofs import find_record
+
+    row = find_record(store(), record_id)
     if json_out:
         print_json(_row_dict(row))
         return
@@ -300,17 +280,13 @@ def proof(
 ) -> None:
     """Print a C2SP tlog-proof that the record is in the log signed by the latest covering checkpoint."""
     from gateway.errors import UsageError
-    from gateway.evidence.proofs import Receipt, inclusion_proof, parse_receipt
+    from gateway.evidence.proofs import inclusion_proof, parse_receipt, receipt_for
 
     db = store()
     if receipt:
         named = parse_receipt(Path(receipt[1:]).read_text() if receipt.startswith("@") else receipt)
     elif tenant and seq >= 0:
-        from gateway.admin import require_log_tenant
-        from gateway.evidence.origins import log_origin
-
-        require_log_tenant(db, tenant)
-        named = Receipt(log_origin(db, tenant), seq)
+        named = receipt_for(db, tenant, seq)
     else:
         raise UsageError("Give --receipt, or --tenant and --seq.")
     text = inclusion_proof(db, named)
@@ -549,13 +525,12 @@ def verify(
 
 
 def _verify_bundle(path: Path, keys: list[str] | None, against: list[str], final: bool) -> dict[str, Any]:
-    from gateway.audit.bundle import verify_bundle
-    from gateway.evidence.verification import bundle_summary
+    from gateway.evidence.verification import verify_bundle_dir
 
-    report = verify_bundle(path, verifiers=_trusted(keys), against=against, final=final)
-    if report.keys_from_bundle:
+    summary = verify_bundle_dir(path, _trusted(keys), against, final)
+    if summary["keys_from_bundle"]:
         err("Note: trusting the bundle's own keys.txt; pass --key with the operator's verifier key to rely on it.")
-    return bundle_summary(report)
+    return summary
 
 
 def _verify_store(tenant: str, all_logs: bool, keys: list[str] | None, against: list[Path],

@@ -26,8 +26,9 @@ if TYPE_CHECKING:
     from gateway.sealed_change import SealedChange
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+def now_iso(timespec: str = "seconds") -> str:
+    """The current UTC time in ISO 8601: seconds for stored objects, `milliseconds` for a call's start."""
+    return datetime.now(UTC).isoformat(timespec=timespec)
 
 
 # Sealing a change needs the evidence stack (records, canonical JSON, signing keys: cryptography).

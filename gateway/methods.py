@@ -14,15 +14,17 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from gateway import naming
+from gateway.admin import now_iso
 from gateway.errors import UpstreamError
 from gateway.jsonrpc import (
     HEADER_MISMATCH,
     INVALID_PARAMS,
     JSON,
+    LATEST_LEGACY,
+    LEGACY_VERSIONS,
     MODERN_VERSIONS,
     SUBSCRIPTION_ID,
     error,
@@ -37,9 +39,12 @@ from gateway.types import Decision
 if TYPE_CHECKING:
     from gateway.pipeline import Pipeline
 
-log = logging.getLogger("aegress.pipeline")
+log = logging.getLogger("aegress.methods")
 
 Send = Callable[[JSON], Awaitable[None]]
+"""Where a request's messages go (progress, logs, upstream requests, then its answer)."""
+SERVER_INFO = {"name": "aegress", "title": "Aegress MCP gateway", "version": "0.1.0"}
+SERVER_INFO_STAMP = {"name": "aegress", "version": "0.1.0"}
 POLICY_KIND = {
     "resources/list": "resource", "resources/templates/list": "resource", "resources/read": "resource",
     "resources/subscribe": "resource", "resources/unsubscribe": "resource",
@@ -67,7 +72,9 @@ class Call:
     __slots__ = (
         "arguments",
         "forwarded",
+        "kind",
         "method",
+        "name",
         "params",
         "receipt",
         "sealed",
@@ -81,6 +88,8 @@ class Call:
     def __init__(self, method: str, up: Upstream, params: JSON, target: str, *, tool: JSON | None = None,
                  arguments: Any = None, sealed: bool = True, started: float, started_at: str) -> None:
         self.method = method
+        self.kind = "tool" if tool is not None else POLICY_KIND[method]  # which policy rules it answers to
+        self.name = "" if tool is not None else target_name(params)  # the upstream's own name of its target
         self.up = up
         self.params = params  # what goes upstream, in the upstream's own names
         self.target = target  # the name or URI as the client sent it (evidence)
@@ -91,10 +100,6 @@ class Call:
         self.started_at = started_at
         self.receipt: Any = None
         self.forwarded = False
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def target_name(item: JSON) -> str:
@@ -112,6 +117,13 @@ def upstream_error_kind(exc: BaseException) -> str:
     return "timeout" if code == "upstream-timeout" else "unavailable" if code == "upstream-unavailable" else "error"
 
 
+def _upstream_failed(p: Pipeline, session: ClientSession, up: Upstream, method: str, exc: BaseException) -> None:
+    """A fan-out's request failed on one upstream: logged (our error's message, which names no URL or secret;
+    else only the exception's type) and reported."""
+    log.warning("%s failed on upstream %s: %s", method, up.spec.name, getattr(exc, "message", type(exc).__name__))
+    p.observer.upstream_error(up.spec.name, upstream_error_kind(exc), session.identity.tenant_id)
+
+
 def _either(first: asyncio.Future[Any], second: asyncio.Future[Any]) -> asyncio.Future[Any]:
     """A future done as soon as either is (the other is left running)."""
     return asyncio.ensure_future(asyncio.wait({first, second}, return_when=asyncio.FIRST_COMPLETED))
@@ -122,9 +134,45 @@ async def ping(p: Pipeline, session: ClientSession, msg: JSON, send: Send, ticke
     return result(msg["id"], {})
 
 
+def merge_capabilities(upstream_caps: list[JSON]) -> JSON:
+    """Pure: advertise only what some upstream supports (a sub-flag is on if any upstream has it)."""
+    merged: JSON = {"tools": {}}
+    for caps in upstream_caps:
+        for key in ("tools", "resources", "prompts", "completions", "logging"):
+            value = caps.get(key)
+            if isinstance(value, dict):
+                target = merged.setdefault(key, {})
+                for flag, on in value.items():
+                    if on is True:
+                        target[flag] = True
+    return merged
+
+
+def negotiate(requested: Any) -> str:
+    """Pure: the handshake-era revision a session speaks, given the one its client asked for."""
+    return requested if requested in LEGACY_VERSIONS else LATEST_LEGACY
+
+
+async def initialize_result(session: ClientSession) -> JSON:
+    """What `initialize` (and, in part, `server/discover`) answers: the tenant's upstreams as one server."""
+    ups = await session.upstreams()
+    caps = merge_capabilities([u.conn.capabilities for u in ups])
+    out: JSON = {"protocolVersion": session.version, "capabilities": caps, "serverInfo": SERVER_INFO}
+    instructions = [
+        (u.spec.name, u.conn.init_result.get("instructions"))
+        for u in ups
+        if isinstance(u.conn.init_result.get("instructions"), str)
+    ]
+    if len(instructions) == 1 and len(ups) == 1:
+        out["instructions"] = instructions[0][1]
+    elif instructions:
+        out["instructions"] = "\n\n".join(f"[{n}] {text}" for n, text in instructions)
+    return out
+
+
 async def discover(p: Pipeline, session: ClientSession, msg: JSON, send: Send, ticket: Ticket) -> JSON:
     """2026-07-28's replacement for initialize: what this tenant's gateway offers, per request."""
-    init = await p.initialize_result(session)
+    init = await initialize_result(session)
     out: JSON = {"supportedVersions": list(MODERN_VERSIONS), "capabilities": init["capabilities"]}
     if "instructions" in init:
         out["instructions"] = init["instructions"]
@@ -150,8 +198,7 @@ async def list_tools(p: Pipeline, session: ClientSession, msg: JSON, send: Send,
     tools: list[JSON] = []
     for up, listed in zip(ups, lists, strict=True):
         if isinstance(listed, BaseException):
-            log.warning("tools/list failed on upstream %s: %s", up.spec.name, listed)
-            p.observer.upstream_error(up.spec.name, upstream_error_kind(listed), session.identity.tenant_id)
+            _upstream_failed(p, session, up, "tools/list", listed)
             continue
         await asyncio.to_thread(p.decider.observe_tools, session.identity.tenant_id, up.spec.name, listed, now_iso())
         for name, tool in listed.items():
@@ -191,7 +238,7 @@ async def resolve_tool(p: Pipeline, session: ClientSession, name: str) -> tuple[
 
 
 async def call_tool(p: Pipeline, session: ClientSession, msg: JSON, send: Send, ticket: Ticket) -> JSON:
-    started, started_at = time.perf_counter(), now_iso()
+    started, started_at = time.perf_counter(), now_iso("milliseconds")
     params = msg.get("params") or {}
     name = params.get("name")
     arguments = params.get("arguments")
@@ -201,16 +248,16 @@ async def call_tool(p: Pipeline, session: ClientSession, msg: JSON, send: Send, 
         up, tool = await resolve_tool(p, session, name)
     except UnknownTarget:
         ticket.verdict, ticket.outcome = "hidden", "refused"
-        p.record(session, "tools/call", name, "", Decision("block", "unknown-tool"), "refused",
-                 started, started_at, INVALID_PARAMS, arguments=arguments)
+        p.record_refusal(session, "tools/call", name, "", Decision("block", "unknown-tool"), "refused", started_at,
+                         arguments=arguments)
         raise
     if session.modern:  # Mcp-Param-* headers must mirror the arguments (2026-07-28); only declared ones go on
         mismatch, session.param_headers = param_header_mismatch(tool.get("inputSchema"), arguments or {},
                                                                 session.param_headers)
         if mismatch is not None:
             ticket.verdict, ticket.outcome = "block", "refused"
-            p.record(session, "tools/call", name, up.spec.name, Decision("block", "header-mismatch"),
-                     "refused", started, started_at, HEADER_MISMATCH, arguments=arguments, tool=tool)
+            p.record_refusal(session, "tools/call", name, up.spec.name, Decision("block", "header-mismatch"),
+                             "refused", started_at, arguments=arguments, tool=tool)
             return error(msg["id"], HEADER_MISMATCH, mismatch)
     call = Call("tools/call", up, {**params, "name": tool["name"]}, name, tool=tool, arguments=arguments,
                 started=started, started_at=started_at)
@@ -236,8 +283,7 @@ async def _aggregate(p: Pipeline, session: ClientSession, msg: JSON, cap: str, m
     items: list[JSON] = []
     for up, listed in zip(ups, lists, strict=True):
         if isinstance(listed, BaseException):
-            log.warning("%s failed on upstream %s: %s", method, up.spec.name, listed)
-            p.observer.upstream_error(up.spec.name, upstream_error_kind(listed), session.identity.tenant_id)
+            _upstream_failed(p, session, up, method, listed)
             continue
         kind = POLICY_KIND[method]
         items.extend(
@@ -301,7 +347,7 @@ async def _first_success(
 ) -> JSON:
     """Each candidate upstream in turn through the call flow, until one answers with a result. What policy
     does not allow answers exactly like what does not exist."""
-    started, started_at = time.perf_counter(), now_iso()
+    started, started_at = time.perf_counter(), now_iso("milliseconds")
     sealed = method in ("resources/read", "prompts/get")
     last: tuple[Upstream, JSON] | None = None
     allowed = 0
@@ -398,7 +444,9 @@ async def set_level(p: Pipeline, session: ClientSession, msg: JSON, send: Send, 
         *(u.conn.request("logging/setLevel", params) for u in ups), return_exceptions=True
     )
     for up, r in zip(ups, responses, strict=True):
-        if isinstance(r, dict) and "error" in r:
+        if isinstance(r, Exception):  # unreachable or failed: the level holds on the others
+            _upstream_failed(p, session, up, "logging/setLevel", r)
+        elif isinstance(r, dict) and "error" in r:
             return {"jsonrpc": "2.0", "id": msg["id"], "error": up.client_error("logging/setLevel", r["error"])}
     session.log_level = level
     await p.tell_replicas(session, "level", level=level)
@@ -477,13 +525,46 @@ async def listen(p: Pipeline, session: ClientSession, msg: JSON, send: Send, tic
         for m in early:
             await send(m)
         if streams:
-            await asyncio.gather(*streams, return_exceptions=True)
+            ended = await asyncio.gather(*streams, return_exceptions=True)
+            for (up, _), r in zip(acks, ended, strict=True):
+                if isinstance(r, Exception):
+                    _upstream_failed(p, session, up, "subscriptions/listen", r)
         else:
             await asyncio.Event().wait()  # nothing upstream to relay: hold the stream until the client leaves
     finally:
         for f in streams:
             f.cancel()
     return result(msg["id"], {"_meta": tag})
+
+
+# -- from the client or another replica: no answer ---------------------------------------------------
+async def apply_log_level(session: ClientSession, level: str) -> None:
+    """Another replica set this session's log level: pass it to the upstream connections the session
+    uses here (connecting none), so its log messages outside a call follow it on this replica too."""
+    session.log_level = level
+    if session.tenant is None:
+        return
+    ups = [u for u in session.tenant._live.values() if session in u.listeners and "logging" in u.conn.capabilities]
+    failures = await asyncio.gather(*(u.conn.request("logging/setLevel", {"level": level}) for u in ups),
+                                    return_exceptions=True)
+    for up, failure in zip(ups, failures, strict=True):
+        if isinstance(failure, Exception):
+            log.warning("logging/setLevel (from another replica) failed on upstream %s: %s", up.spec.name,
+                        getattr(failure, "message", type(failure).__name__))
+
+
+async def client_notification(session: ClientSession, msg: JSON) -> None:
+    """A notification from the client (or relayed by another replica holding its session)."""
+    method = msg["method"]
+    params = msg.get("params") or {}
+    if method == "notifications/cancelled":
+        stream = session.requests.get(repr(params.get("requestId")))
+        if stream is not None:  # stop the call here; `Pipeline.forward` tells the upstream
+            stream.cancel("cancelled")
+    elif method == "notifications/roots/list_changed" and session.tenant is not None:
+        for up in list(session.tenant._live.values()):
+            if session in up.listeners:
+                await up.conn.notify_quiet(method, params or None)
 
 
 Handler = Callable[["Pipeline", ClientSession, JSON, Send, Ticket], Awaitable[JSON]]

@@ -9,9 +9,10 @@ list and may see one observation's bucket before its sum, never a bucket count t
 itself is prometheus-client's (`generate_latest` over a custom collector in a registry of our own, never the
 process-global one).
 
-Labels are bounded: methods outside the MCP vocabulary count as `other` (a client picks the method name), and
-the tenant label is added only when the operator turns it on (`AEGRESS_METRICS_TENANT_LABEL`): one series per
-tenant and method, verdict and outcome is what a scraper must then store. Never an argument, token or URL.
+Labels are bounded: methods the gateway does not answer count as `other` (a client picks the method name;
+`gateway.observe.method_label`), and the tenant label is added only when the operator turns it on
+(`AEGRESS_METRICS_TENANT_LABEL`): one series per tenant and method, verdict and outcome is what a scraper must
+then store. Never an argument, token or URL.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from gateway.errors import AegressError, AuthError, ConfigError, Forbidden, NotFound, ProtocolError, RateLimited
-from gateway.observe import Observer
+from gateway.observe import Observer, mcp_methods
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -41,27 +42,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aegress.metrics")
 
-MCP_METHODS = frozenset({
-    "initialize", "ping", "server/discover", "tools/list", "tools/call", "resources/list",
-    "resources/templates/list", "resources/read", "resources/subscribe", "resources/unsubscribe",
-    "subscriptions/listen", "prompts/list", "prompts/get", "completion/complete", "logging/setLevel",
-    "tasks/get", "tasks/result", "tasks/list", "tasks/cancel",
-})
-"""Methods counted under their own name; any other (a client chooses it) is `other`, so labels stay bounded."""
-
 DURATION_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                       0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 """Stages take tens of microseconds (decide) to tens of seconds (a slow upstream): the default buckets start at 5 ms."""
 REVIEW_BUCKETS_S = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-MAX_PENDING_COUNTED = 10_000
-"""The review queue depth is read by listing pending held calls: a scrape reads at most this many."""
-
-
-def method_label(method: str) -> str:
-    """Pure: the method as a label value or span name, `other` outside the MCP vocabulary."""
-    return method if method in MCP_METHODS else "other"
-
 
 class _Histogram:
     """Cumulative bucket counts of one family, per label tuple. `observe` is the hot path: integer bounds, a
@@ -105,6 +90,7 @@ class MetricsObserver(Observer):
         self.store = store
         self.version = version
         self._clock = clock
+        self._methods = mcp_methods()
         self._requests: dict[tuple[str, ...], int] = {}
         self._request_seconds = _Histogram(DURATION_BUCKETS_S, 1e9)
         self._stage_seconds = _Histogram(DURATION_BUCKETS_S, 1e9)
@@ -121,7 +107,7 @@ class MetricsObserver(Observer):
 
     def call_done(self, method: str, verdict: str, outcome: str, start_ns: int, end_ns: int,
                   tenant: str | None = None) -> None:
-        if method not in MCP_METHODS:
+        if method not in self._methods:
             method = "other"
         key = (method, verdict, outcome, tenant or "") if self.tenant_label else (method, verdict, outcome)
         self._requests[key] = self._requests.get(key, 0) + 1
@@ -148,7 +134,7 @@ class MetricsObserver(Observer):
         info.add_metric([self.version, platform.python_version()], 1)
         yield info
         requests = CounterMetricFamily("aegress_requests", "JSON-RPC requests answered, by method (other: "
-                                       "outside the MCP vocabulary), policy verdict and outcome.",
+                                       "one the gateway does not answer), policy verdict and outcome.",
                                        labels=["method", "verdict", "outcome", *tenant])
         for key, n in list(self._requests.items()):
             requests.add_metric(list(key), n)
@@ -164,7 +150,8 @@ class MetricsObserver(Observer):
             upstream.add_metric(list(key), n)
         yield upstream
         yield _histogram(self._review_wait, "aegress_review_wait_seconds",
-                         "Time a held call waited until its review was settled (approved, denied or expired).",
+                         "Time a held call was held: until its review was approved, denied or expired, or "
+                         "the call was cancelled or failed.",
                          [])
         yield _histogram(self._append_seconds, "aegress_evidence_append_duration_seconds",
                          "Time one group commit of evidence records took.", [])
@@ -177,14 +164,14 @@ class MetricsObserver(Observer):
         from gateway.status import evidence_summary
 
         try:
-            pending = len(self.store.list_held_calls(None, "pending", limit=MAX_PENDING_COUNTED))
+            pending = self.store.count_held_calls(None, "pending")
             summary = evidence_summary(self.store.evidence_sizes(), self.store.latest_checkpoints(), None,
                                        self._clock())
         except AegressError as exc:  # the store is unavailable: the gauges are left out, the rest still answers
             log.warning("metrics: store read failed: %s", exc.message)
             return
-        yield GaugeMetricFamily("aegress_review_queue_depth", "Held calls waiting for a review (all tenants; "
-                                f"at most {MAX_PENDING_COUNTED} are counted).", value=pending)
+        yield GaugeMetricFamily("aegress_review_queue_depth", "Held calls waiting for a review (all tenants).",
+                                value=pending)
         last = summary["last_checkpoint"]
         if last is not None and last["age_s"] is not None:
             yield GaugeMetricFamily("aegress_checkpoint_age_seconds", "Seconds since the newest evidence "
@@ -297,33 +284,39 @@ class MetricsEndpoint:
                 raise Forbidden("Metrics without a token are served to loopback clients only.",
                                 hint="Use --metrics token with an operator token.", code="metrics-loopback-only")
             return
-        await self._operator(scope, headers, peer)
+        await self._operator(headers, peer)
 
-    async def _operator(self, scope: Scope, headers: dict[bytes, bytes], peer: str) -> None:
+    async def _operator(self, headers: dict[bytes, bytes], peer: str) -> None:
+        """The token first, then the throttle (as the MCP endpoint does): a valid operator token is never
+        refused for other callers' failures from the same address; a failure past the limit is a 429."""
         from gateway import operators
         from gateway.console.auth import bearer
 
-        wait = self._throttle.retry_after(peer)
-        if wait is not None:
-            raise RateLimited("Too many failed authentications from this address.", retry_after=wait,
-                              code="auth-throttled")
         raw = headers.get(b"authorization")
         token = bearer(raw.decode("latin-1") if raw is not None else None)
         if not token:
             if token == "":  # malformed; a missing one (a scraper not yet configured) is not counted
-                self._throttle.fail(peer)
+                self._failed(peer)
             raise AuthError("/metrics needs an operator token." if token is None else "Malformed Authorization "
                             "header.", hint="Send Authorization: Bearer <operator token> (`aegress operator "
                             "token issue` prints one).", challenge='Bearer realm="aegress metrics"')
         if operators.looks_like_actor_token(token) or token.count(".") == 2:  # an actor's: ours, or OAuth's JWT
-            self._throttle.fail(peer)
+            self._failed(peer)
             raise Forbidden("That is not an operator token: actor and OAuth tokens bind MCP clients and never "
                             "read metrics.", hint="Use an operator token (aegop_...): `aegress operator token "
                             "issue` prints one.", code="metrics-not-operator")
         if await asyncio.to_thread(operators.authenticate, self.store, self._key, token) is None:
-            self._throttle.fail(peer)
+            self._failed(peer)
             raise AuthError("The operator token is invalid or revoked.", hint="Issue one with `aegress operator "
                             "token issue`.", code="invalid-token", challenge='Bearer realm="aegress metrics"')
+
+    def _failed(self, peer: str) -> None:
+        """Count a failed authentication from `peer`; past the limit, answer 429 instead of the failure."""
+        wait = self._throttle.retry_after(peer)
+        if wait is not None:
+            raise RateLimited("Too many failed authentications from this address.", retry_after=wait,
+                              code="auth-throttled")
+        self._throttle.fail(peer)
 
 
 async def _refuse(send: Send, exc: AegressError) -> None:

@@ -12,10 +12,26 @@ operator allows it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 STAGES = ("authenticate", "bind", "limit", "decide", "forward", "record")
 """The request path's named stages, in order (docs/pipeline.md)."""
+
+
+@functools.cache
+def mcp_methods() -> frozenset[str]:
+    """The methods counted under their own name: those the gateway answers (`gateway.methods.HANDLERS`) and
+    `initialize` (the transport's). Imported late: gateway.methods loads the evidence stack, which imports this."""
+    from gateway.methods import HANDLERS
+
+    return frozenset({"initialize", *HANDLERS})
+
+
+def method_label(method: str) -> str:
+    """The method as a label value or span name, `other` outside `mcp_methods()`: a client picks the method
+    name, so labels stay bounded."""
+    return method if method in mcp_methods() else "other"
 
 
 class Observer:
@@ -36,7 +52,8 @@ class Observer:
         """The evidence writer committed `batch` records in one transaction taking `seconds`."""
 
     def review_waited(self, seconds: float, tenant: str | None = None) -> None:
-        """A held call's review was settled (approved, denied or expired) after `seconds`."""
+        """A held call's hold ended after `seconds`: its review was approved, denied or expired, or the call
+        was cancelled or failed while held."""
 
 
 class Observers(Observer):

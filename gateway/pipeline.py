@@ -20,11 +20,12 @@ gateway answers itself (ping, discovery, listings) or resolves the exposed name 
 -> record outcome. Each stage is a method here, in that order, so the path reads on one screen; the
 decisions they call (binding, naming, policy) are pure functions elsewhere.
 
-Observation (gateway.observe): `self.observer.stage(name, start_ns, end_ns, tenant)` for each stage as
-it runs (authenticate and bind from the transport, the rest from `Pipeline.call`; record is reported once,
-after the outcome, as an interval ending then whose length is the intent's wait plus the outcome's),
-`call_done` once per JSON-RPC request from `dispatch`, `upstream_error` where an upstream call fails,
-`review_waited` from the review desk.
+Observation (gateway.observe): every stage is timed here and reported as `self.observer.stage(name, start_ns,
+end_ns, tenant)`: authenticate and bind by `enter` (the transport calls it), limit by `admit` (and `limit`
+when a tool call has a budget), decide (a review's hold included), forward and record by `call` (record once,
+after the outcome, as an interval ending then whose length is the intent's wait plus the outcome's);
+`call_done` once per JSON-RPC request from `dispatch` (or `not_dispatched`, for what the transport answers
+itself), `upstream_error` where an upstream call fails, `review_waited` from the review desk.
 """
 
 from __future__ import annotations
@@ -33,19 +34,18 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from gateway import binding, signals
+from gateway.admin import now_iso
 from gateway.bus import Bus
 from gateway.decide import CLIENT_REQUESTS, POLL_INTERVAL_S, AllowAll, Decider, GateDecision
 from gateway.errors import AegressError, AuthError, ProtocolError, RateLimited, StoreUnavailable, UpstreamError
 from gateway.evidence import now_time
 from gateway.jsonrpc import (
     JSON,
-    LATEST_LEGACY,
-    LEGACY_VERSIONS,
     METHOD_NOT_FOUND,
     REMOVED_IN_MODERN,
     STREAM_OPEN,
@@ -54,12 +54,12 @@ from gateway.jsonrpc import (
     error_from,
     result,
 )
-from gateway.methods import HANDLERS, POLICY_KIND, Call, Ticket, now_iso, target_name, upstream_error_kind
-from gateway.observe import NOTHING, Observer
+from gateway.methods import HANDLERS, SERVER_INFO_STAMP, Call, Send, Ticket, upstream_error_kind
+from gateway.observe import NOTHING, Observer, method_label
 from gateway.proxy import ClientSession, Runtime, UnknownTarget, Upstream
 from gateway.record import CallFacts, Recorder, call_entry, elicitation_entry, outcome_entry
 from gateway.relay import SESSION_TOPIC
-from gateway.review import ReviewDesk, tool_error
+from gateway.review import ReviewDesk, Settled, tool_error
 from gateway.secrets import derive_key, mint_id, token_hash
 from gateway.shared_limits import SharedLimits
 from gateway.store.base import Store, WouldBlock
@@ -70,9 +70,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aegress.pipeline")
 
-Send = Callable[[JSON], Awaitable[None]]
-SERVER_INFO = {"name": "aegress", "title": "Aegress MCP gateway", "version": "0.1.0"}
-SERVER_INFO_STAMP = {"name": "aegress", "version": "0.1.0"}
 LIVE_POLL_S = 1.0
 """How often policies are polled while the bus is live (signals carry changes at once; the poll is the
 backstop for a lost message). Without live signals: POLL_INTERVAL_S."""
@@ -83,20 +80,6 @@ OUTCOME_WAIT_S = 3.0
 """At most this long for an outcome's commit before answering without a receipt; the writer keeps the
 outcome and retries until the store takes it."""
 _now_ns = time.perf_counter_ns
-
-
-def merge_capabilities(upstream_caps: list[JSON]) -> JSON:
-    """Pure: advertise only what some upstream supports (a sub-flag is on if any upstream has it)."""
-    merged: JSON = {"tools": {}}
-    for caps in upstream_caps:
-        for key in ("tools", "resources", "prompts", "completions", "logging"):
-            value = caps.get(key)
-            if isinstance(value, dict):
-                target = merged.setdefault(key, {})
-                for flag, on in value.items():
-                    if on is True:
-                        target[flag] = True
-    return merged
 
 
 class Pipeline:
@@ -194,13 +177,44 @@ class Pipeline:
     def bind(self, identity: Identity, claims: binding.Claims) -> Identity:
         return binding.bind(identity, claims)
 
+    async def enter(self, authorization: str | None, path: str, claims: binding.Claims,
+                    on_auth_failure: Callable[[AuthError], None] | None = None) -> tuple[Identity, int]:
+        """Stages 1 and 2 of one HTTP request, each timed and reported (authenticate also when it fails, then
+        without a tenant). `on_auth_failure` sees a refused token first and may raise instead (the transport's
+        per-address throttle: 429). Returns the bound identity and the request's start (perf_counter_ns), from
+        which `dispatch` measures the whole request."""
+        obs = self.observer
+        t0 = _now_ns()
+        try:
+            try:
+                identity = await self.authenticate(authorization, path)
+            except AuthError as exc:
+                if on_auth_failure is not None:
+                    on_auth_failure(exc)
+                raise
+        except AegressError:
+            obs.stage("authenticate", t0, _now_ns())
+            raise
+        t1 = _now_ns()
+        obs.stage("authenticate", t0, t1, identity.tenant_id)
+        try:
+            identity = self.bind(identity, claims)
+        finally:
+            obs.stage("bind", t1, _now_ns(), identity.tenant_id)
+        return identity, t0
+
     # -- stage 3: limit ------------------------------------------------------------------------
     async def admit(self, who: Identity, per_actor: int, per_tenant: int) -> None:
         """Fair shares, before a request is dispatched: at most `per_actor` / `per_tenant` requests in flight,
         across replicas (gateway.shared_limits: no Redis round trip while this replica's lease covers the
         call). The transport calls it and counts the request before its next await, so concurrent requests
-        cannot all pass; a refusal is an HTTP 429 with Retry-After."""
-        cap = await self.shared.over_cap("calls", who.tenant_id, who.actor_id, per_actor, per_tenant)
+        cannot all pass; a refusal is an HTTP 429 with Retry-After (`not_dispatched` reports it). Reported as
+        the request's `limit` stage."""
+        t0 = _now_ns()
+        try:
+            cap = await self.shared.over_cap("calls", who.tenant_id, who.actor_id, per_actor, per_tenant)
+        finally:
+            self.observer.stage("limit", t0, _now_ns(), who.tenant_id)
         if cap is not None:
             raise RateLimited(f"Too many requests in flight for this {cap}.", retry_after=2, code="too-many-calls",
                               hint="Wait for running calls to finish before starting more.")
@@ -208,13 +222,19 @@ class Pipeline:
     async def limit(self, session: ClientSession, call: Call) -> str | None:
         """The actor's call budget from the policy's rate_limits, spent by tool calls: a message when it is
         spent, else None. One bucket per (tenant, actor) for the whole fleet while Redis answers
-        (gateway.shared_limits). Runs once the tool is resolved, so unknown tools spend nothing."""
+        (gateway.shared_limits). Runs once the tool is resolved, so unknown tools spend nothing. Reported as a
+        second `limit` stage only when there is a budget to spend."""
         if call.tool is None:
             return None
         limit = self.decider.rate_limit(session.identity)
         if limit is None:
             return None
-        allowed, wait = await self.shared.admit_rate(session.identity.tenant_id, session.identity.actor_id, limit)
+        t0 = _now_ns()
+        try:
+            allowed, wait = await self.shared.admit_rate(session.identity.tenant_id, session.identity.actor_id,
+                                                         limit)
+        finally:
+            self.observer.stage("limit", t0, _now_ns(), session.identity.tenant_id)
         if allowed:
             return None
         return (f"Rate limit reached: at most {limit.calls} calls per {limit.per_seconds:g} s for this actor. "
@@ -255,9 +275,8 @@ class Pipeline:
         tool rules for a tool, else the rules of the method's kind (resource, prompt, completion)."""
         if call.tool is not None:
             return self.decider.decide(session.identity, call.up.spec.name, call.tool, call.arguments or {})
-        params = call.params
-        return self.decider.decide_other(session.identity, POLICY_KIND[call.method], call.up.spec.name,
-                                         target_name(params), params.get("arguments"))
+        return self.decider.decide_other(session.identity, call.kind, call.up.spec.name, call.name,
+                                         call.params.get("arguments"))
 
     # -- stage 5: forward ----------------------------------------------------------------------
     async def forward(
@@ -294,7 +313,7 @@ class Pipeline:
         async def guarded(msg: JSON) -> None:
             kind = CLIENT_REQUESTS.get(msg.get("method", "")) if "id" in msg else None
             if kind is not None:
-                started, started_at = time.perf_counter(), now_iso()
+                started_at = now_iso("milliseconds")
                 decision = self.decider.decide_other(session.identity, "client_request", up.spec.name, kind)
                 if decision.verdict != "allow":
                     entry = session.server_requests.pop(msg["id"], None)
@@ -303,8 +322,8 @@ class Pipeline:
                         await target.conn.respond({"jsonrpc": "2.0", "id": upstream_id, "error": {
                             "code": -32600,
                             "message": f"Denied by Aegress policy rule {decision.rule_id}: {decision.reason}"}})
-                    self.record(session, msg["method"], kind, up.spec.name, decision, "refused", started,
-                                started_at, refuse_when_full=False)  # inside a call already recorded
+                    self.record(session, msg["method"], kind, up.spec.name, decision, "refused", started_at,
+                                refuse_when_full=False)  # inside a call already recorded
                     return
             await send(msg)
 
@@ -334,9 +353,7 @@ class Pipeline:
         upstream: str,
         decision: Decision | None,
         outcome: str,
-        started: float,
         started_at: str,
-        error_code: int | None = None,
         *,
         arguments: Any = None,
         tool: JSON | None = None,
@@ -440,9 +457,10 @@ class Pipeline:
                                    "it was not relayed.", hint="Retry later.") from None
 
     # -- one JSON-RPC request: dispatch, then the call flow ---------------------------------------
-    async def dispatch(self, session: ClientSession, msg: JSON, send: Send) -> JSON:
-        """Answer one JSON-RPC request with its method's handler (gateway.methods); reports `call_done`."""
-        start = _now_ns()
+    async def dispatch(self, session: ClientSession, msg: JSON, send: Send, start_ns: int | None = None) -> JSON:
+        """Answer one JSON-RPC request with its method's handler (gateway.methods); reports `call_done`, timed
+        from `start_ns` (the request's start as `enter` returned it; else now)."""
+        start = _now_ns() if start_ns is None else start_ns
         method = msg["method"]
         ticket = Ticket()
         handler = HANDLERS.get(method)
@@ -475,9 +493,17 @@ class Pipeline:
         except asyncio.CancelledError:
             ticket.outcome = "cancelled"
             raise
+        except Exception:  # a bug or an unmapped failure: never counted as answered
+            ticket.outcome = "error"
+            raise
         finally:  # the method as a label only when the gateway knows it: clients choose the others
             self.observer.call_done(method if handler is not None else "other", ticket.verdict, ticket.outcome,
                                     start, _now_ns(), session.identity.tenant_id)
+
+    def not_dispatched(self, method: str, outcome: str, start_ns: int, tenant: str) -> None:
+        """`call_done` for a request the transport answers itself: `initialize`, and requests refused before
+        dispatch (too many in flight: 429, a duplicate id: 409; outcome `refused`)."""
+        self.observer.call_done(method_label(method), "none", outcome, start_ns, _now_ns(), tenant)
 
     async def call(self, session: ClientSession, msg: JSON, send: Send, call: Call, ticket: Ticket) -> JSON | None:
         """One request to one upstream: limit -> decide -> record intent -> forward -> record outcome.
@@ -487,29 +513,34 @@ class Pipeline:
         when policy does not allow a resource, prompt or completion target (the handler answers as if it
         did not exist). Only `call.sealed` methods are recorded."""
         obs, tenant, up = self.observer, session.identity.tenant_id, call.up
-        # 3 limit
-        t0 = _now_ns()
+        # 3 limit: the call budget (`admit` did the fair shares before dispatch)
         limited = await self.limit(session, call)
         t1 = _now_ns()
-        obs.stage("limit", t0, t1, tenant)
         if limited is not None:
             ticket.verdict, ticket.outcome = "block", "refused"
             decision = GateDecision("block", "rate-limit", limited, audit_id=mint_id("aud_"))
             self._record_refusal(session, call, decision, "refused")
             return result(msg["id"], tool_error(f"{limited} (audit id {decision.audit_id})"))
-        # 4 decide
+        # 4 decide; a `review` verdict's hold is part of it (the verdict is only final when the review settles)
         await self.refresh_policies()
         decision = self.decide(session, call)
-        obs.stage("decide", t1, _now_ns(), tenant)
         ticket.verdict = decision.verdict
+        settled: Settled | None = None
+        try:
+            if decision.verdict == "review" and call.tool is not None:
+                settled = await self._review(session, send, call, decision)
+        finally:
+            obs.stage("decide", t1, _now_ns(), tenant)
         if decision.verdict != "allow":
             if call.tool is None:  # what policy does not allow answers exactly like what does not exist
                 ticket.verdict = "hidden"
                 return None
-            if decision.verdict == "review":
-                refusal, decision = await self._review(session, msg, send, call, decision, ticket)
-                if refusal is not None:
-                    return refusal
+            if settled is not None:
+                decision = replace(decision, audit_id=settled.held_id)
+                if not settled.released:
+                    ticket.outcome = "refused"
+                    self._record_refusal(session, call, decision, settled.outcome)
+                    return result(msg["id"], settled.result or tool_error("Not run."))
             else:
                 ticket.outcome = "refused"
                 decision = replace(decision, audit_id=mint_id("aud_"))
@@ -576,6 +607,9 @@ class Pipeline:
         except StoreUnavailable:
             ticket.outcome = "not_forwarded"
             raise
+        except Exception:  # anything else (a bug, an unmapped failure): an error, never "ok"
+            ticket.outcome = "error"
+            raise
         finally:
             if not recorded:
                 self.record_outcome_nowait(facts, intent, status, call.started, up_started, code)
@@ -587,64 +621,34 @@ class Pipeline:
                 obs.stage("record", end - waited, end, tenant)
 
     def _record_refusal(self, session: ClientSession, call: Call, decision: Decision, outcome: str) -> None:
-        """6 record, for a call that is not forwarded: its decision record, queued (`record`)."""
-        t = _now_ns()
-        self.record(session, call.method, call.target, call.up.spec.name, decision, outcome, call.started,
-                    call.started_at, arguments=call.arguments, tool=call.tool)
-        self.observer.stage("record", t, _now_ns(), session.identity.tenant_id)
+        self.record_refusal(session, call.method, call.target, call.up.spec.name, decision, outcome, call.started_at,
+                            arguments=call.arguments, tool=call.tool)
 
-    async def _review(self, session: ClientSession, msg: JSON, send: Send, call: Call, decision: GateDecision,
-                      ticket: Ticket) -> tuple[JSON | None, GateDecision]:
-        """A `review` verdict: hold the call until it is approved, denied or expires (gateway.review).
-        Returns the answer when it is not released (recorded as a decision), else None (forward it), and the
-        decision naming the review."""
+    def record_refusal(self, session: ClientSession, method: str, target: str, upstream: str, decision: Decision,
+                       outcome: str, started_at: str, *, arguments: Any = None, tool: JSON | None = None) -> None:
+        """6 record, for a request that is not forwarded (also the handlers' own refusals: an unknown tool, a
+        header mismatch): its decision record, queued (`record`), reported as the record stage."""
+        t = _now_ns()
+        try:
+            self.record(session, method, target, upstream, decision, outcome, started_at, arguments=arguments,
+                        tool=tool)
+        finally:
+            self.observer.stage("record", t, _now_ns(), session.identity.tenant_id)
+
+    async def _review(self, session: ClientSession, send: Send, call: Call, decision: GateDecision) -> Settled:
+        """A `review` verdict: hold the call until it is approved, denied or expires (gateway.review)."""
         meta = call.params.get("_meta")
         tool = call.tool
         assert tool is not None
-        settled = await self.review_desk.settle(
+        return await self.review_desk.settle(
             session, send, upstream=call.up.spec.name, tool=tool["name"], exposed=call.target,
             arguments=call.arguments or {}, rule_id=decision.rule_id, reason=decision.reason,
             policy_version=decision.policy_version, mode=decision.review_mode,
             settings=self.decider.review_settings(session.identity.tenant_id),
             progress_token=meta.get("progressToken") if isinstance(meta, dict) else None,
         )
-        decision = replace(decision, audit_id=settled.held_id)
-        if settled.released:
-            return None, decision
-        ticket.outcome = "refused"
-        self._record_refusal(session, call, decision, settled.outcome)
-        return result(msg["id"], settled.result or tool_error("Not run.")), decision
 
     # -- sessions ------------------------------------------------------------------------------
-    @staticmethod
-    def negotiate(requested: Any) -> str:
-        return requested if requested in LEGACY_VERSIONS else LATEST_LEGACY
-
-    async def initialize_result(self, session: ClientSession) -> JSON:
-        ups = await session.upstreams()
-        caps = merge_capabilities([u.conn.capabilities for u in ups])
-        out: JSON = {"protocolVersion": session.version, "capabilities": caps, "serverInfo": SERVER_INFO}
-        instructions = [
-            (u.spec.name, u.conn.init_result.get("instructions"))
-            for u in ups
-            if isinstance(u.conn.init_result.get("instructions"), str)
-        ]
-        if len(instructions) == 1 and len(ups) == 1:
-            out["instructions"] = instructions[0][1]
-        elif instructions:
-            out["instructions"] = "\n\n".join(f"[{n}] {text}" for n, text in instructions)
-        return out
-
-    async def apply_log_level(self, session: ClientSession, level: str) -> None:
-        """Another replica set this session's log level: pass it to the upstream connections the session
-        uses here (connecting none), so its log messages outside a call follow it on this replica too."""
-        session.log_level = level
-        if session.tenant is None:
-            return
-        ups = [u for u in session.tenant._live.values() if session in u.listeners and "logging" in u.conn.capabilities]
-        await asyncio.gather(*(u.conn.request("logging/setLevel", {"level": level}) for u in ups),
-                             return_exceptions=True)
-
     async def tell_replicas(self, session: ClientSession, kind: str, **body: Any) -> None:
         """Tell the other replicas holding this session (gateway.relay.SESSION_TOPIC); a lost message
         only means they keep what they had (see docs/replicas.md)."""
@@ -652,19 +656,7 @@ class Pipeline:
             await self.bus.publish(SESSION_TOPIC, {"d": session.digest, "from": self.store.replica_id, "kind": kind,
                                                    **body})
 
-    # -- client notifications and responses ------------------------------------------------------
-    async def client_notification(self, session: ClientSession, msg: JSON) -> None:
-        method = msg["method"]
-        params = msg.get("params") or {}
-        if method == "notifications/cancelled":
-            stream = session.requests.get(repr(params.get("requestId")))
-            if stream is not None:  # stop the call here; `forward` tells the upstream
-                stream.cancel("cancelled")
-        elif method == "notifications/roots/list_changed" and session.tenant is not None:
-            for up in list(session.tenant._live.values()):
-                if session in up.listeners:
-                    await up.conn.notify_quiet(method, params or None)
-
+    # -- client responses ----------------------------------------------------------------------
     async def client_response(self, session: ClientSession, msg: JSON) -> None:
         await self.record_client_answer(session, msg)
         if not await session.answer_server_request(msg):

@@ -142,7 +142,8 @@ class ReviewDesk:
         progress_token: Any = None,
     ) -> Settled:
         """Release the call at once (an unused approval for exactly these arguments), or hold it until it is
-        approved, denied or expires; a hold reports how long it waited (`Observer.review_waited`)."""
+        approved, denied or expires; a hold reports how long it waited (`Observer.review_waited`), also when
+        it ends because the call was cancelled or failed."""
         identity = session.identity
         digest = argument_digest(arguments)
         used = await self._io(self.store.consume_approval, identity.tenant_id, identity.actor_id, upstream, tool,

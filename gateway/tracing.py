@@ -28,8 +28,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import ConfigError
-from gateway.metrics import method_label
-from gateway.observe import Observer
+from gateway.observe import Observer, method_label
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider

@@ -34,7 +34,7 @@ from typing import Any
 
 from starlette.datastructures import Headers, QueryParams
 
-from gateway import binding, ratelimit, sessions
+from gateway import binding, methods, ratelimit, sessions
 from gateway.bus import Bus
 from gateway.config import Limits
 from gateway.errors import AegressError, AuthError, ProtocolError, RateLimited
@@ -73,6 +73,8 @@ log = logging.getLogger("aegress.transport")
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
+_STARTED = "aegress.started_ns"
+"""Scope key: the request's start (perf_counter_ns, from Pipeline.enter), which its call_done measures from."""
 
 _KEEPALIVE_S = 15.0
 # SSE resumability (SEP-1699, 2025-11-25 sessions): how long a call whose client went away waits for
@@ -381,27 +383,12 @@ class McpEndpoint:
             if any(k.lower() in CREDENTIAL_PARAMS for k in query):
                 raise HttpError("Credentials are not accepted in the URL query.", code="credentials-in-query",
                                 hint="Send the token only as Authorization: Bearer <token>, and drop it from the URL.")
-            observer = self.pipeline.observer
-            t0 = time.perf_counter_ns()
-            try:  # 1 authenticate (gateway.pipeline)
-                identity = await self._authenticate(scope, headers)
-            except AegressError:
-                observer.stage("authenticate", t0, time.perf_counter_ns())
-                raise
-            t1 = time.perf_counter_ns()
-            observer.stage("authenticate", t0, t1, identity.tenant_id)
-            try:  # 2 bind
-                identity = self.pipeline.bind(
-                    identity,
-                    binding.Claims(
-                        headers.getlist(binding.TENANT_HEADER),
-                        headers.getlist(binding.ACTOR_HEADER),
-                        query.getlist(binding.TENANT_PARAM),
-                        query.getlist(binding.ACTOR_PARAM),
-                    ),
-                )
-            finally:
-                observer.stage("bind", t1, time.perf_counter_ns(), identity.tenant_id)
+            # 1 authenticate, 2 bind (Pipeline.enter, which times them); the per-address throttle is ours
+            identity, scope[_STARTED] = await self.pipeline.enter(
+                headers.get("authorization"), scope["path"],
+                binding.Claims(headers.getlist(binding.TENANT_HEADER), headers.getlist(binding.ACTOR_HEADER),
+                               query.getlist(binding.TENANT_PARAM), query.getlist(binding.ACTOR_PARAM)),
+                lambda _: self._throttle(scope, headers))
             origin = headers.get("origin")
             if not origin_allowed(origin, self.allowed_origins) and origin not in self.pipeline.decider.origins(
                 identity.tenant_id
@@ -423,21 +410,18 @@ class McpEndpoint:
         except AegressError as exc:
             await self._send_error(send, exc, modern=modern)
 
-    async def _authenticate(self, scope: Scope, headers: Headers) -> Identity:
-        """The token first, then the throttle: a valid token is never refused for other callers' failures
+    def _throttle(self, scope: Scope, headers: Headers) -> None:
+        """A refused token: count it for its address, and past the limit answer 429 instead. Only failures are
+        counted, after the token was looked at, so a valid token is never refused for other callers' failures
         from the same address (a shared NAT or proxy), and a guesser's failures soon get 429 instead of 401."""
-        try:
-            return await self.pipeline.authenticate(headers.get("authorization"), scope["path"])
-        except AuthError:
-            peer = str((scope.get("client") or ("",))[0])
-            if self.trusted_proxies:  # behind a named proxy: count the client it forwards for
-                peer = client_address(peer, headers.getlist("x-forwarded-for"), self.trusted_proxies)
-            wait = self._auth_failures.note(peer, self.limits.auth_failures, self.limits.auth_failure_window_s,
-                                            time.monotonic())
-            if wait is not None:
-                raise RateLimited("Too many failed authentications from this address.", retry_after=wait,
-                                  code="auth-throttled", hint="Check the token; wait before trying again.") from None
-            raise
+        peer = str((scope.get("client") or ("",))[0])
+        if self.trusted_proxies:  # behind a named proxy: count the client it forwards for
+            peer = client_address(peer, headers.getlist("x-forwarded-for"), self.trusted_proxies)
+        wait = self._auth_failures.note(peer, self.limits.auth_failures, self.limits.auth_failure_window_s,
+                                        time.monotonic())
+        if wait is not None:
+            raise RateLimited("Too many failed authentications from this address.", retry_after=wait,
+                              code="auth-throttled", hint="Check the token; wait before trying again.") from None
 
     def _check_edge(self, scope: Scope, headers: Headers) -> None:
         size = sum(len(k) + len(v) for k, v in scope["headers"])
@@ -463,7 +447,7 @@ class McpEndpoint:
     async def _post(self, scope: Scope, receive: Receive, send: ASGISend, headers: Headers, who: Identity) -> None:
         msg = await self._read_message(receive, headers)
         if is_request(msg) and msg["method"] == "initialize":
-            await self._initialize(send, who, msg)
+            await self._initialize(scope, send, who, msg)
             return
         session = await self._session(headers, who)
         session.last_seen = time.monotonic()
@@ -488,7 +472,7 @@ class McpEndpoint:
         method = msg["method"]
         params = msg.get("params") if isinstance(msg.get("params"), dict) else {}
         running_here = repr(params.get("requestId")) in session.requests
-        await self.pipeline.client_notification(session, msg)
+        await methods.client_notification(session, msg)
         if (method == "notifications/cancelled" and not running_here) or method == "notifications/roots/list_changed":
             await self.pipeline.tell_replicas(session, "notify", msg=msg)
 
@@ -529,9 +513,9 @@ class McpEndpoint:
             return
         kind = message.get("kind")
         if kind == "notify" and isinstance(message.get("msg"), dict):
-            self._later(self.pipeline.client_notification(session, message["msg"]))
+            self._later(methods.client_notification(session, message["msg"]))
         elif kind == "level" and isinstance(message.get("level"), str):
-            self._later(self.pipeline.apply_log_level(session, message["level"]))
+            self._later(methods.apply_log_level(session, message["level"]))
         elif kind == "unsubscribe":
             session.subscriptions.discard(message.get("uri"))
         elif kind == "push" and isinstance(message.get("msg"), dict) and session.get_queue is not None:
@@ -631,7 +615,27 @@ class McpEndpoint:
             if not message.get("more_body"):
                 return b"".join(chunks)
 
-    async def _initialize(self, send: ASGISend, who: Identity, msg: JSON) -> None:
+    async def _initialize(self, scope: Scope, send: ASGISend, who: Identity, msg: JSON) -> None:
+        """Answered here, not by `Pipeline.dispatch`: a new session (capped), then `methods.initialize_result`;
+        reported as `call_done("initialize", ...)`."""
+        outcome = "error"
+        try:
+            await self._new_session(send, who, msg)
+            outcome = "ok"
+        except RateLimited:
+            outcome = "refused"
+            raise
+        except HttpError as exc:
+            outcome = "refused" if exc.code == "too-many-sessions" else "error"
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            self.pipeline.not_dispatched("initialize", outcome, scope.get(_STARTED) or time.perf_counter_ns(),
+                                         who.tenant_id)
+
+    async def _new_session(self, send: ASGISend, who: Identity, msg: JSON) -> None:
         params = msg.get("params") or {}
         caps = params.get("capabilities") if isinstance(params.get("capabilities"), dict) else {}
         caps = deliverable_caps(caps, self.limits.json_only)
@@ -656,14 +660,14 @@ class McpEndpoint:
         self._sessions_open[who.tenant_id] += 1
         self._initializing += 1
         try:
-            version = self.pipeline.negotiate(params.get("protocolVersion"))
+            version = methods.negotiate(params.get("protocolVersion"))
             # the id carries the session (any replica serves it); the session is built from the id's own
             # claims, exactly as a replica that never saw this initialize builds it (`_materialize`)
             claims = sessions.new_claims(self.replica, who.tenant_id, who.actor_id, version,
                                          known_capabilities(caps), info, time.time())
             session = self._build(sessions.seal(claims, self._session_key), claims, who)
             session.counted = True
-            body = result(msg["id"], await self.pipeline.initialize_result(session))
+            body = result(msg["id"], await methods.initialize_result(session))
         except BaseException:
             self._release((actor, who.tenant_id))
             raise
@@ -782,17 +786,22 @@ class McpEndpoint:
         key = repr(msg["id"])
         who = session.identity
         actor = (who.tenant_id, who.actor_id)
+        started = scope.get(_STARTED) or time.perf_counter_ns()
         # 3 limit, its fair shares (Pipeline.admit); from here to the counting below nothing awaits, so
         # concurrent requests cannot all pass the cap
-        await self.pipeline.admit(who, self.limits.max_calls_per_actor, self.limits.max_calls_per_tenant)
-        if key in session.requests:
-            raise HttpError("A request with this id is still in flight on this session.", http_status=409,
-                            code="duplicate-request-id", hint="Use a new id for every request of a session.")
+        try:
+            await self.pipeline.admit(who, self.limits.max_calls_per_actor, self.limits.max_calls_per_tenant)
+            if key in session.requests:
+                raise HttpError("A request with this id is still in flight on this session.", http_status=409,
+                                code="duplicate-request-id", hint="Use a new id for every request of a session.")
+        except AegressError:
+            self.pipeline.not_dispatched(msg["method"], "refused", started, who.tenant_id)
+            raise
         # ids only mean something inside their session (itself a secret bound to one identity)
         # the stream id names its replica: a Last-Event-ID that reaches another one is relayed here
         stream = RequestStream(f"s{next(self._stream_ids)}@{self.replica}" if resumable else None)
         stream.who = who
-        task = asyncio.ensure_future(self.pipeline.dispatch(session, msg, stream.related))
+        task = asyncio.ensure_future(self.pipeline.dispatch(session, msg, stream.related, started))
         stream.start(task, msg["id"], time.monotonic() + (
             float("inf") if msg["method"] == "subscriptions/listen" else self.limits.request_deadline_s))
         self._calls_open[actor] += 1

@@ -48,6 +48,7 @@ from gateway.evidence.checkpointer import published_checkpoint, write_published
 from gateway.evidence.clock import now_time
 from gateway.evidence.keys import remember_verifier, trusted_verifiers
 from gateway.evidence.settings import EvidenceSettings
+from gateway.evidence.stream import Progress, no_progress
 from gateway.store.base import ImportedLog, LogImported, Store
 
 
@@ -71,10 +72,6 @@ def log_bundle_files(store: Store, origin: str, first: int, end: int, verifier_k
     return build_bundle_files(origin=origin, records=[data for _, data in rows],
                               checkpoints=[note for _, note in checkpoints], verifier_keys=list(verifier_keys),
                               consistency_proofs=proofs, inclusion_proofs=inclusion, start=start)
-
-
-Progress = Callable[[str, int, int], None]
-"""(what is being done, done, total): called as the import goes, for a progress bar."""
 
 
 @dataclass(frozen=True)
@@ -261,7 +258,7 @@ def import_bundles(store: Store, home: Path, path: str | os.PathLike[str], *,
     no-op). A fork, a gap, another deployment's prefix or a bundle that does not verify raises (nothing is
     written). `confirm(preview)` runs before anything is written and may raise to stop.
     """
-    report = progress or (lambda what, done, total: None)
+    report = progress or no_progress
     paths = find_bundles(path)
     trusted = trusted_verifiers(home)
     checked: list[CheckedBundle] = []

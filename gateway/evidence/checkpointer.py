@@ -9,7 +9,6 @@ import shlex
 import subprocess
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.audit.checkpoint import Checkpoint, parse_checkpoint, parse_note, sign_checkpoint
@@ -69,8 +68,6 @@ class Checkpointer:
         self.settings = settings
         self._logs: dict[str, _LogState] = {}
         self.healthy = True
-        self.signed_at: float | None = None
-        """Unix time of the newest checkpoint this checkpointer signed (None: none yet)."""
         self._key_mtime = self._mtime()
 
     def _mtime(self) -> float:
@@ -151,7 +148,6 @@ class Checkpointer:
         note = sign_checkpoint(cp, self.key.name, self.key.private_key, previous=None)
         self.store.add_checkpoint(origin, cp.size, cp.root, note, now_time())
         state.signed, state.signed_at = cp, now
-        self.signed_at = time.time()
         self._publish(origin, cp.size, note)
         state.published_at = now
         return note
@@ -195,18 +191,6 @@ def sign_if_possible(store: Store, home: Path) -> list[str]:
     except KeyFileError:
         return []
     return sign_checkpoints(store, key, settings) if key is not None else []
-
-
-def newest_checkpoint_at(store: Store) -> float | None:
-    """Unix time of the newest stored checkpoint of any log (None: none yet)."""
-    newest = max((signed for _, _, signed in store.latest_checkpoints()), default="")
-    if not newest:
-        return None
-    try:
-        when = datetime.fromisoformat(newest.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def read_published(directory: Path | None, origin: str) -> tuple[str, Path] | None:

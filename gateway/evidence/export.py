@@ -8,7 +8,6 @@ stream a page at a time (`gateway.evidence.stream`); a bundle is built in memory
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -19,13 +18,10 @@ from gateway.evidence.bundles import log_bundle_files
 from gateway.evidence.checkpointer import sign_if_possible
 from gateway.evidence.keys import trusted_verifiers
 from gateway.evidence.origins import origin_prefix
-from gateway.evidence.stream import write_csv, write_jsonl
+from gateway.evidence.stream import Progress, no_progress, write_csv, write_jsonl
 from gateway.store.base import EvidenceFilter, Store
 
 ExportFormat = Literal["jsonl", "csv", "bundle"]
-
-Progress = Callable[[str, int, int], None]
-"""(what is being exported, records done, records in all)."""
 
 
 @dataclass(frozen=True)
@@ -65,10 +61,6 @@ def bundle_name(prefix: str, origin: str) -> str:
     return f"tenant-{tenant}" if tenant else re.sub(r"[^A-Za-z0-9._-]", "_", origin)
 
 
-def _no_progress(what: str, done: int, total: int) -> None:
-    return None
-
-
 def _bundle(store: Store, home: Path, origin: str, first: int, end: int, out: Path, force: bool,
             progress: Progress) -> int:
     records = store.evidence_records(origin, first, end)
@@ -85,7 +77,7 @@ def export_log(store: Store, home: Path, origin: str, out: Path, fmt: ExportForm
                progress: Progress | None = None) -> Exported:
     """Export one log's records in [since, until). `sign` (bundles): sign a fresh checkpoint first, if this host
     has the key, so the bundle covers every record."""
-    report = progress or _no_progress
+    report = progress or no_progress
     if sign and fmt == "bundle":
         sign_if_possible(store, home)
     first, end = seq_range(store, origin, since, until)
@@ -108,7 +100,7 @@ def export_all(store: Store, home: Path, out: Path, *, since: str = "", until: s
                force: bool = False, progress: Progress | None = None) -> list[Exported]:
     """Every log of the store as a bundle under the new directory `out` (`bundle_name` each): what
     `aegress audit import` reads to move them to another database."""
-    report = progress or _no_progress
+    report = progress or no_progress
     if sign:
         sign_if_possible(store, home)
     prefix = origin_prefix(store)

@@ -15,7 +15,7 @@ from pathlib import Path
 from gateway.audit.log import Columns, Entry, Sealed, security_origin, tenant_origin
 from gateway.audit.redact import derive_tenant_key
 from gateway.errors import StoreUnavailable
-from gateway.evidence.checkpointer import Checkpointer, newest_checkpoint_at
+from gateway.evidence.checkpointer import Checkpointer
 from gateway.evidence.clock import now_time
 from gateway.evidence.events import not_forwarded_entry, recover_open_intents
 from gateway.evidence.failures import AuthFailures
@@ -59,7 +59,6 @@ class Evidence:
             defer_s=settings.outcome_defer_s, observer=observer,
         )
         self.checkpointer = Checkpointer(store, self.key, settings)
-        self._stored_checkpoint_at = newest_checkpoint_at(store)
         self.auth = AuthFailures()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -99,13 +98,6 @@ class Evidence:
         except StoreUnavailable as exc:
             return f"the evidence store is not taking commits ({exc.message})"
         return None
-
-    def last_checkpoint_at(self) -> float | None:
-        """Unix time of the newest checkpoint this process signed, or found stored when it started (cheap: no
-        I/O, for a metrics scrape); None if no log has a checkpoint yet."""
-        signed = self.checkpointer.signed_at
-        stored = self._stored_checkpoint_at
-        return stored if signed is None else signed if stored is None else max(signed, stored)
 
     # appending
     def append(self, entry: Entry) -> asyncio.Future[Sealed]:
@@ -218,9 +210,6 @@ class NoEvidence:
         return True
 
     def unready_reason(self) -> str | None:
-        return None
-
-    def last_checkpoint_at(self) -> float | None:
         return None
 
     async def append(self, entry: Entry) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.audit.checkpoint import TlogProof
 from gateway.audit.merkle import MerkleTree
@@ -33,6 +34,34 @@ def parse_receipt(text: str) -> Receipt:
         return Receipt(str(data["origin"]), int(data["seq"]), str(data["leaf_hash"]))
     except (ValueError, KeyError, TypeError) as exc:
         raise UsageError("The receipt is not {\"origin\", \"seq\", \"leaf_hash\"} JSON.") from exc
+
+
+def receipt_for(store: Store, tenant: str, seq: int) -> Receipt:
+    """The receipt naming record `seq` of a tenant's log (`security`: the security log), without its leaf hash.
+    NotFound when there is no such tenant."""
+    from gateway.admin import require_log_tenant
+    from gateway.evidence.origins import log_origin
+
+    require_log_tenant(store, tenant)
+    return Receipt(log_origin(store, tenant), seq)
+
+
+def find_record(store: Store, record_id: str) -> Any:
+    """A stored record by its id (`aegress audit query`) or as TENANT:SEQ (`security:SEQ`: the security log).
+    NotFound when there is none."""
+    row = None
+    if record_id.isdigit():
+        row = store.get_evidence(int(record_id))
+    elif ":" in record_id:
+        tenant, _, seq = record_id.rpartition(":")
+        receipt = receipt_for(store, tenant, 0)
+        if seq.isdigit():
+            row = store.get_evidence_at(receipt.origin, int(seq))
+    if row is None:
+        raise NotFound(f"No evidence record {record_id!r}.",
+                       hint="Use an id from `aegress audit query`, or TENANT:SEQ (`security:SEQ` for the "
+                            "security log).")
+    return row
 
 
 def latest_covering(store: Store, origin: str, seq: int) -> tuple[int, str] | None:

@@ -20,8 +20,14 @@ from gateway.store.base import EvidenceFilter, EvidenceRow, Store
 PAGE = 2000
 """Records read per query."""
 
-Progress = Callable[[int, int], None]
+PageProgress = Callable[[int, int], None]
 """Called with (records done, records in all) after each page."""
+Progress = Callable[[str, int, int], None]
+"""An operation's progress (verify, export, import): (what is being done, records done, records in all)."""
+
+
+def no_progress(what: str, done: int, total: int) -> None:
+    """The `Progress` when nobody watches."""
 
 CSV_HEADER = ("id", "origin", "seq", "kind", "time", "tenant", "actor", "tool", "verdict", "outcome", "intent_seq",
               "leaf_hash")
@@ -39,7 +45,7 @@ def iter_rows(store: Store, origin: str, *, page: int = PAGE) -> Iterator[Eviden
 
 
 def verify_stored_log(store: Store, origin: str, *, checkpoints: list[str], verifiers: list[Verifier],
-                      final: bool = False, tenant: str = "", on_progress: Progress | None = None,
+                      final: bool = False, tenant: str = "", on_progress: PageProgress | None = None,
                       page: int = PAGE) -> VerifyReport:
     """Verify one log of the store against `checkpoints` (signed notes) in one streaming pass; its records,
     links, roots and every stored column. A problem is named by `verify_log` over the whole log."""
@@ -65,7 +71,7 @@ def verify_stored_log(store: Store, origin: str, *, checkpoints: list[str], veri
 
 
 def write_jsonl(store: Store, origin: str, first: int, end: int, out: IO[bytes], *,
-                on_progress: Progress | None = None, page: int = PAGE) -> int:
+                on_progress: PageProgress | None = None, page: int = PAGE) -> int:
     """Write records [first, end) of a log as their exact bytes, one per line; returns how many."""
     done = 0
     for start in range(first, end, page):
@@ -78,7 +84,7 @@ def write_jsonl(store: Store, origin: str, first: int, end: int, out: IO[bytes],
 
 
 def write_csv(store: Store, origin: str, first: int, end: int, out: IO[bytes], *,
-              on_progress: Progress | None = None, page: int = PAGE) -> int:
+              on_progress: PageProgress | None = None, page: int = PAGE) -> int:
     """Write the queryable columns of records [first, end) of a log as CSV; returns how many."""
     done = 0
     with io.TextIOWrapper(out, encoding="utf-8", newline="") as handle:

@@ -25,11 +25,8 @@ from gateway.evidence.events import record_event
 from gateway.evidence.keys import trusted_verifiers
 from gateway.evidence.origins import log_origin, origin_prefix
 from gateway.evidence.settings import EvidenceSettings
-from gateway.evidence.stream import verify_stored_log
+from gateway.evidence.stream import Progress, verify_stored_log
 from gateway.store.base import Store
-
-Progress = Callable[[str, int, int], None]
-"""(what is being verified, records done, records in all), after each page."""
 
 
 def bundle_summary(report: BundleReport) -> dict[str, Any]:
@@ -37,6 +34,15 @@ def bundle_summary(report: BundleReport) -> dict[str, Any]:
     body = report.to_dict()
     body["records"] = report.log.size - report.log.start
     return body
+
+
+def verify_bundle_dir(path: str | Path, verifiers: Sequence[Verifier] | None, against: Sequence[str] = (),
+                      final: bool = False) -> dict[str, Any]:
+    """`audit verify --bundle`: an exported bundle directory checked offline (`gateway.audit.bundle`), as
+    `bundle_summary` shows it; `keys_from_bundle` says whether only the bundle's own keys were trusted."""
+    from gateway.audit.bundle import verify_bundle
+
+    return bundle_summary(verify_bundle(path, verifiers=verifiers, against=against, final=final))
 
 
 def _summary(report: VerifyReport, published: Path | None, sources: Sequence[tuple[str, str]]) -> dict[str, Any]:

@@ -740,6 +740,11 @@ class SQLStore:
                          " LIMIT ?", [*params, limit])
         return [HeldCall(*r) for r in rows]
 
+    def count_held_calls(self, tenant_id: str | None = None, status: str | None = None) -> int:
+        sql, params = where(tenant_id=tenant_id, status=status)
+        row = self._one(f"SELECT COUNT(*) FROM held_calls{sql}", params)
+        return int(row[0]) if row else 0
+
     def find_pending_hold(self, tenant_id: str, actor_id: str, upstream: str, tool: str,
                           args_digest: str) -> HeldCall | None:
         row = self._one(

@@ -222,6 +222,20 @@ def test_one_span_per_stage_and_no_argument_values(served: tuple[Gateway, Receiv
         assert secret.encode() not in raw, secret
 
 
+def test_a_valid_token_is_never_throttled(tmp_path: Any) -> None:
+    """Failures from one address throttle further failures (429), never a valid operator token from it."""
+    home = tmp_path / "home"
+    with run_gateway(home, "--auth-throttle", "2") as gw:
+        operator = str(aegress_json(home, "operator", "token", "issue", "--label", "scraper")["token"])
+        for _ in range(2):
+            assert refusal(scrape(gw, "aegop_" + "x" * 40), 401)["data"]["code"] == "invalid-token"
+        throttled = scrape(gw, "aegop_" + "y" * 40)
+        assert refusal(throttled, 429)["data"]["code"] == "auth-throttled"
+        assert int(throttled.headers["retry-after"]) >= 1
+        ok = scrape(gw, operator)
+        assert ok.status_code == 200 and "aegress_build_info" in ok.text
+
+
 # -- other modes -----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def loopback(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:

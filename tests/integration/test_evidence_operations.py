@@ -1,11 +1,10 @@
 """The operator's evidence operations as library calls (`gateway.evidence.*`, what `aegress audit` renders), on
 each real store: proofs, export, store verification with progress, repair, key rotation, checkpoint signing,
-and the writer's and the service's reports to metrics (Observer.evidence_commit, last_checkpoint_at)."""
+and the writer's reports to metrics (Observer.evidence_commit)."""
 
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,9 +14,8 @@ from gateway.audit.bundle import verify_bundle
 from gateway.audit.checkpoint import verify_tlog_proof
 from gateway.audit.log import Entry, expected_columns
 from gateway.errors import CheckFailed, NotFound, UsageError
-from gateway.evidence.checkpointer import sign_checkpoints, sign_now
+from gateway.evidence.checkpointer import sign_now
 from gateway.evidence.export import bundle_name, export_all, export_log, seq_range
-from gateway.evidence.facade import Evidence
 from gateway.evidence.keys import load_signing_key_for, public_keys, rotate_key, trusted_verifiers
 from gateway.evidence.origins import log_origin, origin_prefix
 from gateway.evidence.proofs import Receipt, inclusion_proof, parse_receipt
@@ -180,31 +178,3 @@ def test_the_writer_reports_each_commit_to_its_observer(store: Store) -> None:
         writer.close()
     assert len(sealed) == 20 and sum(batch for _, batch in observer.seen) == 20
     assert all(0 <= seconds < 30 for seconds, _ in observer.seen)
-
-
-def test_last_checkpoint_at_is_what_this_process_signed_or_found(store: Store, aegress_home: Path) -> None:
-    settings = replace(EvidenceSettings.from_env(aegress_home), publish_dir=None)
-    observer = _Commits()
-    evidence = Evidence(store, b"m" * 32, aegress_home, settings, observer=observer)
-    try:
-        assert evidence.last_checkpoint_at() is None
-        origin = evidence.origin("acme")
-        evidence.writer.append_sync(_call(origin, 0, 0))
-        before = time.time()
-        assert evidence.key is not None
-        sign_checkpoints(store, evidence.key, settings)  # another process signs: not seen until restart
-        assert evidence.last_checkpoint_at() is None
-        evidence.checkpointer.tick(force=True)  # nothing new to sign here
-        evidence.writer.append_sync(_call(origin, 1, 2))
-        evidence.checkpointer.tick(force=True)
-        signed = evidence.last_checkpoint_at()
-        assert signed is not None and before <= signed <= time.time()
-    finally:
-        evidence.close()
-    assert sum(batch for _, batch in observer.seen) >= 4
-    again = Evidence(store, b"m" * 32, aegress_home, settings)
-    try:
-        found = again.last_checkpoint_at()
-        assert found is not None and abs(found - signed) < 5
-    finally:
-        again.close()

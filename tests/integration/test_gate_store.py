@@ -146,3 +146,13 @@ def test_deleting_a_tenant_removes_its_policy_state(store: Store) -> None:
     store.delete_tenant("t")
     store.create_tenant("t", "later")
     assert store.get_policy_version("t") is None and store.get_held_call("rev_1") is None
+
+
+def test_held_calls_are_counted_without_reading_them(store: Store) -> None:
+    assert store.count_held_calls(None, "pending") == 0
+    for i in range(3):
+        _held(store, id=f"rev_{i}")
+    review.deny(store, "rev_0", "ops", 101.0, "no")
+    assert store.count_held_calls(None, "pending") == 2 == len(store.list_held_calls(None, "pending"))
+    assert store.count_held_calls("t", "denied") == 1 and store.count_held_calls("t") == 3
+    assert store.count_held_calls("nobody", "pending") == 0

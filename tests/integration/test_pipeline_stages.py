@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import pytest
 import uvicorn
 
 from gateway import admin, policy_admin
-from gateway.config import ServeSettings
+from gateway.config import Limits, ServeSettings
+from gateway.methods import HANDLERS
 from gateway.observe import STAGES, Observer
 from gateway.secrets import load_master_key
 from gateway.server import build_gateway
@@ -81,8 +83,8 @@ def _home(home: Path) -> str:
 
 
 @asynccontextmanager
-async def _serving(home: Path, kept: Kept) -> AsyncIterator[str]:
-    gateway = build_gateway(home, ServeSettings())
+async def _serving(home: Path, kept: Kept, settings: ServeSettings | None = None) -> AsyncIterator[str]:
+    gateway = build_gateway(home, settings or ServeSettings())
     gateway.pipeline.observer = kept
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -161,7 +163,7 @@ def test_stages_arrive_in_order(tmp_path: Path) -> None:
             assert {s[3] for s in kept.stages} == {"acme"}
             method, verdict, outcome, start, end, tenant = kept.calls[0]
             assert (method, verdict, outcome, tenant) == ("tools/call", "allow", "ok", "acme")
-            assert start <= kept.stages[2][1] and kept.stages[-1][2] <= end  # limit..record inside the call
+            assert start == kept.stages[0][1] and kept.stages[-1][2] <= end  # the whole request, from authenticate
 
             kept.clear()  # blocked by policy: decided, recorded as a refusal, never forwarded
             answer = _answer(await client.post(url, headers=headers, json=_call(2, "fx__echo", {"text": "secret"})))
@@ -171,13 +173,20 @@ def test_stages_arrive_in_order(tmp_path: Path) -> None:
             _assert_in_order(kept.stages)
             assert kept.calls[0][:3] == ("tools/call", "block", "refused")
 
-            kept.clear()  # answered by the gateway itself: no call stages
+            kept.clear()  # answered by the gateway itself: admitted (limit), then no call stages
             answer = _answer(await client.post(url, headers=headers, json={"jsonrpc": "2.0", "id": 3,
                                                                            "method": "ping"}))
             assert answer["result"] == {}
             await _calls_done(kept, 1)
-            assert [s[0] for s in kept.stages] == ["authenticate", "bind"]
+            assert [s[0] for s in kept.stages] == ["authenticate", "bind", "limit"]
             assert kept.calls[0][:3] == ("ping", "none", "ok")
+
+            kept.clear()  # an unknown tool: refused, and its decision record is the record stage
+            answer = _answer(await client.post(url, headers=headers, json=_call(5, "fx__nope", {})))
+            assert "error" in answer, answer
+            await _calls_done(kept, 1)
+            assert [s[0] for s in kept.stages] == ["authenticate", "bind", "limit", "record"]
+            assert kept.calls[0][:3] == ("tools/call", "hidden", "refused")
 
             kept.clear()  # a bad token: only authenticate, with no tenant, and no call
             bad = await client.post(url, headers={**headers, "Authorization": "Bearer not-a-token"},
@@ -186,6 +195,80 @@ def test_stages_arrive_in_order(tmp_path: Path) -> None:
             assert [(s[0], s[3]) for s in kept.stages] == [("authenticate", None)]
             assert kept.calls == []
             assert kept.upstream_errors == []
+
+    asyncio.run(asyncio.wait_for(go(), 120))
+
+
+async def _stages_seen(kept: Kept, name: str, n: int) -> None:
+    for _ in range(1000):  # at most 10 s
+        if sum(1 for s in kept.stages if s[0] == name) >= n:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"stage {name} reported fewer than {n} times")
+
+
+def test_requests_the_transport_answers_are_reported(tmp_path: Path) -> None:
+    """initialize (answered by the transport) and requests refused before dispatch (429 too many in flight, 409 a
+    duplicate id) each get one call_done; the fair-shares check is the limit stage."""
+    home = tmp_path / "home"
+    token = _home(home)
+    kept = Kept()
+    settings = ServeSettings(limits=Limits(max_calls_per_actor=2))
+
+    async def go() -> None:
+        async with _serving(home, kept, settings) as url, httpx2.AsyncClient(timeout=30, headers={
+            "Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream",
+        }) as client:
+            headers = await _session(client, url)
+            await _calls_done(kept, 1)
+            assert kept.calls[0][:3] == ("initialize", "none", "ok") and kept.calls[0][5] == "acme"
+            assert kept.calls[0][3] == kept.stages[0][1]  # from its authenticate stage
+            assert [s[0] for s in kept.stages] == ["authenticate", "bind", "authenticate", "bind"]
+
+            kept.clear()
+            first = asyncio.ensure_future(client.post(url, headers=headers, json=_call(10, "fx__slow",
+                                                                                      {"seconds": 2})))
+            await _stages_seen(kept, "decide", 1)
+            duplicate = await client.post(url, headers=headers, json=_call(10, "fx__echo", {"text": "x"}))
+            assert duplicate.status_code == 409, duplicate.text
+            second = asyncio.ensure_future(client.post(url, headers=headers, json=_call(11, "fx__slow",
+                                                                                       {"seconds": 2})))
+            await _stages_seen(kept, "decide", 2)
+            over = await client.post(url, headers=headers, json=_call(12, "fx__echo", {"text": "x"}))
+            assert over.status_code == 429, over.text
+            refused = [c[:3] for c in kept.calls]
+            assert refused == [("tools/call", "none", "refused")] * 2, refused
+            assert sum(1 for s in kept.stages if s[0] == "limit") == 4  # each request's fair-shares check
+            for done in (await first, await second):
+                assert _answer(done)["result"]["content"][0]["text"]
+            await _calls_done(kept, 4)
+            assert sorted(c[2] for c in kept.calls) == ["ok", "ok", "refused", "refused"]
+
+    asyncio.run(asyncio.wait_for(go(), 120))
+
+
+def test_an_unexpected_failure_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A handler that fails with something other than our errors is reported as outcome error, never ok."""
+    home = tmp_path / "home"
+    token = _home(home)
+    kept = Kept()
+
+    async def broken(*_: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setitem(HANDLERS, "tests/broken", broken)  # a method of the test's own, not a stand-in for ours
+
+    async def go() -> None:
+        async with _serving(home, kept) as url, httpx2.AsyncClient(timeout=30, headers={
+            "Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream",
+        }) as client:
+            headers = await _session(client, url)
+            kept.clear()
+            answer = await client.post(url, headers=headers, json={"jsonrpc": "2.0", "id": 1,
+                                                                   "method": "tests/broken"})
+            assert answer.status_code >= 500 or "error" in _answer(answer)
+            await _calls_done(kept, 1)
+            assert kept.calls[0][:3] == ("tests/broken", "none", "error")
 
     asyncio.run(asyncio.wait_for(go(), 120))
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from gateway import binding, naming, netguard
 from gateway.errors import BindingError, InvalidInput, ProtocolError
 from gateway.jsonrpc import validate_message
-from gateway.pipeline import merge_capabilities
+from gateway.methods import merge_capabilities
 from gateway.transport import default_allowed, host_allowed, origin_allowed
 from gateway.types import Identity
 from gateway.upstreams.stdio import child_env

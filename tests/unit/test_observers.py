@@ -17,9 +17,8 @@ from gateway.metrics import (
     check_metrics_mode,
     exposition,
     is_loopback,
-    method_label,
 )
-from gateway.observe import STAGES, Observers
+from gateway.observe import STAGES, Observers, mcp_methods, method_label
 
 MS = 1_000_000
 
@@ -99,15 +98,22 @@ def test_methods_outside_the_mcp_vocabulary_share_one_label() -> None:
     assert method_label("tools/call") == "tools/call" and method_label("x" * 500) == "other"
 
 
+def test_the_method_labels_are_the_methods_the_gateway_answers() -> None:
+    from gateway.methods import HANDLERS
+
+    assert mcp_methods() == {"initialize", *HANDLERS}
+    assert method_label("initialize") == "initialize" and method_label("tasks/get") == "other"
+
+
 class _Store:
     """The two store reads a scrape makes, as the store answers them (held calls, checkpoints, log sizes)."""
 
     def __init__(self, pending: int, checkpoint_at: str | None) -> None:
         self.pending, self.checkpoint_at = pending, checkpoint_at
 
-    def list_held_calls(self, tenant_id: str | None = None, status: str | None = None, limit: int = 100) -> list[int]:
+    def count_held_calls(self, tenant_id: str | None = None, status: str | None = None) -> int:
         assert tenant_id is None and status == "pending"
-        return list(range(min(self.pending, limit)))
+        return self.pending
 
     def evidence_sizes(self) -> dict[str, int]:
         return {"aeg/tenant/acme": 10}
