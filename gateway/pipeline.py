@@ -163,7 +163,7 @@ class Pipeline:
         try:
             info = self.store.find_token_nowait(digest)
         except WouldBlock:
-            info = await asyncio.to_thread(self.store.find_token, digest)
+            info = await self.store.find_token_async(digest)
         if info is None or not info.active:
             self.recorder.auth_failure("invalid-token" if info is None else "revoked-token")
             raise AuthError(
