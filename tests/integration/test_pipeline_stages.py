@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,12 +20,13 @@ import uvicorn
 
 from gateway import admin, policy_admin
 from gateway.config import Limits, ServeSettings
+from gateway.jsonrpc import HEADER_MISMATCH
 from gateway.methods import HANDLERS
 from gateway.observe import STAGES, Observer
 from gateway.secrets import load_master_key
 from gateway.server import build_gateway
 from gateway.store import open_store
-from gateway.types import UpstreamSpec
+from gateway.types import UpstreamLimits, UpstreamSpec
 from tests.procs import FIXTURE_SERVER, ROOT
 
 POLICY = """
@@ -63,6 +65,7 @@ class Kept(Observer):
     def clear(self) -> None:
         self.stages.clear()
         self.calls.clear()
+        self.upstream_errors.clear()
 
 
 def _home(home: Path) -> str:
@@ -287,3 +290,81 @@ def test_the_default_observer_is_cheap() -> None:
             NOTHING.stage("forward", t0, t0, "acme")
         best = min(best, (time.perf_counter_ns() - t0) / n)
     assert best < 1000, f"{best:.0f} ns per stage"
+
+
+MODERN = "2026-07-28"
+
+
+def _add_upstream(home: Path, name: str, command: list[str], env: dict[str, str], limits: UpstreamLimits) -> None:
+    store = open_store(home)
+    try:
+        admin.add_upstream(store, UpstreamSpec("acme", name, "stdio", command=tuple(command),
+                                               env={"PYTHONPATH": str(ROOT), **env}, cwd=str(ROOT),
+                                               created_at="now", limits=limits), None)
+    finally:
+        store.close()
+
+
+def test_a_header_mismatch_is_recorded_and_never_forwarded(tmp_path: Path) -> None:
+    """A 2026-07-28 tools/call whose Mcp-Param-Region disagrees with its argument: refused by the handler
+    itself, its decision record reported as the record stage (Pipeline.record_refusal), no forward."""
+    home = tmp_path / "home"
+    token = _home(home)
+    _add_upstream(home, "params", [sys.executable, "-m", "tests.servers.param_server"], {}, UpstreamLimits())
+    kept = Kept()
+
+    def body(i: int, region: str) -> dict[str, Any]:
+        call = _call(i, "params__route", {"region": region, "text": "t"})
+        call["params"]["_meta"] = {"io.modelcontextprotocol/protocolVersion": MODERN,
+                                   "io.modelcontextprotocol/clientCapabilities": {},
+                                   "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "0"}}
+        return call
+
+    async def go() -> None:
+        async with _serving(home, kept) as url, httpx2.AsyncClient(timeout=30, headers={
+            "Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream",
+            "MCP-Protocol-Version": MODERN, "Mcp-Method": "tools/call", "Mcp-Name": "params__route",
+        }) as client:
+            ok = await client.post(url, headers={"Mcp-Param-Region": "eu"}, json=body(1, "eu"))
+            assert _answer(ok)["result"]["content"][0]["text"] == "eu:t", ok.text  # the header mirrors: served
+            await _calls_done(kept, 1)
+            assert "forward" in [s[0] for s in kept.stages]
+
+            kept.clear()
+            refused = await client.post(url, headers={"Mcp-Param-Region": "us"}, json=body(2, "eu"))
+            assert refused.status_code == 400 and refused.json()["error"]["code"] == HEADER_MISMATCH, refused.text
+            await _calls_done(kept, 1)
+            assert [s[0] for s in kept.stages] == ["authenticate", "bind", "limit", "record"]
+            assert kept.stages[-1][3] == "acme"
+            _assert_in_order(kept.stages)
+            assert kept.calls[0][:3] == ("tools/call", "block", "refused") and kept.calls[0][5] == "acme"
+            assert kept.upstream_errors == []
+
+    asyncio.run(asyncio.wait_for(go(), 120))
+
+
+def test_a_fan_out_reports_the_upstream_that_fails_it(tmp_path: Path) -> None:
+    """logging/setLevel to two upstreams, one of which never answers it: the other keeps the level, the client
+    is answered, and the silent one is reported as an upstream timeout."""
+    home = tmp_path / "home"
+    token = _home(home)
+    for name, mode in (("calm", "ok"), ("mute", "hang")):
+        _add_upstream(home, name, FIXTURE_SERVER, {"FIXTURE_NAME": name, "FIXTURE_SET_LEVEL": mode},
+                      UpstreamLimits(call_timeout_s=1.0))
+    kept = Kept()
+
+    async def go() -> None:
+        async with _serving(home, kept) as url, httpx2.AsyncClient(timeout=30, headers={
+            "Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream",
+        }) as client:
+            headers = await _session(client, url)
+            kept.clear()
+            answer = _answer(await client.post(url, headers=headers, json={
+                "jsonrpc": "2.0", "id": 1, "method": "logging/setLevel", "params": {"level": "debug"}}))
+            assert answer["result"] == {}, answer
+            await _calls_done(kept, 1)
+            assert kept.calls[0][:3] == ("logging/setLevel", "none", "ok")
+            assert kept.upstream_errors == [("mute", "timeout", "acme")]
+            assert [s[0] for s in kept.stages] == ["authenticate", "bind", "limit"]  # a fan-out: no call stages
+
+    asyncio.run(asyncio.wait_for(go(), 120))

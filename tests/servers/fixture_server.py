@@ -16,7 +16,7 @@ import sys
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
-from mcp_types import SamplingMessage, TextContent, ToolAnnotations
+from mcp_types import EmptyResult, SamplingMessage, SetLevelRequestParams, TextContent, ToolAnnotations
 from pydantic import BaseModel
 
 NAME = os.environ.get("FIXTURE_NAME", "fixture")
@@ -158,6 +158,21 @@ def other() -> str:
 def greet(name: str) -> str:
     """A greeting prompt."""
     return f"Hello {name} from {NAME}"
+
+
+SET_LEVEL = os.environ.get("FIXTURE_SET_LEVEL", "")
+"""`ok` or `hang`: serve `logging/setLevel` (and so advertise logging), answering at once or never (a fan-out's
+failing upstream, for tests); unset, the server has no logging capability."""
+
+
+async def _set_level(ctx: object, params: SetLevelRequestParams) -> EmptyResult:
+    if SET_LEVEL == "hang":
+        await asyncio.Event().wait()
+    return EmptyResult()
+
+
+if SET_LEVEL in ("ok", "hang"):
+    server._lowlevel_server.add_request_handler("logging/setLevel", SetLevelRequestParams, _set_level)
 
 
 class RecordHeaders:
