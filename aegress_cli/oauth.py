@@ -152,11 +152,11 @@ def clients_revoke(client_id: Annotated[str, typer.Argument(help="Client id (see
     from gateway.oauth import admin
 
     confirm(f"Revoke OAuth client {client_id!r} and all its grants?", yes)
-    client = admin.revoke_client(store(), client_id, now())
+    client, changed = admin.revoke_client(store(), client_id, now())
     if json_out:
-        print_json(admin.client_view(client))
+        print_json({**admin.client_view(client), "changed": changed})
     else:
-        print(f"Revoked OAuth client {client_id}.")
+        print(f"Revoked OAuth client {client_id}." if changed else f"OAuth client {client_id} was revoked already.")
 
 
 @grants_app.command("list")

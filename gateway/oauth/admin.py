@@ -183,10 +183,14 @@ def revoke_grant(store: Store, grant_id: str, now: str, by: str | None = None, r
     return done
 
 
-def revoke_client(store: Store, client_id: str, now: str, by: str | None = None) -> OAuthClient:
-    """Revoke a client and all its grants (recorded in the deployment's security log and each grant's tenant's)."""
-    if store.get_oauth_client(client_id) is None:
+def revoke_client(store: Store, client_id: str, now: str, by: str | None = None) -> tuple[OAuthClient, bool]:
+    """Revoke a client and all its grants (recorded in the deployment's security log and each grant's tenant's):
+    (the client, whether this call revoked it). A client revoked already changes nothing, so nothing is sealed."""
+    existing = store.get_oauth_client(client_id)
+    if existing is None:
         raise NotFound(f"No OAuth client {client_id!r}.", hint="List them with `aegress oauth clients list`.")
+    if existing.revoked_at is not None:
+        return existing, False
     active = [g for g in store.list_oauth_grants(client_id=client_id) if g.active]
     with sealed_change(store) as change:
         client = store.revoke_oauth_client(client_id, now)
@@ -195,7 +199,7 @@ def revoke_client(store: Store, client_id: str, now: str, by: str | None = None)
         for grant in active:
             change.operator_change(grant.tenant_id, "oauth_grant_revoked", grant.id, by or operator_name(),
                                    subject_actor=grant.actor_id)
-    return client
+    return client, True
 
 
 def set_password(store: Store, tenant_id: str, actor_id: str, password: str, now: str, by: str | None = None) -> None:

@@ -402,8 +402,14 @@ def test_registration_rules_and_confidential_clients(world: World) -> None:
                              "redirect_uri": CB}, timeout=30)
     assert good.status_code == 200, good.text
     # revoking the client ends its grants
-    aegress(world.gw.home, "oauth", "clients", "revoke", confidential["client_id"], "--yes")
+    first = aegress(world.gw.home, "oauth", "clients", "revoke", confidential["client_id"], "--yes")
+    assert first.stdout.strip() == f"Revoked OAuth client {confidential['client_id']}."
     assert mcp_status(world, good.json()["access_token"]) == 401
+    # revoking twice says so, and changes (and seals) nothing
+    again = aegress_json(world.gw.home, "oauth", "clients", "revoke", confidential["client_id"], "--yes")
+    assert again["changed"] is False and again["revoked_at"], again
+    twice = aegress(world.gw.home, "oauth", "clients", "revoke", confidential["client_id"], "--yes")
+    assert twice.stdout.strip() == f"OAuth client {confidential['client_id']} was revoked already."
 
 
 def test_client_setup_and_doctor_in_oauth_mode(world: World, tmp_path: Path) -> None:
