@@ -130,6 +130,7 @@ class Pipeline:
         self._policies_polled = float("-inf")
         self._refreshing = asyncio.Lock()  # one decider refresh at a time (a poll and a signal may meet)
         self._tasks: set[asyncio.Future[None]] = set()
+        self._sealing = 0  # sealed calls between their intent and their end: 1 means a lone call
         self.bus.subscribe(signals.POLICY_CHANGED, self._policy_changed)
         self.bus.on_reconnect(self._policy_changed_all)
 
@@ -411,7 +412,7 @@ class Pipeline:
         entry = call_entry(self.recorder.origin(tenant), self.recorder.tenant_key(tenant), facts, kind="intent",
                            verdict=verdict)
         try:
-            sealed = await _within(self.recorder.append(entry), INTENT_WAIT_S)
+            sealed = await _within(self.recorder.append(entry, alone=self._sealing == 1), INTENT_WAIT_S)
         except TimeoutError:
             raise StoreUnavailable(
                 f"The evidence store did not take the call's intent within {INTENT_WAIT_S:g} s; nothing was "
@@ -576,6 +577,7 @@ class Pipeline:
         t3 = _now_ns()
         t4 = t5 = 0
         up_started = 0.0
+        self._sealing += call.sealed
         try:
             if call.sealed:  # durable before anything leaves: StoreUnavailable (503) otherwise
                 facts, intent = await self.record_intent(session, call.method, call.target, up, call.tool,
@@ -631,6 +633,7 @@ class Pipeline:
             ticket.outcome = "error"
             raise
         finally:
+            self._sealing -= call.sealed
             if not recorded:
                 self.record_outcome_nowait(facts, intent, status, call.started, up_started, code)
             end = _now_ns()

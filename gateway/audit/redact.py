@@ -69,9 +69,29 @@ _DETECTORS: Final = [
     re.compile(r"(?i)\b(?:password|passwd|pwd|secret|token|api[_-]?key)\s*[=:]\s*[^\s&,;\"']+"),
     re.compile(r"(?i)(?<=://)[^/\s:@]+:[^/\s@]+(?=@)"),  # user:password@ in URLs
 ]
+_NEEDLES: Final[tuple[tuple[tuple[str, ...], bool], ...]] = (
+    (("-----BEGIN ",), False),
+    (("-----BEGIN ",), False),
+    (("bearer", "basic", "token"), True),
+    (("eyJ",), False),
+    (("AKIA", "ASIA", "AGPA", "AIDA", "AROA", "ANPA", "ANVA", "AIPA"), False),
+    (("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"), False),
+    (("xox",), False),
+    (("aeg_",), False),
+    (("sk-",), False),
+    (("AIza",), False),
+    (("=", ":"), False),
+    (("://",), False),
+)
+_GATED: Final = tuple((pattern, needles, folded)
+                      for pattern, (needles, folded) in zip(_DETECTORS, _NEEDLES, strict=True))
+"""Per detector, substrings one of which every match contains (True: of the lowercased text, and only for
+ASCII text: case-insensitive matching also folds a few non-ASCII letters). A detector runs only when one is
+there, so short and ordinary text skips the regex calls; what the detectors redact is exactly the same."""
 MIN_SECRET_CHARS: Final = 6
 """Injected values shorter than this are not scrubbed: they would blank out ordinary words."""
-_CANDIDATE: Final = re.compile(r"[A-Za-z0-9+/=_.~-]{24,}")
+_CANDIDATE_CHARS: Final = 24
+_CANDIDATE: Final = re.compile(rf"[A-Za-z0-9+/=_.~-]{{{_CANDIDATE_CHARS},}}")
 _OWN_DIGEST: Final = re.compile(r"(?:sha256|hmac-sha256):[0-9a-f]{64}")
 
 
@@ -136,8 +156,19 @@ def scrub(text: str, secrets: Sequence[str]) -> str:
 def redact_text(text: str, *, limit: int | None = None, secrets: Sequence[str] = ()) -> str:
     """Replace recognisable secrets in free text (log lines, error messages); optionally truncate."""
     text = scrub(text, secrets)
-    for pattern in _DETECTORS:
-        text = pattern.sub(REDACTED, text)
+    for pattern, needles, folded in _GATED:
+        haystack = text
+        if folded:
+            if not text.isascii():
+                text = pattern.sub(REDACTED, text)
+                continue
+            haystack = text.lower()
+        for needle in needles:
+            if needle in haystack:
+                text = pattern.sub(REDACTED, text)
+                break
+    if len(text) < _CANDIDATE_CHARS:  # neither a random-looking candidate nor a digest to protect fits
+        return text if limit is None else truncate(text, limit)
     protected = {m.span() for m in _OWN_DIGEST.finditer(text)}
 
     def _maybe(match: re.Match[str]) -> str:

@@ -56,7 +56,7 @@ class Evidence:
             before_commit=self._before_commit if settings.crash_point == "during-outcome" else None,
             on_commit=self._committed, on_orphan=self._not_forwarded,
             max_held=settings.max_held, max_held_bytes=settings.max_held_bytes,
-            defer_s=settings.outcome_defer_s, observer=observer,
+            defer_s=settings.outcome_defer_s, inline=settings.inline_commit, observer=observer,
         )
         self.checkpointer = Checkpointer(store, self.key, settings)
         self.auth = AuthFailures()
@@ -100,10 +100,11 @@ class Evidence:
         return None
 
     # appending
-    def append(self, entry: Entry) -> asyncio.Future[Sealed]:
+    def append(self, entry: Entry, *, alone: bool = False) -> asyncio.Future[Sealed]:
         """Durably commit one record (group commit): await it; it raises StoreUnavailable if the store cannot
-        take an intent. A plain future (no task), so a bounded wait on it costs nothing extra."""
-        return self.writer.submit_async(entry)
+        take an intent. A plain future (no task), so a bounded wait on it costs nothing extra. `alone`: no
+        other call is in flight, so an idle writer's commit may run right here (`EvidenceWriter.submit_async`)."""
+        return self.writer.submit_async(entry, alone=alone)
 
     def defer(self, build: Callable[[], Entry]) -> None:
         """An answered call's outcome: built off the event loop and committed with the next intent, or within
@@ -212,7 +213,7 @@ class NoEvidence:
     def unready_reason(self) -> str | None:
         return None
 
-    async def append(self, entry: Entry) -> None:
+    async def append(self, entry: Entry, *, alone: bool = False) -> None:
         return None
 
     def defer(self, build: Callable[[], Entry]) -> None:

@@ -39,6 +39,7 @@ class EvidenceSettings:
     crash_point: str | None = None
     await_outcome: bool = False
     outcome_defer_s: float = 0.01
+    inline_commit: bool = True
     max_held: int = MAX_HELD_RECORDS
     max_held_bytes: int = MAX_HELD_BYTES
 
@@ -64,6 +65,7 @@ class EvidenceSettings:
             crash_point=e.get(CRASH_ENV) or None,
             await_outcome=e.get("AEGRESS_AUDIT_AWAIT_OUTCOME", "off").lower() in ("on", "1", "true"),
             outcome_defer_s=max(0.0, num("AEGRESS_AUDIT_OUTCOME_DEFER_MS", 10.0) / 1000),
+            inline_commit=e.get("AEGRESS_AUDIT_INLINE_COMMIT", "on").lower() not in ("off", "0", "false"),
             max_held=max(1, int(num("AEGRESS_AUDIT_MAX_HELD", MAX_HELD_RECORDS))),
             max_held_bytes=max(1, int(num("AEGRESS_AUDIT_MAX_HELD_MB", MAX_HELD_BYTES / 2**20) * 2**20)),
         )

@@ -448,6 +448,13 @@ class Store(Protocol):
     def append_evidence(self, entries: Sequence[Entry], before_commit: BeforeCommit | None = None) -> list[Sealed]:
         """Seal and insert a batch in ONE transaction (group commit), by `extend_logs`."""
         ...
+    inline_commits: bool
+    """True when `append_evidence_nowait` can commit on the event loop (SQLite: a local file); the evidence
+    writer then commits a lone call's intent there instead of handing it to its thread and back."""
+    def append_evidence_nowait(self, entries: Sequence[Entry],
+                               before_commit: BeforeCommit | None = None) -> list[Sealed]:
+        """`append_evidence` without waiting for another writer's lock; WouldBlock when it would wait."""
+        raise WouldBlock
     def sealed(self) -> AbstractContextManager[list[Entry]]:
         """An operator change and its evidence entries (appended to the yielded list) in ONE transaction:
         store writes made on this thread inside the block commit together with the sealed records, or

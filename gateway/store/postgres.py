@@ -349,6 +349,13 @@ class PostgresStore(SQLStore):
             log.info("database migrated to version %d", done[-1])
         return done
 
+    inline_commits = False
+    """Every statement is a network round trip: evidence commits stay on the writer's thread."""
+
+    def append_evidence_nowait(self, entries: Sequence[Entry],
+                               before_commit: BeforeCommit | None = None) -> list[Sealed]:
+        raise WouldBlock
+
     # -- tokens ------------------------------------------------------------------------------
     def find_token_nowait(self, token_hash: str) -> TokenInfo | None:
         """The interface's default: a lookup is a network round trip, so the caller uses a thread."""

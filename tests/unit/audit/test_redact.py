@@ -151,3 +151,50 @@ def test_a_secret_cut_by_the_clip_does_not_leak(secret: str, sensitive: str) -> 
         assert preview.endswith("…\"}") and filler in preview
         shown = preview.rpartition(",")[2]
         assert not any(sensitive[k:k + 3] in shown for k in range(len(sensitive) - 2)), (at, shown)
+
+
+def _ungated(text: str) -> str:
+    """The detectors as they were before their needles: every one runs on every text."""
+    from gateway.audit import redact
+
+    for pattern in redact._DETECTORS:
+        text = pattern.sub(REDACTED, text)
+    protected = {m.span() for m in redact._OWN_DIGEST.finditer(text)}
+    return redact._CANDIDATE.sub(
+        lambda m: m.group() if m.span() in protected or not redact._looks_random(m.group()) else REDACTED, text)
+
+
+_PIECES = ["-----BEGIN ", "RSA PRIVATE KEY-----", "-----END ", "CERTIFICATE-----", "bearer", "BaSiC", "toKen",
+           "to\u212aen", "ba\u017fic", "bas\u0131c", "TOKEN", "eyJ", "AKIA", "ASIA", "ghp_", "github_pat_", "xox",
+           "b-", "p-", "a-", "aeg_", "sk-", "AIza", "password", "pwd", "api-key", "ApI_KeY", "secret", "=", ":", " = ", "://",
+           "@", "user", ":pw", "\u00e9", " ", "\n", "\"", ",", "&", "abcdefghijklmnop", "ABCDEFGHIJKLMNOP",
+           "0123456789", "Zx9Qw2Lk8Mn4Rt6Yp1", "sha256:", "a" * 64, "_", ".", "/", "~", "+"]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=24))
+def test_needles_never_change_what_is_redacted(pieces: list[str]) -> None:
+    """Each detector runs only when one of its needles is in the text (the fast path for ordinary text):
+    the result is always what running every detector gives, case-folded letters (U+212A, U+017F, U+0131)
+    included."""
+    text = "".join(pieces)
+    assert redact_text(text) == _ungated(text)
+
+
+_EVERY_ALTERNATIVE = [
+    "ba\u017fic abcdefghij0123", "to\u212aen abcdefghij0123", "bas\u0131c abcdefghij0123", "BEARER abcdefghij0123",
+    "PaSsWoRd=hunter22", "pwd: hunter22", "Api_Key=x1", "secret : s3", "https://alice:pw0rd@example.com/x",
+    "-----BEGIN EC PRIVATE KEY-----\nMHcC\n-----END EC PRIVATE KEY-----", "-----BEGIN CERTIFICATE-----\nMIIB",
+    "eyJhbGciOi.eyJzdWIiOi.sig", *(f"{p}ABCDEFGHIJKLMNOP" for p in
+                                   ("AKIA", "ASIA", "AGPA", "AIDA", "AROA", "ANPA", "ANVA", "AIPA")),
+    *(f"{p}_abcdefghijklmnopqrstuvwxyz" for p in ("ghp", "gho", "ghu", "ghs", "ghr", "github_pat")),
+    *(f"xox{c}-abcdefghij12" for c in "abposr"), "aeg_abcdefgh12", "sk-abcdefghijklmnop12",
+    "AIza" + "b" * 30, "x Zx9Qw2Lk8Mn4Rt6Yp1Ab3Cd5Ef7 y",
+]
+
+
+@pytest.mark.parametrize("text", _EVERY_ALTERNATIVE)
+def test_every_detector_alternative_is_redacted(text: str) -> None:
+    """One text per alternative each detector's regex has (and case-folded letters): redacted, as ungated."""
+    assert REDACTED in redact_text(text)
+    assert redact_text(text) == _ungated(text)
