@@ -113,9 +113,19 @@ def digest_value(tenant_key: bytes, value: JsonValue) -> str:
 _SECRET_KEY: Final = re.compile("|".join(map(re.escape, SECRET_KEY_PARTS)))
 
 
+_SECRET_KEY_SEEN: dict[str, bool] = {}
+_SECRET_KEY_SEEN_MAX: Final = 4096
+
+
 def is_secret_key(name: str) -> bool:
-    """True when a field name suggests a secret (substring, case-insensitive)."""
-    return _SECRET_KEY.search(name.lower()) is not None
+    """True when a field name suggests a secret (substring, case-insensitive). Field names repeat from call
+    to call, so answers are remembered (a bounded table, emptied when full)."""
+    known = _SECRET_KEY_SEEN.get(name)
+    if known is None:
+        if len(_SECRET_KEY_SEEN) >= _SECRET_KEY_SEEN_MAX:
+            _SECRET_KEY_SEEN.clear()
+        known = _SECRET_KEY_SEEN[name] = _SECRET_KEY.search(name.lower()) is not None
+    return known
 
 
 def _entropy(text: str) -> float:
@@ -256,7 +266,9 @@ def _preview_walk(value: JsonValue, secrets: Sequence[str], budget: _Budget, dep
         budget.output += 2
         keyed = {(scrub(str(k), secrets) if secrets else k): (k, v) for k, v in value.items()}
         out: dict[str, JsonValue] = {}
-        for key in heapq.nsmallest(_MAX_PREVIEW_KEYS, keyed, key=str):  # json.dumps sorts them too
+        order = sorted(keyed, key=str) if len(keyed) <= _MAX_PREVIEW_KEYS else heapq.nsmallest(
+            _MAX_PREVIEW_KEYS, keyed, key=str)  # json.dumps sorts them too
+        for key in order:
             if budget.spent():
                 break
             budget.output += len(str(key)) + 4

@@ -168,3 +168,4 @@ def test_a_failed_inline_commit_hands_over_and_the_intent_is_refused_if_the_stor
     assert not at_once and sealed.record.seq == 1  # inline commits are paused after the failure
     writer.close()
     assert verify_log(faulty.store.evidence_records(ORIGIN), origin=ORIGIN).ok
+
