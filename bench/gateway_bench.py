@@ -11,7 +11,10 @@ interleaved, so machine noise hits all alike:
     the peer venv, else the main thread is the loop and the busiest other thread is taken for the writer)
   - RSS idle and after the load
   - one durable commit (SQLite WAL, synchronous=FULL, insert + commit, median of 200) on the data
-    dir's filesystem: with the bare hop, the floor issue 10's latency target is set against
+    dir's filesystem: with the bare hop, the floor issue 10's latency target is set against; for information
+    the same commit after 2 ms idle each (as calls at 1 in flight: on this kind of VM a paced fsync takes
+    several times as long), and the mean time of the gateway's own evidence commits during the 1-in-flight
+    rounds (from its /metrics: an intent and the outcomes built meanwhile, several tables, one fsync)
 Then issue 10's targets, pass or fail each, and a table after the JSON.
 
 With --peers the same rounds also measure (from a venv the bench makes, see bench/peers/launch.py):
@@ -63,6 +66,8 @@ from tests.procs import (  # noqa: E402
     setup_tenant,
 )
 
+PACED_GAP_S = 0.002
+"""Idle time before each commit of the paced durable-commit measurement: about one direct call."""
 GATEWAY_TARGETS = {"gateway_http_upstream": "http", "gateway_stdio_upstream": "stdio"}
 
 
@@ -157,8 +162,10 @@ class Target:
     cpu: dict = field(default_factory=dict)  # inflight -> {"hop_s", "upstream_s", "calls", "threads": {tid: s}}
 
 
-def durable_commit_ms(directory: Path, n: int = 200) -> float:
-    """Median wall time of one small SQLite insert + commit, WAL with synchronous=FULL (one fsync'd commit)."""
+def durable_commit_ms(directory: Path, n: int = 200, gap_s: float = 0.0) -> float:
+    """Median wall time of one small SQLite insert + commit, WAL with synchronous=FULL (one fsync'd commit).
+    `gap_s`: idle time before each commit, as between calls at 1 in flight (on this kind of VM an fsync after
+    a couple of idle milliseconds takes several times as long as one in a tight loop)."""
     db = sqlite3.connect(directory / "commit.sqlite", isolation_level=None)
     try:
         db.execute("PRAGMA journal_mode=WAL")
@@ -167,6 +174,8 @@ def durable_commit_ms(directory: Path, n: int = 200) -> float:
         body = os.urandom(600)  # about one evidence record
         times = []
         for i in range(n + 20):
+            if gap_s:
+                time.sleep(gap_s)
             t = time.perf_counter()
             db.execute("BEGIN")
             db.execute("INSERT INTO t (body) VALUES (?)", (body,))
@@ -193,9 +202,14 @@ async def measure(targets: dict[str, Target], calls: int, rounds: int, gateway_p
         if t.hop_pids():
             out["rss_mb"][name] = {"idle": round(sum(rss_mb(p) for p in t.hop_pids()), 1)}
     lat: dict[str, list[float]] = {n: [] for n in targets}
+    gateway = targets["gateway_http_upstream"].url.rsplit("/mcp", 1)[0]
+    commits_before = await evidence_commits(gateway)
     for _ in range(min(calls, 1000)):
         for name, c in clients.items():
             lat[name].append(await c.call(targets[name].tool))
+    commits_after = await evidence_commits(gateway)
+    done = commits_after[1] - commits_before[1]
+    out["gateway_commit_c1_ms"] = round((commits_after[0] - commits_before[0]) * 1000 / done, 3) if done else None
     for name, values in lat.items():
         out["latency_c1_ms"][name] = {"p50": round(pct(values, 50) * 1000, 3), "p99": round(pct(values, 99) * 1000, 3)}
     for inflight in (16, 64):
@@ -220,6 +234,14 @@ async def measure(targets: dict[str, Target], calls: int, rounds: int, gateway_p
     for name in out["rss_mb"]:
         out["rss_mb"][name]["after_load"] = round(sum(rss_mb(p) for p in targets[name].hop_pids()), 1)
     return out, clients
+
+
+async def evidence_commits(gateway: str) -> tuple[float, int]:
+    """The gateway's evidence commits so far (seconds spent, how many), from its /metrics (loopback mode)."""
+    async with httpx2.AsyncClient(timeout=10) as http:
+        text = (await http.get(f"{gateway}/metrics")).text
+    found = dict(re.findall(r"^aegress_evidence_append_duration_seconds_(sum|count) ([0-9.e+]+)$", text, re.M))
+    return float(found.get("sum", 0.0)), int(float(found.get("count", 0)))
 
 
 def thread_role(tid: int, pid: int, names: dict[int, str]) -> str:
@@ -281,6 +303,12 @@ def check_targets(results: dict) -> list[dict]:
             bound = round(added["bare_hop"] + commit + 0.5, 3)
             rows.append({"target": f"{name}: added p50 <= bare hop + one durable commit + 0.5 ms", "value": a,
                          "limit": bound, "pass": a <= bound})
+        paced = results.get("durable_commit_paced_ms")
+        if "bare_hop" in added and paced is not None:  # for information: a commit paced like calls at 1 in flight
+            bound = round(added["bare_hop"] + paced + 0.5, 3)
+            rows.append({"target": f"{name}: (information) added p50 <= bare hop + one durable commit paced "
+                         f"{PACED_GAP_S * 1000:g} ms apart + 0.5 ms", "value": a, "limit": bound, "pass": a <= bound,
+                         "information": True})
         floor = 0.8 if kind == "stdio" else 0.7
         for inflight in ("16", "64"):
             r = results["throughput_ratio"][inflight][name]
@@ -375,7 +403,7 @@ def run_processes(args: argparse.Namespace, home: Path, venv: Path | None, pyspy
         add_stdio_fixture(home, "bench", "stdio")
         # one actor on one address drives up to 64 calls at once: lift the fair-share caps, not measured here
         caps = ["--max-calls-per-actor", "256", "--max-calls-per-tenant", "256",
-                "--max-connections-per-address", "1000"]
+                "--max-connections-per-address", "1000", "--metrics", "loopback"]
         with (
             run_gateway(home, *caps, *(["--no-evidence"] if args.audit == "off" else [])) as gw,
             peers(args.peers, venv, up_url) as peer_procs,
@@ -393,9 +421,11 @@ def run_processes(args: argparse.Namespace, home: Path, venv: Path | None, pyspy
                 targets[name] = Target(url, {}, "echo", hop, upstream or up_pids)
             commit_dir = Path(tempfile.mkdtemp(prefix="commit-", dir=home.parent))  # the data dir's filesystem
             commit_ms = durable_commit_ms(commit_dir)
+            paced_ms = durable_commit_ms(commit_dir, gap_s=PACED_GAP_S)
             results, profile = asyncio.run(run_all(targets, args, gw_pid, pyspy))
             names = profiling_names(pyspy, gw_pid)
     results["durable_commit_ms"] = commit_ms
+    results["durable_commit_paced_ms"] = paced_ms
     results["cpu_ms_per_call"], results["gateway_cpu_ms_per_call_by_thread"] = cpu_report(targets, gw_pid, names)
     d = results["latency_c1_ms"]["direct"]["p50"]
     results["added_p50_ms"] = {k: round(v["p50"] - d, 3) for k, v in results["latency_c1_ms"].items() if k != "direct"}
@@ -459,6 +489,11 @@ def print_table(r: dict) -> None:
               f"{_fmt(rss.get('idle'), '.0f'):>8}/{_fmt(rss.get('after_load'), '.0f'):<8}")
     print(f"direct throughput: {direct[0]:.0f} calls/s at 16 in flight, {direct[1]:.0f} at 64; "
           f"one durable commit (WAL, synchronous=FULL): {r['durable_commit_ms']:.3f} ms p50")
+    print(f"one durable commit {PACED_GAP_S * 1000:g} ms after the last (as calls at 1 in flight): "
+          f"{r['durable_commit_paced_ms']:.3f} ms p50")
+    if r.get("gateway_commit_c1_ms") is not None:
+        print(f"the gateway's own evidence commits during the 1-in-flight rounds: {r['gateway_commit_c1_ms']:.3f} ms "
+              "mean (from its /metrics: an intent with the outcomes built meanwhile, on its loop or writer thread)")
     split = r["gateway_cpu_ms_per_call_by_thread"]
     for name in GATEWAY_TARGETS:
         for inflight, roles in split.get(name, {}).items():
@@ -473,6 +508,8 @@ def print_table(r: dict) -> None:
     print("\nissue 10 targets:")
     for row in r["targets"]:
         verdict = "PASS" if row["pass"] else ("pass on the noisy-run bound only" if row.get("pass_noisy") else "FAIL")
+        if row.get("information"):
+            verdict = "within (information)" if row["pass"] else "over (information)"
         print(f"  {verdict:33} {row['target']}: {row['value']} (limit {row['limit']})")
 
 
