@@ -231,8 +231,8 @@ def key_rotate(json_out: JsonOpt = False) -> None:
     if json_out:
         print_json({"active": ring.active.kid, "keys": [k.kid for k in ring.keys]})
     else:
-        print(f"Active signing key: {ring.active.kid} ({len(ring.keys)} published). Running gateways pick it up "
-              "when they first see a token signed with it; restart them to sign with it.")
+        print(f"Active signing key: {ring.active.kid} ({len(ring.keys)} published). A running gateway on this data "
+              "dir signs with it within a second; copy secrets/oauth-signing-keys.json to other replicas.")
 
 
 @key_app.command("retire")
@@ -246,4 +246,5 @@ def key_retire(yes: YesOpt = False, json_out: JsonOpt = False) -> None:
     if json_out:
         print_json({"active": ring.active.kid, "keys": [k.kid for k in ring.keys]})
     else:
-        print(f"Only {ring.active.kid} is published now.")
+        print(f"Only {ring.active.kid} is published now; a running gateway on this data dir refuses tokens signed "
+              "by the others within a second (copy the file to other replicas).")

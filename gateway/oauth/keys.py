@@ -74,6 +74,15 @@ def _dump(ring: Keyring) -> bytes:
     return json.dumps({"active": ring.active.kid, "keys": keys}, indent=2).encode()
 
 
+def stamp(home: Path) -> tuple[int, int, int] | None:
+    """What changes when `rotate` or `retire` rewrites the key file (mtime, size, inode); None without one."""
+    try:
+        st = (home / FILE).stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
 def load(home: Path, now: str, *, create: bool = True) -> Keyring:
     """The keyring from its file, created (one new key) when missing and `create`."""
     path = home / FILE

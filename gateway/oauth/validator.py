@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import AuthError, InsufficientScope
+from gateway.errors import AuthError, ConfigError, InsufficientScope
 from gateway.oauth import keys as signing
 from gateway.oauth.claims import ASYMMETRIC, MAX_TOKEN_BYTES, alg_fits_key, audiences_of, map_claims, scopes_of
 from gateway.oauth.jwks import JwksCache
@@ -36,6 +37,11 @@ from gateway.store.base import Store, TrustedIssuer
 from gateway.types import Identity
 
 LEEWAY_S = 30
+log = logging.getLogger("aegress.oauth")
+
+KEYS_CHECK_S = 1.0
+"""How often the embedded server's signing-key file is looked at (one stat): `aegress oauth key rotate` and
+`retire` take effect in a running gateway within this, without a restart."""
 TRUST_POLL_S = 1.0
 """Issuer trust and tenants are read again at most this often: a new or removed trust entry applies within it."""
 _TOKEN_TYPES = (None, "JWT", "at+jwt", "application/at+jwt")
@@ -58,11 +64,35 @@ class OAuthValidator:
         self.store = store
         self.settings = settings
         self.home = home
-        self.keyring = keyring
+        self._keyring = keyring
+        self._keys_stamp = signing.stamp(home)
+        self._keys_checked = time.monotonic()
         self.jwks = jwks or JwksCache(min_refresh_s=settings.jwks_min_refresh_s, max_age_s=settings.jwks_max_age_s)
         self._trust = Trust()
         self._polling: asyncio.Future[Trust] | None = None
         self._keys_reloaded = float("-inf")
+
+    # -- the embedded server's signing keys ------------------------------------------------------------
+    @property
+    def keyring(self) -> signing.Keyring:
+        """The signing keys as their file holds them now (looked at every KEYS_CHECK_S): after `aegress oauth
+        key rotate` new tokens are signed with the new key and JWKS publishes both; after `retire` a token
+        signed by a retired key is refused, so a leaked key is cut off without a restart."""
+        if time.monotonic() - self._keys_checked >= KEYS_CHECK_S:
+            self._reload_keys()
+        return self._keyring
+
+    def _reload_keys(self) -> None:
+        self._keys_checked = time.monotonic()
+        stamp = signing.stamp(self.home)
+        if stamp == self._keys_stamp:
+            return
+        self._keys_stamp = stamp  # a broken file is reported once, not every second
+        try:
+            self._keyring = signing.load(self.home, "", create=False)
+        except ConfigError as exc:
+            log.error("the OAuth signing keys could not be re-read (%s); the keys loaded before stay in use",
+                      exc.message)
 
     # -- what the store says --------------------------------------------------------------------------
     async def trust(self) -> Trust:
@@ -192,9 +222,9 @@ class OAuthValidator:
                                refuse: Callable[..., AuthError]) -> dict[str, Any]:
         key = self.keyring.get(kid or "")
         if key is None and time.monotonic() - self._keys_reloaded >= self.settings.jwks_min_refresh_s:
-            self._keys_reloaded = time.monotonic()  # rotated by `aegress oauth key rotate` since start-up
-            self.keyring = await asyncio.to_thread(signing.load, self.home, "", create=False)
-            key = self.keyring.get(kid or "")
+            self._keys_reloaded = time.monotonic()  # rotated since the last look: look now, not in a second
+            self._reload_keys()
+            key = self._keyring.get(kid or "")
         if key is None or alg != signing.ALG:
             raise refuse("The access token's signing key is unknown.")
         return self._decode(token, key.private_key.public_key(), alg, self.settings.issuer, refuse, leeway=0)

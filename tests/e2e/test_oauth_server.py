@@ -432,3 +432,51 @@ def test_client_setup_and_doctor_in_oauth_mode(world: World, tmp_path: Path) -> 
     assert "Add custom connector" in desktop.stdout and not (user / ".config" / "Claude").exists()
     missing = aegress(world.gw.home, "client", "setup", "cursor", "-t", "nope", "--auth", "oauth", check=False, **env)
     assert missing.returncode == 1 and "No tenant 'nope'" in missing.stderr
+
+
+# -- signing keys ------------------------------------------------------------------------------------------
+def _kid(jwt_text: str) -> str:
+    header = jwt_text.split(".")[0]
+    return str(json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))["kid"])
+
+
+def _published(world: World) -> list[str]:
+    r = httpx2.get(world.base + "/oauth/jwks", timeout=30)
+    assert r.status_code == 200, r.text
+    return sorted(k["kid"] for k in r.json()["keys"])
+
+
+def _within(seconds: float, check: Any) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"not within {seconds} s"
+        time.sleep(0.1)
+
+
+def test_key_rotation_and_retirement_take_effect_without_a_restart(tmp_path: Path) -> None:
+    """`aegress oauth key rotate` on a running gateway: within seconds it publishes both keys and signs new
+    tokens with the new one, and tokens signed before still work; `retire`: within seconds a token signed by
+    the retired key is refused (401), while the new key's tokens work. No restart in between."""
+    home = tmp_path / "home"
+    aegress(home, "tenant", "create", "acme")
+    allow_all(home, "acme")
+    add_stdio_fixture(home, "acme", "files")
+    aegress(home, "actor", "add", "-t", "acme", "alice", "--password", input=PASSWORD + "\n")
+    with run_gateway(home, "--tenant-paths", env={"MCP_AUTH_MODE": "oauth"}) as gw:
+        world = World(gw, None)  # type: ignore[arg-type]  # no identity provider needed here
+        _, before = fresh_tokens(world)
+        old = _kid(before["access_token"])
+        assert _published(world) == [old] and mcp_status(world, before["access_token"]) == 200
+
+        rotated = aegress_json(home, "oauth", "key", "rotate", "--json")
+        new = rotated["active"]
+        assert new != old and sorted(rotated["keys"]) == sorted([old, new])
+        _within(10, lambda: _published(world) == sorted([old, new]))
+        _, after = fresh_tokens(world)
+        assert _kid(after["access_token"]) == new  # signed with the new key, no restart
+        assert mcp_status(world, before["access_token"]) == 200  # the old key still verifies until retired
+
+        aegress(home, "oauth", "key", "retire", "--yes")
+        _within(10, lambda: mcp_status(world, before["access_token"]) == 401)
+        assert mcp_status(world, after["access_token"]) == 200
+        assert _published(world) == [new]
