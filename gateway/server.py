@@ -203,7 +203,7 @@ def build_gateway(home: Path, settings: ServeSettings, *, database_url: str | No
             await endpoint.close()
             await runtime.close()
             await asyncio.to_thread(recorder.close)
-            if tracing is not None:  # the spans still batched go out (bounded by OTEL_BSP_EXPORT_TIMEOUT)
+            if tracing is not None:  # the spans still batched go out (for at most tracing.SHUTDOWN_FLUSH_S)
                 await asyncio.to_thread(tracing.shutdown)
             store.close()
             lock.release()

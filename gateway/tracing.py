@@ -23,8 +23,9 @@ from __future__ import annotations
 import collections
 import contextvars
 import logging
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import ConfigError
@@ -85,14 +86,20 @@ class _Pending:
             self.orphans.append((self.stages, self.errors, self.tenant))
 
 
+SHUTDOWN_FLUSH_S = 2.0
+"""At shutdown, how long the spans still batched may take to reach the collector."""
+
+
 class TracingObserver(Observer):
     """Buffers a request's stages, then exports its spans through `provider` at `call_done`."""
 
-    def __init__(self, provider: TracerProvider, *, tenant_label: bool = False) -> None:
+    def __init__(self, provider: TracerProvider, *, tenant_label: bool = False,
+                 exporter: SpanExporter | None = None) -> None:
         from opentelemetry import trace
         from opentelemetry.trace import SpanKind, Status, StatusCode
 
         self.provider = provider
+        self._exporter = exporter  # stopped first at shutdown when the last flush runs out of time
         self.tenant_label = tenant_label
         self._tracer = provider.get_tracer("aegress.gateway")
         self._trace, self._server, self._error = trace, SpanKind.SERVER, Status(StatusCode.ERROR)
@@ -164,10 +171,26 @@ class TracingObserver(Observer):
                                     start_time=s + offset).end(end_time=e + offset)
         request.end(end_time=max(end_ns, first) + offset)
 
-    def shutdown(self) -> None:
-        """Export what is buffered and stop the exporter (blocking: call it off the event loop)."""
+    def shutdown(self, flush_s: float = SHUTDOWN_FLUSH_S) -> None:
+        """Export what is buffered for at most `flush_s`, then stop (blocking: call it off the event loop). An
+        unreachable collector must not hold a rolling restart: the exporter would keep retrying for its whole
+        OTEL_EXPORTER_OTLP_TIMEOUT; stopping it first ends its retries, and the spans still buffered are dropped."""
         self._flush_orphans()
-        self.provider.shutdown()
+        # the SDK's force_flush exports on the calling thread and ignores its timeout: bound it from here
+        if not _within(self.provider.force_flush, flush_s):
+            log.warning("the trace collector did not take the last spans within %g s; they are dropped", flush_s)
+            if self._exporter is not None:
+                self._exporter.shutdown()  # ends its retry back-off (a request in flight runs to its timeout)
+        if not _within(self.provider.shutdown, flush_s):
+            log.warning("the trace exporter did not stop within %g s; it is left behind", flush_s)
+
+
+def _within(work: Callable[[], object], seconds: float) -> bool:
+    """Run `work` on a daemon thread for at most `seconds`; False if it is still running (left behind)."""
+    thread = threading.Thread(target=work, name="aegress-trace-stop", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return not thread.is_alive()
 
 
 def provider_for(exporter: SpanExporter, version: str = "unknown", *, batch: bool = True) -> TracerProvider:
@@ -179,7 +202,7 @@ def provider_for(exporter: SpanExporter, version: str = "unknown", *, batch: boo
     resource = Resource.create({"service.version": version})
     if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
         resource = resource.merge(Resource({"service.name": SERVICE_NAME}))
-    provider = TracerProvider(resource=resource)
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)  # ours is bounded (`shutdown`)
     provider.add_span_processor(BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter))
     return provider
 
@@ -196,6 +219,7 @@ def from_env(env: Mapping[str, str], *, tenant_label: bool = False, version: str
         raise ConfigError("OTLP tracing is configured but the OpenTelemetry SDK is not installed.",
                           hint="Install the extra (pip install 'aegress[otel]'), or unset OTEL_EXPORTER_OTLP_*.",
                           code="otel-missing") from exc
-    observer = TracingObserver(provider_for(OTLPSpanExporter(), version), tenant_label=tenant_label)
+    exporter = OTLPSpanExporter()
+    observer = TracingObserver(provider_for(exporter, version), tenant_label=tenant_label, exporter=exporter)
     log.info("tracing: exporting spans over OTLP/HTTP")
     return observer

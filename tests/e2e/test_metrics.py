@@ -313,3 +313,56 @@ def test_otlp_export_reaches_a_real_receiver(monkeypatch: pytest.MonkeyPatch) ->
         assert all(s.parent_span_id == root.span_id for s in spans if s is not root)
         raw = receiver.raw()
         assert b"aegress" in raw and b"9.9.9" in raw and b"acme" not in raw
+
+
+class BlackHole:
+    """A collector address that accepts connections and never answers (a hung or firewalled collector)."""
+
+    def __enter__(self) -> BlackHole:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.held: list[Any] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def _accept(self) -> None:
+        try:
+            for _ in range(64):  # bounded
+                self.held.append(self.sock.accept()[0])
+        except OSError:  # closed at exit
+            return
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+def test_a_collector_that_never_answers_does_not_hold_the_shutdown(tmp_path: Any) -> None:
+    """The exporter would wait OTEL_EXPORTER_OTLP_TIMEOUT (30 s here) for the last batch and then retry; the
+    gateway gives the last spans tracing.SHUTDOWN_FLUSH_S, stops the exporter, says so, and exits."""
+    from gateway.tracing import SHUTDOWN_FLUSH_S
+
+    home = tmp_path / "home"
+    token = setup_tenant(home, "acme", "alice")
+    allow_all(home, "acme")
+    with BlackHole() as collector:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_EXPORTER_OTLP_TIMEOUT": "30"}
+        with run_gateway(home, env=env) as gw:
+            async def listing() -> None:
+                async with mcp_client(gw.url, token) as client:
+                    await client.list_tools()
+
+            run(listing())
+            started = time.monotonic()
+            gw.proc.popen.terminate()
+            gw.proc.popen.wait(60)
+            took = time.monotonic() - started
+            output = "".join(gw.proc.output)
+    assert took < 4 * SHUTDOWN_FLUSH_S + 5, f"shutdown took {took:.1f} s"  # 30 s or more before
+    assert "did not take the last spans" in output
+    assert gw.proc.popen.returncode == 0
