@@ -235,7 +235,10 @@ def build_record(
         "time": time_text,
         "body": dict(body),
     }
-    data = canonicalize(record)
+    try:  # validated above: ASCII field names, strings, safe integers, lists of them: orjson's sorted output is JCS
+        data = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+    except (orjson.JSONEncodeError, TypeError):  # a lone surrogate: the full implementation refuses it
+        data = canonicalize(record)
     return BuiltRecord(origin=origin, seq=seq, kind=kind, canonical=data, leaf_hash=leaf_hash(data))
 
 

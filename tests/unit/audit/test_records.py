@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 from audit_logs import ORIGIN, T0, intent_body, make_log, outcome_body
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.audit.canonical import is_canonical
 from gateway.audit.errors import InvalidRecord
@@ -88,3 +90,26 @@ def test_every_kind_is_documented() -> None:
     text = (Path(__file__).parents[3] / "docs" / "evidence-format.md").read_text(encoding="utf-8")
     for kind in KINDS:
         assert f"`{kind}`" in text
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(), st.text(min_size=1), st.lists(st.text(), max_size=3))
+def test_built_records_are_exactly_rfc8785(text: str, tool: str, strings: list[str]) -> None:
+    """A validated record is written with orjson's sorted output; it must be the RFC 8785 bytes for any
+    text a body can hold (control characters, non-ASCII, U+2028, astral planes), or refused like JCS."""
+    import rfc8785
+
+    body = {"tenant": "acme", "actor": text or "a", "token_id": None, "client_name": text, "client_version": None,
+            "upstream": "u", "tool": tool, "tool_def_hash": None, "verdict": "allow", "policy_version": text or "0",
+            "rule_id": None, "args_digest": None, "request_id": text or "-", "args_preview": text[:512]}
+    try:
+        expected = rfc8785.dumps({"v": 1, "origin": "o", "seq": 3, "prev": "ab" * 32, "kind": "intent",
+                                  "time": "2026-01-02T03:04:05.000000Z", "body": body})
+    except Exception:  # lone surrogates: JCS cannot write them, and neither may we
+        with pytest.raises(InvalidRecord):
+            build_record(origin="o", seq=3, prev="ab" * 32, kind="intent", time="2026-01-02T03:04:05.000000Z",
+                         body=body)
+        return
+    built = build_record(origin="o", seq=3, prev="ab" * 32, kind="intent", time="2026-01-02T03:04:05.000000Z",
+                         body=body)
+    assert built.canonical == expected
