@@ -343,26 +343,25 @@ class BlackHole:
 
 
 def test_a_collector_that_never_answers_does_not_hold_the_shutdown(tmp_path: Any) -> None:
-    """The exporter would wait OTEL_EXPORTER_OTLP_TIMEOUT (30 s here) for the last batch and then retry; the
-    gateway gives the last spans tracing.SHUTDOWN_FLUSH_S, stops the exporter, says so, and exits."""
-    from gateway.tracing import SHUTDOWN_FLUSH_S
-
+    """The exporter would wait OTEL_EXPORTER_OTLP_TIMEOUT (10 minutes here) for the last batch and then retry;
+    the gateway gives the last spans tracing.SHUTDOWN_FLUSH_S, stops the exporter, says so, and exits (it held
+    shutdown for the whole timeout before)."""
     home = tmp_path / "home"
     token = setup_tenant(home, "acme", "alice")
     allow_all(home, "acme")
     with BlackHole() as collector:
-        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_EXPORTER_OTLP_TIMEOUT": "30"}
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_EXPORTER_OTLP_TIMEOUT": "600"}
         with run_gateway(home, env=env) as gw:
             async def listing() -> None:
                 async with mcp_client(gw.url, token) as client:
                     await client.list_tools()
 
             run(listing())
-            started = time.monotonic()
             gw.proc.popen.terminate()
-            gw.proc.popen.wait(60)
-            took = time.monotonic() - started
+            try:
+                gw.proc.popen.wait(120)  # far below the exporter's 600 s, far above the bounded flush
+            except subprocess.TimeoutExpired:
+                pytest.fail("the gateway's shutdown waited for the trace exporter")
             output = "".join(gw.proc.output)
-    assert took < 4 * SHUTDOWN_FLUSH_S + 5, f"shutdown took {took:.1f} s"  # 30 s or more before
     assert "did not take the last spans" in output
     assert gw.proc.popen.returncode == 0
