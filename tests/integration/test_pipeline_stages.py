@@ -124,6 +124,16 @@ async def _session(client: httpx2.AsyncClient, url: str) -> dict[str, str]:
     return headers
 
 
+@asynccontextmanager
+async def _in_session(home: Path, kept: Kept, token: str, settings: ServeSettings | None = None
+                      ) -> AsyncIterator[tuple[str, httpx2.AsyncClient, dict[str, str]]]:
+    """A served gateway, a client with the token, and an initialized session: (url, client, session headers)."""
+    async with _serving(home, kept, settings) as url, httpx2.AsyncClient(timeout=30, headers={
+        "Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream",
+    }) as client:
+        yield url, client, await _session(client, url)
+
+
 async def _calls_done(kept: Kept, n: int) -> None:
     for _ in range(300):  # at most 3 s: call_done is told before the answer is written, this is a backstop
         if len(kept.calls) >= n:
@@ -150,10 +160,7 @@ def test_stages_arrive_in_order(tmp_path: Path) -> None:
     kept = Kept()
 
     async def go() -> None:
-        async with _serving(home, kept) as url, httpx2.AsyncClient(timeout=30, headers={
-            "Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream",
-        }) as client:
-            headers = await _session(client, url)
+        async with _in_session(home, kept, token) as (url, client, headers):
 
             kept.clear()  # an allowed call: every stage, in order
             answer = _answer(await client.post(url, headers=headers, json=_call(1, "fx__echo", {"text": "hi"})))
@@ -219,10 +226,7 @@ def test_requests_the_transport_answers_are_reported(tmp_path: Path) -> None:
     settings = ServeSettings(limits=Limits(max_calls_per_actor=2))
 
     async def go() -> None:
-        async with _serving(home, kept, settings) as url, httpx2.AsyncClient(timeout=30, headers={
-            "Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream",
-        }) as client:
-            headers = await _session(client, url)
+        async with _in_session(home, kept, token, settings) as (url, client, headers):
             await _calls_done(kept, 1)
             assert kept.calls[0][:3] == ("initialize", "none", "ok") and kept.calls[0][5] == "acme"
             assert kept.calls[0][3] == kept.stages[0][1]  # from its authenticate stage
@@ -262,10 +266,7 @@ def test_an_unexpected_failure_is_an_error(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setitem(HANDLERS, "tests/broken", broken)  # a method of the test's own, not a stand-in for ours
 
     async def go() -> None:
-        async with _serving(home, kept) as url, httpx2.AsyncClient(timeout=30, headers={
-            "Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream",
-        }) as client:
-            headers = await _session(client, url)
+        async with _in_session(home, kept, token) as (url, client, headers):
             kept.clear()
             answer = await client.post(url, headers=headers, json={"jsonrpc": "2.0", "id": 1,
                                                                    "method": "tests/broken"})
@@ -354,10 +355,7 @@ def test_a_fan_out_reports_the_upstream_that_fails_it(tmp_path: Path) -> None:
     kept = Kept()
 
     async def go() -> None:
-        async with _serving(home, kept) as url, httpx2.AsyncClient(timeout=30, headers={
-            "Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream",
-        }) as client:
-            headers = await _session(client, url)
+        async with _in_session(home, kept, token) as (url, client, headers):
             kept.clear()
             answer = _answer(await client.post(url, headers=headers, json={
                 "jsonrpc": "2.0", "id": 1, "method": "logging/setLevel", "params": {"level": "debug"}}))
