@@ -41,6 +41,10 @@ def serve(
         help=f"Open HTTP connections from one client address; beyond it new connections get 503 (raise it "
         f"behind a reverse proxy). Default: {_D.max_connections_per_address}; with --ingress tunnel, "
         "--max-connections (every connection comes from the tunnel's address).")] = None,
+    keep_alive: Annotated[float, typer.Option(envvar="AEGRESS_KEEP_ALIVE", min=0.5, help="Seconds an idle keep-alive "
+                          "connection stays open. Behind a proxy or load balancer, keep it above the balancer's "
+                          "idle timeout (AWS ALB and ingress-nginx 60 s; Google Cloud's 600 s needs 620).")
+                          ] = _D.keep_alive_s,
     header_timeout: Annotated[float, typer.Option(envvar="AEGRESS_HEADER_TIMEOUT", help="Seconds a client may "
                               "take to send a request's headers (then 408).")] = _D.header_timeout_s,
     body_timeout: Annotated[float, typer.Option(envvar="AEGRESS_BODY_TIMEOUT", help="Longest pause, in seconds, "
@@ -150,6 +154,7 @@ def serve(
 
             keep_token(admin.DEMO_TENANT, admin.DEMO_ACTOR, fresh_token)
     limits = Limits(drain_grace_s=drain_grace, max_connections=max_connections, header_timeout_s=header_timeout,
+                    keep_alive_s=keep_alive,
                     body_idle_timeout_s=body_timeout, body_deadline_s=body_deadline,
                     max_connections_per_address=max_connections_per_address,
                     max_sessions_per_actor=max_sessions_per_actor, max_sessions_per_tenant=max_sessions_per_tenant,

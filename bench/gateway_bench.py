@@ -79,7 +79,10 @@ class RawClient:
         self.http = httpx2.AsyncClient(
             headers={"Accept": "application/json, text/event-stream", "Content-Type": "application/json", **headers},
             timeout=30,
-            limits=httpx2.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4),
+            # below uvicorn's 5 s keep-alive (the fixture's and the gateway's): a connection idle while the other
+            # targets run their rounds is not reused just as the server closes it
+            limits=httpx2.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4,
+                                 keepalive_expiry=2.0),
         )
         self.ids = 0
 

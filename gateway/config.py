@@ -44,6 +44,10 @@ class Limits:
     max_header_count: int = 100
     max_connections: int = 1000  # open HTTP connections; beyond it new requests get 503
     max_connections_per_address: int = 100  # open HTTP connections from one client address; then 503
+    # an idle keep-alive connection is closed after this long: longer than the idle timeout of the proxy or load
+    # balancer in front (60 s for AWS ALB and ingress-nginx), which would otherwise send a request on a connection
+    # just as the gateway closes it (a 502 for a POST, which proxies do not retry)
+    keep_alive_s: float = 75.0
     # fairness: one actor (or tenant) cannot use up what others need
     max_sessions_per_actor: int = 64
     # when a cap is reached, sessions idle this long with nothing in flight are closed to make room

@@ -290,6 +290,7 @@ def serve(home: Path, settings: ServeSettings, *, database_url: str | None = Non
         loop="uvloop" if sys.platform != "win32" else "asyncio",
         http=bounded_protocol(settings.limits),
         limit_concurrency=settings.limits.max_connections,
+        timeout_keep_alive=settings.limits.keep_alive_s,  # type: ignore[arg-type]  # a float works (call_later)
         timeout_graceful_shutdown=5,  # after the drain: for responses still being written
         server_header=False,
         # the peer is the socket's address: uvicorn would otherwise believe X-Forwarded-For from any loopback

@@ -21,6 +21,7 @@ import asyncio
 import collections
 import contextlib
 import re
+import select
 import ssl
 from collections.abc import Sequence
 from urllib.parse import urlsplit
@@ -29,6 +30,14 @@ import httptools
 
 MAX_HEADER_BYTES = 64 * 1024
 _HIGH_WATER = 1 << 20  # pause reading while this much body is buffered and unread
+RECHECK_IDLE_S = 0.25
+"""A connection idle this long is polled before reuse: the server may have closed it while the event loop was
+busy and has not read the FIN yet (a request sent on it would be lost)."""
+IDLE_MARGIN = 0.8
+"""When the server last closed an idle connection after t seconds (at least LEARN_IDLE_S), connections idle for
+IDLE_MARGIN * t are not reused: a request sent just as the server closes (uvicorn's 5 s, say) would fail, and a
+POST is never retried. The latest such close counts, so one restart of the upstream is not remembered."""
+LEARN_IDLE_S = 1.0
 
 _BAD_VALUE = re.compile(rb"[\r\n\0]")
 _BAD_NAME = re.compile(rb"[\r\n\0: ]")
@@ -170,6 +179,8 @@ class _Conn(asyncio.Protocol):
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost and self.resp is None and self.idle_at:  # the server closed it while it was idle
+            self.pool._server_closed_idle(asyncio.get_running_loop().time() - self.idle_at)
         self.lost = True
         resp = self.resp
         if resp is not None and not resp.complete:
@@ -265,6 +276,19 @@ class _Conn(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def closed_by_peer(self) -> bool:
+        """One poll of an idle connection's socket: readable means the server closed it (or sent bytes nobody
+        asked for) and the event loop has not seen it yet; either way it must not carry a request."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is None:
+            return False
+        try:
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+            return bool(poller.poll(0))
+        except (OSError, ValueError):
+            return True
+
 
 class H1Pool:
     """Keep-alive connections to one upstream origin, at most `max_connections` of them."""
@@ -291,6 +315,7 @@ class H1Pool:
         self.max_connections = max_connections
         self.connect_timeout = connect_timeout
         self.keepalive_expiry = keepalive_expiry
+        self.server_idle_s: float | None = None  # how long the server last let one idle before closing it
         self.drain_timeout = drain_timeout
         self._idle: list[_Conn] = []
         self._conns: set[_Conn] = set()
@@ -332,9 +357,13 @@ class H1Pool:
         loop = asyncio.get_running_loop()
         now = loop.time()
         idle = self._idle
+        limit = self.keepalive_expiry
+        if self.server_idle_s is not None:
+            limit = min(limit, self.server_idle_s * IDLE_MARGIN)
         while idle:
             conn = idle.pop()
-            if not conn.lost and now - conn.idle_at < self.keepalive_expiry:
+            quiet = now - conn.idle_at
+            if not conn.lost and quiet < limit and (quiet < RECHECK_IDLE_S or not conn.closed_by_peer()):
                 return conn
             conn.close()
         if len(self._conns) < self.max_connections:
@@ -387,6 +416,10 @@ class H1Pool:
             conn.close()
             self._conns.discard(conn)
         self._wake_one()
+
+    def _server_closed_idle(self, idle_s: float) -> None:
+        if idle_s >= LEARN_IDLE_S:
+            self.server_idle_s = idle_s
 
     def _forget(self, conn: _Conn) -> None:
         if conn in self._conns:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -266,6 +269,118 @@ def test_a_connection_the_server_closed_while_idle_is_not_used() -> None:
             await pool.aclose()
 
     run(main())
+
+
+class ThreadServer:
+    """A keep-alive server on its own threads (plain sockets), so it acts while the client's event loop is blocked.
+    Connection n answers `{"n":n}`; with `idle_close_s` it closes a connection left idle that long."""
+
+    def __init__(self, idle_close_s: float | None = None) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/mcp"
+        self.idle_close_s = idle_close_s
+        self.conns: list[socket.socket] = []
+        self.answered = 0
+        self.stopping = threading.Event()
+        self.listener.settimeout(0.1)  # accept() wakes to see `stopping`
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(None)
+            self.conns.append(conn)
+            t = threading.Thread(target=self._serve, args=(conn, len(self.conns)), daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def _serve(self, conn: socket.socket, n: int) -> None:
+        conn.settimeout(self.idle_close_s)
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                while len(buf) < length:
+                    buf += conn.recv(65536)
+                buf = buf[length:]
+                conn.sendall(json_response(b'{"n":%d}' % n))
+                self.answered += 1
+        except OSError:  # idle for idle_close_s (a timeout), or closed by the test
+            return
+        finally:
+            conn.close()
+
+    def drop(self, n: int) -> None:
+        """Close connection n now, from the server's side (the client sees a FIN)."""
+        conn = self.conns[n - 1]
+        with contextlib.suppress(OSError):
+            conn.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.threads[0].join(5)
+        self.listener.close()
+        for conn in self.conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        for t in self.threads:
+            t.join(5)
+
+
+def test_a_connection_closed_while_the_event_loop_was_busy_is_not_used() -> None:
+    """The server closes an idle connection while the client's loop is busy (it has not read the FIN): the next
+    request must not go out on that connection, where it would be lost, but on a new one."""
+    server = ThreadServer()
+
+    async def main() -> None:
+        pool = H1Pool(server.url, ["127.0.0.1"])
+        assert await body_of(pool) == b'{"n":1}'
+        server.drop(1)
+        time.sleep(0.4)  # the loop is busy: the FIN has arrived, nobody has read it
+        assert await body_of(pool) == b'{"n":2}'
+        await pool.aclose()
+
+    try:
+        run(main())
+    finally:
+        server.stop()
+    assert len(server.conns) == 2 and server.answered == 2
+
+
+def test_connections_are_not_reused_near_the_servers_own_idle_timeout() -> None:
+    """A server that closes idle connections after 2 s: once the pool has seen it do so, a connection idle for most
+    of that time is replaced, not reused just as the server may be closing it."""
+    server = ThreadServer(idle_close_s=2.0)
+
+    async def main() -> None:
+        pool = H1Pool(server.url, ["127.0.0.1"])
+        assert await body_of(pool) == b'{"n":1}'
+        await asyncio.sleep(2.5)  # the server closes connection 1; the pool sees it and learns the time
+        assert pool.server_idle_s is not None and 1.9 <= pool.server_idle_s <= 2.5
+        assert await body_of(pool) == b'{"n":2}'
+        await asyncio.sleep(1.9)  # connection 2 is still open, but within 20 % of the server's timeout
+        assert await body_of(pool) == b'{"n":3}'
+        assert await body_of(pool) == b'{"n":3}'  # a fresh connection is reused as usual
+        await pool.aclose()
+
+    try:
+        run(main())
+    finally:
+        server.stop()
+    assert len(server.conns) == 3 and server.answered == 4
 
 
 def test_connect_failure_and_closed_pool() -> None:
