@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from aegress_cli import _common, _help
+from aegress_cli import _coerce, _common, _help
 
 COMMANDS: dict[str, str] = {
     "serve": "aegress_cli.serve:serve",
@@ -45,9 +45,9 @@ COMMANDS: dict[str, str] = {
 # -- pydantic only where a command needs it ---------------------------------------------------------
 # Typer 0.29 converts every parameter's value through a pydantic TypeAdapter, built on first use even
 # when the parameter is absent, unless the value is a bool already. Importing pydantic for that takes
-# about 60 ms, longer than all the rest of `aegress tenant list`. Two parameters that every command
-# processes are spared it: the help flag (absent, its value is None; a default of False makes it a
-# bool) and the root's `--data-dir` (PathOption). Options of other types still load pydantic.
+# about 0.1 s, longer than all the rest of `aegress tenant list`. The help flag (absent, its value is
+# None; a default of False makes it a bool) and the root's `--data-dir` (PathOption) are spared it here,
+# every other parameter of a plain type by `_coerce` (str, int, float, Literal, Path, list[str]).
 HELP_FLAG_DEFAULT = {"default_map": {"help": False}}
 
 
@@ -83,6 +83,7 @@ def load_command(name: str, target: str) -> Any:
         holder.command(name)(obj)
         command = typer.main.get_command(holder)  # one command and no callback: Typer builds just that
     _help_flag_default_false(command)
+    _coerce.install(command)
     _help.polish(command)
     return command
 
@@ -126,10 +127,12 @@ class RootGroup(_help.Group):
         for param in self.params:
             if param.name == "data_dir":
                 param.__class__ = PathOption  # the option Typer built, converted without pydantic
+        _coerce.install(self)
         _help.polish(self)
         commands = LazyCommands(COMMANDS)
         for name, command in self.commands.items():  # any registered on `app` itself
             _help_flag_default_false(command)
+            _coerce.install(command)
             _help.polish(command)
             commands[name] = command
         self.commands = commands

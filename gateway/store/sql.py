@@ -33,7 +33,6 @@ migrations and the mapping of driver errors to ours. A shared statement never ho
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -385,6 +384,8 @@ class SQLStore:
         return TokenInfo(*row) if row else None
 
     async def find_token_async(self, token_hash: str) -> TokenInfo | None:
+        import asyncio  # here: the CLI opens the store and never this (asyncio costs it ~17 ms)
+
         return await asyncio.to_thread(self.find_token, token_hash)
 
     def get_token(self, token_id: str) -> TokenInfo | None:

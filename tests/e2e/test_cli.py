@@ -139,8 +139,8 @@ def test_http_upstream_headers_are_never_listed_in_clear(aegress_home: Path) -> 
 SERVER_STACK = ("mcp", "mcp_types", "starlette", "uvicorn", "httpx2")
 """Top-level packages no command but `serve` and `bridge` may import: they cost seconds of start-up."""
 
-# (arguments, extra modules it must not import). `pydantic`: Typer converts option values through it,
-# which the help flag and `--data-dir` avoid (aegress_cli.main); only commands taking other options need it.
+# (arguments, extra modules it must not import). `pydantic`: Typer converts option values through it, which
+# aegress_cli.main and aegress_cli._coerce avoid for plain types (str, int, float, Literal, Path, list[str]).
 # `cryptography` & co.: the evidence stack, loaded by commands that seal or verify, not by read-only ones.
 FAST_COMMANDS: list[tuple[list[str], tuple[str, ...]]] = [
     (["--help"], ("pydantic",)),
@@ -150,13 +150,13 @@ FAST_COMMANDS: list[tuple[list[str], tuple[str, ...]]] = [
     (["serve", "--help"], ("pydantic", "gateway.server", "gateway.pipeline")),
     (["tenant", "list"], ("pydantic", "sqlite_utils", "keyring", "cryptography", "gateway.evidence",
                           "gateway.server", "gateway.pipeline")),
-    (["actor", "list", "-t", "acme"], ("cryptography", "gateway.evidence")),
-    (["token", "list"], ("cryptography", "gateway.evidence")),
-    (["upstream", "list", "-t", "acme"], ("cryptography", "gateway.evidence")),
-    (["policy", "show", "-t", "acme"], ()),
-    (["review", "list"], ()),
-    (["audit", "query", "-t", "acme"], ()),
-    (["audit", "verify", "-t", "acme"], ("rich.progress",)),  # no progress display off a terminal
+    (["actor", "list", "-t", "acme"], ("pydantic", "cryptography", "gateway.evidence")),
+    (["token", "list"], ("pydantic", "cryptography", "gateway.evidence")),
+    (["upstream", "list", "-t", "acme"], ("pydantic", "cryptography", "gateway.evidence")),
+    (["policy", "show", "-t", "acme"], ("pydantic",)),
+    (["review", "list"], ("pydantic",)),
+    (["audit", "query", "-t", "acme", "--limit", "5", "--verdict", "allow"], ("pydantic",)),
+    (["audit", "verify", "-t", "acme"], ("pydantic", "rich.progress")),  # no progress display off a terminal
     (["deploy", "list", "--json"], ("sqlite_utils", "keyring", "cryptography", "gateway.evidence", "gateway.store")),
 ]
 
@@ -198,7 +198,7 @@ def test_fast_commands_do_not_import_the_sdk_or_server(aegress_home: Path) -> No
 def test_a_command_loads_only_its_own_group(aegress_home: Path) -> None:
     modules = imported_modules(aegress_home, "tenant", "list")
     assert sorted(m for m in modules if m.startswith("aegress_cli")) == [
-        "aegress_cli", "aegress_cli._common", "aegress_cli._help", "aegress_cli.tenant"]
+        "aegress_cli", "aegress_cli._coerce", "aegress_cli._common", "aegress_cli._help", "aegress_cli.tenant"]
 
 
 def test_mistyped_commands_get_suggestions(aegress_home: Path) -> None:
