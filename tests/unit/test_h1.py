@@ -329,6 +329,12 @@ class ThreadServer:
         with contextlib.suppress(OSError):
             conn.shutdown(socket.SHUT_RDWR)
 
+    def __enter__(self) -> ThreadServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         self.stopping.set()
         self.threads[0].join(5)
@@ -353,10 +359,8 @@ def test_a_connection_closed_while_the_event_loop_was_busy_is_not_used() -> None
         assert await body_of(pool) == b'{"n":2}'
         await pool.aclose()
 
-    try:
+    with server:
         run(main())
-    finally:
-        server.stop()
     assert len(server.conns) == 2 and server.answered == 2
 
 
@@ -376,10 +380,8 @@ def test_connections_are_not_reused_near_the_servers_own_idle_timeout() -> None:
         assert await body_of(pool) == b'{"n":3}'  # a fresh connection is reused as usual
         await pool.aclose()
 
-    try:
+    with server:
         run(main())
-    finally:
-        server.stop()
     assert len(server.conns) == 3 and server.answered == 4
 
 
