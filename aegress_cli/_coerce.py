@@ -7,8 +7,8 @@ an absent option). Importing pydantic and building one costs a command about 0.1
 exactly as pydantic would. Anything else, or a value of an unexpected shape, goes to Typer's own
 conversion, so its error messages and edge cases stay Typer's.
 
-This leans on Typer's private runtime-parameter hook (`_runtime_param`); `tests/e2e/test_cli.py` checks
-that commands keep clear of pydantic and that bad values still get Typer's messages.
+This leans on Typer's private runtime-parameter hook (`_runtime_param`): `tests/unit/test_cli_coerce.py`
+compares the conversions with Typer's own, `tests/e2e/test_cli.py` checks that commands keep clear of pydantic.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ _UNSET = object()
 
 
 def _plain_path(info: Any) -> bool:
-    """Typer's path checks without a conversion pydantic would make (a plain `Path`, no `path_type`)."""
+    """A plain `Path` option: no `path_type` to convert to (pydantic's job) and no resolving."""
     return info.path_type is None and not info.resolve_path
 
 

@@ -46,8 +46,8 @@ COMMANDS: dict[str, str] = {
 # Typer 0.29 converts every parameter's value through a pydantic TypeAdapter, built on first use even
 # when the parameter is absent, unless the value is a bool already. Importing pydantic for that takes
 # about 0.1 s, longer than all the rest of `aegress tenant list`. The help flag (absent, its value is
-# None; a default of False makes it a bool) and the root's `--data-dir` (PathOption) are spared it here,
-# every other parameter of a plain type by `_coerce` (str, int, float, Literal, Path, list[str]).
+# None; a default of False makes it a bool) is spared it here, every other parameter of a plain type by
+# `_coerce` (str, int, float, Literal, Path, list[str]).
 HELP_FLAG_DEFAULT = {"default_map": {"help": False}}
 
 
@@ -55,18 +55,6 @@ def _help_flag_default_false(command: Any) -> None:
     command.context_settings = {**command.context_settings, **HELP_FLAG_DEFAULT}
     for sub in getattr(command, "commands", {}).values():
         _help_flag_default_false(sub)
-
-
-class PathOption(_help.Option):
-    """`--data-dir`: Path() is its whole conversion; Typer's check that an existing path is readable stays."""
-
-    def process_value(self, ctx: Any, value: Any) -> Any:
-        if value is None:
-            return None
-        path = Path(value)
-        if path.exists() and not os.access(path, os.R_OK):
-            raise typer.BadParameter(f"path {str(value)!r} is not readable.", ctx=ctx, param=self)
-        return path
 
 
 # -- loading commands when they are used ------------------------------------------------------------
@@ -124,10 +112,7 @@ class RootGroup(_help.Group):
 
     def __init__(self, **attrs: Any) -> None:
         super().__init__(**attrs)
-        for param in self.params:
-            if param.name == "data_dir":
-                param.__class__ = PathOption  # the option Typer built, converted without pydantic
-        _coerce.install(self)
+        _coerce.install(self)  # the root's own options too (`--data-dir`)
         _help.polish(self)
         commands = LazyCommands(COMMANDS)
         for name, command in self.commands.items():  # any registered on `app` itself
