@@ -30,7 +30,7 @@ def set_home(path: Path | None) -> None:
 
 
 def home() -> Path:
-    from gateway.config import home_dir
+    from gateway.datadir import home_dir
 
     path = home_dir(_state["home"])
     from gateway import credentials

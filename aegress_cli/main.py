@@ -8,6 +8,7 @@ suggestions for a mistyped command and the generated docs still see every comman
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from collections.abc import Iterator, MutableMapping
@@ -76,18 +77,44 @@ def load_command(name: str, target: str) -> Any:
     return command
 
 
+def summarize_command(name: str, target: str) -> Any:
+    """What the root's help lists of a command (its help, short help, panel, hidden and deprecated
+    flags), resolved by Typer's own rules, in a command without parameters or subcommands. Building
+    the real one means reading every parameter's type hints: for all seventeen, more than half of
+    `aegress --help`'s time."""
+    from typer.main import solve_typer_info_defaults
+
+    module, _, attribute = target.partition(":")
+    obj = getattr(import_module(module), attribute)
+    holder = typer.Typer(add_completion=False)
+    if isinstance(obj, typer.Typer):
+        holder.add_typer(obj, name=name)
+        info: Any = solve_typer_info_defaults(holder.registered_groups[0])
+        text = info.help
+    else:
+        holder.command(name)(obj)
+        info = holder.registered_commands[0]
+        text = inspect.getdoc(info.callback) if info.help is None else inspect.cleandoc(info.help)
+    return _help.Command(name=name, help=text, short_help=info.short_help, hidden=info.hidden,
+                         deprecated=info.deprecated, rich_help_panel=info.rich_help_panel)
+
+
 class LazyCommands(MutableMapping[str, Any]):
     """Subcommands by name; one named in `COMMANDS` is loaded on first access. Listing the names (help,
-    completion, "did you mean") loads nothing; looking a command up loads that one."""
+    completion, "did you mean") loads nothing; looking a command up loads that one, or, while the
+    root's help is drawn (`summaries`), only what that help shows of it."""
 
     lazy = True  # `_help.polish` must not walk (and so load) these
 
     def __init__(self, targets: dict[str, str]) -> None:
         self._items: dict[str, Any] = dict(targets)
         self._pending = set(targets)
+        self.summaries = False
 
     def __getitem__(self, name: str) -> Any:
         if name in self._pending:
+            if self.summaries:
+                return summarize_command(name, self._items[name])
             self._items[name] = load_command(name, self._items[name])
             self._pending.discard(name)
         return self._items[name]
@@ -121,6 +148,19 @@ class RootGroup(_help.Group):
             _help.polish(command)
             commands[name] = command
         self.commands = commands
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(self.commands)  # the names only (Typer's walks the items, which loads them)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        commands = self.commands
+        if not isinstance(commands, LazyCommands):
+            return super().format_help(ctx, formatter)
+        commands.summaries = True
+        try:
+            return super().format_help(ctx, formatter)
+        finally:
+            commands.summaries = False
 
     def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:
         """With `--json` anywhere on the line, usage errors (unknown option, missing argument, a value

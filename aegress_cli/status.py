@@ -140,9 +140,9 @@ def status(
     count: Annotated[int, typer.Option("--count", help="With --watch: stop after this many refreshes (0: until "
                                        "Ctrl-C).")] = 0,
 ) -> None:
-    """Is a gateway serving this data dir, and what is it doing: the policy gate, evidence, clients, upstreams,
-    pending reviews and the deploy path, on one screen.
+    """Is a gateway serving this data dir, and what is it doing? Everything on one screen.
 
+    The policy gate, evidence, clients, upstreams, pending reviews and the deploy path.
     Reads the data dir and the store only (and the gateway's /health, with a short timeout)."""
     from gateway.errors import UsageError
     from gateway.status import collect, find_process

@@ -1,27 +1,14 @@
-"""Where state lives and the bounds the gateway enforces; read from the environment at the edge only."""
+"""The bounds the gateway enforces, read from the environment at the edge only (the data dir: `gateway.datadir`)."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from gateway.ingress import StaticBinding
 
-ENV_HOME = "AEGRESS_HOME"
 DEFAULT_PORT = 8765
-
-
-def home_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The one data dir: `--data-dir`, else `AEGRESS_HOME`, else `~/.aegress`."""
-    if explicit:
-        return Path(explicit).expanduser()
-    env = os.environ.get(ENV_HOME)
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".aegress"
 
 
 @dataclass(frozen=True, slots=True)

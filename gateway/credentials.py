@@ -10,8 +10,6 @@ import json
 import logging
 from pathlib import Path
 
-from gateway.secrets import check_private_file, write_private_file
-
 log = logging.getLogger("aegress.credentials")
 
 SERVICE = "aegress"
@@ -24,7 +22,7 @@ def set_home(home: Path) -> None:
 
 
 def _file() -> Path:
-    from gateway.config import home_dir
+    from gateway.datadir import home_dir
 
     return (_home or home_dir()) / "secrets" / "credentials.json"
 
@@ -47,6 +45,8 @@ def _keyring():  # type: ignore[no-untyped-def]
 
 
 def _read_file() -> dict[str, str]:
+    from gateway.secrets import check_private_file  # not at import: every CLI command sets the home here
+
     path = _file()
     if not path.exists():
         return {}
@@ -55,6 +55,8 @@ def _read_file() -> dict[str, str]:
 
 
 def _write_file(data: dict[str, str]) -> None:
+    from gateway.secrets import write_private_file
+
     write_private_file(_file(), json.dumps(data, indent=2, sort_keys=True).encode())
 
 

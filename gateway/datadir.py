@@ -23,6 +23,18 @@ from pathlib import Path
 from gateway.errors import ConfigError
 
 LOCK_FILE = "aegress.lock"
+ENV_HOME = "AEGRESS_HOME"
+
+
+def home_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The one data dir: `--data-dir`, else `AEGRESS_HOME`, else `~/.aegress`. (Here, not in
+    `gateway.config`: every CLI command reads it, few need the limits.)"""
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get(ENV_HOME)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".aegress"
 
 
 def _holder(fd: int) -> str:

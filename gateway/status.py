@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -203,7 +201,11 @@ def health_url(mcp_url: str) -> str:
 
 
 def probe_health(mcp_url: str, timeout: float = HEALTH_TIMEOUT_S) -> dict[str, Any] | None:
-    """GET the gateway's /health (standard library, short timeout); its JSON, or None when it does not answer."""
+    """GET the gateway's /health (standard library, short timeout); its JSON, or None when it does not answer.
+    urllib is imported here: `aegress --help` lists `status`, and urllib.request costs it about 20 ms."""
+    import urllib.error
+    import urllib.request
+
     try:
         with urllib.request.urlopen(health_url(mcp_url), timeout=timeout) as response:  # our own URL
             body = response.read(65536)
