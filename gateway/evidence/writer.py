@@ -36,6 +36,9 @@ RETRY_S = 0.5
 """How often a writer that holds records the store refused tries again."""
 _WAKE = object()
 """Queued by `defer` so the writer builds the deferred record now; never committed."""
+_CHECKPOINT = object()
+"""Queued after an inline commit when the store wants a WAL checkpoint (`wal_checkpoint_due`): the writer's
+thread runs it (`checkpoint_wal`), so the event loop never does."""
 UNCAPPED = frozenset({"outcome"})
 INLINE_SLOW_S = 0.01
 """An inline commit slower than this (a slow disk, a checkpoint) stops inline commits for INLINE_PAUSE_S: the
@@ -142,6 +145,7 @@ class EvidenceWriter:
         self._inline = inline and getattr(store, "inline_commits", False)
         self._inline_paused = 0.0
         self._commit_lock = threading.Lock()  # one commit at a time, the writer's or an inline one
+        self._checkpoint_queued = False
         self._thread = threading.Thread(target=self._run, name="aegress-evidence", daemon=True)
         self._thread.start()
 
@@ -235,9 +239,20 @@ class EvidenceWriter:
                 self._inline_paused = time.monotonic() + INLINE_PAUSE_S
             self._committed(batch, sealed, elapsed)
             future.set_result(sealed[-1])
+            if not self._checkpoint_queued and getattr(self._store, "wal_checkpoint_due", False):
+                self._checkpoint_queued = True
+                self._queue.put(_CHECKPOINT)
             return True
         finally:
             self._commit_lock.release()
+
+    def _checkpoint(self) -> None:
+        """On the writer's thread: the WAL checkpoint inline commits left to it."""
+        self._checkpoint_queued = False
+        try:
+            self._store.checkpoint_wal()  # type: ignore[attr-defined]
+        except Exception:  # never let housekeeping kill the writer
+            log.exception("WAL checkpoint failed")
 
     def _give_back(self, ready: list[tuple[Entry, _Waiter]], since: float) -> None:
         """Deferred records taken for an inline commit that did not happen: back in front, for the writer,
@@ -291,7 +306,9 @@ class EvidenceWriter:
             if item is None:
                 stop = True
                 break
-            if item is not _WAKE:
+            if item is _CHECKPOINT:
+                self._checkpoint()
+            elif item is not _WAKE:
                 batch.append(item)
         return batch, stop
 
@@ -359,6 +376,9 @@ class EvidenceWriter:
                 continue
             if item is _WAKE:
                 self._prebuild()
+                continue
+            if item is _CHECKPOINT:
+                self._checkpoint()
                 continue
             return item
 

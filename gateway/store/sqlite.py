@@ -48,6 +48,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aegress.store")
 
+INLINE_COMMITS_PER_CHECKPOINT = 100
+"""Inline evidence commits (about 6-13 pages each) between WAL checkpoints, which the evidence writer's thread
+runs: close to SQLite's own automatic checkpoint at 1,000 pages, which the event loop must not run."""
+
 
 
 
@@ -118,6 +122,7 @@ class SQLiteStore(SQLStore):
         self.busy_timeout_s = busy_timeout_s
         self.replica_id = replica_id
         self._local = threading.local()
+        self._inline_commits = 0  # since the last `checkpoint_wal`
         try:
             _create_private(path)
         except OSError as exc:
@@ -390,20 +395,41 @@ class SQLiteStore(SQLStore):
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise WouldBlock from exc
-        return self._append(conn, entries, before_commit)
+        sealed = self._append(conn, entries, before_commit)
+        self._inline_commits += 1
+        return sealed
 
     def _inline(self) -> sqlite3.Connection:
-        """This thread's writing connection with no busy wait (for `append_evidence_nowait`)."""
+        """This thread's writing connection with no busy wait (for `append_evidence_nowait`). It never runs a
+        WAL checkpoint: SQLite's automatic one (every 1,000 pages, in whichever commit crosses the mark) copies
+        the WAL into the database and syncs it, a few milliseconds the event loop would wait; the writer's
+        thread runs it instead (`wal_checkpoint_due`, `checkpoint_wal`)."""
         conn: sqlite3.Connection | None = getattr(self._local, "inline", None)
         if conn is None:
             try:
                 conn = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=True)
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.execute("PRAGMA foreign_keys=ON")
+                conn.execute("PRAGMA wal_autocheckpoint=0")
             except sqlite3.Error as exc:
                 raise WouldBlock from exc
             self._local.inline = conn
         return conn
+
+    @property
+    def wal_checkpoint_due(self) -> bool:
+        """True once INLINE_COMMITS_PER_CHECKPOINT inline commits went by without a checkpoint."""
+        return self._inline_commits >= INLINE_COMMITS_PER_CHECKPOINT
+
+    def checkpoint_wal(self) -> None:
+        """A PASSIVE WAL checkpoint on the calling thread's connection (the evidence writer's): it waits for
+        nobody, and commits go on meanwhile. A failure is logged; the next inline commits ask again."""
+        self._inline_commits = 0
+        try:
+            self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:
+            self._inline_commits = INLINE_COMMITS_PER_CHECKPOINT
+            log.warning("WAL checkpoint failed (tried again after the next inline commit): %s", exc)
 
     def _append(self, conn: sqlite3.Connection, entries: Sequence[Entry],
                 before_commit: BeforeCommit | None) -> list[Sealed]:

@@ -171,3 +171,67 @@ def test_a_failed_inline_commit_hands_over_and_the_intent_is_refused_if_the_stor
     writer.close()
     assert verify_log(faulty.store.evidence_records(ORIGIN), origin=ORIGIN).ok
 
+
+
+class _NotingCheckpoints(SQLiteStore):
+    """A real SQLite store that notes which thread ran each of its WAL checkpoints."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.checkpoints: list[str] = []
+
+    def checkpoint_wal(self) -> None:
+        self.checkpoints.append(threading.current_thread().name)
+        super().checkpoint_wal()
+
+
+def _inline_intents(writer: EvidenceWriter, n: int) -> None:
+    async def go() -> None:
+        for i in range(n):
+            await writer.submit_async(intent(i), alone=True)
+
+    asyncio.run(go())
+
+
+def _wal_frames(path: Path) -> int:
+    """Frames in the WAL now (a PASSIVE checkpoint from another connection reports them; it resets nothing)."""
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
+
+
+def test_inline_commits_never_checkpoint_the_wal_on_the_event_loop(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite's automatic checkpoint (at 1,000 WAL pages, in the commit that crosses the mark) would copy the WAL
+    into the database and sync it on the event loop: the inline connection has it off. With no checkpoint
+    asked of the writer either, the WAL keeps every frame of 300 inline commits, well past 1,000."""
+    from gateway.store import sqlite as sqlite_module
+
+    monkeypatch.setattr(sqlite_module, "INLINE_COMMITS_PER_CHECKPOINT", 10**9)
+    store = _NotingCheckpoints(tmp_path / "a.db")
+    commits: Commits = []
+    writer = _writer(store, commits)
+    _inline_intents(writer, 300)
+    assert _wal_frames(tmp_path / "a.db") > 1000
+    writer.close()
+    assert store.checkpoints == [] and {name for name, _ in commits} == {"MainThread"}
+
+
+def test_the_writer_thread_checkpoints_the_wal_for_inline_commits(tmp_path: Path) -> None:
+    """Every INLINE_COMMITS_PER_CHECKPOINT inline commits the writer's thread runs a PASSIVE checkpoint, so the
+    WAL stays about SQLite's usual size; the log verifies afterwards."""
+    from gateway.store.sqlite import INLINE_COMMITS_PER_CHECKPOINT
+
+    store = _NotingCheckpoints(tmp_path / "a.db")
+    commits: Commits = []
+    writer = _writer(store, commits)
+    _inline_intents(writer, 2 * INLINE_COMMITS_PER_CHECKPOINT + 10)
+    for _ in range(500):  # the writer's thread takes the second request after the 200th commit
+        if len(store.checkpoints) >= 2:
+            break
+        time.sleep(0.01)
+    writer.close()
+    assert store.checkpoints == ["aegress-evidence", "aegress-evidence"]
+    # a lone intent that finds the request still queued goes to the writer's thread (at most one per request)
+    assert sum(name == "MainThread" for name, _ in commits) >= len(commits) - 2
+    assert _wal_frames(tmp_path / "a.db") < 1000  # the WAL restarted after the last checkpoint
+    assert verify_log(store.evidence_records(ORIGIN), origin=ORIGIN).ok
