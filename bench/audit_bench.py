@@ -4,7 +4,7 @@
    committed with the next intent's group, SQLite WAL synchronous=FULL, checkpoints) versus the SAME
    gateway with the record stage writing nothing (serve --no-evidence). Two gateways run side by side
    in front of one fixture HTTP upstream; rounds alternate so machine noise hits both alike; the
-   median round counts. Target >= 0.8.
+   median round counts. Target >= 0.8. The client is the minimal one of bench/lean_client.py, on uvloop.
 2. `audit verify` speed: a log of --records records is written through the store (group-commit batches),
    a checkpoint is signed, then `verify_log` runs over the stored bytes (library) and `aegress audit verify`
    runs as a process (end to end, including reading SQLite). Target >= 50,000 records/s for `verify_log`:
@@ -28,7 +28,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.gateway_bench import RawClient, emit, throughput  # noqa: E402
+import uvloop  # noqa: E402
+
+from bench.gateway_bench import emit, throughput  # noqa: E402
+from bench.lean_client import LeanClient  # noqa: E402
 from tests.procs import aegress, run_gateway, run_http_upstream, setup_tenant  # noqa: E402
 
 ALLOW = 'version = 1\ndefault = "allow"\n[builtin]\ndestructive = "off"\ntrusted_read_only = "allow"\n'
@@ -37,7 +40,7 @@ ALLOW = 'version = 1\ndefault = "allow"\n[builtin]\ndestructive = "off"\ntrusted
 async def gateway_rounds(targets: dict[str, tuple[str, str]], calls: int, rounds: int, inflight: int) -> dict:
     clients = {}
     for name, (url, token) in targets.items():
-        clients[name] = RawClient(url, {"Authorization": f"Bearer {token}"}, inflight)
+        clients[name] = LeanClient(url, {"Authorization": f"Bearer {token}"}, inflight)
         await clients[name].start()
         for _ in range(100):
             await clients[name].call("http__echo")
@@ -64,6 +67,7 @@ def bench_gateway(calls: int, rounds: int, sealed_env: dict[str, str] | None = N
         with run_gateway(homes["sealed"], env=sealed_env) as sealed, \
                 run_gateway(homes["no_record"], "--no-evidence") as gw_off:
             targets = {"sealed": (sealed.url, tokens["sealed"]), "no_record": (gw_off.url, tokens["no_record"])}
+            uvloop.install()
             result = asyncio.run(gateway_rounds(targets, calls, rounds, 16))
         verify = aegress(homes["sealed"], "audit", "verify", "--all", "--final", "--json", check=False)
     result["ratio_16"] = round(result["sealed"]["median"] / result["no_record"]["median"], 3)

@@ -1,12 +1,13 @@
 """Gateway overhead, measured against a direct call and against peers in the same run (issues 2 and 10).
 
 Starts a fixture upstream (the SDK's MCPServer over Streamable HTTP) and a real `aegress serve` in front
-of it (the same fixture also registered as a stdio upstream), then drives `tools/call echo` with one
-lean JSON-RPC client (httpx2, the stack the SDK brings). Every target is measured in the same rounds,
-interleaved, so machine noise hits all alike:
+of it (the same fixture also registered as a stdio upstream), then drives `tools/call echo` with the minimal
+keep-alive client issue 10 measures with (bench/lean_client.py: HTTP/1.1 on asyncio streams, on uvloop; the
+client shares the 2 cores, so it must cost little; `--client httpx2` is the earlier passes' client, about 1.3 ms
+of CPU per call). Every target is measured in the same rounds, interleaved, so machine noise hits all alike:
   - latency at concurrency 1 (p50, p99), interleaved call by call
   - throughput at 16 and 64 in flight (calls/s), alternating rounds, median of rounds
-  - CPU per call of each hop and of its upstream, from /proc, over the throughput rounds; the gateway's
+  - CPU per call of the client, of each hop and of its upstream, over the throughput rounds; the gateway's
     split by thread (event loop, evidence writer, others; names from `py-spy dump` when py-spy is in
     the peer venv, else the main thread is the loop and the busiest other thread is taken for the writer)
   - RSS idle and after the load
@@ -28,7 +29,7 @@ rounds run under the profiler and do not count in the figures.
 Only loopback addresses are used; every loop is bounded; every process is stopped.
 
     .venv/bin/python bench/gateway_bench.py [--calls 2000] [--rounds 3] [--peers] [--profile DIR]
-                                            [--audit on|off] [--json bench/results/gateway.json]
+                                            [--client lean|httpx2] [--audit on|off] [--json PATH]
 """
 
 from __future__ import annotations
@@ -51,11 +52,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx2
+import uvloop
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import proc_stats  # noqa: E402
+from bench.lean_client import LeanClient  # noqa: E402
 from bench.peers.launch import VENV  # noqa: E402
 from tests.procs import (  # noqa: E402
     add_stdio_fixture,
@@ -72,7 +75,8 @@ GATEWAY_TARGETS = {"gateway_http_upstream": "http", "gateway_stdio_upstream": "s
 
 
 class RawClient:
-    """A minimal MCP client: initialize once, then POST tools/call; parses JSON or SSE answers."""
+    """An MCP client on httpx2: initialize once, then POST tools/call; parses JSON or SSE answers. About 1.3 ms
+    of CPU per call here (`--client httpx2`); the default is `LeanClient`."""
 
     def __init__(self, url: str, headers: dict[str, str], concurrency: int) -> None:
         self.url = url
@@ -125,12 +129,16 @@ class RawClient:
         await self.http.aclose()
 
 
+CLIENTS: dict[str, type] = {"lean": LeanClient, "httpx2": RawClient}
+"""`--client`: both measure every target alike in one run; `lean` is the default (see bench/lean_client.py)."""
+
+
 def pct(values: list[float], p: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
-async def throughput(client: RawClient, tool: str, inflight: int, calls: int) -> float:
+async def throughput(client: RawClient | LeanClient, tool: str, inflight: int, calls: int) -> float:
     remaining = calls
 
     async def worker() -> None:
@@ -190,12 +198,14 @@ def durable_commit_ms(directory: Path, n: int = 200, gap_s: float = 0.0) -> floa
         db.close()
 
 
-async def measure(targets: dict[str, Target], calls: int, rounds: int, gateway_pid: int) -> tuple[dict, dict]:
+async def measure(targets: dict[str, Target], calls: int, rounds: int, gateway_pid: int,
+                  client_kind: str = "lean") -> tuple[dict, dict]:
     """Latency, throughput, CPU and RSS of every target; returns (results, connected clients)."""
-    out: dict = {"latency_c1_ms": {}, "throughput": {}, "rss_mb": {}}
+    out: dict = {"latency_c1_ms": {}, "throughput": {}, "rss_mb": {}, "client": client_kind,
+                 "client_cpu_ms_per_call": {}}
     clients = {}
     for name, t in targets.items():
-        clients[name] = RawClient(t.url, t.headers, 64)
+        clients[name] = CLIENTS[client_kind](t.url, t.headers, 64)
         await clients[name].start()
     for name, c in clients.items():  # warm up every path
         for _ in range(50):
@@ -223,16 +233,22 @@ async def measure(targets: dict[str, Target], calls: int, rounds: int, gateway_p
                 hop, up = t.hop_pids(), t.upstream_pids()
                 before = (proc_stats.snapshot(hop), proc_stats.snapshot(up),
                           proc_stats.thread_cpu_s(t.gateway_pid) if t.gateway_pid else {})
+                client_cpu = time.process_time()  # this process: the client (and the bench's bookkeeping)
                 per[name].append(await throughput(c, t.tool, inflight, calls))
+                client_cpu = time.process_time() - client_cpu
                 after = (proc_stats.snapshot(hop), proc_stats.snapshot(up),
                          proc_stats.thread_cpu_s(t.gateway_pid) if t.gateway_pid else {})
-                acc = t.cpu.setdefault(inflight, {"hop_s": 0.0, "upstream_s": 0.0, "calls": 0, "threads": {}})
+                acc = t.cpu.setdefault(inflight, {"hop_s": 0.0, "upstream_s": 0.0, "calls": 0, "threads": {},
+                                                  "client_s": 0.0})
+                acc["client_s"] += client_cpu
                 acc["hop_s"] += proc_stats.spent(before[0], after[0])
                 acc["upstream_s"] += proc_stats.spent(before[1], after[1])
                 acc["calls"] += calls
                 for tid, s in after[2].items():
                     acc["threads"][tid] = acc["threads"].get(tid, 0.0) + s - before[2].get(tid, 0.0)
         out["throughput"][str(inflight)] = {n: round(statistics.median(v), 1) for n, v in per.items()}
+        out["client_cpu_ms_per_call"][str(inflight)] = {
+            n: round(t.cpu[inflight]["client_s"] * 1000 / t.cpu[inflight]["calls"], 3) for n, t in targets.items()}
     out["gateway_rss_after_load_mb"] = round(rss_mb(gateway_pid), 1)
     for name in out["rss_mb"]:
         out["rss_mb"][name]["after_load"] = round(sum(rss_mb(p) for p in targets[name].hop_pids()), 1)
@@ -370,6 +386,10 @@ def main() -> None:
     parser.add_argument("--peers", action="store_true",
                         help="also measure mcp-proxy (stdio and HTTP upstream) and a bare aiohttp hop, "
                              "installed into .cache/bench-peers/venv (needs the package registry once)")
+    parser.add_argument("--client", choices=tuple(CLIENTS), default="lean",
+                        help="lean (default): the minimal keep-alive client issue 10 measures with "
+                             "(bench/lean_client.py, on uvloop, about 0.15-0.2 ms of CPU per call); httpx2: the "
+                             "earlier passes' client (about 1.3 ms of CPU per call, on the same 2 cores)")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="after the rounds, record the gateway with py-spy during one round at 16 in flight "
                              "per gateway target; files go to DIR")
@@ -425,6 +445,8 @@ def run_processes(args: argparse.Namespace, home: Path, venv: Path | None, pyspy
             commit_dir = Path(tempfile.mkdtemp(prefix="commit-", dir=home.parent))  # the data dir's filesystem
             commit_ms = durable_commit_ms(commit_dir)
             paced_ms = durable_commit_ms(commit_dir, gap_s=PACED_GAP_S)
+            if args.client == "lean":  # the minimal client runs on the loop the gateway runs on
+                uvloop.install()
             results, profile = asyncio.run(run_all(targets, args, gw_pid, pyspy))
             names = profiling_names(pyspy, gw_pid)
     results["durable_commit_ms"] = commit_ms
@@ -452,7 +474,7 @@ def profiling_names(pyspy: Path, pid: int) -> dict[int, str]:
 
 
 async def run_all(targets: dict[str, Target], args: argparse.Namespace, gw_pid: int, pyspy: Path) -> tuple[dict, dict]:
-    results, clients = await measure(targets, args.calls, args.rounds, gw_pid)
+    results, clients = await measure(targets, args.calls, args.rounds, gw_pid, args.client)
     profile: dict = {}
     try:
         if args.profile:
@@ -490,6 +512,10 @@ def print_table(r: dict) -> None:
         print(f"{name:24} {lat['p50']:7.2f} {lat['p99']:7.2f} {('+' + _fmt(added)) if added is not None else '-':>9} "
               f"{x16:5.2f} {x64:5.2f} {_fmt(cpu.get('hop'), '.3f'):>15} / {_fmt(cpu.get('upstream'), '.3f'):<13} "
               f"{_fmt(rss.get('idle'), '.0f'):>8}/{_fmt(rss.get('after_load'), '.0f'):<8}")
+    client_cpu = r.get("client_cpu_ms_per_call", {}).get("16", {})
+    if client_cpu:
+        print(f"client ({r['client']}) CPU ms/call @16: "
+              + ", ".join(f"{name} {v:.3f}" for name, v in client_cpu.items()))
     print(f"direct throughput: {direct[0]:.0f} calls/s at 16 in flight, {direct[1]:.0f} at 64; "
           f"one durable commit (WAL, synchronous=FULL): {r['durable_commit_ms']:.3f} ms p50")
     print(f"one durable commit {PACED_GAP_S * 1000:g} ms after the last (as calls at 1 in flight): "
