@@ -133,7 +133,7 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     from rich.table import Table
     from rich.text import Text
 
-    console = Console()
+    console = Console(emoji=False)  # values are data: `:name:` in them stays as written (and no emoji table)
     if not rows:
         console.print(f"[dim]{empty}[/dim]")
         return

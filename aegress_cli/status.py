@@ -26,26 +26,31 @@ MAX_INTERVAL_S = 60.0
 
 
 def _gateway_line(g: dict[str, Any]) -> str:
+    from rich.markup import escape
+
     if not g["running"]:
-        return f"[bold red]not running[/]  [dim]{g['note']}[/]"
-    parts = [f"pid {g['pid']}", g["url"] or "(not listening yet)"]
+        return f"[bold red]not running[/]  [dim]{escape(str(g['note']))}[/]"
+    parts = [f"pid {g['pid']}", escape(g["url"] or "(not listening yet)")]
     if g.get("public_url"):
-        parts.append(f"public {g['public_url']}")
-    parts += [f"v{g['version']}" if g.get("version") else "version unknown", f"up {ago(g['uptime_s'])}"]
+        parts.append(f"public {escape(str(g['public_url']))}")
+    parts += [f"v{escape(str(g['version']))}" if g.get("version") else "version unknown", f"up {ago(g['uptime_s'])}"]
     if not g["answering"]:
         state = "[bold red]not answering[/]"
     elif g["ready"]:
         state = "[green]ready[/]"
     else:
-        state = f"[bold yellow]unready[/] ({(g['health'] or {}).get('reason', '')})"
+        state = f"[bold yellow]unready[/] ({escape(str((g['health'] or {}).get('reason', '')))})"
     return "[green]running[/]  " + "  ".join(parts) + "  " + state
 
 
 def _evidence_line(e: dict[str, Any]) -> str:
+    from rich.markup import escape
+
     text = f"{e['records']:,} sealed record(s) in {e['logs']} log(s)"
     cp = e["last_checkpoint"]
     if cp:
-        text += f"; last checkpoint {ago(cp['age_s'])} ago ({cp['tenant'] or 'security log'}, size {cp['size']:,})"
+        where = escape(cp["tenant"] or "security log")
+        text += f"; last checkpoint {ago(cp['age_s'])} ago ({where}, size {cp['size']:,})"
     else:
         text += "; [yellow]no checkpoint yet[/]"
     if e["awaiting_checkpoint"]:
@@ -55,11 +60,11 @@ def _evidence_line(e: dict[str, Any]) -> str:
         text += "\n[yellow]never verified[/] (run `aegress audit verify`)"
     else:
         result = "[green]verified[/]" if v.get("ok") else "[bold red]PROBLEM[/]"
-        text += (f"\nlast verification {ago(v.get('age_s'))} ago by {v.get('by')}: {result}, "
+        text += (f"\nlast verification {ago(v.get('age_s'))} ago by {escape(str(v.get('by')))}: {result}, "
                  f"{v.get('records', 0):,} record(s)")
         for log in v.get("logs") or []:
             if not log.get("ok"):
-                text += f"\n  [red]{log.get('origin')}: {log.get('problem')}[/]"
+                text += f"\n  [red]{escape(str(log.get('origin')))}: {escape(str(log.get('problem')))}[/]"
     if e.get("recording") == "off":
         text += "\n[bold red]recording is OFF[/] (--no-evidence: calls are not recorded)"
     return text
@@ -68,21 +73,22 @@ def _evidence_line(e: dict[str, Any]) -> str:
 def render(status: Status) -> RenderableType:
     """The whole screen as rich renderables: summary lines, then tables."""
     from rich.console import Group
+    from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
 
     s = status
-    scope = f"tenant {s.tenant}" if s.tenant else "all tenants"
+    scope = f"tenant {escape(s.tenant)}" if s.tenant else "all tenants"
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold", no_wrap=True)
     head.add_column(overflow="fold")
     head.add_row("Gateway", _gateway_line(s.gateway))
     binding = s.binding["text"] + (f" ({s.binding['ingress']} ingress)" if s.binding.get("ingress") else "")
-    head.add_row("Binding", binding)
+    head.add_row("Binding", Text(binding))
     d = s.deploy
-    deploy = f"{d['path']}: {d['title']}" if d["path"] else d["title"]
+    deploy = escape(f"{d['path']}: {d['title']}" if d["path"] else d["title"])
     if d.get("store"):
-        deploy += f"  [dim]store {d['store']}, bus {d['bus']}[/]"
+        deploy += f"  [dim]store {escape(str(d['store']))}, bus {escape(str(d['bus']))}[/]"
     head.add_row("Deploy", deploy)
     head.add_row("Evidence", _evidence_line(s.evidence))
     active = s.clients_active
@@ -96,16 +102,16 @@ def render(status: Status) -> RenderableType:
     for label, counts in (("last hour", s.gate["last_hour"]), ("total", s.gate["total"])):
         gate.add_row(label, *(f"{counts[k]:,}" for k in ("allowed", "held", "blocked", "hidden", "denied")))
 
-    parts: list[Any] = [Text.from_markup(f"[bold]Aegress status[/]  [dim]{scope} · data dir {s.data_dir} · "
-                                         f"{s.store['backend']} {s.store['location']} · {s.generated_at}[/]"),
+    where = escape(f"data dir {s.data_dir} · {s.store['backend']} {s.store['location']}")
+    parts: list[Any] = [Text.from_markup(f"[bold]Aegress status[/]  [dim]{scope} · {where} · {s.generated_at}[/]"),
                         head, gate]
     if s.clients:
         table = Table(title="Clients", title_justify="left", header_style="bold")
         for col in ("client", "versions", "calls", "last seen", "active"):
             table.add_column(col, overflow="fold")
         for c in s.clients:
-            table.add_row(c["name"], ", ".join(c["versions"]) or "-", f"{c['calls']:,}", c["last_seen"] or "-",
-                          "[green]yes[/]" if c["active"] else "no")
+            table.add_row(Text(c["name"]), Text(", ".join(c["versions"]) or "-"), f"{c['calls']:,}",
+                          Text(c["last_seen"] or "-"), "[green]yes[/]" if c["active"] else "no")
         parts.append(table)
     if s.upstreams:
         table = Table(title="Upstreams (health: calls of the last 15 min)", title_justify="left", header_style="bold")
@@ -113,7 +119,7 @@ def render(status: Status) -> RenderableType:
             table.add_column(col, overflow="fold")
         colour = {"ok": "green", "degraded": "yellow", "failing": "bold red", "idle": "dim"}
         for u in s.upstreams:
-            table.add_row(u["tenant"], u["name"], u["transport"], str(u["tools"]),
+            table.add_row(Text(u["tenant"]), Text(u["name"]), Text(u["transport"]), str(u["tools"]),
                           f"[{colour[u['health']]}]{u['health']}[/]")
         parts.append(table)
     if s.reviews["items"]:
@@ -123,7 +129,7 @@ def render(status: Status) -> RenderableType:
         for col in ("tenant", "actor", "tool", "waiting"):
             table.add_column(col, overflow="fold")
         for r in s.reviews["items"]:
-            table.add_row(r["id"], r["tenant"], r["actor"], r["tool"], ago(r["age_s"]))
+            table.add_row(Text(r["id"]), Text(r["tenant"]), Text(r["actor"]), Text(r["tool"]), ago(r["age_s"]))
         parts.append(table)
     return Group(*parts)
 
@@ -166,7 +172,7 @@ def status(
         else:
             from rich.console import Console
 
-            Console().print(render(snapshot()))
+            Console(emoji=False).print(render(snapshot()))
         return
     try:
         if json_out:
@@ -193,7 +199,7 @@ def _watch_screen(snapshot: Any, interval: float, count: int) -> None:
     from rich.console import Console
     from rich.live import Live
 
-    console = Console()
+    console = Console(emoji=False)  # values are data: `:name:` in them stays as written (and no emoji table)
     with Live(render(snapshot()), console=console, auto_refresh=False, screen=False) as live:
         done = 1
         while count == 0 or done < count:

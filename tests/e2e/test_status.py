@@ -155,3 +155,40 @@ def test_status_and_operator_commands_load_no_server_or_evidence_stack(tmp_path:
         bad = sorted(m for m in modules if m.split(".")[0] in SERVER_STACK or m.split(".")[0] in heavy
                      or any(m == h or m.startswith(h + ".") for h in heavy))
         assert bad == [], (args, bad)
+
+
+def test_names_from_clients_and_upstreams_are_shown_as_text_never_as_markup(tmp_path: Path) -> None:
+    """A client picks its own name (clientInfo.name): `[/]` in it made `aegress status` fail with rich's
+    MarkupError, and `[bold]...` restyled the operator's screen. Every value is printed as plain text."""
+    import asyncio
+
+    import httpx2
+
+    from tests.procs import add_stdio_fixture, allow_all, setup_tenant
+
+    home = tmp_path / "home"
+    token = setup_tenant(home, "acme", "alice")
+    allow_all(home, "acme")
+    add_stdio_fixture(home, "acme", "tools")
+    hostile = "evil[/] [bold red]FAKE OK[/bold red] [link=http://x]"
+
+    async def call(url: str) -> None:
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream",
+                   "MCP-Protocol-Version": "2025-11-25"}
+        async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
+            init = await http.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": hostile, "version": "1"}}})
+            init.raise_for_status()
+            if init.headers.get("mcp-session-id"):
+                http.headers["mcp-session-id"] = init.headers["mcp-session-id"]
+            await http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+            done = await http.post(url, json={"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                                              "params": {"name": "tools__echo", "arguments": {"text": "hi"}}})
+            assert "hi" in done.text
+
+    with run_gateway(home) as gw:
+        asyncio.run(call(gw.url))
+        assert [c["name"] for c in status_json(home)["clients"]] == [hostile]
+        r = aegress(home, "status", check=False)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "evil[/]" in r.stdout and "[bold red]FAKE OK[/bold red]" in r.stdout  # shown as written
