@@ -4,6 +4,7 @@ one place where library errors become `Error:` / `Hint:` lines and exit codes.""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from functools import wraps
@@ -120,6 +121,19 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+"""Control characters (escape sequences move the cursor, retitle the window, hide or rewrite text) and
+bidirectional overrides (which reorder what is shown)."""
+
+
+def printable(value: object) -> str:
+    """`value` as text that cannot steer the operator's terminal: the characters of `_UNSAFE` are shown escaped
+    (`\\x1b`, `\\u202e`), everything else as written. For anything someone else chose: tool, server and client
+    names, arguments, reasons. A held call whose tool name rewrote itself on screen could be approved unseen."""
+    text = "" if value is None else str(value)
+    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
@@ -137,7 +151,7 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     if not rows:
         console.print(f"[dim]{empty}[/dim]")
         return
-    cells = [["" if v is None else str(v) for v in row] for row in rows]
+    cells = [[printable(v) for v in row] for row in rows]
     kept = [i for i, col in enumerate(columns) if col in (keep if keep is not None else columns[:1])]
     widths = {i: max(len(columns[i]), *(len(row[i]) for row in cells)) for i in kept}
     # each column costs its padding and a border (3); every other column needs a few characters to wrap in

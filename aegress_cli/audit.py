@@ -27,6 +27,7 @@ from aegress_cli._common import (
     json_errors,
     master_key,
     print_json,
+    printable,
     progress,
     store,
 )
@@ -144,7 +145,7 @@ def tail(tenant: TenantFilter = "", actor: ActorFilter = "", tool: ToolFilter = 
             if json_out:
                 sys.stdout.write(json.dumps(_row_dict(r)) + "\n")
             else:
-                print("  ".join(str("" if c is None else c) for c in _row_cells(r)))
+                print("  ".join(printable(c) for c in _row_cells(r)))
         sys.stdout.flush()
 
     emit(rows)

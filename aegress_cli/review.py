@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from aegress_cli._common import JsonOpt, handle_errors, print_json, print_table, store
+from aegress_cli._common import JsonOpt, handle_errors, print_json, print_table, printable, store
 
 app = typer.Typer(help="Held calls: list, show, approve or deny them (policy verdict `review`).",
                   no_args_is_help=True)
@@ -94,7 +94,7 @@ def show(review_id: IdArg, json_out: JsonOpt = False) -> None:
     for key, value in data.items():
         if value not in (None, ""):
             shown = json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else value
-            print(f"{key:>16}: {shown}")
+            print(f"{key:>16}: {printable(shown)}")  # the agent chose the arguments, the upstream the tool name
 
 
 @app.command("approve")

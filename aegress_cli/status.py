@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from aegress_cli._common import JsonOpt, handle_errors, home, print_json, store
+from aegress_cli._common import JsonOpt, handle_errors, home, print_json, printable, store
 from gateway.status import ago
 
 if TYPE_CHECKING:
@@ -21,13 +21,25 @@ if TYPE_CHECKING:
 
     from gateway.status import Status
 
+def escape(value: object) -> str:
+    """A value inside rich markup: shown as written (`printable`), never read as markup."""
+    from rich.markup import escape as markup_escape
+
+    return markup_escape(printable(value))
+
+
+def _text(value: object) -> Any:
+    """A table cell someone else may have chosen (a client's name, a tool's): plain text, shown as written."""
+    from rich.text import Text
+
+    return Text(printable(value))
+
+
 MIN_INTERVAL_S = 1.0
 MAX_INTERVAL_S = 60.0
 
 
 def _gateway_line(g: dict[str, Any]) -> str:
-    from rich.markup import escape
-
     if not g["running"]:
         return f"[bold red]not running[/]  [dim]{escape(str(g['note']))}[/]"
     parts = [f"pid {g['pid']}", escape(g["url"] or "(not listening yet)")]
@@ -44,8 +56,6 @@ def _gateway_line(g: dict[str, Any]) -> str:
 
 
 def _evidence_line(e: dict[str, Any]) -> str:
-    from rich.markup import escape
-
     text = f"{e['records']:,} sealed record(s) in {e['logs']} log(s)"
     cp = e["last_checkpoint"]
     if cp:
@@ -73,7 +83,6 @@ def _evidence_line(e: dict[str, Any]) -> str:
 def render(status: Status) -> RenderableType:
     """The whole screen as rich renderables: summary lines, then tables."""
     from rich.console import Group
-    from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
 
@@ -84,7 +93,7 @@ def render(status: Status) -> RenderableType:
     head.add_column(overflow="fold")
     head.add_row("Gateway", _gateway_line(s.gateway))
     binding = s.binding["text"] + (f" ({s.binding['ingress']} ingress)" if s.binding.get("ingress") else "")
-    head.add_row("Binding", Text(binding))
+    head.add_row("Binding", _text(binding))
     d = s.deploy
     deploy = escape(f"{d['path']}: {d['title']}" if d["path"] else d["title"])
     if d.get("store"):
@@ -110,8 +119,8 @@ def render(status: Status) -> RenderableType:
         for col in ("client", "versions", "calls", "last seen", "active"):
             table.add_column(col, overflow="fold")
         for c in s.clients:
-            table.add_row(Text(c["name"]), Text(", ".join(c["versions"]) or "-"), f"{c['calls']:,}",
-                          Text(c["last_seen"] or "-"), "[green]yes[/]" if c["active"] else "no")
+            table.add_row(_text(c["name"]), _text(", ".join(c["versions"]) or "-"), f"{c['calls']:,}",
+                          _text(c["last_seen"] or "-"), "[green]yes[/]" if c["active"] else "no")
         parts.append(table)
     if s.upstreams:
         table = Table(title="Upstreams (health: calls of the last 15 min)", title_justify="left", header_style="bold")
@@ -119,7 +128,7 @@ def render(status: Status) -> RenderableType:
             table.add_column(col, overflow="fold")
         colour = {"ok": "green", "degraded": "yellow", "failing": "bold red", "idle": "dim"}
         for u in s.upstreams:
-            table.add_row(Text(u["tenant"]), Text(u["name"]), Text(u["transport"]), str(u["tools"]),
+            table.add_row(_text(u["tenant"]), _text(u["name"]), _text(u["transport"]), str(u["tools"]),
                           f"[{colour[u['health']]}]{u['health']}[/]")
         parts.append(table)
     if s.reviews["items"]:
@@ -129,7 +138,7 @@ def render(status: Status) -> RenderableType:
         for col in ("tenant", "actor", "tool", "waiting"):
             table.add_column(col, overflow="fold")
         for r in s.reviews["items"]:
-            table.add_row(Text(r["id"]), Text(r["tenant"]), Text(r["actor"]), Text(r["tool"]), ago(r["age_s"]))
+            table.add_row(_text(r["id"]), _text(r["tenant"]), _text(r["actor"]), _text(r["tool"]), ago(r["age_s"]))
         parts.append(table)
     return Group(*parts)
 

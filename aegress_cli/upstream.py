@@ -16,6 +16,7 @@ from aegress_cli._common import (
     now,
     print_json,
     print_table,
+    printable,
     progress,
     store,
 )
@@ -169,7 +170,7 @@ def add(
     if json_out:
         print_json({**_spec_json(spec), "tools": tools})
     else:
-        shown = ", ".join(tools[:8]) + (" ..." if len(tools) > 8 else "") if tools else "(not probed)"
+        shown = printable(", ".join(tools[:8])) + (" ..." if len(tools) > 8 else "") if tools else "(not probed)"
         print(f"Added upstream {name} to tenant {tenant}: {len(tools)} tools: {shown}")
         if not probe:
             err(f"Note: not probed; check it with `aegress upstream test --tenant {tenant} {name}`.")
@@ -266,7 +267,8 @@ def test(name: Annotated[str, typer.Argument(help="Upstream name.")], tenant: Te
         print_json({"name": name, "server": result.server_name, "protocol_version": result.protocol_version,
                     "tools": [{"name": t.get("name"), "description": t.get("description", "")} for t in result.tools]})
         return
-    print(f"Connected to {name} ({result.server_name or 'unnamed server'}, protocol {result.protocol_version}).")
+    print(f"Connected to {name} ({printable(result.server_name or 'unnamed server')}, "
+          f"protocol {printable(result.protocol_version)}).")
     print_table("Tools", ["name", "description"],
                 [(t.get("name"), (t.get("description") or "").split("\n")[0][:80]) for t in result.tools],
                 "It offers no tools.")

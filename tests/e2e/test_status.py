@@ -159,7 +159,8 @@ def test_status_and_operator_commands_load_no_server_or_evidence_stack(tmp_path:
 
 def test_names_from_clients_and_upstreams_are_shown_as_text_never_as_markup(tmp_path: Path) -> None:
     """A client picks its own name (clientInfo.name): `[/]` in it made `aegress status` fail with rich's
-    MarkupError, and `[bold]...` restyled the operator's screen. Every value is printed as plain text."""
+    MarkupError, `[bold]...` restyled the operator's screen, and an escape sequence reached the terminal. Every
+    value is printed as plain text, control characters escaped."""
     import asyncio
 
     import httpx2
@@ -170,7 +171,7 @@ def test_names_from_clients_and_upstreams_are_shown_as_text_never_as_markup(tmp_
     token = setup_tenant(home, "acme", "alice")
     allow_all(home, "acme")
     add_stdio_fixture(home, "acme", "tools")
-    hostile = "evil[/] [bold red]FAKE OK[/bold red] [link=http://x]"
+    hostile = "evil[/] [bold]OK[/bold] \x1b]0;owned\x07\x1b[2K\u202e"
 
     async def call(url: str) -> None:
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream",
@@ -191,4 +192,5 @@ def test_names_from_clients_and_upstreams_are_shown_as_text_never_as_markup(tmp_
         assert [c["name"] for c in status_json(home)["clients"]] == [hostile]
         r = aegress(home, "status", check=False)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
-    assert "evil[/]" in r.stdout and "[bold red]FAKE OK[/bold red]" in r.stdout  # shown as written
+    assert "evil[/]" in r.stdout and "[bold]OK[/bold]" in r.stdout  # shown as written
+    assert "\x1b" not in r.stdout and "\u202e" not in r.stdout and "\\x1b]0;owned\\x07\\x1b[2K\\u202e" in r.stdout
