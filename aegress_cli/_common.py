@@ -100,9 +100,9 @@ def fail(exc: AegressError) -> typer.Exit:
     if _state["json"]:
         print_error_json(exc.code, exc.message, exc.hint, exc.exit_code)
         return typer.Exit(exc.exit_code)
-    err(f"Error: {exc.message}")
+    err(f"Error: {printable(exc.message, lines=True)}")  # messages quote names others chose
     if exc.hint:
-        err(f"Hint: {exc.hint}")
+        err(f"Hint: {printable(exc.hint, lines=True)}")
     return typer.Exit(exc.exit_code)
 
 
@@ -121,17 +121,23 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 """Control characters (escape sequences move the cursor, retitle the window, hide or rewrite text) and
 bidirectional overrides (which reorder what is shown)."""
 
 
-def printable(value: object) -> str:
+_UNSAFE_IN_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+"""The same, but for tab and newline (messages of several lines)."""
+
+
+def printable(value: object, *, lines: bool = False) -> str:
     """`value` as text that cannot steer the operator's terminal: the characters of `_UNSAFE` are shown escaped
-    (`\\x1b`, `\\u202e`), everything else as written. For anything someone else chose: tool, server and client
-    names, arguments, reasons. A held call whose tool name rewrote itself on screen could be approved unseen."""
+    (`\\x1b`, `\\u202e`), everything else as written (`lines`: tabs and newlines too). For anything someone
+    else chose: tool, server and client names, arguments, reasons, and our messages that quote them. A held call
+    whose tool name rewrote itself on screen could be approved unseen."""
     text = "" if value is None else str(value)
-    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    unsafe = _UNSAFE_IN_LINES if lines else _UNSAFE
+    return unsafe.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def print_json(data: Any) -> None:

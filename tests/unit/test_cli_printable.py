@@ -24,3 +24,13 @@ def test_nothing_printed_can_start_an_escape_sequence(text: str) -> None:
                    "\u2066\u2067\u2068\u2069" for ch in shown)
     if all(ch.isprintable() and ch not in "\u200e\u200f" for ch in text):
         assert shown == text  # printable text is left exactly as it was
+
+
+def test_error_messages_keep_their_lines_and_lose_their_escapes(capsys) -> None:  # type: ignore[no-untyped-def]
+    from aegress_cli._common import fail
+    from gateway.errors import NotFound
+
+    assert printable("one\n\ttwo\x1b[2K\r", lines=True) == "one\n\ttwo\\x1b[2K\\r"
+    fail(NotFound("No upstream 'a\x1b]0;x\x07'.\nKnown: b", hint="Did you mean 'b\u202e'?"))
+    assert capsys.readouterr().err == ("Error: No upstream 'a\\x1b]0;x\\x07'.\nKnown: b\n"
+                                       "Hint: Did you mean 'b\\u202e'?\n")
