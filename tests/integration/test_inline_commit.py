@@ -207,6 +207,7 @@ def test_inline_commits_never_checkpoint_the_wal_on_the_event_loop(tmp_path: Pat
     from gateway.store import sqlite as sqlite_module
 
     monkeypatch.setattr(sqlite_module, "INLINE_COMMITS_PER_CHECKPOINT", 10**9)
+    monkeypatch.setattr(writer_module, "INLINE_SLOW_S", 60.0)  # a busy machine's slow commit must not pause them
     store = _NotingCheckpoints(tmp_path / "a.db")
     commits: Commits = []
     writer = _writer(store, commits)
@@ -216,22 +217,24 @@ def test_inline_commits_never_checkpoint_the_wal_on_the_event_loop(tmp_path: Pat
     assert store.checkpoints == [] and {name for name, _ in commits} == {"MainThread"}
 
 
-def test_the_writer_thread_checkpoints_the_wal_for_inline_commits(tmp_path: Path) -> None:
+def test_the_writer_thread_checkpoints_the_wal_for_inline_commits(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Every INLINE_COMMITS_PER_CHECKPOINT inline commits the writer's thread runs a PASSIVE checkpoint, so the
-    WAL stays about SQLite's usual size; the log verifies afterwards."""
+    WAL stays about SQLite's usual size; the log verifies afterwards. (A lone intent that finds the request
+    still queued goes to the writer's thread, and does not count: on a busy machine a few more may.)"""
     from gateway.store.sqlite import INLINE_COMMITS_PER_CHECKPOINT
 
+    monkeypatch.setattr(writer_module, "INLINE_SLOW_S", 60.0)  # a busy machine's slow commit must not pause them
     store = _NotingCheckpoints(tmp_path / "a.db")
     commits: Commits = []
     writer = _writer(store, commits)
-    _inline_intents(writer, 2 * INLINE_COMMITS_PER_CHECKPOINT + 10)
-    for _ in range(500):  # the writer's thread takes the second request after the 200th commit
+    for _ in range(20):  # bounded: 20 batches of half the interval
+        _inline_intents(writer, INLINE_COMMITS_PER_CHECKPOINT // 2)
         if len(store.checkpoints) >= 2:
             break
-        time.sleep(0.01)
     writer.close()
-    assert store.checkpoints == ["aegress-evidence", "aegress-evidence"]
-    # a lone intent that finds the request still queued goes to the writer's thread (at most one per request)
-    assert sum(name == "MainThread" for name, _ in commits) >= len(commits) - 2
+    inline = sum(name == "MainThread" for name, _ in commits)
+    assert len(store.checkpoints) >= 2 and set(store.checkpoints) == {"aegress-evidence"}
+    assert inline >= 2 * INLINE_COMMITS_PER_CHECKPOINT and inline >= 0.8 * len(commits)
     assert _wal_frames(tmp_path / "a.db") < 1000  # the WAL restarted after the last checkpoint
     assert verify_log(store.evidence_records(ORIGIN), origin=ORIGIN).ok
