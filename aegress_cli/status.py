@@ -18,6 +18,7 @@ from gateway.status import ago
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
+    from rich.text import Text
 
     from gateway.status import Status
 
@@ -28,7 +29,7 @@ def escape(value: object) -> str:
     return markup_escape(printable(value))
 
 
-def _text(value: object) -> Any:
+def _text(value: object) -> Text:
     """A table cell someone else may have chosen (a client's name, a tool's): plain text, shown as written."""
     from rich.text import Text
 

@@ -41,7 +41,7 @@ _CHECKPOINT = object()
 thread runs it (`checkpoint_wal`), so the event loop never does."""
 UNCAPPED = frozenset({"outcome"})
 INLINE_SLOW_S = 0.01
-"""An inline commit slower than this (a slow disk, a checkpoint) stops inline commits for INLINE_PAUSE_S: the
+"""An inline commit slower than this (a slow disk, a busy machine) stops inline commits for INLINE_PAUSE_S: the
 event loop must not wait on the disk while the writer thread could."""
 INLINE_PAUSE_S = 5.0
 
