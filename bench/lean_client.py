@@ -111,7 +111,9 @@ class LeanClient:
                 name, _, value = line.partition(":")
                 headers[name.strip().lower()] = value.strip()
         keep = headers.get("connection", "").lower() != "close"
-        if "content-length" in headers:
+        if status in (204, 304) or status < 200:  # no body, whatever the headers say
+            data = b""
+        elif "content-length" in headers:
             data = await reader.readexactly(int(headers["content-length"]))
         elif headers.get("transfer-encoding", "").lower() == "chunked":
             data = await _chunked(reader)

@@ -40,7 +40,7 @@ def test_calls_the_sdk_upstream_and_a_gateway(aegress_home: Path) -> None:
 
 
 class _RawServer:
-    """HTTP/1.1 on a loopback port: initialize in JSON with a session id, notifications 202, calls in chunked
+    """HTTP/1.1 on a loopback port: initialize in JSON with a session id, notifications 204, calls in chunked
     SSE (a priming event first). With `drop_idle` a connection serves one request; the next one on it finds it
     closed, unanswered, as when a server drops an idle keep-alive connection just as a request is sent."""
 
@@ -65,8 +65,8 @@ class _RawServer:
                     payload = json.dumps({"jsonrpc": "2.0", "id": body["id"], "result": {}}).encode()
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nMcp-Session-Id: s-1\r\n"
                                  b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))
-                elif "id" not in body:
-                    writer.write(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
+                elif "id" not in body:  # a notification: no body, and no header saying so
+                    writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
                 else:
                     text = body["params"]["arguments"]["text"]
                     answer = json.dumps({"jsonrpc": "2.0", "id": body["id"],
@@ -99,7 +99,7 @@ def test_chunked_sse_answers_and_connections_the_server_dropped(drop_idle: bool)
             server.close()
             await server.wait_closed()
 
-    asyncio.run(go())
+    asyncio.run(asyncio.wait_for(go(), 30))
     calls = [(head, body) for head, body in raw.requests if body.get("method") == "tools/call"]
     assert len(calls) == 5 and all(b"mcp-session-id: s-1" in head.lower() and b"x-test: 1" in head.lower()
                                    for head, _ in calls)
