@@ -59,18 +59,24 @@ def _help_flag_default_false(command: Any) -> None:
 
 
 # -- loading commands when they are used ------------------------------------------------------------
-def load_command(name: str, target: str) -> Any:
-    """Join one command or group to a root as `app.command()` / `app.add_typer()` would, and return the
-    Click command Typer builds for it."""
+def _joined(name: str, target: str) -> tuple[typer.Typer, bool]:
+    """A holder with the command or group `target` names joined as `name`, as `app.command()` /
+    `app.add_typer()` would join it; True when it is a group."""
     module, _, attribute = target.partition(":")
     obj = getattr(import_module(module), attribute)
     holder = typer.Typer(add_completion=False)
     if isinstance(obj, typer.Typer):
         holder.add_typer(obj, name=name)
-        command = typer.main.get_command(holder).commands[name]  # type: ignore[attr-defined]
-    else:
-        holder.command(name)(obj)
-        command = typer.main.get_command(holder)  # one command and no callback: Typer builds just that
+        return holder, True
+    holder.command(name)(obj)
+    return holder, False
+
+
+def load_command(name: str, target: str) -> Any:
+    """Join one command or group to a root and return the Click command Typer builds for it."""
+    holder, group = _joined(name, target)
+    built = typer.main.get_command(holder)  # for one command and no callback, Typer builds just that one
+    command = built.commands[name] if group else built  # type: ignore[attr-defined]
     _help_flag_default_false(command)
     _coerce.install(command)
     _help.polish(command)
@@ -84,15 +90,12 @@ def summarize_command(name: str, target: str) -> Any:
     `aegress --help`'s time."""
     from typer.main import solve_typer_info_defaults
 
-    module, _, attribute = target.partition(":")
-    obj = getattr(import_module(module), attribute)
-    holder = typer.Typer(add_completion=False)
-    if isinstance(obj, typer.Typer):
-        holder.add_typer(obj, name=name)
-        info: Any = solve_typer_info_defaults(holder.registered_groups[0])
+    holder, group = _joined(name, target)
+    info: Any
+    if group:
+        info = solve_typer_info_defaults(holder.registered_groups[0])
         text = info.help
     else:
-        holder.command(name)(obj)
         info = holder.registered_commands[0]
         text = inspect.getdoc(info.callback) if info.help is None else inspect.cleandoc(info.help)
     return _help.Command(name=name, help=text, short_help=info.short_help, hidden=info.hidden,

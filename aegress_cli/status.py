@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from gateway.status import Status
 
-def escape(value: object) -> str:
+def _markup(value: object) -> str:
     """A value inside rich markup: shown as written (`printable`), never read as markup."""
     from rich.markup import escape as markup_escape
 
@@ -42,17 +42,17 @@ MAX_INTERVAL_S = 60.0
 
 def _gateway_line(g: dict[str, Any]) -> str:
     if not g["running"]:
-        return f"[bold red]not running[/]  [dim]{escape(str(g['note']))}[/]"
-    parts = [f"pid {g['pid']}", escape(g["url"] or "(not listening yet)")]
+        return f"[bold red]not running[/]  [dim]{_markup(g['note'])}[/]"
+    parts = [f"pid {g['pid']}", _markup(g["url"] or "(not listening yet)")]
     if g.get("public_url"):
-        parts.append(f"public {escape(str(g['public_url']))}")
-    parts += [f"v{escape(str(g['version']))}" if g.get("version") else "version unknown", f"up {ago(g['uptime_s'])}"]
+        parts.append(f"public {_markup(g['public_url'])}")
+    parts += [f"v{_markup(g['version'])}" if g.get("version") else "version unknown", f"up {ago(g['uptime_s'])}"]
     if not g["answering"]:
         state = "[bold red]not answering[/]"
     elif g["ready"]:
         state = "[green]ready[/]"
     else:
-        state = f"[bold yellow]unready[/] ({escape(str((g['health'] or {}).get('reason', '')))})"
+        state = f"[bold yellow]unready[/] ({_markup((g['health'] or {}).get('reason', ''))})"
     return "[green]running[/]  " + "  ".join(parts) + "  " + state
 
 
@@ -60,7 +60,7 @@ def _evidence_line(e: dict[str, Any]) -> str:
     text = f"{e['records']:,} sealed record(s) in {e['logs']} log(s)"
     cp = e["last_checkpoint"]
     if cp:
-        where = escape(cp["tenant"] or "security log")
+        where = _markup(cp["tenant"] or "security log")
         text += f"; last checkpoint {ago(cp['age_s'])} ago ({where}, size {cp['size']:,})"
     else:
         text += "; [yellow]no checkpoint yet[/]"
@@ -71,11 +71,11 @@ def _evidence_line(e: dict[str, Any]) -> str:
         text += "\n[yellow]never verified[/] (run `aegress audit verify`)"
     else:
         result = "[green]verified[/]" if v.get("ok") else "[bold red]PROBLEM[/]"
-        text += (f"\nlast verification {ago(v.get('age_s'))} ago by {escape(str(v.get('by')))}: {result}, "
+        text += (f"\nlast verification {ago(v.get('age_s'))} ago by {_markup(v.get('by'))}: {result}, "
                  f"{v.get('records', 0):,} record(s)")
         for log in v.get("logs") or []:
             if not log.get("ok"):
-                text += f"\n  [red]{escape(str(log.get('origin')))}: {escape(str(log.get('problem')))}[/]"
+                text += f"\n  [red]{_markup(log.get('origin'))}: {_markup(log.get('problem'))}[/]"
     if e.get("recording") == "off":
         text += "\n[bold red]recording is OFF[/] (--no-evidence: calls are not recorded)"
     return text
@@ -88,7 +88,7 @@ def render(status: Status) -> RenderableType:
     from rich.text import Text
 
     s = status
-    scope = f"tenant {escape(s.tenant)}" if s.tenant else "all tenants"
+    scope = f"tenant {_markup(s.tenant)}" if s.tenant else "all tenants"
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold", no_wrap=True)
     head.add_column(overflow="fold")
@@ -96,9 +96,9 @@ def render(status: Status) -> RenderableType:
     binding = s.binding["text"] + (f" ({s.binding['ingress']} ingress)" if s.binding.get("ingress") else "")
     head.add_row("Binding", _text(binding))
     d = s.deploy
-    deploy = escape(f"{d['path']}: {d['title']}" if d["path"] else d["title"])
+    deploy = _markup(f"{d['path']}: {d['title']}" if d["path"] else d["title"])
     if d.get("store"):
-        deploy += f"  [dim]store {escape(str(d['store']))}, bus {escape(str(d['bus']))}[/]"
+        deploy += f"  [dim]store {_markup(d['store'])}, bus {_markup(d['bus'])}[/]"
     head.add_row("Deploy", deploy)
     head.add_row("Evidence", _evidence_line(s.evidence))
     active = s.clients_active
@@ -112,7 +112,7 @@ def render(status: Status) -> RenderableType:
     for label, counts in (("last hour", s.gate["last_hour"]), ("total", s.gate["total"])):
         gate.add_row(label, *(f"{counts[k]:,}" for k in ("allowed", "held", "blocked", "hidden", "denied")))
 
-    where = escape(f"data dir {s.data_dir} · {s.store['backend']} {s.store['location']}")
+    where = _markup(f"data dir {s.data_dir} · {s.store['backend']} {s.store['location']}")
     parts: list[Any] = [Text.from_markup(f"[bold]Aegress status[/]  [dim]{scope} · {where} · {s.generated_at}[/]"),
                         head, gate]
     if s.clients:
