@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from gateway.status import Status
 
+
 def _markup(value: object) -> str:
     """A value inside rich markup: shown as written (`printable`), never read as markup."""
     from rich.markup import escape as markup_escape
