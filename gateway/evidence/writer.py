@@ -247,12 +247,16 @@ class EvidenceWriter:
             self._commit_lock.release()
 
     def _checkpoint(self) -> None:
-        """On the writer's thread: the WAL checkpoint inline commits left to it."""
+        """On the writer's thread: the WAL checkpoint inline commits left to it. It holds the commit lock, so
+        no commit lands while it runs (an inline one is handed to this thread meanwhile): a PASSIVE checkpoint
+        that a commit overtakes leaves frames behind, the WAL cannot restart, and with one call after another
+        it would grow without bound."""
         self._checkpoint_queued = False
-        try:
-            self._store.checkpoint_wal()  # type: ignore[attr-defined]
-        except Exception:  # never let housekeeping kill the writer
-            log.exception("WAL checkpoint failed")
+        with self._commit_lock:
+            try:
+                self._store.checkpoint_wal()  # type: ignore[attr-defined]
+            except Exception:  # never let housekeeping kill the writer
+                log.exception("WAL checkpoint failed")
 
     def _give_back(self, ready: list[tuple[Entry, _Waiter]], since: float) -> None:
         """Deferred records taken for an inline commit that did not happen: back in front, for the writer,

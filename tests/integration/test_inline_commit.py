@@ -174,15 +174,32 @@ def test_a_failed_inline_commit_hands_over_and_the_intent_is_refused_if_the_stor
 
 
 class _NotingCheckpoints(SQLiteStore):
-    """A real SQLite store that notes which thread ran each of its WAL checkpoints."""
+    """A real SQLite store that notes which thread ran each of its WAL checkpoints, and every commit made while
+    one ran. `slow_s`: a checkpoint that takes that much longer (a slow disk), before it copies anything."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, slow_s: float = 0.0) -> None:
         super().__init__(path)
         self.checkpoints: list[str] = []
+        self.overtaken = 0  # commits made while a checkpoint ran
+        self._slow_s = slow_s
+        self._checkpointing = False
 
     def checkpoint_wal(self) -> None:
         self.checkpoints.append(threading.current_thread().name)
-        super().checkpoint_wal()
+        self._checkpointing = True
+        try:
+            time.sleep(self._slow_s)
+            super().checkpoint_wal()
+        finally:
+            self._checkpointing = False
+
+    def append_evidence_nowait(self, *args: Any, **kwargs: Any) -> list[Sealed]:
+        self.overtaken += self._checkpointing
+        return super().append_evidence_nowait(*args, **kwargs)
+
+    def append_evidence(self, *args: Any, **kwargs: Any) -> list[Sealed]:
+        self.overtaken += self._checkpointing
+        return super().append_evidence(*args, **kwargs)
 
 
 def _inline_intents(writer: EvidenceWriter, n: int) -> None:
@@ -221,11 +238,13 @@ def test_the_writer_thread_checkpoints_the_wal_for_inline_commits(tmp_path: Path
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Every INLINE_COMMITS_PER_CHECKPOINT inline commits the writer's thread runs a PASSIVE checkpoint, so the
     WAL stays about SQLite's usual size; the log verifies afterwards. (A lone intent that finds the request
-    still queued goes to the writer's thread, and does not count: on a busy machine a few more may.)"""
+    still queued goes to the writer's thread, and does not count: on a busy machine a few more may.)
+    No commit may land while the checkpoint runs, however slow it is: one that did would leave frames the
+    checkpoint did not copy, the WAL could not restart, and with one call after another it would only grow."""
     from gateway.store.sqlite import INLINE_COMMITS_PER_CHECKPOINT
 
     monkeypatch.setattr(writer_module, "INLINE_SLOW_S", 60.0)  # a busy machine's slow commit must not pause them
-    store = _NotingCheckpoints(tmp_path / "a.db")
+    store = _NotingCheckpoints(tmp_path / "a.db", slow_s=0.05)
     commits: Commits = []
     writer = _writer(store, commits)
     for _ in range(20):  # bounded: 20 batches of half the interval
@@ -235,6 +254,7 @@ def test_the_writer_thread_checkpoints_the_wal_for_inline_commits(tmp_path: Path
     writer.close()
     inline = sum(name == "MainThread" for name, _ in commits)
     assert len(store.checkpoints) >= 2 and set(store.checkpoints) == {"aegress-evidence"}
+    assert store.overtaken == 0
     assert inline >= 2 * INLINE_COMMITS_PER_CHECKPOINT and inline >= 0.8 * len(commits)
     assert _wal_frames(tmp_path / "a.db") < 1000  # the WAL restarted after the last checkpoint
     assert verify_log(store.evidence_records(ORIGIN), origin=ORIGIN).ok
