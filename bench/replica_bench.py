@@ -2,9 +2,9 @@
 
 Starts the HTTP fixture upstream, a gateway on SQLite (its own data dir) and a cluster of three replicas
 on one Postgres database with a private Redis behind nginx (tests/cluster.py), registers the same
-upstream in both, and drives `tools/call echo` with the bench's lean client (bench/gateway_bench.py
-`RawClient`: one 2025-11-25 session per target, so the three-replica figure also proves that a session
-is served by any replica). Every target is measured in the same rounds, interleaved:
+upstream in both, and drives `tools/call echo` with the minimal keep-alive client (bench/lean_client.py, on
+uvloop, as bench/gateway_bench.py: one 2025-11-25 session per target, so the three-replica figure also
+proves that a session is served by any replica). Every target is measured in the same rounds, interleaved:
   - latency at one in flight (p50, p99)
   - throughput at 16 and 64 in flight (median of rounds), as ratios against calling the upstream directly
   - CPU seconds per call of every process involved (replicas, nginx, Postgres backends, Redis, upstream,
@@ -34,11 +34,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import uvloop
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import proc_stats  # noqa: E402
-from bench.gateway_bench import RawClient, pct, throughput  # noqa: E402
+from bench.gateway_bench import pct, throughput  # noqa: E402
+from bench.lean_client import LeanClient  # noqa: E402
 from tests.cluster import cluster  # noqa: E402
 from tests.procs import aegress, allow_all, run_gateway, run_http_upstream, setup_tenant  # noqa: E402
 
@@ -69,9 +72,9 @@ def pids_named(*names: str) -> list[int]:
 
 async def measure(targets: dict[str, tuple[str, dict[str, str], str]], groups: dict[str, object], calls: int,
                   rounds: int, profile: tuple[Path, Path, dict[str, int]] | None = None) -> dict:
-    clients: dict[str, RawClient] = {}
+    clients: dict[str, LeanClient] = {}
     for name, (url, headers, _) in targets.items():
-        clients[name] = RawClient(url, headers, 64)
+        clients[name] = LeanClient(url, headers, 64)
         await clients[name].start()
     try:
         for name, c in clients.items():
@@ -111,7 +114,7 @@ async def measure(targets: dict[str, tuple[str, dict[str, str], str]], groups: d
             await c.close()
 
 
-async def profile_rounds(targets: dict[str, tuple[str, dict[str, str], str]], clients: dict[str, RawClient],
+async def profile_rounds(targets: dict[str, tuple[str, dict[str, str], str]], clients: dict[str, LeanClient],
                          calls: int, pyspy: Path, out_dir: Path, pids: dict[str, int]) -> dict:
     """One round at 64 in flight per target in `pids` under py-spy, recording that target's process."""
     from bench import profiling
@@ -172,6 +175,7 @@ def main() -> None:
             if args.profile:
                 profile = (args.pyspy, args.profile, {"sqlite_1": gw_pid, "postgres_1": c.replicas[0].pid,
                                                       "postgres_3_nginx": c.replicas[0].pid})
+            uvloop.install()  # the client's loop, as in bench/gateway_bench.py
             results = asyncio.run(asyncio.wait_for(measure(targets, groups, args.calls, args.rounds, profile), 1800))
             results["replica_spread"] = dict(c.spread())
     d = {k: v["direct"] for k, v in results["throughput"].items()}
