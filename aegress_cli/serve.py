@@ -145,14 +145,15 @@ def serve(
     lock = hold(data)  # before --demo or anything else touches the store: one gateway per data dir
     fresh_token: str | None = None
     if demo:
-        from gateway import admin, credentials
+        from gateway import credentials
+        from gateway.demo import setup as demo_setup
 
-        have = credentials.get_secret(credentials.token_key(admin.DEMO_TENANT, admin.DEMO_ACTOR)) is not None
-        fresh_token = admin.ensure_demo(store(), master_key(), now(), have_token=have)
+        have = credentials.get_secret(credentials.token_key(demo_setup.DEMO_TENANT, demo_setup.DEMO_ACTOR)) is not None
+        fresh_token = demo_setup.ensure_demo(store(), master_key(), now(), have_token=have)
         if fresh_token:
             from aegress_cli.token import keep_token
 
-            keep_token(admin.DEMO_TENANT, admin.DEMO_ACTOR, fresh_token)
+            keep_token(demo_setup.DEMO_TENANT, demo_setup.DEMO_ACTOR, fresh_token)
     limits = Limits(drain_grace_s=drain_grace, max_connections=max_connections, header_timeout_s=header_timeout,
                     keep_alive_s=keep_alive,
                     body_idle_timeout_s=body_timeout, body_deadline_s=body_deadline,
