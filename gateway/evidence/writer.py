@@ -247,16 +247,19 @@ class EvidenceWriter:
             self._commit_lock.release()
 
     def _checkpoint(self) -> None:
-        """On the writer's thread: the WAL checkpoint inline commits left to it. It holds the commit lock, so
-        no commit lands while it runs (an inline one is handed to this thread meanwhile): a PASSIVE checkpoint
-        that a commit overtakes leaves frames behind, the WAL cannot restart, and with one call after another
-        it would grow without bound."""
+        """On the writer's thread: the WAL checkpoint inline commits left to it, in two passes. The first
+        copies the bulk while commits go on; the second, with the commit lock held (a lone intent goes to
+        this thread for that moment), copies what they added meanwhile, usually nothing or a few pages. No
+        commit overtakes that one, so the WAL restarts. (A checkpoint that a commit overtakes leaves frames
+        behind: with one call after another the WAL kept growing until a commit on this thread happened to
+        run SQLite's own checkpoint.)"""
         self._checkpoint_queued = False
-        with self._commit_lock:
-            try:
+        try:
+            self._store.checkpoint_wal()  # type: ignore[attr-defined]
+            with self._commit_lock:
                 self._store.checkpoint_wal()  # type: ignore[attr-defined]
-            except Exception:  # never let housekeeping kill the writer
-                log.exception("WAL checkpoint failed")
+        except Exception:  # never let housekeeping kill the writer
+            log.exception("WAL checkpoint failed")
 
     def _give_back(self, ready: list[tuple[Entry, _Waiter]], since: float) -> None:
         """Deferred records taken for an inline commit that did not happen: back in front, for the writer,

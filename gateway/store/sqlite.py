@@ -423,8 +423,8 @@ class SQLiteStore(SQLStore):
 
     def checkpoint_wal(self) -> None:
         """A PASSIVE WAL checkpoint on the calling thread's connection (the evidence writer's): it waits for
-        no reader. The writer holds its commit lock meanwhile, so the checkpoint copies every frame and the
-        next commit restarts the WAL. A failure is logged; the next inline commits ask again."""
+        no reader or writer, and copies the frames committed when it began. A failure is logged; the next
+        inline commits ask again."""
         self._inline_commits = 0
         try:
             self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()

@@ -174,32 +174,38 @@ def test_a_failed_inline_commit_hands_over_and_the_intent_is_refused_if_the_stor
 
 
 class _NotingCheckpoints(SQLiteStore):
-    """A real SQLite store that notes which thread ran each of its WAL checkpoints, and every commit made while
-    one ran. `slow_s`: a checkpoint that takes that much longer (a slow disk), before it copies anything."""
+    """A real SQLite store that notes each WAL checkpoint pass: the thread that ran it, whether the writer's
+    commit lock was held (`lock`, set once the writer exists), and how many commits landed while it ran.
+    `slow_s`: every pass ends that much later (a slow disk's sync)."""
 
     def __init__(self, path: Path, slow_s: float = 0.0) -> None:
         super().__init__(path)
-        self.checkpoints: list[str] = []
-        self.overtaken = 0  # commits made while a checkpoint ran
+        self.lock: Any = None
+        self.passes: list[tuple[str, bool, int]] = []  # (thread, commit lock held, commits meanwhile)
         self._slow_s = slow_s
-        self._checkpointing = False
+        self._commits = 0
 
     def checkpoint_wal(self) -> None:
-        self.checkpoints.append(threading.current_thread().name)
-        self._checkpointing = True
-        try:
-            time.sleep(self._slow_s)
-            super().checkpoint_wal()
-        finally:
-            self._checkpointing = False
+        locked = self.lock is not None and self.lock.locked()
+        before = self._commits
+        super().checkpoint_wal()
+        time.sleep(self._slow_s)
+        self.passes.append((threading.current_thread().name, locked, self._commits - before))
 
     def append_evidence_nowait(self, *args: Any, **kwargs: Any) -> list[Sealed]:
-        self.overtaken += self._checkpointing
-        return super().append_evidence_nowait(*args, **kwargs)
+        sealed = super().append_evidence_nowait(*args, **kwargs)
+        self._commits += 1
+        return sealed
 
     def append_evidence(self, *args: Any, **kwargs: Any) -> list[Sealed]:
-        self.overtaken += self._checkpointing
-        return super().append_evidence(*args, **kwargs)
+        sealed = super().append_evidence(*args, **kwargs)
+        self._commits += 1
+        return sealed
+
+    @property
+    def checkpoints(self) -> list[str]:
+        """The threads of the finished checkpoints (each ends with a pass under the commit lock)."""
+        return [name for name, locked, _ in self.passes if locked]
 
 
 def _inline_intents(writer: EvidenceWriter, n: int) -> None:
@@ -239,22 +245,25 @@ def test_the_writer_thread_checkpoints_the_wal_for_inline_commits(tmp_path: Path
     """Every INLINE_COMMITS_PER_CHECKPOINT inline commits the writer's thread runs a PASSIVE checkpoint, so the
     WAL stays about SQLite's usual size; the log verifies afterwards. (A lone intent that finds the request
     still queued goes to the writer's thread, and does not count: on a busy machine a few more may.)
-    No commit may land while the checkpoint runs, however slow it is: one that did would leave frames the
-    checkpoint did not copy, the WAL could not restart, and with one call after another it would only grow."""
+    A checkpoint is a first pass without the commit lock (commits go on) and a second with it: however slow
+    that is, no commit lands meanwhile. One that did would leave frames the checkpoint did not copy, the WAL
+    could not restart, and with one call after another it would keep growing."""
     from gateway.store.sqlite import INLINE_COMMITS_PER_CHECKPOINT
 
     monkeypatch.setattr(writer_module, "INLINE_SLOW_S", 60.0)  # a busy machine's slow commit must not pause them
     store = _NotingCheckpoints(tmp_path / "a.db", slow_s=0.05)
     commits: Commits = []
     writer = _writer(store, commits)
+    store.lock = writer._commit_lock
     for _ in range(20):  # bounded: 20 batches of half the interval
         _inline_intents(writer, INLINE_COMMITS_PER_CHECKPOINT // 2)
         if len(store.checkpoints) >= 2:
             break
     writer.close()
     inline = sum(name == "MainThread" for name, _ in commits)
-    assert len(store.checkpoints) >= 2 and set(store.checkpoints) == {"aegress-evidence"}
-    assert store.overtaken == 0
-    assert inline >= 2 * INLINE_COMMITS_PER_CHECKPOINT and inline >= 0.8 * len(commits)
+    assert len(store.checkpoints) >= 2 and {name for name, _, _ in store.passes} == {"aegress-evidence"}
+    assert [locked for _, locked, _ in store.passes] == [False, True] * len(store.checkpoints)
+    assert [meanwhile for _, locked, meanwhile in store.passes if locked] == [0] * len(store.checkpoints)
+    assert inline >= INLINE_COMMITS_PER_CHECKPOINT and inline >= 0.8 * len(commits), (inline, len(commits))
     assert _wal_frames(tmp_path / "a.db") < 1000  # the WAL restarted after the last checkpoint
     assert verify_log(store.evidence_records(ORIGIN), origin=ORIGIN).ok
