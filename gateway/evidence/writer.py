@@ -250,9 +250,10 @@ class EvidenceWriter:
         """On the writer's thread: the WAL checkpoint inline commits left to it, in two passes. The first
         copies the bulk while commits go on; the second, with the commit lock held (a lone intent goes to
         this thread for that moment), copies what they added meanwhile, usually nothing or a few pages. No
-        commit overtakes that one, so the WAL restarts. (A checkpoint that a commit overtakes leaves frames
-        behind: with one call after another the WAL kept growing until a commit on this thread happened to
-        run SQLite's own checkpoint.)"""
+        evidence commit overtakes that one, so the WAL restarts (unless another writer, such as an operator's
+        change, or a reader on an older snapshot holds it back: then the next checkpoint does). A checkpoint
+        that commits overtake leaves frames behind: with one call after another the WAL kept growing until a
+        commit on this thread happened to run SQLite's own checkpoint."""
         self._checkpoint_queued = False
         try:
             self._store.checkpoint_wal()  # type: ignore[attr-defined]

@@ -173,20 +173,49 @@ def test_a_failed_inline_commit_hands_over_and_the_intent_is_refused_if_the_stor
 
 
 
+class _OwnedLock:
+    """The writer's commit lock, noting which thread holds it (a plain Lock cannot say)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.owner: int | None = None
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if self._lock.acquire(blocking, timeout):
+            self.owner = threading.get_ident()
+            return True
+        return False
+
+    def release(self) -> None:
+        self.owner = None
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class _NotingCheckpoints(SQLiteStore):
-    """A real SQLite store that notes each WAL checkpoint pass: the thread that ran it, whether the writer's
-    commit lock was held (`lock`, set once the writer exists), and how many commits landed while it ran.
+    """A real SQLite store that notes each WAL checkpoint pass: the thread that ran it, whether that thread
+    held the writer's commit lock (`watch` the writer first), and how many commits landed while it ran.
     `slow_s`: every pass ends that much later (a slow disk's sync)."""
 
     def __init__(self, path: Path, slow_s: float = 0.0) -> None:
         super().__init__(path)
-        self.lock: Any = None
+        self.lock: _OwnedLock | None = None
         self.passes: list[tuple[str, bool, int]] = []  # (thread, commit lock held, commits meanwhile)
         self._slow_s = slow_s
         self._commits = 0
 
+    def watch(self, writer: EvidenceWriter) -> EvidenceWriter:
+        """Give `writer` (before its first commit) a commit lock that says who holds it."""
+        self.lock = writer._commit_lock = _OwnedLock()  # type: ignore[assignment]
+        return writer
+
     def checkpoint_wal(self) -> None:
-        locked = self.lock is not None and self.lock.locked()
+        locked = self.lock is not None and self.lock.owner == threading.get_ident()
         before = self._commits
         super().checkpoint_wal()
         time.sleep(self._slow_s)
@@ -237,7 +266,7 @@ def test_inline_commits_never_checkpoint_the_wal_on_the_event_loop(tmp_path: Pat
     _inline_intents(writer, 300)
     assert _wal_frames(tmp_path / "a.db") > 1000
     writer.close()
-    assert store.checkpoints == [] and {name for name, _ in commits} == {"MainThread"}
+    assert store.passes == [] and {name for name, _ in commits} == {"MainThread"}
 
 
 def test_the_writer_thread_checkpoints_the_wal_for_inline_commits(tmp_path: Path,
@@ -253,8 +282,7 @@ def test_the_writer_thread_checkpoints_the_wal_for_inline_commits(tmp_path: Path
     monkeypatch.setattr(writer_module, "INLINE_SLOW_S", 60.0)  # a busy machine's slow commit must not pause them
     store = _NotingCheckpoints(tmp_path / "a.db", slow_s=0.05)
     commits: Commits = []
-    writer = _writer(store, commits)
-    store.lock = writer._commit_lock
+    writer = store.watch(_writer(store, commits))
     for _ in range(20):  # bounded: 20 batches of half the interval
         _inline_intents(writer, INLINE_COMMITS_PER_CHECKPOINT // 2)
         if len(store.checkpoints) >= 2:
