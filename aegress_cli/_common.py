@@ -121,13 +121,12 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_BIDI = r"\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_UNSAFE = re.compile(rf"[\x00-\x1f\x7f-\x9f{_BIDI}]")
 """Control characters (escape sequences move the cursor, retitle the window, hide or rewrite text) and
 bidirectional overrides (which reorder what is shown)."""
-
-
-_UNSAFE_IN_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-"""The same, but for tab and newline (messages of several lines)."""
+_UNSAFE_IN_LINES = re.compile(rf"[\x00-\x08\x0b-\x1f\x7f-\x9f{_BIDI}]")
+"""The same but tab and newline (messages of several lines)."""
 
 
 def printable(value: object, *, lines: bool = False) -> str:
